@@ -1,0 +1,907 @@
+"""Convert raw interaction logs into an ncf dataset directory (CPU only).
+
+    python convert.py --path ml-100k/u.data --output data/ml100k
+    python convert.py --path ml-20m/ratings.csv --output data/ml20m
+    python convert.py --path clicks.tsv --user_col visitor --item_col page --time_col ts --output data/clicks
+    python convert.py --path AMAZON_FASHION_5.json.gz --valid_negative 20 --output data/fashion
+    python convert.py --path ncf-data/ml-1m --output data/ml1m-ncf     # the NCF paper's .train/.test files
+    python convert.py --dataset demo --output data/demo
+
+Every (user, item) interaction is a positive; repeated pairs are dropped. Each user's latest interaction is held out
+as the test item, ranked at evaluation time against ``--valid_negative`` items the user never interacted with. The
+output directory format is described in README.md ("Dataset directory").
+"""
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from synthetic import DEMO_SHAPE, synthetic_interactions
+
+FORMAT_VERSION = 1
+FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf")
+# Column names recognised in files with a header when --user_col/--item_col/... are not given, in order of preference.
+USER_NAMES = ("user_id", "userid", "user", "reviewerid", "visitorid", "customer_id", "uid")
+ITEM_NAMES = ("item_id", "itemid", "item", "movieid", "artistid", "asin", "product_id", "productid", "iid")
+TIME_NAMES = ("timestamp", "time", "unixreviewtime", "ts", "datetime", "date")
+RATING_NAMES = ("rating", "weight", "overall", "score", "count")
+NCF_SUFFIXES = (".train.rating", ".test.rating", ".test.negative")
+FILE_NAMES = {"u.data": "movielens-100k", "ratings.dat": "movielens-1m", "ratings.csv": "movielens-20m"}
+
+
+class ConversionError(Exception):
+    """Bad input: the message is one line that names the file and the problem."""
+
+
+@dataclass
+class Interactions:
+    """Raw interactions as read from a source: original ids, optional time and rating, optional item titles."""
+
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray | None = None
+    ratings: np.ndarray | None = None
+    titles: dict = field(default_factory=dict)  # original item id -> title
+    source: dict = field(default_factory=dict)
+    first_data_line: int = 1  # file line of row 0, so errors can name the line
+
+
+@dataclass
+class Split:
+    """A finished leave-one-out split in contiguous indices (what the dataset directory stores)."""
+
+    train: np.ndarray  # [N, 2] int32 (user, item)
+    test: np.ndarray  # [U, 2] int32 (user, held-out item), row u is user u
+    test_negatives: np.ndarray  # [U, K] int32
+    user_ids: np.ndarray  # [U] original user ids
+    item_ids: np.ndarray  # [I] original item ids
+    titles: dict = field(default_factory=dict)
+    extra_arrays: dict = field(default_factory=dict)  # optional ratings / timestamps, aligned with train and test
+    counts: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)
+
+
+class Progress:
+    """Staged log lines with elapsed seconds, so long conversions show where they are."""
+
+    def __init__(self, quiet=False):
+        self.start = time.perf_counter()
+        self.quiet = quiet
+
+    def __call__(self, message):
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+
+# --------------------------------------------------------------------------------------------------- detection
+
+
+def detect_format(path):
+    """Guess the format of ``path`` from its name and first line; return one of FORMATS."""
+    path = Path(path)
+    if path.is_dir():
+        for name, fmt in FILE_NAMES.items():
+            if (path / name).is_file():
+                return fmt
+        if any(path.glob("*.train.rating")):
+            return "ncf"
+        raise ConversionError(f"{path}: directory holds no u.data, ratings.dat, ratings.csv or *.train.rating; "
+                              "pass the ratings file itself with --path")
+    name = path.name.lower()
+    if name.endswith(NCF_SUFFIXES) or _ncf_prefix_exists(path):
+        return "ncf"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz")):
+        return "amazon"
+    first = _first_line(path)
+    if name == "u.data" or name.endswith((".data", ".base")):
+        return "movielens-100k"
+    if "::" in first:
+        return "movielens-1m"
+    if first.replace('"', "").strip().lower().startswith("userid,movieid,"):
+        return "movielens-20m"
+    if first.lstrip().startswith("{"):
+        return "amazon"
+    return "csv"
+
+
+def _ncf_prefix_exists(path):
+    return not path.exists() and Path(str(path) + ".train.rating").is_file()
+
+
+def _open_text(path):
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _first_line(path):
+    try:
+        with _open_text(path) as handle:
+            return handle.readline()
+    except (OSError, EOFError) as error:
+        raise ConversionError(f"{path}: cannot read ({error})") from None
+
+
+def _check_readable(path):
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file; check --path")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConversionError(f"{path}: file is empty")
+
+
+# ----------------------------------------------------------------------------------------------------- readers
+
+
+def _numeric_column(values, name, path, first_data_line, dtype=np.int64):
+    """Convert a column to numbers or raise an error naming the first bad line."""
+    series = pd.Series(values)
+    numbers = pd.to_numeric(series, errors="coerce")
+    bad = numbers.isna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        value = series.iloc[row]
+        if pd.isna(value) or str(value).strip() == "":
+            raise ConversionError(f"{path}: line {row + first_data_line}: missing {name}")
+        raise ConversionError(f"{path}: line {row + first_data_line}: {name} {str(value)[:40]!r} is not a number")
+    numbers = numbers.to_numpy()
+    if np.issubdtype(dtype, np.integer) and not np.array_equal(numbers, np.floor(numbers)):
+        row = int(np.argmax(numbers != np.floor(numbers)))
+        raise ConversionError(f"{path}: line {row + first_data_line}: {name} {numbers[row]!r} is not an integer")
+    return numbers.astype(dtype)
+
+
+def _read_fixed_layout(path, sep, names, header, fmt, first_data_line):
+    """Read a MovieLens-style file whose columns are known: fast typed parse, precise error on failure."""
+    _check_readable(path)
+    dtypes = {"user": np.int64, "item": np.int64, "rating": np.float32, "timestamp": np.int64}
+    kwargs = dict(sep=sep, header=header, names=names, usecols=range(len(names)), engine="c")
+    source = path
+    if len(sep) > 1:  # the C parser takes one-character separators only; '::' files become tab-separated first
+        source = io.BytesIO(Path(path).read_bytes().replace(sep.encode(), b"\t"))
+        kwargs["sep"] = "\t"
+    try:
+        frame = pd.read_csv(source, dtype=dtypes, **kwargs)
+    except (ValueError, TypeError, pd.errors.ParserError):
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        try:
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False, **kwargs)
+        except pd.errors.ParserError as error:
+            raise ConversionError(f"{path}: not a {fmt} file ({str(error).splitlines()[0]})") from None
+        for name in names:
+            _numeric_column(frame[name], name, path, first_data_line, dtypes[name])
+        raise ConversionError(f"{path}: not a {fmt} file") from None  # unreachable unless pandas is stricter than us
+    except pd.errors.EmptyDataError:
+        raise ConversionError(f"{path}: file is empty") from None
+    if frame.empty:
+        raise ConversionError(f"{path}: file holds no interactions")
+    for name in names:
+        if frame[name].isna().any():
+            row = int(np.argmax(frame[name].isna().to_numpy()))
+            raise ConversionError(f"{path}: line {row + first_data_line}: missing {name}")
+    return Interactions(
+        users=frame["user"].to_numpy(), items=frame["item"].to_numpy(),
+        timestamps=frame["timestamp"].to_numpy(), ratings=frame["rating"].to_numpy(),
+        source={"format": fmt, "path": str(path)}, first_data_line=first_data_line,
+    )
+
+
+def _read_titles(path, sep, id_column, title_column, encoding, header):
+    """Item titles from u.item / movies.dat / movies.csv beside the ratings; {} when absent or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        if len(sep) > 1:
+            lines = path.read_bytes().decode(encoding).splitlines()
+            rows = [line.split(sep) for line in lines if line]
+            return {int(row[id_column]): row[title_column] for row in rows if len(row) > title_column}
+        frame = pd.read_csv(path, sep=sep, header=0 if header else None, encoding=encoding, dtype=str,
+                            keep_default_na=False, usecols=[id_column, title_column], quotechar='"')
+        ids = pd.to_numeric(frame.iloc[:, 0], errors="coerce")
+        keep = ids.notna().to_numpy()
+        return dict(zip(ids[keep].astype(np.int64).tolist(), frame.iloc[:, 1][keep].tolist()))
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError):
+        return {}
+
+
+def read_movielens_100k(path):
+    """MovieLens 100K ``u.data``: tab-separated ``user item rating timestamp``; titles from ``u.item``."""
+    data = _read_fixed_layout(path, "\t", ["user", "item", "rating", "timestamp"], None, "movielens-100k", 1)
+    data.titles = _read_titles(Path(path).parent / "u.item", "|", 0, 1, "latin-1", header=False)
+    return data
+
+
+def read_movielens_1m(path):
+    """MovieLens 1M/10M ``ratings.dat``: ``user::item::rating::timestamp``; titles from ``movies.dat``."""
+    data = _read_fixed_layout(path, "::", ["user", "item", "rating", "timestamp"], None, "movielens-1m", 1)
+    data.titles = _read_titles(Path(path).parent / "movies.dat", "::", 0, 1, "latin-1", header=False)
+    return data
+
+
+def read_movielens_csv(path):
+    """MovieLens 20M/25M/32M ``ratings.csv`` (header ``userId,movieId,rating,timestamp``); titles from movies.csv."""
+    first = _first_line(path).replace('"', "").strip().lower()
+    if not first.startswith("userid,movieid,rating,timestamp"):
+        raise ConversionError(f"{path}: expected the header 'userId,movieId,rating,timestamp' of a MovieLens "
+                              f"ratings.csv, found {first[:60]!r}; use --format csv with --user_col/--item_col")
+    data = _read_fixed_layout(path, ",", ["user", "item", "rating", "timestamp"], 0, "movielens-20m", 2)
+    data.titles = _read_titles(Path(path).parent / "movies.csv", ",", 0, 1, "utf-8", header=True)
+    return data
+
+
+def _sniff_separator(path):
+    with _open_text(path) as handle:
+        lines = [line.rstrip("\r\n") for _, line in zip(range(20), handle) if line.strip()]
+    if not lines:
+        raise ConversionError(f"{path}: file is empty")
+    for sep in ("::", "\t", ",", ";", "|"):
+        widths = {len(line.split(sep)) for line in lines}
+        if len(widths) == 1 and widths.pop() > 1:
+            return sep
+    if all(len(line.split()) > 1 for line in lines):
+        return r"\s+"
+    raise ConversionError(f"{path}: cannot tell the column separator; pass --sep")
+
+
+def _looks_numeric(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _resolve_column(spec, columns, candidates, flag, path, required):
+    """Find a column by name or 0-based index (``spec``), else by well-known names; None if optional and absent."""
+    if spec is not None:
+        if spec in columns:
+            return spec
+        if str(spec).lstrip("-").isdigit() and 0 <= int(spec) < len(columns):
+            return columns[int(spec)]
+        lowered = {str(column).lower(): column for column in columns}
+        if str(spec).lower() in lowered:
+            return lowered[str(spec).lower()]
+        shown = ", ".join(str(column) for column in columns[:12])
+        raise ConversionError(f"{path}: no column {spec!r} for {flag}; columns are: {shown}")
+    lowered = {str(column).lower(): column for column in columns}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    if required:
+        shown = ", ".join(str(column) for column in columns[:12])
+        raise ConversionError(f"{path}: cannot tell which column is the {flag.strip('-').replace('_col', '')}; "
+                              f"pass {flag} (columns are: {shown})")
+    return None
+
+
+def _to_timestamps(values, name, path, first_data_line):
+    """Numeric times as they are; date/time strings as Unix seconds; anything else is an error naming the line."""
+    series = pd.Series(values)
+    if pd.api.types.is_numeric_dtype(series) and not series.isna().any():
+        return series.to_numpy().astype(np.int64)
+    numbers = pd.to_numeric(series, errors="coerce")
+    if numbers.notna().all():
+        return numbers.to_numpy().astype(np.int64)
+    dates = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
+    if dates.notna().all():
+        return (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+    return _numeric_column(series, name, path, first_data_line)  # raises, naming the first bad line
+
+
+def _frame_to_interactions(frame, path, columns, fmt, first_data_line):
+    """Pick user/item/time/rating columns out of a table read from a generic file."""
+    names = list(frame.columns)
+    user = _resolve_column(columns.get("user"), names, USER_NAMES, "--user_col", path, True)
+    item = _resolve_column(columns.get("item"), names, ITEM_NAMES, "--item_col", path, True)
+    when = _resolve_column(columns.get("time"), names, TIME_NAMES, "--time_col", path, False)
+    rating = _resolve_column(columns.get("rating"), names, RATING_NAMES, "--rating_col", path, False)
+    if user == item:
+        raise ConversionError(f"{path}: --user_col and --item_col name the same column {user!r}")
+    if frame.empty:
+        raise ConversionError(f"{path}: file holds no interactions")
+    for name, column in (("user id", user), ("item id", item)):
+        missing = frame[column].isna().to_numpy()
+        if frame[column].dtype == object:
+            missing |= (frame[column].astype(str).str.strip() == "").to_numpy()
+        if missing.any():
+            raise ConversionError(f"{path}: line {int(np.argmax(missing)) + first_data_line}: missing {name} "
+                                  f"(column {column!r})")
+    timestamps = None if when is None else _to_timestamps(frame[when], f"time (column {when!r})", path,
+                                                          first_data_line)
+    ratings = None if rating is None else _numeric_column(frame[rating], f"rating (column {rating!r})", path,
+                                                          first_data_line, np.float32)
+    return Interactions(
+        users=_normalise_ids(frame[user]), items=_normalise_ids(frame[item]), timestamps=timestamps, ratings=ratings,
+        source={"format": fmt, "path": str(path), "columns": {"user": str(user), "item": str(item),
+                                                               "time": None if when is None else str(when),
+                                                               "rating": None if rating is None else str(rating)}},
+        first_data_line=first_data_line,
+    )
+
+
+def _normalise_ids(series):
+    """Ids stay integers when every value is an integer; otherwise they are labels (strings)."""
+    if pd.api.types.is_integer_dtype(series):
+        return series.to_numpy()
+    if pd.api.types.is_float_dtype(series) and np.array_equal(series, np.floor(series)):
+        return series.to_numpy().astype(np.int64)
+    return series.astype(str).str.strip().to_numpy()
+
+
+def read_delimited(path, columns, sep="auto", header="auto"):
+    """Any delimited text file; columns by name (with a header) or 0-based index."""
+    _check_readable(path)
+    sep = _sniff_separator(path) if sep == "auto" else {"tab": "\t", "\\t": "\t", "space": r"\s+"}.get(sep, sep)
+    if header == "auto":
+        header = _guess_header(path, sep, columns)
+    try:
+        frame = pd.read_csv(path, sep=sep, header=0 if header == "yes" else None, dtype=None,
+                            engine="python" if len(sep) > 1 else "c", skipinitialspace=True,
+                            compression="infer")
+    except pd.errors.EmptyDataError:
+        raise ConversionError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path}: cannot parse as delimited text ({str(error).splitlines()[0]})") from None
+    if header != "yes":
+        # Without a header the first two columns are user and item unless told otherwise; time only when named.
+        frame.columns = [str(index) for index in range(frame.shape[1])]
+        columns = {**columns, "user": columns.get("user") or "0", "item": columns.get("item") or "1"}
+    else:
+        frame.columns = [str(column).strip() for column in frame.columns]
+    return _frame_to_interactions(frame, path, columns, "csv", 2 if header == "yes" else 1)
+
+
+def _guess_header(path, sep, columns):
+    """A first line is a header when a column name flag matches it, or when it is text over numbers."""
+    with _open_text(path) as handle:
+        first, second = handle.readline().strip(), handle.readline().strip()
+    split = (lambda line: re.split(sep, line)) if sep == r"\s+" else (lambda line: line.split(sep))
+    names = [cell.strip().strip('"').lower() for cell in split(first)]
+    for spec in columns.values():
+        if spec is not None and not str(spec).isdigit() and str(spec).lower() in names:
+            return "yes"
+    if any(name in names for name in USER_NAMES + ITEM_NAMES):
+        return "yes"
+    if second and any(not _looks_numeric(a) and _looks_numeric(b.strip().strip('"'))
+                      for a, b in zip(names, split(second))):
+        return "yes"
+    return "no"
+
+
+def read_parquet(path, columns):
+    """A Parquet table (needs pyarrow); columns by name or 0-based index."""
+    _check_readable(path)
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError:
+        raise ConversionError(f"{path}: reading Parquet needs pyarrow; pip install pyarrow") from None
+    except Exception as error:  # noqa: BLE001 - pyarrow raises many kinds; all mean "not a readable Parquet file"
+        raise ConversionError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0][:120]})") from None
+    frame.columns = [str(column) for column in frame.columns]
+    return _frame_to_interactions(frame, path, columns, "parquet", 1)
+
+
+def read_amazon(path, columns):
+    """Amazon review JSON lines (plain or .gz): ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime``."""
+    _check_readable(path)
+    wanted = {"reviewerID", "asin", "overall", "unixReviewTime"} | {str(v) for v in columns.values() if v}
+    rows = []
+    try:
+        with _open_text(path) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ConversionError(f"{path}: line {line_number}: not valid JSON") from None
+                if not isinstance(record, dict):
+                    raise ConversionError(f"{path}: line {line_number}: expected a JSON object per line")
+                rows.append({key: record.get(key) for key in wanted})
+    except (OSError, EOFError) as error:
+        raise ConversionError(f"{path}: cannot read ({error})") from None
+    if not rows:
+        raise ConversionError(f"{path}: file holds no interactions")
+    frame = pd.DataFrame(rows)
+    defaults = {"user": columns.get("user") or "reviewerID", "item": columns.get("item") or "asin",
+                "time": columns.get("time") or "unixReviewTime", "rating": columns.get("rating") or "overall"}
+    for key in ("time", "rating"):
+        if frame[defaults[key]].isna().all() and columns.get(key) is None:
+            defaults[key] = None
+            frame = frame.drop(columns=[{"time": "unixReviewTime", "rating": "overall"}[key]])
+    data = _frame_to_interactions(frame, path, defaults, "amazon", 1)
+    return data
+
+
+def read_ncf(path):
+    """The NCF paper's ``PREFIX.train.rating``, ``PREFIX.test.rating`` and ``PREFIX.test.negative`` (0-based ids).
+
+    Their split and their negatives are used as given. Returns a finished Split.
+    """
+    path = Path(path)
+    prefix = str(path)
+    for suffix in NCF_SUFFIXES:
+        if prefix.endswith(suffix):
+            prefix = prefix[: -len(suffix)]
+    if path.is_dir():
+        prefixes = sorted(str(p)[: -len(".train.rating")] for p in path.glob("*.train.rating"))
+        if len(prefixes) != 1:
+            raise ConversionError(f"{path}: expected exactly one *.train.rating file, found {len(prefixes)}")
+        prefix = prefixes[0]
+    files = {suffix: Path(prefix + suffix) for suffix in NCF_SUFFIXES}
+    for file in files.values():
+        _check_readable(file)
+
+    def table(file, columns):
+        try:
+            frame = pd.read_csv(file, sep="\t", header=None, dtype=str, keep_default_na=False,
+                                usecols=range(columns))
+        except (pd.errors.ParserError, ValueError) as error:
+            raise ConversionError(f"{file}: not an NCF rating file ({str(error).splitlines()[0]})") from None
+        return [_numeric_column(frame[i], ("user", "item", "rating", "timestamp")[i], file, 1) for i in
+                range(columns)]
+
+    train_users, train_items, _, train_times = table(files[".train.rating"], 4)
+    test_users, test_items, test_ratings, test_times = table(files[".test.rating"], 4)
+
+    lines = [line.rstrip("\r\n").split("\t") for line in files[".test.negative"].read_text().splitlines()
+             if line.strip()]
+    negatives, pairs = [], []
+    for number, cells in enumerate(lines, start=1):
+        match = re.fullmatch(r"\((\d+),(\d+)\)", cells[0].strip())
+        if match is None or not all(cell.strip().isdigit() for cell in cells[1:]):
+            raise ConversionError(f"{files['.test.negative']}: line {number}: expected '(user,item)' followed by "
+                                  "tab-separated item ids")
+        pairs.append((int(match[1]), int(match[2])))
+        negatives.append([int(cell) for cell in cells[1:]])
+    widths = {len(row) for row in negatives}
+    if len(widths) != 1 or 0 in widths:
+        raise ConversionError(f"{files['.test.negative']}: lines have different numbers of negatives {sorted(widths)}")
+    pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    negatives = np.array(negatives, dtype=np.int64)
+
+    num_users = int(max(train_users.max(), test_users.max())) + 1
+    num_items = int(max(train_items.max(), test_items.max(), negatives.max())) + 1
+    order = np.argsort(test_users, kind="stable")
+    if not np.array_equal(test_users[order], np.arange(num_users)):
+        raise ConversionError(f"{files['.test.rating']}: expected exactly one row per user 0..{num_users - 1}")
+    negative_order = np.argsort(pairs[:, 0], kind="stable")
+    if not np.array_equal(pairs[negative_order], np.stack([test_users[order], test_items[order]], 1)):
+        raise ConversionError(f"{files['.test.negative']}: its (user,item) pairs do not match "
+                              f"{files['.test.rating'].name}")
+    if min(train_users.min(), train_items.min(), negatives.min()) < 0:
+        raise ConversionError(f"{prefix}: negative ids; the NCF files use 0-based ids")
+
+    pair_keys = train_users * num_items + train_items
+    _, first = np.unique(pair_keys, return_index=True)
+    first.sort()
+    duplicates = train_users.size - first.size
+    train = np.stack([train_users[first], train_items[first]], 1)
+    test = np.stack([test_users[order], test_items[order]], 1)
+    negatives = negatives[negative_order]
+    own_item = int((negatives == test[:, 1:2]).sum())
+    return Split(
+        train=train.astype(np.int32), test=test.astype(np.int32), test_negatives=negatives.astype(np.int32),
+        user_ids=np.arange(num_users), item_ids=np.arange(num_items),
+        extra_arrays={"train_timestamps": train_times[first], "test_timestamps": test_times[order],
+                      "test_ratings": test_ratings[order].astype(np.float32)},
+        counts={"input_rows": int(train_users.size + test_users.size), "duplicates_dropped": int(duplicates),
+                "users_dropped": 0, "given_negatives_equal_to_test_item": own_item},
+        protocol={"split": "as given by the NCF files", "test_negatives": "as given by the NCF files"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- protocol
+
+
+def _index_ids(ids):
+    """Map original ids to 0..n-1 in sorted id order; returns (codes, unique ids)."""
+    if np.issubdtype(ids.dtype, np.integer) and ids.size and ids.min() >= 0 and ids.max() < 4 * ids.size + 1_000_000:
+        # Dense non-negative integer ids (the usual case) are indexed by counting, far faster than hashing.
+        present = np.bincount(ids) > 0
+        remap = np.cumsum(present) - 1
+        return remap[ids], np.flatnonzero(present)
+    codes, uniques = pd.factorize(ids, sort=True)
+    return codes.astype(np.int64), np.asarray(uniques)
+
+
+def _time_order(timestamps, rng, num_rows):
+    """Each row's position when rows are sorted by time, ties in file order; a seeded random order without time."""
+    if timestamps is None:
+        return rng.permutation(num_rows)
+    shifted = timestamps - timestamps.min()
+    if shifted.max() < np.iinfo(np.int64).max // max(num_rows, 1):
+        # Sorting packed (time, row) values is several times faster than a stable argsort of the times.
+        order = np.sort(shifted * num_rows + np.arange(num_rows)) % num_rows
+    else:
+        order = np.argsort(timestamps, kind="stable")
+    position = np.empty(num_rows, dtype=np.int64)
+    position[order] = np.arange(num_rows)
+    return position
+
+
+def leave_last_out(data, min_interactions, rng, progress):
+    """Drop repeated pairs (keeping the earliest), drop light users, and hold out each user's latest interaction.
+
+    Returns (rows of the kept interactions sorted by user then time, user codes, item codes, per-user counts,
+    original user ids, original item ids, counts for the summary).
+    """
+    num_rows = data.users.size
+    user_codes, user_ids = _index_ids(data.users)
+    item_codes, item_ids = _index_ids(data.items)
+    num_items = item_ids.size
+    position = _time_order(data.timestamps, rng, num_rows)
+    progress(f"indexed {user_ids.size:,} users and {num_items:,} items")
+
+    # Repeated (user, item) pairs: keep the earliest, so the held-out item is the latest *new* item for the user,
+    # which is what a recommender is asked to predict. One sort of packed (pair, time position) values does it.
+    pair = user_codes * num_items + item_codes
+    if pair.max() < np.iinfo(np.int64).max // max(num_rows, 1):
+        packed = np.sort(pair * num_rows + position)
+        pair_sorted = packed // num_rows
+        first = np.ones(num_rows, dtype=bool)
+        first[1:] = pair_sorted[1:] != pair_sorted[:-1]
+        kept_position = packed[first] % num_rows
+        kept_pair = pair_sorted[first]
+    else:
+        order = np.lexsort((position, pair))
+        first = np.ones(num_rows, dtype=bool)
+        first[1:] = pair[order][1:] != pair[order][:-1]
+        kept_pair, kept_position = pair[order][first], position[order][first]
+    duplicates = num_rows - kept_pair.size
+
+    # Back to rows sorted by (user, time): sort packed (user, time position) values.
+    row_of_position = np.empty(num_rows, dtype=np.int64)
+    row_of_position[position] = np.arange(num_rows)
+    kept_user = kept_pair // num_items
+    kept_rows = row_of_position[np.sort(kept_user * num_rows + kept_position) % num_rows]
+    progress(f"dropped {duplicates:,} repeated (user, item) pairs")
+
+    counts = np.bincount(user_codes[kept_rows], minlength=user_ids.size)
+    light = counts < min_interactions
+    if light.all():
+        raise ConversionError(f"{data.source.get('path', 'input')}: no user has {min_interactions} or more distinct "
+                              "interactions, so nothing is left to train and test on")
+    kept_rows = kept_rows[~light[user_codes[kept_rows]]]
+
+    # Contiguous indices over what is left: users and items that lost every interaction disappear.
+    user_index = np.cumsum(~light) - 1
+    item_used = np.zeros(num_items, dtype=bool)
+    item_used[item_codes[kept_rows]] = True
+    item_index = np.cumsum(item_used) - 1
+    users = user_index[user_codes[kept_rows]]
+    items = item_index[item_codes[kept_rows]]
+    summary = {"input_rows": int(num_rows), "duplicates_dropped": int(duplicates),
+               "users_dropped": int(light.sum()), "interactions_of_dropped_users": int(counts[light].sum()),
+               "items_dropped": int(num_items - item_used.sum())}
+    return kept_rows, users, items, counts[~light], user_ids[~light], item_ids[item_used], summary
+
+
+def sample_test_negatives(users, items, counts, num_items, num_negatives, rng, chunk_users=None):
+    """Draw ``num_negatives`` distinct items per user, uniformly among the items the user never interacted with.
+
+    ``users``/``items`` hold every interaction (train and test), sorted by user; ``counts`` is interactions per user.
+    Vectorised rejection sampling over chunks of users, checked against a dense chunk-by-items bitmap; users with
+    few items left over use an exact draw from their complement. Returns an int32 array [num_users, num_negatives].
+    """
+    num_users = counts.size
+    result = np.empty((num_users, num_negatives), dtype=np.int32)
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    chunk_users = chunk_users or max(1, min(num_users, 64_000_000 // num_items))
+    free_share = (num_items - counts) / num_items
+
+    def exact_draw(user):
+        seen = np.zeros(num_items, dtype=bool)
+        seen[items[starts[user]:starts[user + 1]]] = True
+        result[user] = rng.choice(np.flatnonzero(~seen), num_negatives, replace=False)
+
+    # Rejection sampling wastes draws when a user's free items are few or nearly all needed; those users (rare in
+    # real data) take the exact draw from their complement.
+    needs_exact = (free_share < 0.5) | (num_negatives > 0.5 * (num_items - counts))
+    for user in np.flatnonzero(needs_exact):
+        exact_draw(user)
+
+    for first_user in range(0, num_users, chunk_users):
+        last_user = min(num_users, first_user + chunk_users)
+        chunk = np.arange(first_user, last_user)
+        chunk = chunk[~needs_exact[chunk]]
+        if chunk.size == 0:
+            continue
+        seen = np.zeros((last_user - first_user, num_items), dtype=bool)
+        lo, hi = starts[first_user], starts[last_user]
+        seen[users[lo:hi] - first_user, items[lo:hi]] = True
+        pending = chunk
+        for _ in range(3):
+            if pending.size == 0:
+                break
+            # Enough draws that nearly every row finishes in one round: the expected need is
+            # k / free_share plus the repeats among the draws themselves.
+            worst = free_share[pending].min()
+            width = int(np.ceil(num_negatives / worst * 1.2 + num_negatives**2 / num_items + 16))
+            candidates = rng.integers(0, num_items, (pending.size, width))
+            valid = ~seen[(pending - first_user)[:, None], candidates]
+            # A repeat within a row is invalid from its second occurrence on (stable sort keeps draw order).
+            order = np.argsort(candidates, axis=1, kind="stable")
+            ordered = np.take_along_axis(candidates, order, axis=1)
+            repeat = np.zeros_like(valid)
+            np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+            valid &= ~repeat
+            rank = np.cumsum(valid, axis=1)
+            done = rank[:, -1] >= num_negatives
+            take = valid[done] & (rank[done] <= num_negatives)
+            result[pending[done]] = candidates[done][take].reshape(-1, num_negatives)
+            pending = pending[~done]
+        for user in pending:  # after three unlucky rounds (very unlikely), draw exactly
+            exact_draw(user)
+    return result
+
+
+def split_interactions(data, min_interactions, num_negatives, seed, progress):
+    """Apply the protocol to raw interactions: de-duplicate, filter, leave the latest out, sample test negatives."""
+    rng = np.random.default_rng(seed)
+    rows, users, items, counts, user_ids, item_ids, summary = leave_last_out(data, min_interactions, rng, progress)
+    num_users, num_items = user_ids.size, item_ids.size
+    most = int(counts.max())
+    if num_items - most < num_negatives:
+        heaviest = user_ids[int(np.argmax(counts))]
+        feasible = num_items - most
+        raise ConversionError(
+            f"{data.source.get('path', 'input')}: cannot draw {num_negatives} test negatives for user {heaviest}, "
+            f"who interacted with {most:,} of the {num_items:,} items; pass --valid_negative {max(feasible, 0)} or less"
+            + (" (or --min_interactions to drop such users)" if feasible < 1 else ""))
+    last = np.cumsum(counts) - 1  # each user's latest interaction: the last of its rows (sorted by user, time)
+    is_test = np.zeros(rows.size, dtype=bool)
+    is_test[last] = True
+    negatives = sample_test_negatives(users, items, counts, num_items, num_negatives, rng)
+    progress(f"sampled {num_negatives} test negatives for each of {num_users:,} users")
+
+    extra = {}
+    for name, values in (("timestamps", data.timestamps), ("ratings", data.ratings)):
+        if values is not None:
+            extra[f"train_{name}"] = values[rows[~is_test]]
+            extra[f"test_{name}"] = values[rows[is_test]]
+    protocol = {
+        "split": "leave-one-out by time: each user's latest interaction is the test item; ties in time go to the "
+                 "row that comes later in the input" if data.timestamps is not None else
+                 "leave-one-out at random (the input has no time column): the test item is drawn with the seed",
+        "duplicates": "repeated (user, item) pairs dropped, the earliest kept",
+        "min_interactions": min_interactions,
+        "test_negatives": "uniform without repeats among items the user never interacted with",
+    }
+    return Split(
+        train=np.stack([users[~is_test], items[~is_test]], 1).astype(np.int32),
+        test=np.stack([users[is_test], items[is_test]], 1).astype(np.int32),
+        test_negatives=negatives, user_ids=user_ids, item_ids=item_ids, titles=data.titles,
+        extra_arrays=extra, counts=summary, protocol=protocol,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ output
+
+
+def dataset_fingerprint(train, test, test_negatives):
+    """SHA-256 over the arrays that define a dataset; checkpoints record it to refuse a mismatched dataset."""
+    digest = hashlib.sha256()
+    for array in (train, test, test_negatives):
+        array = np.ascontiguousarray(array, dtype=np.int32)
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _id_table(ids, titles=None):
+    table = pd.DataFrame({"index": np.arange(len(ids)), "original_id": ids})
+    if titles:
+        table["title"] = [titles.get(key, "") for key in ids.tolist()]
+    return table
+
+
+def _prepare_output(output, force):
+    """Refuse an existing output without --force and an unwritable place; returns (staging dir, parent)."""
+    output = Path(output)
+    if output.exists() and not force:
+        raise ConversionError(f"{output}: already exists; pass --force to replace it")
+    if output.exists() and not output.is_dir():
+        raise ConversionError(f"{output}: exists and is not a directory")
+    parent = output.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=parent)), parent
+    except OSError as error:
+        raise ConversionError(f"{output}: cannot write here ({error.strerror}); choose another --output") from None
+
+
+def check_output(output, force):
+    """Fail fast, before a long conversion, when the output could not be written."""
+    staging, _ = _prepare_output(output, force)
+    staging.rmdir()
+
+
+def write_dataset(split, output, source, seed, force, progress):
+    """Write the dataset directory atomically: build it beside the target, then rename it into place."""
+    output = Path(output)
+    staging, parent = _prepare_output(output, force)
+    try:
+        arrays = {"train": split.train, "test": split.test, "test_negatives": split.test_negatives,
+                  **split.extra_arrays}
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", array, allow_pickle=False)
+        _id_table(split.user_ids).to_csv(staging / "users.csv", index=False)
+        _id_table(split.item_ids, split.titles).to_csv(staging / "items.csv", index=False)
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "source": source,
+            "num_users": int(split.user_ids.size),
+            "num_items": int(split.item_ids.size),
+            "num_train": int(split.train.shape[0]),
+            "num_test_users": int(split.test.shape[0]),
+            "test_negatives": int(split.test_negatives.shape[1]),
+            "protocol": split.protocol,
+            "counts": split.counts,
+            "seed": seed,
+            "arrays": {name: {"shape": list(array.shape), "dtype": str(array.dtype)} for name, array in arrays.items()},
+            "fingerprint": dataset_fingerprint(split.train, split.test, split.test_negatives),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        if output.exists():
+            backup = parent / f".{output.name}.old-{os.getpid()}"
+            output.rename(backup)
+            staging.rename(output)
+            shutil.rmtree(backup)
+        else:
+            staging.rename(output)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConversionError(f"{output}: cannot write the dataset ({error.strerror or error})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(f"wrote {output}")
+    return metadata
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Convert raw interaction logs into an ncf dataset directory (train/test split, test "
+                    "negatives, id maps). The input format is detected from the file name and first line.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--path", help="input file (or a directory holding u.data, ratings.dat, ratings.csv or the "
+                                       "NCF paper's PREFIX.train.rating/.test.rating/.test.negative)")
+    source.add_argument("--dataset", choices=["demo"], help="a built-in dataset: 'demo' is a small synthetic set "
+                                                            "with planted structure, deterministic in --seed")
+    source.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+                        help="generate a synthetic dataset of this shape (for scale tests)")
+    parser.add_argument("--output", required=True, help="dataset directory to create")
+    parser.add_argument("--format", choices=FORMATS, help="input format; detected when not given")
+    parser.add_argument("--user_col", help="user id column (name or 0-based index) for csv/parquet/json inputs")
+    parser.add_argument("--item_col", help="item id column (name or 0-based index)")
+    parser.add_argument("--time_col", help="time column (name or index; numbers or ISO dates); without one, the "
+                                           "held-out item is drawn at random with --seed")
+    parser.add_argument("--rating_col", help="rating column (name or index), stored alongside; not used as a filter")
+    parser.add_argument("--sep", default="auto", help="column separator for delimited files ('tab', ',', ';', "
+                                                      "'::', ...); 'auto' detects it")
+    parser.add_argument("--header", choices=["auto", "yes", "no"], default="auto",
+                        help="whether a delimited file's first line holds column names")
+    parser.add_argument("--valid_negative", type=int, default=100,
+                        help="test negatives drawn per user (ignored for the NCF files, which carry their own)")
+    parser.add_argument("--min_interactions", type=int, default=2,
+                        help="drop users with fewer distinct interactions than this (at least 2: one to test, one "
+                             "to train)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for negatives, ties without time, synthetic data")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+    args = parser.parse_args(argv)
+    if args.valid_negative < 1:
+        parser.error("--valid_negative must be at least 1")
+    if args.min_interactions < 2:
+        parser.error("--min_interactions must be at least 2 (each user needs a test item and a training item)")
+    if args.synthetic and min(args.synthetic) < 1:
+        parser.error("--synthetic USERS ITEMS INTERACTIONS must all be positive")
+    return args
+
+
+def load_interactions(args, progress):
+    """Read the input named by the arguments; returns Interactions, or a finished Split for the NCF files."""
+    columns = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "rating": args.rating_col}
+    if args.dataset or args.synthetic:
+        shape = DEMO_SHAPE if args.dataset else dict(zip(("num_users", "num_items", "num_interactions"),
+                                                         args.synthetic))
+        try:
+            rows = synthetic_interactions(**shape, seed=args.seed)
+        except ValueError as error:
+            raise ConversionError(f"--synthetic: {error}") from None
+        name = "demo" if args.dataset else "synthetic"
+        progress(f"generated {rows['user'].size:,} synthetic interactions")
+        return Interactions(users=rows["user"], items=rows["item"], timestamps=rows["timestamp"],
+                            ratings=rows["rating"], source={"format": name, **shape, "seed": args.seed})
+    path = Path(args.path)
+    if not path.exists() and not _ncf_prefix_exists(path):
+        raise ConversionError(f"{path}: no such file or directory; check --path")
+    fmt = args.format or detect_format(path)
+    if path.is_dir() and fmt != "ncf":
+        path = path / {fmt_: name for name, fmt_ in FILE_NAMES.items()}.get(fmt, "")
+        if not path.is_file():
+            raise ConversionError(f"{args.path}: is a directory; pass the ratings file itself with --path")
+    readers = {
+        "movielens-100k": read_movielens_100k, "movielens-1m": read_movielens_1m,
+        "movielens-20m": read_movielens_csv, "ncf": read_ncf,
+        "csv": lambda p: read_delimited(p, columns, args.sep, args.header),
+        "parquet": lambda p: read_parquet(p, columns), "amazon": lambda p: read_amazon(p, columns),
+    }
+    progress(f"reading {path} as {fmt}")
+    data = readers[fmt](path)
+    if isinstance(data, Interactions):
+        progress(f"read {data.users.size:,} rows" + ("" if data.timestamps is not None else " (no time column)"))
+    return data
+
+
+def print_summary(metadata, seconds, output):
+    counts = metadata["counts"]
+    lines = [
+        f"dataset written to {output} in {seconds:.1f} s",
+        f"  source            {metadata['source'].get('path', metadata['source']['format'])} "
+        f"({metadata['source']['format']})",
+        f"  input rows        {counts.get('input_rows', 0):,}",
+        f"  duplicates        {counts.get('duplicates_dropped', 0):,} repeated (user, item) pairs dropped",
+        f"  users dropped     {counts.get('users_dropped', 0):,} with fewer than "
+        f"{metadata['protocol'].get('min_interactions', 2)} interactions",
+        f"  users             {metadata['num_users']:,}",
+        f"  items             {metadata['num_items']:,}"
+        + (f" ({counts['items_dropped']:,} seen only by dropped users)" if counts.get("items_dropped") else ""),
+        f"  training pairs    {metadata['num_train']:,}",
+        f"  test users        {metadata['num_test_users']:,}, {metadata['test_negatives']} negatives each",
+        f"  split             {metadata['protocol']['split']}",
+    ]
+    if counts.get("given_negatives_equal_to_test_item"):
+        lines.append(f"  note              {counts['given_negatives_equal_to_test_item']} given negatives equal the "
+                     "user's test item; evaluation ignores them")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    progress = Progress(args.quiet)
+    try:
+        check_output(args.output, args.force)
+        data = load_interactions(args, progress)
+        if isinstance(data, Split):
+            split = data
+            source = {"format": "ncf", "path": str(args.path)}
+        else:
+            split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress)
+            source = data.source
+        metadata = write_dataset(split, args.output, source, args.seed, args.force, progress)
+    except ConversionError as error:
+        print(f"convert.py: error: {error}", file=sys.stderr)
+        return 1
+    print_summary(metadata, progress.elapsed(), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
