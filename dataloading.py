@@ -1,0 +1,256 @@
+"""Dataset directory -> device tensors; training batches with negatives drawn on the device; evaluation.
+
+Data stays on the device: the dataset is loaded once, each epoch's order and negatives come from a seeded
+``torch.Generator`` on the device, and batches are slices of device tensors. Nothing in the training loop copies
+to the host or synchronises (no ``.item()``): the loop only queues work.
+
+Reads the directory written by ``convert.py`` (``metadata.json`` + ``.npy`` arrays, loaded without pickle) and the
+directory written by NVIDIA's DeepLearningExamples ``convert.py`` (``feature_spec.yaml`` + ``.pt`` tensors, loaded
+with ``weights_only=True``).
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DatasetError(Exception):
+    """A --data directory that cannot be used: the message names the file and the problem."""
+
+
+@dataclass
+class Dataset:
+    num_users: int
+    num_items: int
+    train_users: torch.Tensor  # [N] int64
+    train_items: torch.Tensor  # [N] int64
+    test_users: torch.Tensor  # [U] int64
+    test_items: torch.Tensor  # [U] int64
+    test_negatives: torch.Tensor  # [U, K] int64
+    fingerprint: str
+    path: str
+
+    @property
+    def num_train(self):
+        return self.train_users.numel()
+
+    def to(self, device):
+        moved = {name: getattr(self, name).to(device) for name in
+                 ("train_users", "train_items", "test_users", "test_items", "test_negatives")}
+        return Dataset(self.num_users, self.num_items, fingerprint=self.fingerprint, path=self.path, **moved)
+
+
+def load_dataset(path):
+    """Load a dataset directory (ours or NVIDIA's) onto the CPU, checking shapes and ranges."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: not a directory; create a dataset with convert.py and pass it with --data")
+    if (path / "metadata.json").is_file():
+        return _load_ours(path)
+    if (path / "feature_spec.yaml").is_file():
+        return _load_nvidia(path)
+    raise DatasetError(f"{path}: no metadata.json (convert.py) or feature_spec.yaml (NVIDIA) here; "
+                       "create a dataset with convert.py")
+
+
+def _load_array(file):
+    try:
+        return np.load(file, allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{file}: missing; re-create the dataset with convert.py") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise DatasetError(f"{file}: corrupted or not a .npy array ({str(error)[:80]}); re-create it with "
+                           "convert.py") from None
+
+
+def _load_ours(path):
+    try:
+        metadata = json.loads((path / "metadata.json").read_text())
+        num_users, num_items = int(metadata["num_users"]), int(metadata["num_items"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(f"{path / 'metadata.json'}: unreadable or incomplete ({error})") from None
+    train, test, negatives = (_load_array(path / f"{name}.npy") for name in ("train", "test", "test_negatives"))
+    from convert import dataset_fingerprint  # the one definition of a dataset's identity
+
+    return _checked(path, num_users, num_items, train, test, negatives,
+                    metadata.get("fingerprint") or dataset_fingerprint(train, test, negatives))
+
+
+def _load_nvidia(path):
+    """NVIDIA's layout: feature_spec.yaml naming torch tensors for the train and test channels."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((path / "feature_spec.yaml").read_text())
+        features = spec["feature_spec"]
+        user_name, item_name = spec["channel_spec"]["user_ch"][0], spec["channel_spec"]["item_ch"][0]
+        num_users = int(features[user_name]["cardinality"])
+        num_items = int(features[item_name]["cardinality"])
+        sources = spec["source_spec"]
+    except (yaml.YAMLError, KeyError, TypeError, IndexError, ValueError) as error:
+        raise DatasetError(f"{path / 'feature_spec.yaml'}: not a feature spec this tool understands ({error})") \
+            from None
+
+    def read(mapping):
+        columns = {}
+        for chunk in sources[mapping]:
+            if chunk.get("type") != "torch_tensor":
+                raise DatasetError(f"{path / 'feature_spec.yaml'}: {mapping} source type {chunk.get('type')!r} is "
+                                   "not supported (only torch_tensor)")
+            tensors = []
+            for file in chunk["files"]:
+                try:
+                    tensors.append(torch.load(path / file, map_location="cpu", weights_only=True))
+                except (OSError, RuntimeError, EOFError) as error:
+                    raise DatasetError(f"{path / file}: cannot load ({str(error)[:80]})") from None
+            data = torch.cat(tensors)
+            for index, name in enumerate(chunk["features"]):
+                columns[name] = data[:, index] if data.dim() == 2 else data
+        return columns
+
+    train_columns, test_columns = read("train"), read("test")
+    test_users, test_items = test_columns[user_name], test_columns[item_name]
+    # NVIDIA's test channel holds, per user, K negatives then the positive (valid_negative + 1 rows per user).
+    per_user = int(spec.get("metadata", {}).get("test_samples_per_series", 0)) or _rows_per_user(test_users)
+    if test_users.numel() % per_user:
+        raise DatasetError(f"{path}: test rows are not a whole number of {per_user}-row groups")
+    users = test_users.view(-1, per_user)
+    items = test_items.view(-1, per_user)
+    order = torch.argsort(users[:, 0])
+    train = torch.stack([train_columns[user_name], train_columns[item_name]], 1).numpy()
+    test = torch.stack([users[order, -1], items[order, -1]], 1).numpy()
+    negatives = items[order, :-1].numpy()
+    from convert import dataset_fingerprint
+
+    return _checked(path, num_users, num_items, train, test, negatives, dataset_fingerprint(train, test, negatives))
+
+
+def _rows_per_user(users):
+    change = torch.nonzero(users[1:] != users[:-1])
+    return int(change[0]) + 1 if change.numel() else users.numel()
+
+
+def _checked(path, num_users, num_items, train, test, negatives, fingerprint):
+    if num_users < 1 or num_items < 2:
+        raise DatasetError(f"{path}: needs at least one user and two items (has {num_users} and {num_items})")
+    for name, array, columns in (("train", train, 2), ("test", test, 2)):
+        if array.ndim != 2 or array.shape[1] != columns or array.shape[0] == 0:
+            raise DatasetError(f"{path}: {name} array has shape {array.shape}, expected [rows > 0, 2]")
+    if negatives.ndim != 2 or negatives.shape[0] != test.shape[0]:
+        raise DatasetError(f"{path}: test_negatives has shape {negatives.shape}, expected [{test.shape[0]}, K]")
+    for name, array, limit in (("train users", train[:, 0], num_users), ("train items", train[:, 1], num_items),
+                               ("test users", test[:, 0], num_users), ("test items", test[:, 1], num_items),
+                               ("test negatives", negatives, num_items)):
+        if array.size and (array.min() < 0 or array.max() >= limit):
+            raise DatasetError(f"{path}: {name} lie outside [0, {limit}); the dataset is corrupted or its "
+                               "metadata does not match it")
+
+    def tensor(array):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+    return Dataset(num_users, num_items, tensor(train[:, 0]), tensor(train[:, 1]), tensor(test[:, 0]),
+                   tensor(test[:, 1]), tensor(negatives), fingerprint, str(path))
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def positive_keys(users, items, num_items):
+    """Sorted user * num_items + item keys of the positives, for exact negative sampling."""
+    return torch.sort(users * num_items + items).values
+
+
+def draw_negatives(users, num_items, generator, exact_keys=None, max_rounds=20):
+    """One uniform item per entry of ``users``; with ``exact_keys`` (from positive_keys), never a positive of that
+    user: colliding draws are redrawn (a fixed number of rounds, so there is no host sync; after 20 rounds the chance
+    that a draw still collides is (share of positives)^20, negligible for recommendation data)."""
+    items = torch.randint(0, num_items, users.shape, generator=generator, device=users.device)
+    if exact_keys is None:
+        return items
+    for _ in range(max_rounds):
+        keys = users * num_items + items
+        where = torch.searchsorted(exact_keys, keys).clamp_(max=exact_keys.numel() - 1)
+        collide = exact_keys[where] == keys
+        redraw = torch.randint(0, num_items, users.shape, generator=generator, device=users.device)
+        items = torch.where(collide, redraw, items)
+    return items
+
+
+def epoch_batches(dataset, batch_size, negatives_per_positive, generator, exact_keys=None, rank=0, world_size=1):
+    """Yield (users, items, labels) batches for one epoch, labels float.
+
+    ``batch_size`` counts samples (positives and negatives together, as in NVIDIA's tool). Positives are shuffled,
+    split into chunks of ``batch_size / (1 + n)`` and each chunk gets its ``n`` negatives per positive drawn on the
+    spot, so the augmented epoch is never materialised. The last chunk may be smaller. With several ranks, each takes
+    its own slice of every global batch.
+    """
+    positives_per_batch = max(1, batch_size // (1 + negatives_per_positive))
+    order = torch.randperm(dataset.num_train, generator=generator, device=dataset.train_users.device)
+    for start in range(0, dataset.num_train, positives_per_batch):
+        chunk = order[start:start + positives_per_batch]
+        share = math.ceil(chunk.numel() / world_size)
+        chunk = chunk[rank * share:(rank + 1) * share]
+        users, items = dataset.train_users[chunk], dataset.train_items[chunk]
+        negative_users = users.repeat(negatives_per_positive)
+        negative_items = draw_negatives(negative_users, dataset.num_items, generator, exact_keys)
+        labels = torch.zeros(users.numel() * (1 + negatives_per_positive), device=users.device)
+        labels[:users.numel()] = 1.0
+        yield torch.cat([users, negative_users]), torch.cat([items, negative_items]), labels
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def candidate_mask(test_items, test_negatives):
+    """[U, K] bool: negatives that count when ranking. A negative equal to the held-out item, or repeating an
+    earlier negative of the same user, is ignored (the NCF paper's ML-1M file has 156 of the former)."""
+    mask = test_negatives != test_items[:, None]
+    sorted_negatives, order = torch.sort(test_negatives, dim=1, stable=True)
+    repeat = torch.zeros_like(mask)
+    repeat.scatter_(1, order[:, 1:], sorted_negatives[:, 1:] == sorted_negatives[:, :-1])
+    return mask & ~repeat
+
+
+def rank_metrics(positive_scores, negative_scores, mask, topk):
+    """HR@k and NDCG@k sums from scores. ``positive_scores`` [B], ``negative_scores`` [B, K], ``mask`` [B, K].
+
+    The rank (0-based) of the positive is the number of counted negatives scoring at least as high, so a tie counts
+    against the positive and a constant model scores 0. Returns (hits, ndcg) as 0-d tensors (sums over the batch).
+    """
+    rank = ((negative_scores >= positive_scores[:, None]) & mask).sum(dim=1)
+    hit = rank < topk
+    ndcg = torch.where(hit, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros((), dtype=torch.double,
+                                                                                  device=rank.device))
+    return hit.sum(), ndcg.sum()
+
+
+@torch.no_grad()
+def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, mask=None):
+    """HR@k, NDCG@k and the mean BCE loss over all candidates, for this rank's share of the test users.
+
+    Returns sums (hits, ndcg, loss sum, candidates, users) as a float64 tensor [5], so ranks can all-reduce them
+    and divide once: the result equals a single-process evaluation.
+    """
+    mask = candidate_mask(dataset.test_items, dataset.test_negatives) if mask is None else mask
+    num_users = dataset.test_users.numel()
+    share = math.ceil(num_users / world_size)
+    totals = torch.zeros(5, dtype=torch.float64, device=dataset.test_users.device)
+    for start in range(rank * share, min(num_users, (rank + 1) * share), batch_users):
+        stop = min(start + batch_users, (rank + 1) * share, num_users)
+        users = dataset.test_users[start:stop]
+        items = torch.cat([dataset.test_items[start:stop, None], dataset.test_negatives[start:stop]], dim=1)
+        with autocast():
+            logits = model(users[:, None].expand_as(items), items).float()  # [B, 1 + K]
+        batch_mask = mask[start:stop]
+        hits, ndcg = rank_metrics(logits[:, 0], logits[:, 1:], batch_mask, topk)
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        weight = torch.cat([torch.ones_like(logits[:, :1]), batch_mask.float()], dim=1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, weight=weight, reduction="sum")
+        totals += torch.stack([hits.double(), ndcg, loss.double(), weight.sum().double(),
+                               torch.tensor(stop - start, dtype=torch.float64, device=totals.device)])
+    return totals

@@ -1,0 +1,130 @@
+"""The three Neural Collaborative Filtering models of He et al. (WWW 2017): GMF, MLP and NeuMF.
+
+Pure ``nn.Module``s: no printing, logging or file I/O. ``forward(users, items)`` takes two index tensors of the same
+shape and returns logits of that shape (apply a sigmoid for probabilities).
+
+    model = NeuMF(num_users=943, num_items=1682, factors=64, layers=(256, 256, 128, 64), dropout=0.5)
+    logits = model(torch.tensor([0, 1]), torch.tensor([5, 7]))
+
+Initialisation follows NVIDIA's implementation: embeddings N(0, 0.01), Glorot-uniform tower, LeCun-uniform output.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+def _check_sizes(num_users, num_items, factors=None, layers=None, dropout=0.0):
+    if num_users < 1 or num_items < 1:
+        raise ValueError(f"num_users and num_items must be positive, got {num_users} and {num_items}.")
+    if factors is not None and factors < 1:
+        raise ValueError(f"factors must be positive, got {factors}.")
+    if layers is not None:
+        if len(layers) < 1 or any(size < 1 for size in layers):
+            raise ValueError(f"layers must be one or more positive sizes, got {list(layers)}.")
+        if layers[0] % 2:
+            raise ValueError(f"the first layer size is the user and item embeddings concatenated, so it must be "
+                             f"even, got {layers[0]}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+
+
+def _lecun_uniform_(linear):
+    bound = math.sqrt(3.0 / linear.in_features)
+    nn.init.uniform_(linear.weight, -bound, bound)
+    nn.init.zeros_(linear.bias)
+
+
+def _embedding(rows, width):
+    embedding = nn.Embedding(rows, width)
+    nn.init.normal_(embedding.weight, std=0.01)
+    return embedding
+
+
+class GMF(nn.Module):
+    """Generalised matrix factorisation: a linear layer over the element-wise product of the two embeddings."""
+
+    def __init__(self, num_users, num_items, factors=64):
+        super().__init__()
+        _check_sizes(num_users, num_items, factors)
+        self.user_embedding = _embedding(num_users, factors)
+        self.item_embedding = _embedding(num_items, factors)
+        self.output = nn.Linear(factors, 1)
+        _lecun_uniform_(self.output)
+
+    def features(self, users, items):
+        return self.user_embedding(users) * self.item_embedding(items)  # [..., factors]
+
+    def forward(self, users, items):
+        return self.output(self.features(users, items)).squeeze(-1)
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron over the concatenated embeddings; ``layers[0]`` is the concatenation's width."""
+
+    def __init__(self, num_users, num_items, layers=(256, 256, 128, 64), dropout=0.5):
+        super().__init__()
+        _check_sizes(num_users, num_items, layers=layers, dropout=dropout)
+        self.user_embedding = _embedding(num_users, layers[0] // 2)
+        self.item_embedding = _embedding(num_items, layers[0] // 2)
+        tower = []
+        for width_in, width_out in zip(layers[:-1], layers[1:]):
+            linear = nn.Linear(width_in, width_out)
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+            tower += [linear, nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+        self.tower = nn.Sequential(*tower)
+        self.output = nn.Linear(layers[-1], 1)
+        _lecun_uniform_(self.output)
+
+    def features(self, users, items):
+        joined = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)  # [..., layers[0]]
+        return self.tower(joined)  # [..., layers[-1]]
+
+    def forward(self, users, items):
+        return self.output(self.features(users, items)).squeeze(-1)
+
+
+class NeuMF(nn.Module):
+    """GMF and MLP branches with their own embeddings, joined by one output layer."""
+
+    def __init__(self, num_users, num_items, factors=64, layers=(256, 256, 128, 64), dropout=0.5):
+        super().__init__()
+        self.gmf = GMF(num_users, num_items, factors)
+        self.mlp = MLP(num_users, num_items, layers, dropout)
+        # The branches' own output layers are unused here; their weights seed ``output`` in from_pretrained.
+        self.gmf.output.requires_grad_(False)
+        self.mlp.output.requires_grad_(False)
+        self.output = nn.Linear(factors + layers[-1], 1)
+        _lecun_uniform_(self.output)
+
+    def forward(self, users, items):
+        joined = torch.cat([self.gmf.features(users, items), self.mlp.features(users, items)], dim=-1)
+        return self.output(joined).squeeze(-1)
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf, mlp, alpha=0.5):
+        """Initialise from trained GMF and MLP models, as in the paper: their embeddings and tower as they are, the
+        output layer as the two output layers weighted by ``alpha`` and ``1 - alpha``."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+        self.gmf.load_state_dict(gmf.state_dict())
+        self.mlp.load_state_dict(mlp.state_dict())
+        self.output.weight.copy_(torch.cat([alpha * gmf.output.weight, (1 - alpha) * mlp.output.weight], dim=1))
+        self.output.bias.copy_(alpha * gmf.output.bias + (1 - alpha) * mlp.output.bias)
+        return self
+
+
+MODELS = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP}
+
+
+def build_model(kind, num_users, num_items, factors=64, layers=(256, 256, 128, 64), dropout=0.5):
+    """Construct one of MODELS from the shared hyper-parameters; each model takes the ones it uses."""
+    if kind == "gmf":
+        return GMF(num_users, num_items, factors)
+    if kind == "mlp":
+        return MLP(num_users, num_items, tuple(layers), dropout)
+    if kind == "neumf":
+        return NeuMF(num_users, num_items, factors, tuple(layers), dropout)
+    raise ValueError(f"model must be one of {sorted(MODELS)}, got {kind!r}.")
