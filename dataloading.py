@@ -129,6 +129,15 @@ def _load_nvidia(path):
     return _checked(path, num_users, num_items, train, test, negatives, dataset_fingerprint(train, test, negatives))
 
 
+def dataset_from_split(split, name):
+    """A Dataset straight from convert.py's in-memory Split (the built-in demo needs no files)."""
+    from convert import dataset_fingerprint
+
+    fingerprint = dataset_fingerprint(split.train, split.test, split.test_negatives)
+    return _checked(name, split.user_ids.size, split.item_ids.size, split.train, split.test, split.test_negatives,
+                    fingerprint)
+
+
 def _rows_per_user(users):
     change = torch.nonzero(users[1:] != users[:-1])
     return int(change[0]) + 1 if change.numel() else users.numel()

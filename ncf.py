@@ -1,0 +1,482 @@
+"""Train and evaluate NCF recommenders (GMF, MLP, NeuMF) with NVIDIA DeepLearningExamples-compatible flags.
+
+    python ncf.py                                         # the built-in demo dataset, on CPU or GPU
+    python ncf.py --data data/ml100k                      # batch size and learning rate chosen for the data
+    python ncf.py --data data/ml1m -e 20 -b 16384 -l 0.002 --model gmf --checkpoint_dir runs/gmf
+    python ncf.py --data data/ml1m --mode test --load_checkpoint_path runs/gmf/best.pt
+    torchrun --nproc_per_node=8 ncf.py --data data/ml20m --amp
+
+Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the best model and the last state
+(for --resume) in --checkpoint_dir.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import dataloading
+from dataloading import DatasetError
+from logger import RunLogger
+from neumf import build_model
+
+CHECKPOINT_FORMAT = "ncf-checkpoint-v1"
+
+
+class UsageError(Exception):
+    """A problem the user can fix (bad flag, missing or mismatched checkpoint): reported in one line."""
+
+
+# ------------------------------------------------------------------------------------------------------ flags
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train and evaluate Neural Collaborative Filtering (GMF, MLP, NeuMF). Flags follow NVIDIA's "
+                    "DeepLearningExamples ncf.py.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", help="dataset directory from convert.py (or NVIDIA's convert.py); without it, "
+                                       "the built-in synthetic demo dataset is generated in memory")
+    parser.add_argument("-e", "--epochs", type=int, default=20, help="number of training epochs")
+    parser.add_argument("-b", "--batch_size", type=int, default=None,
+                        help="samples (positives and negatives) per optimizer step; default: chosen from the "
+                             "dataset size (printed at start)")
+    parser.add_argument("--valid_batch_size", type=int, default=2**20, help="samples per evaluation batch")
+    parser.add_argument("-f", "--factors", type=int, default=64, help="GMF embedding size (predictive factors)")
+    parser.add_argument("--layers", nargs="+", type=int, default=[256, 256, 128, 64],
+                        help="MLP layer sizes; the first is the user and item embeddings concatenated (even)")
+    parser.add_argument("-n", "--negative_samples", type=int, default=4, help="negatives drawn per positive, each "
+                                                                              "epoch")
+    parser.add_argument("-l", "--learning_rate", type=float, default=None,
+                        help="Adam learning rate; default: chosen with the batch size (printed at start)")
+    parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
+    parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (negatives, order, initialisation)")
+    parser.add_argument("-t", "--threshold", type=float, default=1.0,
+                        help="stop training once HR@k reaches this value")
+    parser.add_argument("-b1", "--beta1", type=float, default=0.25, help="Adam beta1")
+    parser.add_argument("-b2", "--beta2", type=float, default=0.5, help="Adam beta2")
+    parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
+    parser.add_argument("--dropout", type=float, default=0.5, help="dropout after each MLP layer")
+    parser.add_argument("--checkpoint_dir", default="checkpoints",
+                        help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
+    parser.add_argument("--load_checkpoint_path", help="checkpoint to start training from, or to test in --mode test")
+    parser.add_argument("--mode", choices=["train", "test"], default="train",
+                        help="'test' evaluates --load_checkpoint_path (default CHECKPOINT_DIR/best.pt)")
+    parser.add_argument("--grads_accumulated", type=int, default=1,
+                        help="batches whose gradients are summed per optimizer step")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision (bfloat16 where supported, else float16 with loss scaling)")
+    parser.add_argument("--log_path", help="JSON-lines log; default CHECKPOINT_DIR/log.json")
+    parser.add_argument("--opt_level", choices=["O0", "O1", "O2"], default="O0",
+                        help="deprecated apex option: O1/O2 mean --amp")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deprecated torch.distributed.launch; the LOCAL_RANK variable is used")
+    parser.add_argument("--model", choices=["neumf", "gmf", "mlp"], default="neumf", help="which model to train")
+    parser.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
+    parser.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="weight of the GMF output layer when mixing pre-trained output layers")
+    parser.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
+                        help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
+                             "items as NVIDIA does (faster, slightly less accurate)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="'auto' uses a GPU when one is available")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    if args.opt_level in ("O1", "O2"):
+        args.amp = True
+    return args
+
+
+def _validate(parser, args):
+    positive = {"--epochs": args.epochs, "--valid_batch_size": args.valid_batch_size, "--factors": args.factors,
+                "--topk": args.topk, "--grads_accumulated": args.grads_accumulated}
+    if args.batch_size is not None:
+        positive["--batch_size"] = args.batch_size
+    for flag, value in positive.items():
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if args.negative_samples < 0:
+        parser.error(f"--negative_samples must be 0 or more, got {args.negative_samples}")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
+    if any(size < 1 for size in args.layers):
+        parser.error(f"--layers sizes must be positive, got {args.layers}")
+    if args.layers[0] % 2:
+        parser.error(f"--layers: the first size is the user and item embeddings concatenated, so it must be even, "
+                     f"got {args.layers[0]}")
+    if not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
+        parser.error("--pretrain_gmf and --pretrain_mlp go together")
+    if args.pretrain_gmf and args.model != "neumf":
+        parser.error("--pretrain_gmf/--pretrain_mlp initialise --model neumf")
+
+
+def choose_batch_size(num_train, negatives_per_positive):
+    """Default batch: a power of two giving about 64 optimizer steps per epoch, between 2^10 and 2^20.
+
+    NVIDIA's fixed 2^20 suits MovieLens-20M (about 100 steps per epoch) but leaves ML-1M with 5 steps per epoch
+    (0.65 HR@10) and ML-100k with less than one. Measured on ML-100k and ML-1M (BENCHMARKS.md).
+    """
+    samples = num_train * (1 + negatives_per_positive)
+    return int(2 ** min(20, max(10, round(math.log2(max(samples / 64, 1))))))
+
+
+def choose_learning_rate(batch_size):
+    """Default Adam learning rate for a batch size: NVIDIA's 0.0045 at 2^20, scaled by the square root of the batch
+    ratio (the usual rule for Adam), floored at 0.001."""
+    return max(0.001, 0.0045 * math.sqrt(batch_size / 2**20))
+
+
+# ------------------------------------------------------------------------------------------------ set-up steps
+
+
+def setup_devices(choice):
+    """World size, rank and device from torchrun's variables (1 and 0 without torchrun); initialise the group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return device, rank, world_size
+
+
+def mixed_precision(enabled, device):
+    """One autocast context factory and one GradScaler; both are no-ops when ``enabled`` is false."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+    return autocast, scaler
+
+
+def load_data(path, seed):
+    """The dataset named by --data, or the built-in demo generated in memory."""
+    if path:
+        return dataloading.load_dataset(path)
+    import convert
+
+    data = convert.load_interactions(convert.parse_args(["--dataset", "demo", "--output", "-", "--seed", "0"]),
+                                     convert.Progress(quiet=True))
+    split = convert.split_interactions(data, 2, 100, 0, convert.Progress(quiet=True))
+    return dataloading.dataset_from_split(split, "demo")
+
+
+def load_checkpoint(path):
+    """A checkpoint dict, loaded without executing code; a one-line error for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
+        raise UsageError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0][:100]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path}: not a checkpoint written by this tool")
+    return checkpoint
+
+
+def check_fits(checkpoint, dataset, path):
+    if checkpoint["fingerprint"] != dataset.fingerprint:
+        args = checkpoint["model_args"]
+        raise UsageError(f"{path}: trained on another dataset ({args['num_users']} users, {args['num_items']} items; "
+                         f"this one has {dataset.num_users} and {dataset.num_items}); pass the matching --data")
+
+
+def model_from_checkpoint(checkpoint):
+    model = build_model(checkpoint["model"], **checkpoint["model_args"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def build(args, dataset, device):
+    """The model (fresh, from --load_checkpoint_path, or NeuMF from pre-trained GMF and MLP) and its optimizer."""
+    model_args = dict(num_users=dataset.num_users, num_items=dataset.num_items, factors=args.factors,
+                      layers=list(args.layers), dropout=args.dropout)
+    if args.model == "gmf":
+        model_args.pop("layers"), model_args.pop("dropout")
+    elif args.model == "mlp":
+        model_args.pop("factors")
+    model = build_model(args.model, **model_args)
+    if args.load_checkpoint_path:
+        checkpoint = load_checkpoint(args.load_checkpoint_path)
+        check_fits(checkpoint, dataset, args.load_checkpoint_path)
+        if checkpoint["model"] != args.model or checkpoint["model_args"] != model_args:
+            raise UsageError(f"{args.load_checkpoint_path}: holds a {checkpoint['model']} with "
+                             f"{checkpoint['model_args']}, which differs from the flags given")
+        model.load_state_dict(checkpoint["state_dict"])
+    if args.pretrain_gmf:
+        parts = []
+        for path, kind in ((args.pretrain_gmf, "gmf"), (args.pretrain_mlp, "mlp")):
+            checkpoint = load_checkpoint(path)
+            check_fits(checkpoint, dataset, path)
+            if checkpoint["model"] != kind:
+                raise UsageError(f"{path}: holds a {checkpoint['model']} model, expected {kind}")
+            parts.append(model_from_checkpoint(checkpoint))
+        gmf, mlp = parts
+        if gmf.user_embedding.embedding_dim != args.factors or list(_mlp_layers(mlp)) != list(args.layers):
+            raise UsageError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
+        model.load_pretrained(gmf, mlp, args.alpha)
+    model.to(device)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
+                                 fused=device.type == "cuda")
+    return model, model_args, optimizer
+
+
+def _mlp_layers(mlp):
+    sizes = [mlp.user_embedding.embedding_dim * 2]
+    return sizes + [layer.out_features for layer in mlp.tower if isinstance(layer, torch.nn.Linear)]
+
+
+# ---------------------------------------------------------------------------------------------- training steps
+
+
+def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, exact_keys, rank, world_size, show_bar):
+    """One pass over the training positives; returns (mean loss as a 0-d tensor, samples seen by this rank)."""
+    model.train()
+    device = dataset.train_users.device
+    # Seeding by (seed, epoch) makes each epoch's order, negatives and dropout independent of what ran before,
+    # so a resumed run repeats an uninterrupted one exactly.
+    generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + epoch * 7919 + rank)
+    torch.manual_seed(args.seed * 1_000_003 + epoch * 7919 + rank)
+    positives_per_batch = max(1, args.batch_size // (1 + args.negative_samples))
+    num_batches = math.ceil(dataset.num_train / positives_per_batch)
+    batches = dataloading.epoch_batches(dataset, args.batch_size, args.negative_samples, generator, exact_keys,
+                                        rank, world_size)
+    loss_sum = torch.zeros((), device=device)
+    samples = 0
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
+    for step, (users, items, labels) in enumerate(bar):
+        with autocast():
+            logits = model(users, items)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+        # The last group may hold fewer batches than --grads_accumulated; it is still applied, scaled by its size.
+        group = min(args.grads_accumulated, num_batches - (step // args.grads_accumulated) * args.grads_accumulated)
+        scaler.scale(loss / group).backward()
+        if (step + 1) % args.grads_accumulated == 0 or step + 1 == num_batches:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach() * labels.numel()
+        samples += labels.numel()
+    return loss_sum / max(samples, 1), samples
+
+
+def run_evaluation(model, dataset, args, autocast, mask, rank, world_size):
+    """HR@k, NDCG@k and validation loss over every test user (all ranks combined); returns a dict of floats."""
+    model.eval()
+    users_per_batch = max(1, args.valid_batch_size // (1 + dataset.test_negatives.shape[1]))
+    totals = dataloading.evaluate(model, dataset, args.topk, users_per_batch, autocast, rank, world_size, mask)
+    if world_size > 1:
+        dist.all_reduce(totals)
+    hits, ndcg, loss, candidates, users = totals.tolist()
+    return {f"hr@{args.topk}": hits / users, f"ndcg@{args.topk}": ndcg / users, "validation_loss": loss / candidates,
+            "eval_samples": candidates}
+
+
+def save_checkpoint(path, model, model_args, optimizer, scaler, epoch, metrics, best, args, dataset):
+    """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file."""
+    model = getattr(model, "module", model)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "model": args.model, "model_args": model_args,
+        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "epoch": epoch, "metrics": metrics, "best": best, "config": json.loads(json.dumps(vars(args))),
+        "fingerprint": dataset.fingerprint,
+    }
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(checkpoint, temporary)
+    os.replace(temporary, path)
+
+
+def existing_best(path, dataset, model_kind):
+    """HR of a best.pt already in --checkpoint_dir for this dataset and model; refuse to mix with another's."""
+    if not path.is_file():
+        return -1.0
+    checkpoint = load_checkpoint(path)
+    if checkpoint["fingerprint"] != dataset.fingerprint or checkpoint["model"] != model_kind:
+        raise UsageError(f"{path}: holds a {checkpoint['model']} model for another dataset or model; pass another "
+                         "--checkpoint_dir (or remove it) so it is not overwritten")
+    return float(checkpoint["best"]["hr"])
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def describe(args, dataset, device, world_size, chosen):
+    lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
+             f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
+             f"model: {args.model}, device: {device}" + (f" x {world_size} ranks" if world_size > 1 else "")
+             + (", mixed precision" if args.amp else "")]
+    for flag, (value, how) in chosen.items():
+        lines.append(f"{flag}: {value:g} ({how})")
+    return "\n".join(lines)
+
+
+def resolve_sizes(args, dataset):
+    """Fill in -b and -l when not given; clamp a batch larger than the data. Returns notes on what was chosen."""
+    chosen = {}
+    samples = dataset.num_train * (1 + args.negative_samples)
+    if args.batch_size is None:
+        args.batch_size = choose_batch_size(dataset.num_train, args.negative_samples)
+        chosen["batch size"] = (args.batch_size, f"chosen for {samples:,} samples per epoch; set with -b")
+    elif args.batch_size > samples:
+        print(f"warning: --batch_size {args.batch_size:,} is larger than an epoch ({samples:,} samples); using "
+              f"{samples:,}", file=sys.stderr)
+        args.batch_size = samples
+        chosen["batch size"] = (args.batch_size, "clamped to one epoch")
+    else:
+        chosen["batch size"] = (args.batch_size, "given")
+    if args.learning_rate is None:
+        args.learning_rate = choose_learning_rate(args.batch_size)
+        chosen["learning rate"] = (args.learning_rate, "chosen for the batch size; set with -l")
+    else:
+        chosen["learning rate"] = (args.learning_rate, "given")
+    return chosen
+
+
+def test_mode(args, dataset, device, autocast, rank, world_size, log):
+    path = args.load_checkpoint_path or Path(args.checkpoint_dir) / "best.pt"
+    checkpoint = load_checkpoint(path)
+    check_fits(checkpoint, dataset, path)
+    model = model_from_checkpoint(checkpoint).to(device)
+    started = time.perf_counter()
+    metrics = run_evaluation(model, dataset, args, autocast, None, rank, world_size)
+    seconds = time.perf_counter() - started
+    metrics.update(eval_throughput=metrics.pop("eval_samples") / seconds, validation_epoch_time=seconds)
+    log.write("summary", metrics)
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return _main(args)
+    except (UsageError, DatasetError) as error:
+        print(f"ncf.py: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(args):
+    device, rank, world_size = setup_devices(args.device)
+    is_main = rank == 0
+    dataset = load_data(args.data, args.seed).to(device)
+    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    log_path = args.log_path or (checkpoint_dir / "log.json" if checkpoint_dir else None)
+    log = RunLogger(log_path, enabled=is_main)
+    autocast, scaler = mixed_precision(args.amp, device)
+    say = print if is_main else (lambda *_, **__: None)
+
+    if args.mode == "test":
+        metrics = test_mode(args, dataset, device, autocast, rank, world_size, log)
+        say(f"HR@{args.topk} {metrics[f'hr@{args.topk}']:.4f}  NDCG@{args.topk} {metrics[f'ndcg@{args.topk}']:.4f}")
+        return 0
+
+    torch.manual_seed(args.seed)
+    chosen = resolve_sizes(args, dataset)
+    say(describe(args, dataset, device, world_size, chosen))
+    model, model_args, optimizer = build(args, dataset, device)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    start_epoch, best = 0, {"hr": -1.0, "ndcg": 0.0, "epoch": -1, "seconds": 0.0}
+    if checkpoint_dir and is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    best_on_disk = existing_best(checkpoint_dir / "best.pt", dataset, args.model) if checkpoint_dir else -1.0
+    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if args.resume and last_path and last_path.is_file():
+        state = load_checkpoint(last_path)
+        check_fits(state, dataset, last_path)
+        if state["model"] != args.model or state["model_args"] != model_args:
+            raise UsageError(f"{last_path}: holds a {state['model']} with {state['model_args']}, which differs from "
+                             "the flags given; resume with the original flags")
+        getattr(model, "module", model).load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        say(f"resuming from {last_path} after epoch {state['epoch']}")
+    elif args.resume:
+        say("no checkpoint to resume from; starting from scratch")
+
+    log.write("config", {key: value for key, value in vars(args).items()} | {
+        "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
+        "world_size": world_size, "device": str(device)})
+    exact_keys = (dataloading.positive_keys(dataset.train_users, dataset.train_items, dataset.num_items)
+                  if args.negative_sampling == "exact" else None)
+    mask = dataloading.candidate_mask(dataset.test_items, dataset.test_negatives)
+    show_bar = is_main and sys.stderr.isatty()
+    hr_key, ndcg_key = f"hr@{args.topk}", f"ndcg@{args.topk}"
+    time_to_target = None
+    elapsed = best.get("elapsed", 0.0)
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
+        loss, samples = train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, exact_keys, rank,
+                                    world_size, show_bar)
+        train_loss = float(loss)  # the one host sync of the epoch
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise UsageError(f"training loss became {train_loss} in epoch {epoch}; lower --learning_rate "
+                             f"(now {args.learning_rate:g}); the best checkpoint so far is kept")
+        eval_started = time.perf_counter()
+        metrics = run_evaluation(model, dataset, args, autocast, mask, rank, world_size)
+        eval_seconds = time.perf_counter() - eval_started
+        elapsed += time.perf_counter() - started
+        record = {"epoch": epoch, "train_loss": train_loss, "validation_loss": metrics["validation_loss"],
+                  hr_key: metrics[hr_key], ndcg_key: metrics[ndcg_key],
+                  "train_throughput": samples * world_size / train_seconds, "train_epoch_time": train_seconds,
+                  "eval_throughput": metrics["eval_samples"] / eval_seconds, "validation_epoch_time": eval_seconds}
+        log.write("epoch", record)
+        say(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {metrics['validation_loss']:.4f}  "
+            f"HR@{args.topk} {metrics[hr_key]:.4f}  NDCG@{args.topk} {metrics[ndcg_key]:.4f}  "
+            f"{record['train_throughput'] / 1e6:.2f}M samples/s  {train_seconds + eval_seconds:.1f} s")
+        if metrics[hr_key] > best["hr"]:
+            best = {"hr": metrics[hr_key], "ndcg": metrics[ndcg_key], "epoch": epoch, "seconds": elapsed}
+            if checkpoint_dir and is_main and best["hr"] > best_on_disk:
+                save_checkpoint(checkpoint_dir / "best.pt", model, model_args, optimizer, scaler, epoch, record,
+                                best, args, dataset)
+                best_on_disk = best["hr"]
+        best["elapsed"] = elapsed
+        if checkpoint_dir and is_main:
+            save_checkpoint(last_path, model, model_args, optimizer, scaler, epoch, record, best, args, dataset)
+        if metrics[hr_key] >= args.threshold:
+            time_to_target = elapsed
+            say(f"reached the target HR@{args.topk} {args.threshold} in epoch {epoch}; stopping")
+            break
+
+    summary = {"best_accuracy": best["hr"], "best_ndcg": best["ndcg"], "best_epoch": best["epoch"],
+               "time_to_best_model": best["seconds"], "time_to_target": time_to_target, "total_time": elapsed}
+    log.write("summary", summary)
+    say(f"best HR@{args.topk} {best['hr']:.4f}  NDCG@{args.topk} {best['ndcg']:.4f}  at epoch {best['epoch']}"
+        f"  ({best['seconds']:.1f} s of training and evaluation)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
