@@ -107,23 +107,43 @@ def _load_nvidia(path):
                     tensors.append(torch.load(path / file, map_location="cpu", weights_only=True))
                 except (OSError, RuntimeError, EOFError) as error:
                     raise DatasetError(f"{path / file}: cannot load ({str(error)[:80]})") from None
-            data = torch.cat(tensors)
+            data = torch.cat(tensors)  # [rows, features]: one column per feature
+            if data.dim() == 1:
+                data = data[:, None]
+            if data.shape[1] != len(chunk["features"]):
+                raise DatasetError(f"{path / chunk['files'][0]}: has {data.shape[1]} columns for features "
+                                   f"{chunk['features']}")
             for index, name in enumerate(chunk["features"]):
-                columns[name] = data[:, index] if data.dim() == 2 else data
+                columns[name] = data[:, index]
         return columns
 
     train_columns, test_columns = read("train"), read("test")
-    test_users, test_items = test_columns[user_name], test_columns[item_name]
-    # NVIDIA's test channel holds, per user, K negatives then the positive (valid_negative + 1 rows per user).
-    per_user = int(spec.get("metadata", {}).get("test_samples_per_series", 0)) or _rows_per_user(test_users)
-    if test_users.numel() % per_user:
-        raise DatasetError(f"{path}: test rows are not a whole number of {per_user}-row groups")
-    users = test_users.view(-1, per_user)
-    items = test_items.view(-1, per_user)
-    order = torch.argsort(users[:, 0])
-    train = torch.stack([train_columns[user_name], train_columns[item_name]], 1).numpy()
-    test = torch.stack([users[order, -1], items[order, -1]], 1).numpy()
-    negatives = items[order, :-1].numpy()
+    # NVIDIA's test channel holds one series of test_samples_per_series consecutive rows per user: the positive
+    # (label 1, last in their converter's output) and the user's negatives.
+    per_user = int((spec.get("metadata") or {}).get("test_samples_per_series", 0))
+    test_users, test_items = test_columns[user_name].reshape(-1), test_columns[item_name].reshape(-1)
+    if per_user < 2 or test_users.numel() % per_user:
+        raise DatasetError(f"{path / 'feature_spec.yaml'}: metadata.test_samples_per_series must be at least 2 and "
+                           f"divide the {test_users.numel()} test rows")
+    users, items = test_users.view(-1, per_user), test_items.view(-1, per_user)
+    label_name = spec["channel_spec"].get("label_ch", [None])[0]
+    if label_name in test_columns:
+        labels = test_columns[label_name].reshape(-1, per_user)
+        if not torch.equal((labels > 0).sum(1), torch.ones(labels.shape[0], dtype=torch.long)):
+            raise DatasetError(f"{path}: every test series needs exactly one positive (label 1)")
+        positive = labels.argmax(1)
+    else:
+        positive = torch.full((users.shape[0],), per_user - 1)
+    rows = torch.arange(users.shape[0])
+    others = torch.ones_like(items, dtype=torch.bool)
+    others[rows, positive] = False
+    negatives = items[others].view(-1, per_user - 1)
+    test = torch.stack([users[rows, positive], items[rows, positive]], 1)
+    order = torch.argsort(test[:, 0])
+    if not torch.equal(test[order, 0], torch.arange(num_users)):
+        raise DatasetError(f"{path}: this tool needs exactly one test series per user")
+    train = torch.stack([train_columns[user_name].reshape(-1), train_columns[item_name].reshape(-1)], 1).numpy()
+    test, negatives = test[order].numpy(), negatives[order].numpy()
     from convert import dataset_fingerprint
 
     return _checked(path, num_users, num_items, train, test, negatives, dataset_fingerprint(train, test, negatives))
@@ -136,11 +156,6 @@ def dataset_from_split(split, name):
     fingerprint = dataset_fingerprint(split.train, split.test, split.test_negatives)
     return _checked(name, split.user_ids.size, split.item_ids.size, split.train, split.test, split.test_negatives,
                     fingerprint)
-
-
-def _rows_per_user(users):
-    change = torch.nonzero(users[1:] != users[:-1])
-    return int(change[0]) + 1 if change.numel() else users.numel()
 
 
 def _checked(path, num_users, num_items, train, test, negatives, fingerprint):
