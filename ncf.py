@@ -57,8 +57,8 @@ def parse_args(argv=None):
                         help="Adam learning rate; default: chosen with the batch size (printed at start)")
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
     parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (negatives, order, initialisation)")
-    parser.add_argument("-t", "--threshold", type=float, default=1.0,
-                        help="stop training once HR@k reaches this value")
+    parser.add_argument("-t", "--threshold", type=float, default=None,
+                        help="stop training once HR@k reaches this value (default: run every epoch)")
     parser.add_argument("-b1", "--beta1", type=float, default=0.25, help="Adam beta1")
     parser.add_argument("-b2", "--beta2", type=float, default=0.5, help="Adam beta2")
     parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
@@ -465,7 +465,7 @@ def _main(args):
         best["elapsed"] = elapsed
         if checkpoint_dir and is_main:
             save_checkpoint(last_path, model, model_args, optimizer, scaler, epoch, record, best, args, dataset)
-        if metrics[hr_key] >= args.threshold:
+        if args.threshold is not None and metrics[hr_key] >= args.threshold:
             time_to_target = elapsed
             say(f"reached the target HR@{args.topk} {args.threshold} in epoch {epoch}; stopping")
             break

@@ -1,0 +1,98 @@
+"""neumf.py and the evaluation maths of dataloading.py: known answers and invariants."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dataloading
+from neumf import GMF, MLP, NeuMF, build_model
+
+MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),
+                "neumf": dict(factors=8, layers=[16, 8, 4], dropout=0.0)}
+
+
+def test_hand_computed_hr_and_ndcg():
+    # Three users, four negatives each. Ranks of the positive (0-based): 0, 2, 4 (ties count against it).
+    positive = torch.tensor([0.9, 0.5, 0.1])
+    negatives = torch.tensor([[0.1, 0.2, 0.3, 0.4],
+                              [0.6, 0.5, 0.4, 0.3],  # 0.6 above, 0.5 ties -> rank 2
+                              [0.2, 0.3, 0.4, 0.5]])
+    mask = torch.ones_like(negatives, dtype=torch.bool)
+    for k, expected_hits, expected_ndcg in ((1, 1, 1.0), (3, 2, 1.0 + 1 / math.log2(4)),
+                                            (5, 3, 1.0 + 1 / math.log2(4) + 1 / math.log2(6))):
+        hits, ndcg = dataloading.rank_metrics(positive, negatives, mask, k)
+        assert int(hits) == expected_hits
+        assert float(ndcg) == pytest.approx(expected_ndcg)
+
+
+def test_constant_scores_give_zero():
+    scores = torch.zeros(5, 100)
+    hits, ndcg = dataloading.rank_metrics(scores[:, 0], scores[:, 1:], torch.ones(5, 99, dtype=torch.bool), 10)
+    assert int(hits) == 0 and float(ndcg) == 0.0
+
+
+def test_masked_negatives_do_not_count():
+    # The negative equal to the test item and the repeated negative are ignored: rank 0 instead of 2.
+    test_items = torch.tensor([7])
+    negatives = torch.tensor([[7, 3, 3, 5]])
+    mask = dataloading.candidate_mask(test_items, negatives)
+    assert mask.tolist() == [[False, True, False, True]]
+    positive, scores = torch.tensor([0.5]), torch.tensor([[0.9, 0.1, 0.9, 0.2]])
+    scores[0, 1] = 0.1
+    hits, _ = dataloading.rank_metrics(positive, scores, mask, 1)
+    assert int(hits) == 1
+
+
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+def test_models_return_one_logit_per_pair(kind):
+    model = build_model(kind, num_users=5, num_items=7, **MODEL_KWARGS[kind])
+    users, items = torch.tensor([[0, 4], [1, 2]]), torch.tensor([[6, 0], [3, 3]])
+    assert model(users, items).shape == (2, 2)
+
+
+@pytest.mark.parametrize("make", [lambda: GMF(0, 5), lambda: GMF(5, 5, factors=0), lambda: MLP(5, 5, layers=[15, 8]),
+                                  lambda: MLP(5, 5, layers=[16, 0]), lambda: MLP(5, 5, dropout=1.0),
+                                  lambda: NeuMF(5, 5, layers=[])])
+def test_constructors_validate(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_pretrained_neumf_mixes_the_two_models():
+    torch.manual_seed(0)
+    gmf, mlp = GMF(6, 9, factors=4), MLP(6, 9, layers=[8, 4], dropout=0.0)
+    neumf = NeuMF(6, 9, factors=4, layers=[8, 4], dropout=0.0).load_pretrained(gmf, mlp, alpha=0.3)
+    users, items = torch.arange(6), torch.tensor([0, 2, 4, 6, 8, 1])
+    with torch.no_grad():
+        expected = 0.3 * gmf(users, items) + 0.7 * mlp(users, items)
+        assert torch.allclose(neumf(users, items), expected, atol=1e-6)
+
+
+def test_exact_negatives_never_hit_a_positive():
+    generator = torch.Generator().manual_seed(0)
+    users = torch.arange(50).repeat_interleave(8)
+    items = torch.randint(0, 12, (400,), generator=generator)
+    keys = dataloading.positive_keys(users, items, 12)
+    draw_users = torch.arange(50).repeat(40)
+    drawn = dataloading.draw_negatives(draw_users, 12, generator, keys)
+    positives = set((users * 12 + items).tolist())
+    assert not set((draw_users * 12 + drawn).tolist()) & positives
+    assert drawn.min() >= 0 and drawn.max() < 12
+
+
+def test_epoch_batches_cover_every_positive_once_with_n_negatives():
+    split = type("Split", (), {})()
+    train = np.array([[u, i] for u in range(10) for i in range(u % 3, u % 3 + 4)], dtype=np.int32)[:38]
+    split.train, split.test = train, np.array([[u, 9] for u in range(10)], dtype=np.int32)
+    split.test_negatives = np.tile(np.arange(5, 8, dtype=np.int32), (10, 1))
+    split.user_ids, split.item_ids = np.arange(10), np.arange(12)
+    dataset = dataloading.dataset_from_split(split, "toy")
+    batches = list(dataloading.epoch_batches(dataset, 15, 2, torch.Generator().manual_seed(1)))
+    assert [len(labels) for _, _, labels in batches] == [15] * 7 + [9]  # 5 positives per batch, the last has 3
+    positives = sorted((int(u), int(i)) for users, items, labels in batches
+                       for u, i, label in zip(users, items, labels) if label == 1)
+    assert positives == sorted(map(tuple, train.tolist()))
+    again = list(dataloading.epoch_batches(dataset, 15, 2, torch.Generator().manual_seed(1)))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))  # same seed, same batches

@@ -1,0 +1,230 @@
+"""ncf.py end to end, in-process: training each model, checkpoints, resume, NVIDIA directories, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import ncf
+from conftest import run_convert
+
+GROUPS, ITEMS_PER_GROUP, USERS_PER_GROUP = 4, 8, 12
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Users interact with every item of their own group (one held out, the latest); test negatives come from the
+    other groups, so a model that learned the groups ranks the held-out item first."""
+    folder = tmp_path_factory.mktemp("planted")
+    rng = np.random.default_rng(0)
+    lines = ["user,item,timestamp"]
+    for user in range(GROUPS * USERS_PER_GROUP):
+        group = user % GROUPS
+        items = group * ITEMS_PER_GROUP + rng.permutation(ITEMS_PER_GROUP)
+        lines += [f"{user},{item},{time}" for time, item in enumerate(items)]
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    # Every free item of a user is in another group: 24 of them, all used as negatives.
+    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--valid_negative", "24"])[0] == 0
+    return folder / "data"
+
+
+def train(data, tmp_path, *extra):
+    """Run ncf.main in-process with quick settings; returns (exit code, log records)."""
+    log = tmp_path / "log.json"
+    args = ["--data", str(data), "-e", "25", "-b", "64", "-l", "0.01", "--dropout", "0", "-f", "8",
+            "--layers", "16", "16", "8", "-k", "1", "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(log),
+            *map(str, extra)]
+    code = ncf.main(args)
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return code, records
+
+
+def summary(records):
+    return next(record for record in records if record["type"] == "summary")
+
+
+@pytest.mark.parametrize("model", ["gmf", "mlp", "neumf"])
+def test_each_model_ranks_held_out_items_first(planted, tmp_path, model):
+    code, records = train(planted, tmp_path, "--model", model)
+    assert code == 0
+    assert records[0]["type"] == "config" and records[0]["model"] == model
+    epochs = [record for record in records if record["type"] == "epoch"]
+    assert len(epochs) == 25 and {"train_throughput", "eval_throughput", "hr@1", "ndcg@1", "train_loss",
+                                  "validation_loss"} <= set(epochs[0])
+    assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
+    assert (tmp_path / "ck" / "best.pt").is_file() and (tmp_path / "ck" / "last.pt").is_file()
+
+
+def test_checkpoint_round_trip_gives_identical_metrics(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "--model", "gmf", "-e", "8")[0] == 0
+    best = summary(json.loads(line) for line in (tmp_path / "log.json").read_text().splitlines())
+    capsys.readouterr()
+    assert ncf.main(["--data", str(planted), "--mode", "test", "-k", "1", "--checkpoint_dir", str(tmp_path / "ck"),
+                     "--log_path", str(tmp_path / "test.json")]) == 0
+    tested = json.loads((tmp_path / "test.json").read_text().splitlines()[-1])
+    assert tested["hr@1"] == best["best_accuracy"] and tested["ndcg@1"] == best["best_ndcg"]
+    assert f"HR@1 {best['best_accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_resume_matches_an_uninterrupted_run(planted, tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole.mkdir(), part.mkdir()
+    assert train(planted, whole, "-e", "6")[0] == 0
+    assert train(planted, part, "-e", "3")[0] == 0  # "interrupted" after epoch 2
+    code, records = train(planted, part, "-e", "6", "--resume")
+    assert code == 0
+    last_whole = [r for r in (json.loads(x) for x in (whole / "log.json").read_text().splitlines())
+                  if r["type"] == "epoch"][-1]
+    last_part = [r for r in records if r["type"] == "epoch"][-1]
+    assert last_part["epoch"] == last_whole["epoch"] == 5
+    for key in ("train_loss", "validation_loss", "hr@1", "ndcg@1"):
+        assert last_part[key] == last_whole[key]
+
+
+def test_resume_without_checkpoint_starts_from_scratch(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "1", "--resume")[0] == 0
+    assert "starting from scratch" in capsys.readouterr().out
+
+
+def test_pretrained_neumf_starts_from_the_two_models(planted, tmp_path):
+    for model in ("gmf", "mlp"):
+        folder = tmp_path / model
+        folder.mkdir()
+        assert train(planted, folder, "--model", model, "-e", "10")[0] == 0
+    code, records = train(planted, tmp_path, "--pretrain_gmf", tmp_path / "gmf" / "ck" / "best.pt",
+                          "--pretrain_mlp", tmp_path / "mlp" / "ck" / "best.pt", "-e", "1", "-l", "1e-6")
+    assert code == 0
+    # With a negligible learning rate, NeuMF's first evaluation reflects the pre-trained branches, far above chance.
+    assert [r for r in records if r["type"] == "epoch"][0]["hr@1"] >= 0.5
+
+
+def test_batch_larger_than_the_data_is_clamped(planted, tmp_path, capsys):
+    code, records = train(planted, tmp_path, "-b", str(2**20), "-e", "2")
+    assert code == 0 and "larger than an epoch" in capsys.readouterr().err
+    assert len([r for r in records if r["type"] == "epoch"]) == 2
+
+
+def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys):
+    assert ncf.main(["--data", str(planted), "-e", "1", "--checkpoint_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "batch size: 1024 (chosen" in out and "learning rate:" in out
+    assert ncf.choose_batch_size(20_000_000, 4) == 2**20 and ncf.choose_batch_size(994_169, 4) == 2**16
+
+
+def test_threshold_stops_early(planted, tmp_path):
+    code, records = train(planted, tmp_path, "-t", "0.5", "-e", "50")
+    assert code == 0
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert epochs[-1]["hr@1"] >= 0.5 and len(epochs) < 50 and summary(records)["time_to_target"] is not None
+
+
+def write_nvidia_layout(folder, data):
+    """The planted set in NVIDIA's feature-spec layout: [rows, features] tensors; test series = negatives, then the
+    positive, labelled by a separate label tensor."""
+    train = np.load(data / "train.npy").astype(np.int64)
+    test = np.load(data / "test.npy").astype(np.int64)
+    negatives = np.load(data / "test_negatives.npy").astype(np.int64)
+    per_user = negatives.shape[1] + 1
+    items = np.concatenate([negatives, test[:, 1:]], axis=1)
+    users = np.repeat(test[:, :1], per_user, axis=1)
+    labels = np.zeros_like(items, dtype=np.float32)
+    labels[:, -1] = 1
+    torch.save(torch.from_numpy(train), folder / "train_data_0.pt")
+    torch.save(torch.ones(len(train), 1), folder / "train_data_1.pt")
+    torch.save(torch.from_numpy(np.stack([users.ravel(), items.ravel()], 1)), folder / "test_data_0.pt")
+    torch.save(torch.from_numpy(labels.reshape(-1, 1)), folder / "test_data_1.pt")
+    meta = json.loads((data / "metadata.json").read_text())
+    spec = {
+        "feature_spec": {"user": {"dtype": "torch.int64", "cardinality": meta["num_users"]},
+                         "item": {"dtype": "torch.int64", "cardinality": meta["num_items"]},
+                         "label": {"dtype": "torch.float32"}},
+        "metadata": {"test_samples_per_series": per_user},
+        "source_spec": {
+            "train": [{"type": "torch_tensor", "features": ["user", "item"], "files": ["train_data_0.pt"]},
+                      {"type": "torch_tensor", "features": ["label"], "files": ["train_data_1.pt"]}],
+            "test": [{"type": "torch_tensor", "features": ["user", "item"], "files": ["test_data_0.pt"]},
+                     {"type": "torch_tensor", "features": ["label"], "files": ["test_data_1.pt"]}]},
+        "channel_spec": {"user_ch": ["user"], "item_ch": ["item"], "label_ch": ["label"]},
+    }
+    (folder / "feature_spec.yaml").write_text(yaml.safe_dump(spec))
+
+
+def test_nvidia_directory_trains_like_ours(planted, tmp_path):
+    import dataloading
+
+    nvidia = tmp_path / "nvidia"
+    nvidia.mkdir()
+    write_nvidia_layout(nvidia, planted)
+    ours, theirs = dataloading.load_dataset(planted), dataloading.load_dataset(nvidia)
+    assert theirs.fingerprint == ours.fingerprint  # the same split, read from either layout
+    code, records = train(nvidia, tmp_path)
+    assert code == 0 and summary(records)["best_accuracy"] >= 0.9
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_data_that_is_not_a_dataset(tmp_path, capsys):
+    assert ncf.main(["--data", str(tmp_path), "--checkpoint_dir", ""]) == 1
+    assert "no metadata.json" in one_line_error(capsys)
+    assert ncf.main(["--data", str(tmp_path / "missing"), "--checkpoint_dir", ""]) == 1
+    assert "not a directory" in one_line_error(capsys)
+
+
+def test_corrupted_array(planted, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in planted.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "train.npy").write_bytes(b"\x93NUMPY garbage")
+    assert ncf.main(["--data", str(broken), "--checkpoint_dir", ""]) == 1
+    assert "train.npy: corrupted" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flags", [["-b", "0"], ["-f", "-3"], ["-e", "0"], ["--layers", "15", "8"],
+                                   ["-l", "-1"], ["--dropout", "1"], ["--pretrain_gmf", "x.pt"]])
+def test_bad_flags_are_refused(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ncf.parse_args(flags)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_in_test_mode(planted, tmp_path, capsys):
+    assert ncf.main(["--data", str(planted), "--mode", "test", "--load_checkpoint_path", str(tmp_path / "x.pt")]) == 1
+    assert "no such checkpoint" in one_line_error(capsys)
+
+
+def test_nan_loss_stops_and_keeps_the_best_checkpoint(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "3")[0] == 0
+    best = (tmp_path / "ck" / "best.pt").read_bytes()
+    capsys.readouterr()
+    code, _ = train(planted, tmp_path, "-e", "3", "-l", "1e38", "--model", "neumf")
+    assert code == 1
+    message = one_line_error(capsys)
+    assert "training loss became nan in epoch 0" in message or "training loss became inf in epoch 0" in message
+    assert (tmp_path / "ck" / "best.pt").read_bytes() == best
+
+
+def test_a_worse_run_never_overwrites_the_best_checkpoint(planted, tmp_path):
+    assert train(planted, tmp_path, "-e", "15")[0] == 0
+    best = (tmp_path / "ck" / "best.pt").read_bytes()
+    assert train(planted, tmp_path, "-e", "1", "-l", "1e-7")[0] == 0
+    assert (tmp_path / "ck" / "best.pt").read_bytes() == best
+
+
+def test_checkpoint_for_another_dataset_is_refused(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "1")[0] == 0
+    assert run_convert(["--dataset", "demo", "--output", tmp_path / "demo"])[0] == 0
+    capsys.readouterr()
+    assert ncf.main(["--data", str(tmp_path / "demo"), "--mode", "test",
+                     "--load_checkpoint_path", str(tmp_path / "ck" / "best.pt")]) == 1
+    assert "trained on another dataset" in one_line_error(capsys)
