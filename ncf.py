@@ -62,6 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("-b1", "--beta1", type=float, default=0.25, help="Adam beta1")
     parser.add_argument("-b2", "--beta2", type=float, default=0.5, help="Adam beta2")
     parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
+    parser.add_argument("--weight_decay", type=float, default=0.0,
+                        help="decoupled weight decay (AdamW) on all parameters; 0 means plain Adam as in NVIDIA's tool")
     parser.add_argument("--dropout", type=float, default=0.5, help="dropout after each MLP layer")
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
@@ -106,6 +108,8 @@ def _validate(parser, args):
             parser.error(f"{flag} must be at least 1, got {value}")
     if args.negative_samples < 0:
         parser.error(f"--negative_samples must be 0 or more, got {args.negative_samples}")
+    if args.weight_decay < 0:
+        parser.error(f"--weight_decay must be 0 or more, got {args.weight_decay}")
     if args.learning_rate is not None and not args.learning_rate > 0:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
     if any(size < 1 for size in args.layers):
@@ -241,8 +245,8 @@ def build(args, dataset, device):
         model.load_pretrained(gmf, mlp, args.alpha)
     model.to(device)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
-                                 fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
+                                  weight_decay=args.weight_decay, fused=device.type == "cuda")
     return model, model_args, optimizer
 
 
