@@ -246,7 +246,7 @@ def build(args, dataset, device):
     model.to(device)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
-                                  weight_decay=args.weight_decay, fused=device.type == "cuda")
+                                  weight_decay=args.weight_decay, fused=True)
     return model, model_args, optimizer
 
 
@@ -258,7 +258,7 @@ def _mlp_layers(mlp):
 # ---------------------------------------------------------------------------------------------- training steps
 
 
-def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, exact_keys, rank, world_size, show_bar):
+def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank, world_size, show_bar):
     """One pass over the training positives; returns (mean loss as a 0-d tensor, samples seen by this rank)."""
     model.train()
     device = dataset.train_users.device
@@ -268,7 +268,7 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, exact_
     torch.manual_seed(args.seed * 1_000_003 + epoch * 7919 + rank)
     positives_per_batch = max(1, args.batch_size // (1 + args.negative_samples))
     num_batches = math.ceil(dataset.num_train / positives_per_batch)
-    batches = dataloading.epoch_batches(dataset, args.batch_size, args.negative_samples, generator, exact_keys,
+    batches = dataloading.epoch_batches(dataset, args.batch_size, args.negative_samples, generator, positives,
                                         rank, world_size)
     loss_sum = torch.zeros((), device=device)
     samples = 0
@@ -432,8 +432,8 @@ def _main(args):
     log.write("config", {key: value for key, value in vars(args).items()} | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
         "world_size": world_size, "device": str(device)})
-    exact_keys = (dataloading.positive_keys(dataset.train_users, dataset.train_items, dataset.num_items)
-                  if args.negative_sampling == "exact" else None)
+    positives = (dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
+                                         dataset.num_items) if args.negative_sampling == "exact" else None)
     mask = dataloading.candidate_mask(dataset.test_items, dataset.test_negatives)
     show_bar = is_main and sys.stderr.isatty()
     hr_key, ndcg_key = f"hr@{args.topk}", f"ndcg@{args.topk}"
@@ -441,7 +441,7 @@ def _main(args):
     elapsed = best.get("elapsed", 0.0)
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        loss, samples = train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, exact_keys, rank,
+        loss, samples = train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank,
                                     world_size, show_bar)
         train_loss = float(loss)  # the one host sync of the epoch
         train_seconds = time.perf_counter() - started

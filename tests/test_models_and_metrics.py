@@ -70,13 +70,16 @@ def test_pretrained_neumf_mixes_the_two_models():
         assert torch.allclose(neumf(users, items), expected, atol=1e-6)
 
 
-def test_exact_negatives_never_hit_a_positive():
+@pytest.mark.parametrize("max_bitmap_bytes", [0, 2**28], ids=["sorted-keys", "bitmap"])
+def test_exact_negatives_never_hit_a_positive(max_bitmap_bytes):
     generator = torch.Generator().manual_seed(0)
     users = torch.arange(50).repeat_interleave(8)
     items = torch.randint(0, 12, (400,), generator=generator)
-    keys = dataloading.positive_keys(users, items, 12)
-    draw_users = torch.arange(50).repeat(40)
-    drawn = dataloading.draw_negatives(draw_users, 12, generator, keys)
+    positive_set = dataloading.PositiveSet(users, items, 50, 12, max_bitmap_bytes)
+    assert (positive_set.bitmap is None) == (max_bitmap_bytes == 0)
+    draw_users = torch.arange(50).repeat(40).view(40, 50)
+    drawn = dataloading.draw_negatives(draw_users, 12, generator, positive_set).view(-1)
+    draw_users = draw_users.reshape(-1)
     positives = set((users * 12 + items).tolist())
     assert not set((draw_users * 12 + drawn).tolist()) & positives
     assert drawn.min() >= 0 and drawn.max() < 12

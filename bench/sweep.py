@@ -1,0 +1,119 @@
+"""Run a grid of ncf.py configurations over several seeds, in parallel worker processes, and rank them.
+
+    python bench/sweep.py --data data/ml100k --grid grid.txt --seeds 0 1 2 --workers 4 --output sweep.jsonl
+
+Each non-empty line of the grid file holds the ncf.py flags of one configuration (``#`` starts a comment), for
+example ``--model gmf -b 2048 -l 0.002 -e 20``. Every (configuration, seed) pair runs ``ncf.main`` in a worker
+process with no checkpoints; one JSON line per run is appended to --output as it finishes, so an interrupted sweep
+keeps its results and a re-run skips the pairs already there. At the end a table ranks the configurations by mean
+best HR@k over the seeds. Small datasets leave a GPU mostly idle, so several workers share it well.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ scripts run from anywhere
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", required=True, help="dataset directory passed to ncf.py --data")
+    parser.add_argument("--grid", required=True, help="file with one configuration (ncf.py flags) per line")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run for every configuration")
+    parser.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    parser.add_argument("--output", required=True, help="JSON-lines results file (appended to)")
+    parser.add_argument("--top", type=int, default=15, help="configurations shown in the final table")
+    return parser.parse_args(argv)
+
+
+def read_grid(path):
+    configs = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            configs.append(" ".join(shlex.split(line)))
+    return configs
+
+
+def run_one(job):
+    """Train one configuration with one seed; returns the result record (or the error)."""
+    import ncf
+
+    data, config, seed = job
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = Path(folder) / "log.json"
+        argv = ["--data", data, *shlex.split(config), "--seed", str(seed), "--checkpoint_dir", "",
+                "--log_path", str(log_path)]
+        captured = io.StringIO()
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            try:
+                status = ncf.main(argv)
+            except SystemExit as exit_:
+                status = exit_.code
+        seconds = time.perf_counter() - started
+        record = {"config": config, "seed": seed, "status": status, "seconds": round(seconds, 2)}
+        if status == 0:
+            lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+            summary = next(line for line in lines if line["type"] == "summary")
+            epochs = [line for line in lines if line["type"] == "epoch"]
+            hr_key = next(key for key in epochs[0] if key.startswith("hr@"))
+            record.update(hr=summary["best_accuracy"], ndcg=summary["best_ndcg"], best_epoch=summary["best_epoch"],
+                          curve=[round(epoch[hr_key], 4) for epoch in epochs])
+        else:
+            record["error"] = captured.getvalue().strip().splitlines()[-1:]
+        return record
+
+
+def rank(records, top):
+    by_config = {}
+    for record in records:
+        if record.get("status") == 0:
+            by_config.setdefault(record["config"], []).append(record)
+    rows = []
+    for config, runs in by_config.items():
+        hrs, ndcgs = [run["hr"] for run in runs], [run["ndcg"] for run in runs]
+        rows.append((statistics.mean(hrs), statistics.mean(ndcgs), min(hrs), len(runs),
+                     statistics.mean(run["seconds"] for run in runs), config))
+    rows.sort(reverse=True)
+    lines = [f"{'mean HR':>8} {'mean NDCG':>9} {'min HR':>7} {'runs':>4} {'s/run':>6}  configuration"]
+    lines += [f"{hr:8.4f} {ndcg:9.4f} {low:7.4f} {count:4d} {seconds:6.1f}  {config}"
+              for hr, ndcg, low, count, seconds, config in rows[:top]]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output = Path(args.output)
+    done = []
+    if output.is_file():
+        done = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    finished = {(record["config"], record["seed"]) for record in done}
+    jobs = [(args.data, config, seed) for config in read_grid(args.grid) for seed in args.seeds
+            if (config, seed) not in finished]
+    print(f"{len(jobs)} runs to do ({len(finished)} already in {output}), {args.workers} workers", flush=True)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    with context.Pool(args.workers, maxtasksperchild=8) as pool, output.open("a") as sink:
+        for record in pool.imap_unordered(run_one, jobs):
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            done.append(record)
+            shown = f"HR {record['hr']:.4f} NDCG {record['ndcg']:.4f}" if record["status"] == 0 else record["error"]
+            print(f"[{len(done) - len(finished)}/{len(jobs)}] {record['config']} seed {record['seed']}: {shown} "
+                  f"({record['seconds']} s)", flush=True)
+    print(rank(done, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
