@@ -232,12 +232,14 @@ def draw_negatives(users, num_items, generator, positives=None, max_rounds=20):
 
 
 def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positives=None, rank=0, world_size=1,
-                  block_samples=2**22):
+                  block_samples=2**22, negative_generator=None):
     """Yield (users, items, labels) batches for one epoch, labels float.
 
     ``batch_size`` counts samples (positives and negatives together, as in NVIDIA's tool). Positives are shuffled and
     split into chunks of ``batch_size / (1 + n)``; each chunk is followed by its ``n`` negatives per positive. The
-    last chunk may be smaller. With several ranks, each takes its own slice of every global batch.
+    last chunk may be smaller. With several ranks, each takes its own slice of every global batch: ``generator``
+    (which orders the positives) must then be seeded alike on every rank, and ``negative_generator`` (default
+    ``generator``) differently, so that each rank draws its own negatives.
 
     Negatives are drawn for a block of consecutive batches at once (about ``block_samples`` samples): drawing per
     batch costs some 150 small kernel launches per step, which dominated small-batch training (measured 5.8 ms per
@@ -248,8 +250,10 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
     positives_per_batch = max(1, batch_size // (1 + negatives_per_positive))
     batches_per_block = max(1, block_samples // (positives_per_batch * (1 + negatives_per_positive)))
     order = torch.randperm(dataset.num_train, generator=generator, device=device)
-    full_labels = torch.zeros(positives_per_batch * (1 + negatives_per_positive), device=device)
-    full_labels[:positives_per_batch] = 1.0
+    negative_generator = generator if negative_generator is None else negative_generator
+    full_share = math.ceil(positives_per_batch / world_size)
+    full_labels = torch.zeros(full_share * (1 + negatives_per_positive), device=device)
+    full_labels[:full_share] = 1.0
     for block_start in range(0, dataset.num_train, positives_per_batch * batches_per_block):
         block = order[block_start:block_start + positives_per_batch * batches_per_block]
         chunks = []
@@ -259,13 +263,13 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
             chunks.append(chunk[rank * share:(rank + 1) * share])
         mine = torch.cat(chunks)
         users, items = dataset.train_users[mine], dataset.train_items[mine]
-        negatives = draw_negatives(users.expand(negatives_per_positive, -1), dataset.num_items, generator,
-                                   positives)  # [n, positives in this rank's part of the block]
+        negatives = draw_negatives(users.expand(negatives_per_positive, -1), dataset.num_items,
+                                   negative_generator, positives)  # [n, positives in this rank's part of the block]
         offset = 0
         for chunk in chunks:
             stop = offset + chunk.numel()
             batch_users = users[offset:stop]
-            if batch_users.numel() == positives_per_batch:
+            if batch_users.numel() == full_share:
                 batch_labels = full_labels
             else:
                 batch_labels = torch.zeros(batch_users.numel() * (1 + negatives_per_positive), device=device)

@@ -11,6 +11,8 @@ Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the 
 """
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -259,35 +261,48 @@ def _mlp_layers(mlp):
 
 
 def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank, world_size, show_bar):
-    """One pass over the training positives; returns (mean loss as a 0-d tensor, samples seen by this rank)."""
+    """One pass over the training positives; returns (mean loss over all ranks as a 0-d tensor, samples of all
+    ranks)."""
     model.train()
     device = dataset.train_users.device
     # Seeding by (seed, epoch) makes each epoch's order, negatives and dropout independent of what ran before,
-    # so a resumed run repeats an uninterrupted one exactly.
-    generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + epoch * 7919 + rank)
-    torch.manual_seed(args.seed * 1_000_003 + epoch * 7919 + rank)
+    # so a resumed run repeats an uninterrupted one exactly. The order is the same on every rank (each takes its
+    # slice of every batch); negatives and dropout differ by rank.
+    epoch_seed = args.seed * 1_000_003 + epoch * 7919
+    order_generator = torch.Generator(device).manual_seed(epoch_seed)
+    negative_generator = torch.Generator(device).manual_seed(epoch_seed + 104_729 * (rank + 1))
+    torch.manual_seed(epoch_seed + 104_729 * (rank + 1))
     positives_per_batch = max(1, args.batch_size // (1 + args.negative_samples))
     num_batches = math.ceil(dataset.num_train / positives_per_batch)
-    batches = dataloading.epoch_batches(dataset, args.batch_size, args.negative_samples, generator, positives,
-                                        rank, world_size)
-    loss_sum = torch.zeros((), device=device)
-    samples = 0
+    batches = dataloading.epoch_batches(dataset, args.batch_size, args.negative_samples, order_generator, positives,
+                                        rank, world_size, negative_generator=negative_generator)
+    loss_total, samples = torch.zeros((), device=device), 0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     for step, (users, items, labels) in enumerate(bar):
-        with autocast():
-            logits = model(users, items)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
-        # The last group may hold fewer batches than --grads_accumulated; it is still applied, scaled by its size.
+        # Every rank divides its loss sum by the global batch's sample count times the ranks that DDP averages
+        # over, so the applied gradient is that of the global batch's mean loss, even when a rank's slice is
+        # uneven or empty. The last group may hold fewer batches than --grads_accumulated; it is still applied,
+        # scaled by its size.
+        global_samples = min(positives_per_batch, dataset.num_train - step * positives_per_batch) \
+            * (1 + args.negative_samples)
         group = min(args.grads_accumulated, num_batches - (step // args.grads_accumulated) * args.grads_accumulated)
-        scaler.scale(loss / group).backward()
-        if (step + 1) % args.grads_accumulated == 0 or step + 1 == num_batches:
+        applies = (step + 1) % args.grads_accumulated == 0 or step + 1 == num_batches
+        sync = contextlib.nullcontext() if applies or world_size == 1 else model.no_sync()
+        with sync, autocast():  # under no_sync, this rank accumulates; DDP averages once, at the applying step
+            logits = model(users, items)
+        loss_sum = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
+        scaler.scale(loss_sum * (world_size / (global_samples * group))).backward()
+        if applies:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach() * labels.numel()
+        loss_total += loss_sum.detach()
         samples += labels.numel()
-    return loss_sum / max(samples, 1), samples
+    totals = torch.stack([loss_total.double(), torch.tensor(float(samples), dtype=torch.float64, device=device)])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    return totals[0] / totals[1].clamp(min=1), int(totals[1])
 
 
 def run_evaluation(model, dataset, args, autocast, mask, rank, world_size):
@@ -329,6 +344,23 @@ def existing_best(path, dataset, model_kind):
 
 
 # ------------------------------------------------------------------------------------------------------- main
+
+
+def check_ranks_agree(args, dataset, device, world_size, start_epoch):
+    """Stop every rank with one clear error when ranks were given different data or flags, or would resume from
+    different epochs (a last.pt that only some nodes can see), instead of training different models."""
+    if world_size == 1:
+        return
+    settings = {key: value for key, value in vars(args).items() if key != "local_rank"}
+    text = json.dumps({"dataset": dataset.fingerprint, "settings": settings, "start_epoch": start_epoch},
+                      sort_keys=True, default=str)
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+    values = torch.tensor([digest, -digest], dtype=torch.int64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)  # max of digest and of -digest: equal digests iff max == -max
+    if int(values[0]) != -int(values[1]):
+        raise UsageError("the ranks disagree on the dataset, the flags or the epoch to resume from; give every rank "
+                         "the same --data (same contents), the same command line and a --checkpoint_dir they all "
+                         "see (a shared file system)")
 
 
 def describe(args, dataset, device, world_size, chosen):
@@ -428,6 +460,7 @@ def _main(args):
         say(f"resuming from {last_path} after epoch {state['epoch']}")
     elif args.resume:
         say("no checkpoint to resume from; starting from scratch")
+    check_ranks_agree(args, dataset, device, world_size, start_epoch)
 
     log.write("config", {key: value for key, value in vars(args).items()} | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
@@ -449,7 +482,7 @@ def _main(args):
             raise UsageError(f"training loss became {train_loss} in epoch {epoch}; lower --learning_rate "
                              f"(now {args.learning_rate:g}); the best checkpoint so far is kept")
         eval_started = time.perf_counter()
-        metrics = run_evaluation(model, dataset, args, autocast, mask, rank, world_size)
+        metrics = run_evaluation(getattr(model, "module", model), dataset, args, autocast, mask, rank, world_size)
         eval_seconds = time.perf_counter() - eval_started
         elapsed += time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": train_loss, "validation_loss": metrics["validation_loss"],

@@ -41,8 +41,10 @@ def synthetic_interactions(num_users, num_items, num_interactions, seed=0):
     counts = np.minimum(counts, max(minimum, num_items // 2))
     users = np.repeat(np.arange(num_users, dtype=np.int64), counts)
 
-    # Taste groups: about 30 items per group, at most 48 groups.
-    num_groups = int(np.clip(num_items // 30, 2, 48))
+    # Taste groups: about 100 items per group, at most 48 groups. Groups much smaller than a typical user's
+    # history would be exhausted, leaving the held-out item to popularity alone (measured: with 30-item groups the
+    # demo's HR@10 stayed at 0.37 from the first epoch on).
+    num_groups = int(np.clip(num_items // 100, 2, 48))
     user_group = rng.integers(0, num_groups, num_users)
     item_group = rng.integers(0, num_groups, num_items)
     # Zipf-like popularity with a random order over items, so popularity is independent of the id.
