@@ -61,11 +61,14 @@ def parse_args(argv=None):
     parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (negatives, order, initialisation)")
     parser.add_argument("-t", "--threshold", type=float, default=None,
                         help="stop training once HR@k reaches this value (default: run every epoch)")
-    parser.add_argument("-b1", "--beta1", type=float, default=0.25, help="Adam beta1")
-    parser.add_argument("-b2", "--beta2", type=float, default=0.5, help="Adam beta2")
+    parser.add_argument("-b1", "--beta1", type=float, default=None,
+                        help="Adam beta1; default: NVIDIA's 0.25 for batches of 2^18 or more, else 0.9 (printed)")
+    parser.add_argument("-b2", "--beta2", type=float, default=None,
+                        help="Adam beta2; default: NVIDIA's 0.5 for batches of 2^18 or more, else 0.999 (printed)")
     parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
-    parser.add_argument("--weight_decay", type=float, default=0.0,
-                        help="decoupled weight decay (AdamW) on all parameters; 0 means plain Adam as in NVIDIA's tool")
+    parser.add_argument("--weight_decay", type=float, default=0.1,
+                        help="decoupled weight decay (AdamW) on all parameters; 0 gives plain Adam as in NVIDIA's "
+                             "tool (measured: 0.1 is better on ML-100k and ML-1M, BENCHMARKS.md)")
     parser.add_argument("--dropout", type=float, default=0.5, help="dropout after each MLP layer")
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
@@ -119,6 +122,9 @@ def _validate(parser, args):
     if args.layers[0] % 2:
         parser.error(f"--layers: the first size is the user and item embeddings concatenated, so it must be even, "
                      f"got {args.layers[0]}")
+    for flag, beta in (("-b1/--beta1", args.beta1), ("-b2/--beta2", args.beta2)):
+        if beta is not None and not 0 <= beta < 1:
+            parser.error(f"{flag} must be in [0, 1), got {beta}")
     if not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
@@ -128,19 +134,29 @@ def _validate(parser, args):
 
 
 def choose_batch_size(num_train, negatives_per_positive):
-    """Default batch: a power of two giving about 64 optimizer steps per epoch, between 2^10 and 2^20.
+    """Default batch: a power of two giving about 512 optimizer steps per epoch, between 2^10 and 2^20.
 
-    NVIDIA's fixed 2^20 suits MovieLens-20M (about 100 steps per epoch) but leaves ML-1M with 5 steps per epoch
-    (0.65 HR@10) and ML-100k with less than one. Measured on ML-100k and ML-1M (BENCHMARKS.md).
+    NVIDIA's fixed 2^20 suits MovieLens-20M but leaves ML-1M with 5 steps per epoch (0.65 HR@10) and ML-100k with
+    less than one. Sweeps on ML-100k and ML-1M (bench/grids, BENCHMARKS.md) put the best batches at a few hundred
+    to a thousand steps per epoch: ML-100k 2^10, ML-1M 2^13, ML-20M 2^18.
     """
     samples = num_train * (1 + negatives_per_positive)
-    return int(2 ** min(20, max(10, round(math.log2(max(samples / 64, 1))))))
+    return int(2 ** min(20, max(10, round(math.log2(max(samples / 512, 1))))))
 
 
 def choose_learning_rate(batch_size):
     """Default Adam learning rate for a batch size: NVIDIA's 0.0045 at 2^20, scaled by the square root of the batch
     ratio (the usual rule for Adam), floored at 0.001."""
     return max(0.001, 0.0045 * math.sqrt(batch_size / 2**20))
+
+
+LARGE_BATCH = 2**18
+
+
+def choose_betas(batch_size):
+    """Default Adam betas: NVIDIA's (0.25, 0.5), tuned for batch 2^20 on ML-20M, for large batches; Adam's usual
+    (0.9, 0.999) below, measured better at the batches that suit smaller datasets (BENCHMARKS.md)."""
+    return (0.25, 0.5) if batch_size >= LARGE_BATCH else (0.9, 0.999)
 
 
 # ------------------------------------------------------------------------------------------------ set-up steps
@@ -369,7 +385,7 @@ def describe(args, dataset, device, world_size, chosen):
              f"model: {args.model}, device: {device}" + (f" x {world_size} ranks" if world_size > 1 else "")
              + (", mixed precision" if args.amp else "")]
     for flag, (value, how) in chosen.items():
-        lines.append(f"{flag}: {value:g} ({how})")
+        lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")
     return "\n".join(lines)
 
 
@@ -392,6 +408,11 @@ def resolve_sizes(args, dataset):
         chosen["learning rate"] = (args.learning_rate, "chosen for the batch size; set with -l")
     else:
         chosen["learning rate"] = (args.learning_rate, "given")
+    default_betas = choose_betas(args.batch_size)
+    if args.beta1 is None or args.beta2 is None:
+        args.beta1 = default_betas[0] if args.beta1 is None else args.beta1
+        args.beta2 = default_betas[1] if args.beta2 is None else args.beta2
+        chosen["Adam betas"] = (f"{args.beta1:g}, {args.beta2:g}", "chosen for the batch size; set with -b1/-b2")
     return chosen
 
 

@@ -1,6 +1,7 @@
 """Run a grid of ncf.py configurations over several seeds, in parallel worker processes, and rank them.
 
     python bench/sweep.py --data data/ml100k --grid grid.txt --seeds 0 1 2 --workers 4 --output sweep.jsonl
+    python bench/sweep.py --output bench/results/ml100k-focus-cpu.jsonl      # only rank the results of a sweep
 
 Each non-empty line of the grid file holds the ncf.py flags of one configuration (``#`` starts a comment), for
 example ``--model gmf -b 2048 -l 0.002 -e 20``. Every (configuration, seed) pair runs ``ncf.main`` in a worker
@@ -27,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ script
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", required=True, help="dataset directory passed to ncf.py --data")
-    parser.add_argument("--grid", required=True, help="file with one configuration (ncf.py flags) per line")
+    parser.add_argument("--data", help="dataset directory passed to ncf.py --data")
+    parser.add_argument("--grid", help="file with one configuration (ncf.py flags) per line; without it, only the "
+                                       "results already in --output are ranked")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run for every configuration")
     parser.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     parser.add_argument("--output", required=True, help="JSON-lines results file (appended to)")
@@ -98,6 +100,9 @@ def main(argv=None):
     done = []
     if output.is_file():
         done = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    if args.grid is None or args.data is None:
+        print(rank(done, args.top))
+        return 0
     finished = {(record["config"], record["seed"]) for record in done}
     jobs = [(args.data, config, seed) for config in read_grid(args.grid) for seed in args.seeds
             if (config, seed) not in finished]

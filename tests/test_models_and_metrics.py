@@ -99,3 +99,17 @@ def test_epoch_batches_cover_every_positive_once_with_n_negatives():
     assert positives == sorted(map(tuple, train.tolist()))
     again = list(dataloading.epoch_batches(dataset, 15, 2, torch.Generator().manual_seed(1)))
     assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))  # same seed, same batches
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_drops_the_right_share_and_keeps_the_mean(p):
+    from neumf import Dropout
+
+    torch.manual_seed(0)
+    dropout = Dropout(p)
+    x = torch.ones(400, 500)
+    y = dropout(x)
+    assert abs((y == 0).float().mean().item() - p) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.03  # inverted dropout keeps the expectation
+    assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1.0 / (1.0 - p)))
+    assert torch.equal(dropout.eval()(x), x)

@@ -110,7 +110,9 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
     assert ncf.main(["--data", str(planted), "-e", "1", "--checkpoint_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "batch size: 1024 (chosen" in out and "learning rate:" in out
-    assert ncf.choose_batch_size(20_000_000, 4) == 2**20 and ncf.choose_batch_size(994_169, 4) == 2**16
+    assert "Adam betas: 0.9, 0.999 (chosen" in out
+    assert ncf.choose_batch_size(20_000_000, 4) == 2**18 and ncf.choose_batch_size(994_169, 4) == 2**13
+    assert ncf.choose_batch_size(99_057, 4) == 2**10 and ncf.choose_betas(2**20) == (0.25, 0.5)
 
 
 def test_threshold_stops_early(planted, tmp_path):
@@ -190,7 +192,8 @@ def test_corrupted_array(planted, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags", [["-b", "0"], ["-f", "-3"], ["-e", "0"], ["--layers", "15", "8"],
-                                   ["-l", "-1"], ["--dropout", "1"], ["--pretrain_gmf", "x.pt"]])
+                                   ["-l", "-1"], ["--dropout", "1"], ["--pretrain_gmf", "x.pt"],
+                                   ["-b1", "1.5"]])
 def test_bad_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ncf.parse_args(flags)

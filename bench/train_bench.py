@@ -1,0 +1,129 @@
+"""Training and evaluation throughput of ncf.py's training loop, per batch size, with peak memory.
+
+    python bench/train_bench.py                                   # CPU-sized default: the demo shape
+    python bench/train_bench.py --synthetic 138493 26744 20000000 --batch_sizes 1048576 65536 --amp   # ML-20M shape
+    python bench/train_bench.py --data data/ml100k --batch_sizes 1024 --append
+
+Builds the dataset in memory (``--synthetic U I N``, as ``convert.py --synthetic`` would) or loads ``--data``, then
+times whole training epochs (NeuMF by default, NVIDIA's layer sizes) and one evaluation pass, exactly as ``ncf.py``
+runs them: the first epoch is a warm-up and is not counted, the median of the rest is reported. Prints a Markdown
+table; ``--append`` adds it, with the command, device and date, to BENCHMARKS.md.
+"""
+
+import argparse
+import datetime
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+
+import torch  # noqa: E402
+
+import convert  # noqa: E402
+import dataloading  # noqa: E402
+import ncf  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", help="dataset directory; default: a synthetic set of --synthetic's shape")
+    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1024, 8192], help="-b values to time")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per batch size (the first is a warm-up)")
+    parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
+    parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def load(args):
+    if args.data:
+        return dataloading.load_dataset(args.data), args.data
+    users, items, interactions = args.synthetic
+    options = convert.parse_args(["--synthetic", str(users), str(items), str(interactions), "--output", "-"])
+    quiet = convert.Progress(quiet=True)
+    split = convert.split_interactions(convert.load_interactions(options, quiet), 2, 100, 0, quiet)
+    return dataloading.dataset_from_split(split, "synthetic"), f"synthetic {users:,} x {items:,}, {interactions:,}"
+
+
+def peak_memory(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def measure(dataset, device, batch_size, args):
+    flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
+             "--device", device.type] + (["--amp"] if args.amp else [])
+    run = ncf.parse_args(flags)
+    ncf.resolve_sizes(run, dataset)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, _, optimizer = ncf.build(run, dataset, device)
+    autocast, scaler = ncf.mixed_precision(run.amp, device)
+    positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
+                                        dataset.num_items)
+    mask = dataloading.candidate_mask(dataset.test_items, dataset.test_negatives)
+    train_seconds, eval_seconds, hrs = [], [], []
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        loss, samples = ncf.train_epoch(model, optimizer, scaler, autocast, dataset, run, epoch, positives, 0, 1,
+                                        False)
+        float(loss)  # waits for the device
+        train_seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        metrics = ncf.run_evaluation(model, dataset, run, autocast, mask, 0, 1)
+        eval_seconds.append(time.perf_counter() - started)
+        hrs.append(metrics["hr@10"])
+    counted = slice(1, None) if args.epochs > 1 else slice(None)
+    epoch_time, eval_time = statistics.median(train_seconds[counted]), statistics.median(eval_seconds[counted])
+    return {"batch": batch_size, "epoch": epoch_time, "train": samples / epoch_time,
+            "eval": metrics["eval_samples"] / eval_time, "memory": peak_memory(device), "hr": max(hrs)}
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, PyTorch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return f"CPU {processor}, {torch.get_num_threads()} threads, PyTorch {torch.__version__}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    dataset, name = load(args)
+    dataset = dataset.to(device)
+    rows = [measure(dataset, device, batch_size, args) for batch_size in args.batch_sizes]
+    memory = "peak GPU memory (GiB)" if device.type == "cuda" else "peak RSS (GiB)"
+    lines = [f"| batch | median epoch (s) | training (M samples/s) | evaluation (M samples/s) | {memory} | "
+             f"best HR@10 in {args.epochs} epochs |", "|---|---|---|---|---|---|"]
+    lines += [f"| 2^{row['batch'].bit_length() - 1 if row['batch'] & (row['batch'] - 1) == 0 else row['batch']} "
+              f"| {row['epoch']:.2f} | {row['train'] / 1e6:.2f} | {row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
+              f"{row['hr']:.4f} |" for row in rows]
+    table = "\n".join(lines)
+    header = (f"{args.model}{', AMP' if args.amp else ''}, dropout {args.dropout}, data: {name} "
+              f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")
+    print(header)
+    print(table)
+    if args.append:
+        command = "python bench/train_bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        with open(ROOT / "BENCHMARKS.md", "a") as handle:
+            handle.write(f"\n### Training throughput, {datetime.date.today()}\n\nCommand: `{command}`  \n"
+                         f"{header}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
