@@ -39,10 +39,17 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------------------------------ flags
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (flags whose default is chosen from the data)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Train and evaluate Neural Collaborative Filtering (GMF, MLP, NeuMF). Flags follow NVIDIA's "
-                    "DeepLearningExamples ncf.py.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "DeepLearningExamples ncf.py.", formatter_class=_HelpFormatter)
     parser.add_argument("--data", help="dataset directory from convert.py (or NVIDIA's convert.py); without it, "
                                        "the built-in synthetic demo dataset is generated in memory")
     parser.add_argument("-e", "--epochs", type=int, default=20, help="number of training epochs")
