@@ -389,7 +389,8 @@ def check_ranks_agree(args, dataset, device, world_size, start_epoch):
 def describe(args, dataset, device, world_size, chosen):
     lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
              f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
-             f"model: {args.model}, weight decay {args.weight_decay:g}, device: {device}" + (f" x {world_size} ranks" if world_size > 1 else "")
+             f"model: {args.model}, weight decay {args.weight_decay:g}, device: {device}"
+             + (f" x {world_size} ranks" if world_size > 1 else "")
              + (", mixed precision" if args.amp else "")]
     for flag, (value, how) in chosen.items():
         lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")

@@ -92,6 +92,11 @@ def measure(dataset, device, batch_size, args):
             "eval": metrics["eval_samples"] / eval_time, "memory": peak_memory(device), "hr": max(hrs)}
 
 
+def batch_label(batch_size):
+    """2^k for powers of two, the number otherwise."""
+    return f"2^{batch_size.bit_length() - 1}" if batch_size & (batch_size - 1) == 0 else str(batch_size)
+
+
 def describe_device(device):
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, PyTorch {torch.__version__}"
@@ -103,14 +108,18 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    dataset, name = load(args)
+    try:
+        dataset, name = load(args)
+    except (convert.ConversionError, dataloading.DatasetError) as error:
+        print(f"train_bench.py: error: {error}", file=sys.stderr)
+        return 1
     dataset = dataset.to(device)
     rows = [measure(dataset, device, batch_size, args) for batch_size in args.batch_sizes]
     memory = "peak GPU memory (GiB)" if device.type == "cuda" else "peak RSS (GiB)"
     lines = [f"| batch | median epoch (s) | training (M samples/s) | evaluation (M samples/s) | {memory} | "
              f"best HR@10 in {args.epochs} epochs |", "|---|---|---|---|---|---|"]
-    lines += [f"| 2^{row['batch'].bit_length() - 1 if row['batch'] & (row['batch'] - 1) == 0 else row['batch']} "
-              f"| {row['epoch']:.2f} | {row['train'] / 1e6:.2f} | {row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
+    lines += [f"| {batch_label(row['batch'])} | {row['epoch']:.2f} | {row['train'] / 1e6:.2f} | "
+              f"{row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
     header = (f"{args.model}{', AMP' if args.amp else ''}, dropout {args.dropout}, data: {name} "

@@ -1,0 +1,111 @@
+"""Inference latency and throughput of a model's forward pass per batch size, like NVIDIA's inference.py.
+
+    python bench/inference_bench.py                                        # CPU-sized default: 2^0 ... 2^16
+    python bench/inference_bench.py --batch_sizes 1 1024 65536 1048576 --amp --iterations 200
+    python bench/inference_bench.py --checkpoint runs/ml1m/neumf/best.pt --append
+
+Scores random (user, item) pairs with NeuMF (NVIDIA's sizes, ML-20M's table sizes by default, or the model in
+--checkpoint) in eval mode under ``torch.inference_mode``. Each batch size gets warm-up passes, then --iterations
+timed passes, each synchronised with the device; the table gives mean, p90 and p99 latency and the throughput at
+the mean. ``--append`` adds the table, with the command, device and date, to BENCHMARKS.md.
+"""
+
+import argparse
+import datetime
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+
+import torch  # noqa: E402
+
+import ncf  # noqa: E402
+from neumf import build_model  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", help="a checkpoint from ncf.py; default: an untrained NeuMF")
+    parser.add_argument("--users", type=int, default=138_493, help="user table size of the untrained model")
+    parser.add_argument("--items", type=int, default=26_744, help="item table size of the untrained model")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[2**k for k in range(0, 17, 2)],
+                        help="pairs scored per forward pass")
+    parser.add_argument("--iterations", type=int, default=50, help="timed passes per batch size")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed passes per batch size")
+    parser.add_argument("--amp", action="store_true", help="bf16 (or fp16) autocast, as ncf.py --amp")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if min(args.batch_sizes) < 1 or args.iterations < 1 or args.warmup < 0:
+        parser.error("batch sizes and --iterations must be positive, --warmup 0 or more")
+    return args
+
+
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def time_batch(model, num_users, num_items, batch_size, args, device, autocast):
+    generator = torch.Generator(device).manual_seed(batch_size)
+    users = torch.randint(0, num_users, (batch_size,), generator=generator, device=device)
+    items = torch.randint(0, num_items, (batch_size,), generator=generator, device=device)
+    seconds = []
+    with torch.inference_mode(), autocast():
+        for step in range(args.warmup + args.iterations):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            model(users, items)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= args.warmup:
+                seconds.append(time.perf_counter() - started)
+    mean = statistics.mean(seconds)
+    return {"batch": batch_size, "mean": mean * 1e3, "p90": percentile(seconds, 0.9) * 1e3,
+            "p99": percentile(seconds, 0.99) * 1e3, "throughput": batch_size / mean}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if args.checkpoint:
+        try:
+            checkpoint = ncf.load_checkpoint(args.checkpoint)
+        except ncf.UsageError as error:
+            print(f"inference_bench.py: error: {error}", file=sys.stderr)
+            return 1
+        model, name = ncf.model_from_checkpoint(checkpoint), f"{checkpoint['model']} from {args.checkpoint}"
+        num_users, num_items = checkpoint["model_args"]["num_users"], checkpoint["model_args"]["num_items"]
+    else:
+        torch.manual_seed(0)
+        model = build_model("neumf", args.users, args.items)
+        name, num_users, num_items = f"untrained neumf, {args.users:,} users x {args.items:,} items", args.users, \
+            args.items
+    model = model.to(device).eval()
+    autocast, _ = ncf.mixed_precision(args.amp, device)
+    rows = [time_batch(model, num_users, num_items, size, args, device, autocast) for size in args.batch_sizes]
+    lines = ["| batch | mean latency (ms) | p90 (ms) | p99 (ms) | throughput (samples/s) |", "|---|---|---|---|---|"]
+    lines += [f"| {row['batch']:,} | {row['mean']:.3f} | {row['p90']:.3f} | {row['p99']:.3f} | "
+              f"{row['throughput']:,.0f} |" for row in rows]
+    table = "\n".join(lines)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    header = f"{name}{', AMP' if args.amp else ''}; device: {where}, PyTorch {torch.__version__}"
+    print(header)
+    print(table)
+    if args.append:
+        command = "python bench/inference_bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        with open(ROOT / "BENCHMARKS.md", "a") as handle:
+            handle.write(f"\n### Inference, {datetime.date.today()}\n\nCommand: `{command}`  \n{header}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end at tiny sizes and report what they measured."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_bench_reports_one_row_per_batch_size(capsys):
+    bench = load_script("train_bench")
+    assert bench.main(["--synthetic", "150", "300", "4000", "--batch_sizes", "256", "1000", "--epochs", "2",
+                       "--device", "cpu"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 2^8 ", "| 1000 "))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and 0 <= float(cells[5]) <= 1
+
+
+def test_inference_bench_reports_latency_percentiles_in_order(capsys):
+    bench = load_script("inference_bench")
+    assert bench.main(["--users", "50", "--items", "40", "--batch_sizes", "1", "64", "--iterations", "20",
+                       "--device", "cpu"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 ", "| 64 "))]
+    assert len(rows) == 2
+    for row in rows:
+        batch, mean, p90, p99, throughput = (cell.strip().replace(",", "") for cell in row.strip("|").split("|"))
+        assert 0 < float(p90) <= float(p99) and float(mean) > 0
+        assert abs(float(throughput) - int(batch) / (float(mean) / 1e3)) <= 0.01 * float(throughput) + 1
+
+
+def test_sweep_ranks_configurations_by_mean_hr(tmp_path, capsys):
+    sweep = load_script("sweep")
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"config": "a", "seed": 0, "status": 0, "seconds": 1, "hr": 0.5, "ndcg": 0.3}\n'
+                       '{"config": "a", "seed": 1, "status": 0, "seconds": 1, "hr": 0.7, "ndcg": 0.4}\n'
+                       '{"config": "b", "seed": 0, "status": 0, "seconds": 1, "hr": 0.65, "ndcg": 0.35}\n'
+                       '{"config": "c", "seed": 0, "status": 2, "seconds": 0, "error": ["bad flag"]}\n')
+    assert sweep.main(["--output", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["0.6500", "0.3500", "0.6500", "1"] and lines[1].endswith("b")
+    assert lines[2].split()[:4] == ["0.6000", "0.3500", "0.5000", "2"] and lines[2].endswith("a")
+    assert len(lines) == 3  # the failed run is not ranked
