@@ -73,8 +73,11 @@ def time_batch(model, num_users, num_items, batch_size, args, device, autocast):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    try:
+        device = ncf.setup_devices(args.device)[0]  # the device ncf.py would train on, set up the same way
+    except ncf.UsageError as error:
+        print(f"inference_bench.py: error: {error}", file=sys.stderr)
+        return 1
     if args.checkpoint:
         try:
             checkpoint = ncf.load_checkpoint(args.checkpoint)

@@ -106,8 +106,11 @@ def describe_device(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    try:
+        device = ncf.setup_devices(args.device)[0]  # the device ncf.py would train on, set up the same way
+    except ncf.UsageError as error:
+        print(f"train_bench.py: error: {error}", file=sys.stderr)
+        return 1
     try:
         dataset, name = load(args)
     except (convert.ConversionError, dataloading.DatasetError) as error:

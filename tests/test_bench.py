@@ -13,14 +13,20 @@ def load_script(name):
     return module
 
 
+def table_rows(output, *first_cells):
+    """The cells of the Markdown table rows of ``output`` whose first cell is one of ``first_cells``."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.splitlines()
+            if line.startswith("|")]
+    return [row for row in rows if row[0] in first_cells]
+
+
 def test_train_bench_reports_one_row_per_batch_size(capsys):
     bench = load_script("train_bench")
     assert bench.main(["--synthetic", "150", "300", "4000", "--batch_sizes", "256", "1000", "--epochs", "2",
                        "--device", "cpu"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 2^8 ", "| 1000 "))]
+    rows = table_rows(capsys.readouterr().out, "2^8", "1000")
     assert len(rows) == 2
-    for row in rows:
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
+    for cells in rows:
         assert float(cells[1]) > 0 and float(cells[2]) > 0 and 0 <= float(cells[5]) <= 1
 
 
@@ -28,10 +34,10 @@ def test_inference_bench_reports_latency_percentiles_in_order(capsys):
     bench = load_script("inference_bench")
     assert bench.main(["--users", "50", "--items", "40", "--batch_sizes", "1", "64", "--iterations", "20",
                        "--device", "cpu"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 ", "| 64 "))]
+    rows = table_rows(capsys.readouterr().out, "1", "64")
     assert len(rows) == 2
     for row in rows:
-        batch, mean, p90, p99, throughput = (cell.strip().replace(",", "") for cell in row.strip("|").split("|"))
+        batch, mean, p90, p99, throughput = (cell.replace(",", "") for cell in row)
         assert 0 < float(p90) <= float(p99) and float(mean) > 0
         assert abs(float(throughput) - int(batch) / (float(mean) / 1e3)) <= 0.01 * float(throughput) + 1
 
