@@ -25,6 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import dataloading
+import sparse_adam
 from dataloading import DatasetError
 from logger import RunLogger
 from neumf import build_model
@@ -99,6 +100,11 @@ def parse_args(argv=None):
     parser.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
                         help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
                              "items as NVIDIA does (faster, slightly less accurate)")
+    parser.add_argument("--optimizer", choices=["adam", "row_sparse_adam"], default="adam",
+                        help="'adam': AdamW over every parameter (fused); 'row_sparse_adam': embedding rows change "
+                             "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
+                             "step when the tables are large and the batch small; a different optimizer, measured "
+                             "slightly less accurate on ML-100k (BENCHMARKS.md)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
     parser.add_argument("--resume", action="store_true",
@@ -269,10 +275,12 @@ def build(args, dataset, device):
             raise UsageError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
         model.load_pretrained(gmf, mlp, args.alpha)
     model.to(device)
+    settings = dict(lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
+                    weight_decay=args.weight_decay)
+    if args.optimizer == "row_sparse_adam":
+        return model, model_args, sparse_adam.build_optimizer(model, **settings)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
-                                  weight_decay=args.weight_decay, fused=True)
-    return model, model_args, optimizer
+    return model, model_args, torch.optim.AdamW(trainable, **settings, fused=True)
 
 
 def _mlp_layers(mlp):
@@ -389,7 +397,7 @@ def check_ranks_agree(args, dataset, device, world_size, start_epoch):
 def describe(args, dataset, device, world_size, chosen):
     lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
              f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
-             f"model: {args.model}, weight decay {args.weight_decay:g}, device: {device}"
+             f"model: {args.model}, optimizer {args.optimizer}, weight decay {args.weight_decay:g}, device: {device}"
              + (f" x {world_size} ranks" if world_size > 1 else "")
              + (", mixed precision" if args.amp else "")]
     for flag, (value, how) in chosen.items():
@@ -457,6 +465,9 @@ def _main(args):
     log_path = args.log_path or (checkpoint_dir / "log.json" if checkpoint_dir else None)
     log = RunLogger(log_path, enabled=is_main)
     autocast, scaler = mixed_precision(args.amp, device)
+    if scaler.is_enabled() and args.optimizer == "row_sparse_adam":
+        raise UsageError("--optimizer row_sparse_adam with --amp needs bfloat16, which this GPU lacks (float16 needs "
+                         "loss scaling); drop --amp or use --optimizer adam")
     say = print if is_main else (lambda *_, **__: None)
 
     if args.mode == "test":
@@ -482,6 +493,9 @@ def _main(args):
         if state["model"] != args.model or state["model_args"] != model_args:
             raise UsageError(f"{last_path}: holds a {state['model']} with {state['model_args']}, which differs from "
                              "the flags given; resume with the original flags")
+        saved_optimizer = state["config"].get("optimizer", "adam")
+        if saved_optimizer != args.optimizer:
+            raise UsageError(f"{last_path}: was trained with --optimizer {saved_optimizer}; resume with the same")
         getattr(model, "module", model).load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -68,12 +68,13 @@ def test_checkpoint_round_trip_gives_identical_metrics(planted, tmp_path, capsys
     assert f"HR@1 {best['best_accuracy']:.4f}" in capsys.readouterr().out
 
 
-def test_resume_matches_an_uninterrupted_run(planted, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "row_sparse_adam"])
+def test_resume_matches_an_uninterrupted_run(planted, tmp_path, optimizer):
     whole, part = tmp_path / "whole", tmp_path / "part"
     whole.mkdir(), part.mkdir()
-    assert train(planted, whole, "-e", "6")[0] == 0
-    assert train(planted, part, "-e", "3")[0] == 0  # "interrupted" after epoch 2
-    code, records = train(planted, part, "-e", "6", "--resume")
+    assert train(planted, whole, "-e", "6", "--optimizer", optimizer)[0] == 0
+    assert train(planted, part, "-e", "3", "--optimizer", optimizer)[0] == 0  # "interrupted" after epoch 2
+    code, records = train(planted, part, "-e", "6", "--resume", "--optimizer", optimizer)
     assert code == 0
     last_whole = [r for r in (json.loads(x) for x in (whole / "log.json").read_text().splitlines())
                   if r["type"] == "epoch"][-1]
@@ -81,6 +82,19 @@ def test_resume_matches_an_uninterrupted_run(planted, tmp_path):
     assert last_part["epoch"] == last_whole["epoch"] == 5
     for key in ("train_loss", "validation_loss", "hr@1", "ndcg@1"):
         assert last_part[key] == last_whole[key]
+
+
+@pytest.mark.parametrize("model", ["gmf", "neumf"])
+def test_row_sparse_adam_trains_each_model(planted, tmp_path, model):
+    code, records = train(planted, tmp_path, "--model", model, "--optimizer", "row_sparse_adam", "-e", "15")
+    assert code == 0 and records[0]["optimizer"] == "row_sparse_adam"
+    assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
+
+
+def test_resume_with_another_optimizer_is_refused(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "1", "--optimizer", "row_sparse_adam")[0] == 0
+    assert train(planted, tmp_path, "-e", "2", "--resume")[0] == 1
+    assert "was trained with --optimizer row_sparse_adam; resume with the same" in capsys.readouterr().err
 
 
 def test_resume_without_checkpoint_starts_from_scratch(planted, tmp_path, capsys):
