@@ -105,6 +105,9 @@ def parse_args(argv=None):
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
                              "step when the tables are large and the batch small; a different optimizer, measured "
                              "slightly less accurate on ML-100k (BENCHMARKS.md)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the training forward pass with torch.compile (faster steps after a start-up "
+                             "of a minute or so; on CPU it needs a C++ compiler)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
     parser.add_argument("--resume", action="store_true",
@@ -504,6 +507,8 @@ def _main(args):
     elif args.resume:
         say("no checkpoint to resume from; starting from scratch")
     check_ranks_agree(args, dataset, device, world_size, start_epoch)
+    # Evaluation and checkpoints use the plain module: compiling them too would add start-up time, not speed.
+    train_model = torch.compile(model) if args.compile else model
 
     log.write("config", {key: value for key, value in vars(args).items()} | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
@@ -517,7 +522,7 @@ def _main(args):
     elapsed = best.get("elapsed", 0.0)
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        loss, samples = train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank,
+        loss, samples = train_epoch(train_model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank,
                                     world_size, show_bar)
         train_loss = float(loss)  # the one host sync of the epoch
         train_seconds = time.perf_counter() - started

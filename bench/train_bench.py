@@ -41,6 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
     parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser.parse_args(argv)
@@ -64,7 +65,7 @@ def peak_memory(device):
 
 def measure(dataset, device, batch_size, args):
     flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
-             "--device", device.type] + (["--amp"] if args.amp else [])
+             "--device", device.type, "--optimizer", args.optimizer] + (["--amp"] if args.amp else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     torch.manual_seed(0)
@@ -125,7 +126,8 @@ def main(argv=None):
               f"{row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
-    header = (f"{args.model}{', AMP' if args.amp else ''}, dropout {args.dropout}, data: {name} "
+    header = (f"{args.model}{', AMP' if args.amp else ''}, dropout {args.dropout}, optimizer {args.optimizer}, "
+              f"data: {name} "
               f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")
     print(header)
     print(table)

@@ -54,3 +54,16 @@ def test_sweep_ranks_configurations_by_mean_hr(tmp_path, capsys):
     assert lines[1].split()[:4] == ["0.6500", "0.3500", "0.6500", "1"] and lines[1].endswith("b")
     assert lines[2].split()[:4] == ["0.6000", "0.3500", "0.5000", "2"] and lines[2].endswith("a")
     assert len(lines) == 3  # the failed run is not ranked
+
+
+def test_time_to_hr_reports_the_curve_and_the_target(capsys):
+    bench = load_script("time_to_hr")
+    assert bench.main(["--synthetic", "300", "200", "6000", "--target", "0.01", "--", "-e", "3", "--model", "gmf",
+                       "--device", "cpu"]) == 0
+    output = capsys.readouterr().out
+    rows = table_rows(output, "0", "1", "2")
+    assert [row[0] for row in rows] == ["0", "1", "2"]
+    seconds = [float(row[3]) for row in rows]
+    assert 0 < seconds[0] <= seconds[1] <= seconds[2]
+    best = max(float(row[1]) for row in rows)
+    assert f"best HR@10 {best:.4f}" in output and "reached 0.01 at epoch 0" in output

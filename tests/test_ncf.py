@@ -91,6 +91,13 @@ def test_row_sparse_adam_trains_each_model(planted, tmp_path, model):
     assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "row_sparse_adam"])
+def test_compiled_training_learns_like_eager(planted, tmp_path, optimizer):
+    code, records = train(planted, tmp_path, "--model", "neumf", "--compile", "--optimizer", optimizer, "-e", "15")
+    assert code == 0 and records[0]["compile"] is True
+    assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
+
+
 def test_resume_with_another_optimizer_is_refused(planted, tmp_path, capsys):
     assert train(planted, tmp_path, "-e", "1", "--optimizer", "row_sparse_adam")[0] == 0
     assert train(planted, tmp_path, "-e", "2", "--resume")[0] == 1
