@@ -1,0 +1,152 @@
+"""The physical floor of a NeuMF training step: bytes moved and FLOPs, over this device's measured bandwidth and
+matrix-product rate, set against the measured step time.
+
+    python bench/floor.py                                                   # CPU-sized default: the demo shape
+    python bench/floor.py --synthetic 138493 26744 20000000 --batch_size 1048576 --amp --append   # ML-20M shape
+
+Counts, per step of ``--batch_size`` samples (NeuMF, NVIDIA's sizes by default):
+
+- embeddings: each sample reads a GMF and an MLP row for its user and its item, and its backward writes their
+  gradients; fp32 tables.
+- optimizer: dense AdamW reads weight, gradient and both moments and writes weight and moments (28 bytes per
+  parameter) for every parameter, plus zeroing the gradient (4 bytes); row-sparse Adam does the same, plus its
+  scratch sums, for the rows looked up only (about 48 bytes per looked-up value).
+- tower: the joined embeddings and every layer's output written once in the forward pass and read once in the
+  backward, and their gradients the same (bf16 with --amp, else fp32); the tower's FLOPs are 6 x batch x the sum
+  of in x out over its layers.
+
+The floor is the larger of bytes / bandwidth and FLOPs / matrix rate, that is, with perfect overlap and no launch
+cost; no real step reaches it. Bandwidth is timed with a large device copy, the matrix rate with a product of the
+tower's first layer's shape. The step time is the median epoch of ``bench/train_bench.py``'s measurement divided
+by the steps per epoch. ``--append`` adds the table, with the command, device and date, to BENCHMARKS.md.
+"""
+
+import argparse
+import datetime
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+
+import torch  # noqa: E402
+
+import convert  # noqa: E402
+import dataloading  # noqa: E402
+import ncf  # noqa: E402
+from bench import train_bench  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    parser.add_argument("--data", help="dataset directory instead of a synthetic set")
+    parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
+    parser.add_argument("-f", "--factors", type=int, default=64)
+    parser.add_argument("--layers", nargs="+", type=int, default=[256, 256, 128, 64])
+    parser.add_argument("--amp", action="store_true", help="bf16 activations and products, as ncf.py --amp")
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the first is a warm-up)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def step_costs(batch, num_users, num_items, factors, layers, activation_bytes, optimizer):
+    """(bytes by component, FLOPs) of one NeuMF training step of ``batch`` samples."""
+    row_values = 2 * factors + layers[0]  # GMF user + item rows, MLP user + item rows (each layers[0] / 2 wide)
+    embeddings = batch * row_values * 4 * 2  # rows read forward, their gradients written backward
+    table_values = (num_users + num_items) * (factors + layers[0] // 2)
+    tower_values = sum(width_in * width_out + width_out for width_in, width_out in zip(layers[:-1], layers[1:]))
+    tower_values += (factors + layers[-1]) + 1  # the output layer
+    if optimizer == "adam":
+        optimizer_bytes = (table_values + tower_values) * (28 + 4)
+    else:
+        optimizer_bytes = batch * row_values * 48 + tower_values * (28 + 4)
+    activations = batch * sum(layers) * activation_bytes * 4  # the joined input and each layer's output: value and
+    # gradient, each written once and read once
+    flops = 6 * batch * sum(width_in * width_out for width_in, width_out in zip(layers[:-1], layers[1:]))
+    return {"embedding rows": embeddings, "optimizer": optimizer_bytes, "tower activations": activations}, flops
+
+
+def timed(function, repeats, device):
+    function()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def measure_device(device, batch, layers, amp):
+    """(bytes/s of a device copy, FLOP/s of a product shaped like the tower's first layer)."""
+    values = 2**28 if device.type == "cuda" else 2**25  # 1 GiB on a GPU, 128 MiB on a CPU
+    source, target = torch.empty(values, device=device), torch.empty(values, device=device)
+    bandwidth = 2 * values * 4 / timed(lambda: target.copy_(source), 10, device)
+    dtype = torch.bfloat16 if amp else torch.float32
+    rows = min(batch, 2**20 if device.type == "cuda" else 2**14)
+    left = torch.randn(rows, layers[0], device=device, dtype=dtype)
+    right = torch.randn(layers[0], layers[1], device=device, dtype=dtype)
+    rate = 2 * rows * layers[0] * layers[1] / timed(lambda: left @ right, 10, device)
+    return bandwidth, rate
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = ncf.setup_devices(args.device)[0]
+    except ncf.UsageError as error:
+        print(f"floor.py: error: {error}", file=sys.stderr)
+        return 1
+    bench_args = train_bench.parse_args(
+        ["--batch_sizes", str(args.batch_size), "--epochs", str(args.epochs), "--device", device.type,
+         "--optimizer", args.optimizer, "--synthetic", *map(str, args.synthetic)]
+        + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else []))
+    try:
+        dataset, name = train_bench.load(bench_args)
+    except (convert.ConversionError, dataloading.DatasetError) as error:
+        print(f"floor.py: error: {error}", file=sys.stderr)
+        return 1
+    dataset = dataset.to(device)
+    measured = train_bench.measure(dataset, device, args.batch_size, bench_args)
+    negatives = 4  # ncf.py's default, which train_bench uses
+    steps = math.ceil(dataset.num_train / max(1, args.batch_size // (1 + negatives)))
+    step_seconds = measured["epoch"] / steps
+    batch = min(args.batch_size, dataset.num_train * (1 + negatives))
+    components, flops = step_costs(batch, dataset.num_users, dataset.num_items, args.factors, args.layers,
+                                   2 if args.amp else 4, args.optimizer)
+    bandwidth, rate = measure_device(device, batch, args.layers, args.amp)
+    total = sum(components.values())
+    memory_seconds, compute_seconds = total / bandwidth, flops / rate
+    floor = max(memory_seconds, compute_seconds)
+    lines = ["| per step | amount | at the measured rate (ms) |", "|---|---|---|"]
+    lines += [f"| {part} | {amount / 1e6:,.1f} MB | {amount / bandwidth * 1e3:.3f} |"
+              for part, amount in components.items()]
+    lines += [f"| all bytes | {total / 1e6:,.1f} MB at {bandwidth / 1e9:,.0f} GB/s | {memory_seconds * 1e3:.3f} |",
+              f"| tower FLOPs | {flops / 1e9:,.2f} GFLOP at {rate / 1e9:,.0f} GFLOP/s | {compute_seconds * 1e3:.3f} |",
+              f"| floor (larger of the two) | {batch / floor / 1e6:,.2f}M samples/s | {floor * 1e3:.3f} |",
+              f"| measured step | {measured['train'] / 1e6:,.2f}M samples/s | {step_seconds * 1e3:.3f} |",
+              f"| measured / floor | | {step_seconds / floor:.1f}x |"]
+    table = "\n".join(lines)
+    header = (f"NeuMF, batch {batch:,}{', AMP' if args.amp else ''}, optimizer {args.optimizer}, data: {name}; "
+              f"device: {train_bench.describe_device(device)}")
+    print(header)
+    print(table)
+    if args.append:
+        command = "python bench/floor.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        with open(ROOT / "BENCHMARKS.md", "a") as handle:
+            handle.write(f"\n### Physical floor of a training step, {datetime.date.today()}\n\nCommand: `{command}`"
+                         f"  \n{header}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
