@@ -451,7 +451,12 @@ def test_mode(args, dataset, device, autocast, rank, world_size, log):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return _main(args)
+        code = _main(args)
+        if dist.is_initialized():
+            # Every rank reaches the teardown together: a rank that tore down Gloo while another was still in its
+            # last collective made that one abort at exit ("terminate called without an active exception").
+            dist.barrier()
+        return code
     except (UsageError, DatasetError) as error:
         print(f"ncf.py: error: {error}", file=sys.stderr)
         return 1
