@@ -63,7 +63,7 @@ def curve_table(records, target):
     elapsed, best, reached = 0.0, None, None
     for record in epochs:
         elapsed += record["train_epoch_time"] + record["validation_epoch_time"]
-        lines.append(f"| {record['epoch']} | {record[hr_key]:.4f} | {record[ndcg_key]:.4f} | {elapsed:.1f} |")
+        lines.append(f"| {record['epoch']} | {record[hr_key]:.4f} | {record[ndcg_key]:.4f} | {elapsed:.2f} |")
         if best is None or record[hr_key] > best[1]:
             best = (record["epoch"], record[hr_key], elapsed)
         if target is not None and reached is None and record[hr_key] >= target:
