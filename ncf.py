@@ -103,8 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--optimizer", choices=["adam", "row_sparse_adam"], default="adam",
                         help="'adam': AdamW over every parameter (fused); 'row_sparse_adam': embedding rows change "
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
-                             "step when the tables are large and the batch small; a different optimizer, measured "
-                             "slightly less accurate on ML-100k (BENCHMARKS.md)")
+                             "step when the tables are large and the batch small; a different optimizer from 'adam', "
+                             "so check its accuracy on your data")
     parser.add_argument("--compile", action="store_true",
                         help="compile the training forward pass with torch.compile (faster steps after a start-up "
                              "of a minute or so; on CPU it needs a C++ compiler)")
