@@ -42,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training forward, as ncf.py")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser.parse_args(argv)
@@ -65,13 +66,15 @@ def peak_memory(device):
 
 def measure(dataset, device, batch_size, args):
     flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
-             "--device", device.type, "--optimizer", args.optimizer] + (["--amp"] if args.amp else [])
+             "--device", device.type, "--optimizer", args.optimizer] + (["--amp"] if args.amp else []) \
+        + (["--compile"] if args.compile else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, _, optimizer = ncf.build(run, dataset, device)
+    train_model = torch.compile(model) if run.compile else model  # the first (warm-up) epoch pays for compiling
     autocast, scaler = ncf.mixed_precision(run.amp, device)
     positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
                                         dataset.num_items)
@@ -79,7 +82,7 @@ def measure(dataset, device, batch_size, args):
     train_seconds, eval_seconds, hrs = [], [], []
     for epoch in range(args.epochs):
         started = time.perf_counter()
-        loss, samples = ncf.train_epoch(model, optimizer, scaler, autocast, dataset, run, epoch, positives, 0, 1,
+        loss, samples = ncf.train_epoch(train_model, optimizer, scaler, autocast, dataset, run, epoch, positives, 0, 1,
                                         False)
         float(loss)  # waits for the device
         train_seconds.append(time.perf_counter() - started)
@@ -126,7 +129,8 @@ def main(argv=None):
               f"{row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
-    header = (f"{args.model}{', AMP' if args.amp else ''}, dropout {args.dropout}, optimizer {args.optimizer}, "
+    header = (f"{args.model}{', AMP' if args.amp else ''}{', compiled' if args.compile else ''}, "
+              f"dropout {args.dropout}, optimizer {args.optimizer}, "
               f"data: {name} "
               f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")
     print(header)
