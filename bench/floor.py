@@ -22,9 +22,7 @@ by the steps per epoch. ``--append`` adds the table, with the command, device an
 """
 
 import argparse
-import datetime
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ import convert  # noqa: E402
 import dataloading  # noqa: E402
 import ncf  # noqa: E402
 from bench import train_bench  # noqa: E402
+from bench.record import append_result  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -141,10 +140,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        command = "python bench/floor.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        with open(ROOT / "BENCHMARKS.md", "a") as handle:
-            handle.write(f"\n### Physical floor of a training step, {datetime.date.today()}\n\nCommand: `{command}`"
-                         f"  \n{header}\n\n{table}\n")
+        append_result("floor.py", "Physical floor of a training step", argv, f"{header}\n\n{table}")
     return 0
 
 

@@ -11,8 +11,6 @@ the mean. ``--append`` adds the table, with the command, device and date, to BEN
 """
 
 import argparse
-import datetime
-import shlex
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not ins
 import torch  # noqa: E402
 
 import ncf  # noqa: E402
+from bench.record import append_result  # noqa: E402
 from neumf import build_model  # noqa: E402
 
 
@@ -104,9 +103,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        command = "python bench/inference_bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        with open(ROOT / "BENCHMARKS.md", "a") as handle:
-            handle.write(f"\n### Inference, {datetime.date.today()}\n\nCommand: `{command}`  \n{header}\n\n{table}\n")
+        append_result("inference_bench.py", "Inference", argv, f"{header}\n\n{table}")
     return 0
 
 

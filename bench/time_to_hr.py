@@ -14,10 +14,8 @@ BENCHMARKS.md. NVIDIA's code on an H100 reached its best, 0.839, at epoch 6 afte
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch  # noqa: E402
 
 import convert  # noqa: E402
 import ncf  # noqa: E402
+from bench.record import append_result  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -100,10 +99,7 @@ def main(argv=None):
               f"device: {device}, PyTorch {torch.__version__}")
     print(header, table, verdict, sep="\n")
     if args.append:
-        command = "python bench/time_to_hr.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        with open(ROOT / "BENCHMARKS.md", "a") as handle:
-            handle.write(f"\n### Time to HR@10, {datetime.date.today()}\n\nCommand: `{command}`  \n{header}\n\n"
-                         f"{table}\n\n{verdict}\n")
+        append_result("time_to_hr.py", "Time to HR@10", argv, f"{header}\n\n{table}\n\n{verdict}")
     return 0
 
 

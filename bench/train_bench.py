@@ -11,10 +11,8 @@ table; ``--append`` adds it, with the command, device and date, to BENCHMARKS.md
 """
 
 import argparse
-import datetime
 import platform
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ import torch  # noqa: E402
 import convert  # noqa: E402
 import dataloading  # noqa: E402
 import ncf  # noqa: E402
+from bench.record import append_result  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -136,10 +135,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        command = "python bench/train_bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        with open(ROOT / "BENCHMARKS.md", "a") as handle:
-            handle.write(f"\n### Training throughput, {datetime.date.today()}\n\nCommand: `{command}`  \n"
-                         f"{header}\n\n{table}\n")
+        append_result("train_bench.py", "Training throughput", argv, f"{header}\n\n{table}")
     return 0
 
 
