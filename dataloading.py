@@ -309,6 +309,8 @@ def rank_metrics(positive_scores, negative_scores, mask, topk):
 def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, mask=None):
     """HR@k, NDCG@k and the mean BCE loss over all candidates, for this rank's share of the test users.
 
+    ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py).
+
     Returns sums (hits, ndcg, loss sum, candidates, users) as a float64 tensor [5], so ranks can all-reduce them
     and divide once: the result equals a single-process evaluation.
     """
@@ -321,7 +323,7 @@ def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, 
         users = dataset.test_users[start:stop]
         items = torch.cat([dataset.test_items[start:stop, None], dataset.test_negatives[start:stop]], dim=1)
         with autocast():
-            logits = model(users[:, None].expand_as(items), items).float()  # [B, 1 + K]
+            logits = model.score(users, items).float()  # [B, 1 + K]
         batch_mask = mask[start:stop]
         hits, ndcg = rank_metrics(logits[:, 0], logits[:, 1:], batch_mask, topk)
         labels = torch.zeros_like(logits)

@@ -47,6 +47,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Train and evaluate Neural Collaborative Filtering (GMF, MLP, NeuMF). Flags follow NVIDIA's "
@@ -105,9 +108,11 @@ def parse_args(argv=None):
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
                              "step when the tables are large and the batch small; a different optimizer from 'adam', "
                              "so check its accuracy on your data")
-    parser.add_argument("--compile", action="store_true",
+    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
                         help="compile the training forward pass with torch.compile (faster steps after a start-up "
-                             "of a minute or so; on CPU it needs a C++ compiler)")
+                             "of a minute or so; on CPU it needs a C++ compiler); MODE is torch.compile's mode, "
+                             f"one of {', '.join(COMPILE_MODES)} ('default' when given without one; "
+                             "'reduce-overhead' replays the step as CUDA graphs, which helps small batches on a GPU)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
     parser.add_argument("--resume", action="store_true",
@@ -284,6 +289,11 @@ def build(args, dataset, device):
         return model, model_args, sparse_adam.build_optimizer(model, **settings)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     return model, model_args, torch.optim.AdamW(trainable, **settings, fused=True)
+
+
+def for_training(model, compile_mode):
+    """The module the training loop calls: ``model`` itself, or compiled in torch.compile's ``compile_mode``."""
+    return torch.compile(model, mode=compile_mode) if compile_mode else model
 
 
 def _mlp_layers(mlp):
@@ -513,7 +523,7 @@ def _main(args):
         say("no checkpoint to resume from; starting from scratch")
     check_ranks_agree(args, dataset, device, world_size, start_epoch)
     # Evaluation and checkpoints use the plain module: compiling them too would add start-up time, not speed.
-    train_model = torch.compile(model) if args.compile else model
+    train_model = for_training(model, args.compile)
 
     log.write("config", {key: value for key, value in vars(args).items()} | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,

@@ -42,14 +42,22 @@ def _embedding(rows, width):
     return embedding
 
 
-class Dropout(nn.Module):
-    """Inverted dropout, as ``nn.Dropout``, with a cheaper random draw on CPU.
+def _keep_mask(x, p):
+    """Bool mask of x's shape, True with probability 1 - p.
 
-    On CPU the keep-mask comes from the 16-bit parts of 64-bit random integers: a quarter of the draws of the
-    per-element Bernoulli that ``nn.Dropout`` makes, which took 40% of a NeuMF training step on 2 cores (measured
-    1.3 ms against 4.5 ms for a 1024 x 256 activation). The drop probability is thereby rounded to a multiple of
-    1/65536. On other devices ``F.dropout``'s fused kernel is already cheap and is used as it is.
+    On CPU it comes from the 16-bit parts of 64-bit random integers: a quarter of the draws of the per-element
+    Bernoulli that ``nn.Dropout`` makes, which took 40% of a NeuMF training step on 2 cores (measured 1.3 ms against
+    4.5 ms for a 1024 x 256 activation). The drop probability is thereby rounded to a multiple of 1/65536.
     """
+    if x.device.type == "cpu":
+        words = torch.randint(-2**63, 2**63 - 1, (x.numel() // 4 + 1,), dtype=torch.int64, device=x.device)
+        return words.view(torch.int16)[:x.numel()].view(x.shape) >= round(p * 65536) - 32768
+    return torch.rand_like(x, dtype=torch.float32) >= p
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``, with the cheaper CPU mask of ``_keep_mask``. On other devices
+    ``F.dropout``'s fused kernel is already cheap and is used as it is."""
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -62,12 +70,40 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return nn.functional.dropout(x, self.p, training=True)
-        words = torch.randint(-2**63, 2**63 - 1, (x.numel() // 4 + 1,), dtype=torch.int64, device=x.device)
-        keep = words.view(torch.int16)[:x.numel()].view(x.shape) >= round(self.p * 65536) - 32768
-        return x * keep * (1.0 / (1.0 - self.p))
+        return x * _keep_mask(x, self.p) * (1.0 / (1.0 - self.p))
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class _ReLUDropout(torch.autograd.Function):
+    """``dropout(relu(x))`` whose backward needs only its output: an element passes gradient exactly when it came
+    out positive (x > 0 and kept, as the scale 1 / (1 - p) > 1 cannot round a positive to zero). The output is kept
+    anyway (the next layer's weight gradient reads it), so no mask is stored: at batch 2^20 the masks were about
+    1 GB of writes and reads per step."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        scale = 1.0 / (1.0 - p)
+        if x.device.type == "cpu":
+            y = torch.relu(x) * _keep_mask(x, p) * scale
+        else:  # one fused kernel in eager mode; under torch.compile, fused with the rest of the layer's epilogue
+            y = nn.functional.dropout(torch.relu(x), p, training=True)
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad * ctx.scale, y, 0), None  # ReLU's own backward kernel
+
+
+def relu_dropout(x, p, training):
+    """``Dropout(p)(ReLU()(x))`` in training, ``relu(x)`` otherwise, storing no dropout mask for the backward."""
+    if not training or p == 0:
+        return torch.relu(x)
+    return _ReLUDropout.apply(x, p)
 
 
 class GMF(nn.Module):
@@ -87,6 +123,18 @@ class GMF(nn.Module):
     def forward(self, users, items):
         return self.output(self.features(users, items)).squeeze(-1)
 
+    def candidate_dot(self, users, items, weight):
+        """``features(users[:, None], items) @ weight`` [B, C] for users [B] and their candidates items [B, C]: each
+        user's row, scaled by ``weight`` [factors], is dotted with its candidates' rows (no [B, C, factors]
+        product)."""
+        scaled = self.user_embedding(users) * weight  # [B, factors]
+        return torch.matmul(self.item_embedding(items), scaled[:, :, None]).squeeze(-1)
+
+    def score(self, users, items):
+        """Logits [B, C] of users [B] for their candidates items [B, C]: ``forward`` for every pair, computed
+        per user where it can be."""
+        return self.candidate_dot(users, items, self.output.weight[0]) + self.output.bias
+
 
 class MLP(nn.Module):
     """Multi-layer perceptron over the concatenated embeddings; ``layers[0]`` is the concatenation's width."""
@@ -102,16 +150,42 @@ class MLP(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
             tower += [linear, nn.ReLU()] + ([Dropout(dropout)] if dropout > 0 else [])
-        self.tower = nn.Sequential(*tower)
+        self.tower = nn.Sequential(*tower)  # the layout (and so the checkpoint keys) of earlier versions
+        self.linears = [module for module in tower if isinstance(module, nn.Linear)]  # not registered twice
+        self.dropout = dropout
         self.output = nn.Linear(layers[-1], 1)
         _lecun_uniform_(self.output)
 
     def features(self, users, items):
         joined = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)  # [..., layers[0]]
-        return self.tower(joined)  # [..., layers[-1]]
+        for linear in self.linears:  # the tower, each ReLU and Dropout fused into one step
+            joined = relu_dropout(linear(joined), self.dropout, self.training)
+        return joined  # [..., layers[-1]]
 
     def forward(self, users, items):
         return self.output(self.features(users, items)).squeeze(-1)
+
+    def candidate_features(self, users, items):
+        """``features(users[:, None], items)`` [B, C, layers[-1]] for users [B] and candidates items [B, C].
+
+        The first layer is split into its user and item halves: the user half is applied once per user, the item
+        half once per item (for every item when there are fewer items than candidates, else per candidate), and
+        the two are added. That skips the [B, C, layers[0]] concatenation and most of the tower's largest product.
+        """
+        first, width = self.linears[0], self.user_embedding.embedding_dim
+        user_part = nn.functional.linear(self.user_embedding(users), first.weight[:, :width], first.bias)
+        if self.item_embedding.num_embeddings <= items.numel():
+            item_part = nn.functional.linear(self.item_embedding.weight, first.weight[:, width:])[items]
+        else:
+            item_part = nn.functional.linear(self.item_embedding(items), first.weight[:, width:])
+        hidden = relu_dropout(user_part[:, None, :] + item_part, self.dropout, self.training)  # [B, C, layers[1]]
+        for linear in self.linears[1:]:
+            hidden = relu_dropout(linear(hidden), self.dropout, self.training)
+        return hidden
+
+    def score(self, users, items):
+        """Logits [B, C] of users [B] for their candidates items [B, C], as ``forward`` for every pair."""
+        return self.output(self.candidate_features(users, items)).squeeze(-1)
 
 
 class NeuMF(nn.Module):
@@ -130,6 +204,13 @@ class NeuMF(nn.Module):
     def forward(self, users, items):
         joined = torch.cat([self.gmf.features(users, items), self.mlp.features(users, items)], dim=-1)
         return self.output(joined).squeeze(-1)
+
+    def score(self, users, items):
+        """Logits [B, C] of users [B] for their candidates items [B, C], as ``forward`` for every pair."""
+        factors = self.gmf.user_embedding.embedding_dim
+        weight = self.output.weight[0]
+        mlp = nn.functional.linear(self.mlp.candidate_features(users, items), self.output.weight[:, factors:])
+        return self.gmf.candidate_dot(users, items, weight[:factors]) + mlp.squeeze(-1) + self.output.bias
 
     @torch.no_grad()
     def load_pretrained(self, gmf, mlp, alpha=0.5):

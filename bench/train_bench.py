@@ -41,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the training forward, as ncf.py")
+    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the training forward in this mode, as ncf.py")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser.parse_args(argv)
@@ -66,14 +67,14 @@ def peak_memory(device):
 def measure(dataset, device, batch_size, args):
     flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
              "--device", device.type, "--optimizer", args.optimizer] + (["--amp"] if args.amp else []) \
-        + (["--compile"] if args.compile else [])
+        + (["--compile", args.compile] if args.compile else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, _, optimizer = ncf.build(run, dataset, device)
-    train_model = torch.compile(model) if run.compile else model  # the first (warm-up) epoch pays for compiling
+    train_model = ncf.for_training(model, run.compile)  # the first (warm-up) epoch pays for compiling
     autocast, scaler = ncf.mixed_precision(run.amp, device)
     positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
                                         dataset.num_items)
@@ -128,7 +129,8 @@ def main(argv=None):
               f"{row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
-    header = (f"{args.model}{', AMP' if args.amp else ''}{', compiled' if args.compile else ''}, "
+    compiled = f", compiled ({args.compile})" if args.compile else ""
+    header = (f"{args.model}{', AMP' if args.amp else ''}{compiled}, "
               f"dropout {args.dropout}, optimizer {args.optimizer}, "
               f"data: {name} "
               f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")

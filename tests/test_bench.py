@@ -85,4 +85,5 @@ def test_floor_counts_bytes_and_flops_and_compares_the_measured_step(capsys):
                                               "measured / floor")}
     floor_ms, step_ms = float(rows["floor (larger of the two)"][2]), float(rows["measured step"][2])
     assert floor_ms > 0 and step_ms > 0
-    assert float(rows["measured / floor"][2].rstrip("x")) == pytest.approx(step_ms / floor_ms, rel=0.02)
+    ratio = float(rows["measured / floor"][2].rstrip("x"))  # printed to 0.1
+    assert ratio == pytest.approx(step_ms / floor_ms, rel=0.02, abs=0.06)

@@ -113,3 +113,36 @@ def test_dropout_drops_the_right_share_and_keeps_the_mean(p):
     assert abs(y.mean().item() - 1.0) < 0.03  # inverted dropout keeps the expectation
     assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1.0 / (1.0 - p)))
     assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_fused_relu_dropout_equals_relu_then_dropout_with_gradients(device, p):
+    from neumf import Dropout, relu_dropout
+
+    x = torch.randn(300, 64, device=device, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(300, 64, device=device, dtype=torch.float64)
+    torch.manual_seed(3)
+    expected = Dropout(p)(torch.relu(x))
+    (expected_grad,) = torch.autograd.grad(expected, x, upstream)
+    torch.manual_seed(3)  # the same draws: the fused form changes what is stored, not what is computed
+    fused = relu_dropout(x, p, training=True)
+    (fused_grad,) = torch.autograd.grad(fused, x, upstream)
+    assert torch.equal(fused, expected) and torch.equal(fused_grad, expected_grad)
+    assert 0 < (fused == 0).double().mean().item() < 1
+    assert torch.equal(relu_dropout(x, p, training=False), torch.relu(x))
+
+
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("num_items", [7, 500])  # fewer items than candidates (a per-item table), and more
+def test_candidate_scores_equal_the_forward_pass_pair_by_pair(kind, num_items):
+    torch.manual_seed(0)
+    model = build_model(kind, 11, num_items, factors=8, layers=[16, 12, 6], dropout=0.5).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()  # away from the tiny initialisation, so a wrong term shows
+        users = torch.tensor([3, 0, 10, 3])
+        items = torch.randint(0, num_items, (4, 9))
+        expected = model(users[:, None].expand_as(items), items)
+        assert torch.allclose(model.score(users, items), expected, rtol=1e-5, atol=1e-5)

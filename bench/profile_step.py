@@ -1,0 +1,130 @@
+"""Where a training step's time goes: the device kernels (or CPU operators) of ncf.py's training loop, ranked.
+
+    python bench/profile_step.py                                              # CPU-sized default: the demo shape
+    python bench/profile_step.py --synthetic 138493 26744 20000000 --batch_size 1048576 --amp   # ML-20M shape
+
+Runs ``ncf.train_epoch`` exactly as ncf.py does, on the first ``--steps`` batches' worth of training pairs: once to
+warm up (and compile, with ``--compile``), once under ``torch.profiler``. Prints the wall time per step, the time
+per step of drawing the batches alone (order, negatives, labels: no model), and the ``--top`` operators or kernels
+by their own time (kernels on a GPU, operators on a CPU), per step.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+import convert  # noqa: E402
+import dataloading  # noqa: E402
+import ncf  # noqa: E402
+from bench import train_bench  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    parser.add_argument("--data", help="dataset directory instead of a synthetic set")
+    parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
+    parser.add_argument("--steps", type=int, default=20, help="steps profiled")
+    parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
+    parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the training forward in this mode, as ncf.py")
+    parser.add_argument("--top", type=int, default=25, help="operators listed")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser.parse_args(argv)
+
+
+def first_pairs(dataset, count):
+    """The dataset with only its first ``count`` training pairs (users, items and test set unchanged)."""
+    return dataloading.Dataset(dataset.num_users, dataset.num_items, dataset.train_users[:count],
+                               dataset.train_items[:count], dataset.test_users, dataset.test_items,
+                               dataset.test_negatives, dataset.fingerprint, dataset.path)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = ncf.setup_devices(args.device)[0]
+    except ncf.UsageError as error:
+        print(f"profile_step.py: error: {error}", file=sys.stderr)
+        return 1
+    bench_args = train_bench.parse_args(["--synthetic", *map(str, args.synthetic)]
+                                        + (["--data", args.data] if args.data else []))
+    try:
+        dataset, name = train_bench.load(bench_args)
+    except (convert.ConversionError, dataloading.DatasetError) as error:
+        print(f"profile_step.py: error: {error}", file=sys.stderr)
+        return 1
+    flags = ["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "", "--device", device.type,
+             "--optimizer", args.optimizer] + (["--amp"] if args.amp else []) \
+        + (["--compile", args.compile] if args.compile else [])
+    run = ncf.parse_args(flags)
+    ncf.resolve_sizes(run, dataset)
+    positives_per_batch = max(1, run.batch_size // (1 + run.negative_samples))
+    dataset = first_pairs(dataset, positives_per_batch * args.steps).to(device)
+    steps = -(-dataset.num_train // positives_per_batch)
+    model, _, optimizer = ncf.build(run, dataset, device)
+    train_model = ncf.for_training(model, run.compile)
+    autocast, scaler = ncf.mixed_precision(run.amp, device)
+    positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
+                                        dataset.num_items)
+
+    def epoch(number):
+        loss, _ = ncf.train_epoch(train_model, optimizer, scaler, autocast, dataset, run, number, positives, 0, 1,
+                                  False)
+        float(loss)
+
+    epoch(0)  # warm-up, and compilation
+    synchronize(device)
+    started = time.perf_counter()
+    epoch(1)
+    synchronize(device)
+    step_ms = (time.perf_counter() - started) / steps * 1e3
+    generator = torch.Generator(device).manual_seed(1)
+    started = time.perf_counter()
+    for _batch in dataloading.epoch_batches(dataset, run.batch_size, run.negative_samples, generator, positives):
+        pass
+    synchronize(device)
+    batches_ms = (time.perf_counter() - started) / steps * 1e3
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        epoch(2)
+        synchronize(device)
+    averages = profiler.key_averages()
+    sort = "self_cpu_time_total"
+    if device.type == "cuda":  # the kernels alone (an operator's device time repeats its kernels')
+        averages = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
+        # named self_cuda_time_total before PyTorch 2.4
+        sort = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
+    total_us = sum(getattr(event, sort) for event in averages)
+    compiled = f", compiled ({run.compile})" if run.compile else ""
+    print(f"{args.model}, batch {run.batch_size:,}{', AMP' if run.amp else ''}{compiled}, "
+          f"optimizer {run.optimizer}, data: {name}; device: {train_bench.describe_device(device)}")
+    print(f"{steps} steps: {step_ms:.3f} ms a step ({run.batch_size / step_ms / 1e3:.1f}M samples/s); "
+          f"drawing the batches alone {batches_ms:.3f} ms a step; "
+          f"{'device' if device.type == 'cuda' else 'CPU'} self time {total_us / steps / 1e3:.3f} ms a step")
+    print("| operator or kernel | calls a step | ms a step | share |")
+    print("|---|---|---|---|")
+    for event in sorted(averages, key=lambda event: -getattr(event, sort))[:args.top]:
+        own = getattr(event, sort)
+        print(f"| {event.key[:90]} | {event.count / steps:.1f} | {own / steps / 1e3:.3f} | {own / total_us:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
