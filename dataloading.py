@@ -306,15 +306,17 @@ def rank_metrics(positive_scores, negative_scores, mask, topk):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, mask=None):
+def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, mask=None, score=None):
     """HR@k, NDCG@k and the mean BCE loss over all candidates, for this rank's share of the test users.
 
-    ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py).
+    ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py); ``score``
+    replaces it (a compiled form of it, say).
 
     Returns sums (hits, ndcg, loss sum, candidates, users) as a float64 tensor [5], so ranks can all-reduce them
     and divide once: the result equals a single-process evaluation.
     """
     mask = candidate_mask(dataset.test_items, dataset.test_negatives) if mask is None else mask
+    score = model.score if score is None else score
     num_users = dataset.test_users.numel()
     share = math.ceil(num_users / world_size)
     totals = torch.zeros(5, dtype=torch.float64, device=dataset.test_users.device)
@@ -323,7 +325,7 @@ def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, 
         users = dataset.test_users[start:stop]
         items = torch.cat([dataset.test_items[start:stop, None], dataset.test_negatives[start:stop]], dim=1)
         with autocast():
-            logits = model.score(users, items).float()  # [B, 1 + K]
+            logits = score(users, items).float()  # [B, 1 + K]
         batch_mask = mask[start:stop]
         hits, ndcg = rank_metrics(logits[:, 0], logits[:, 1:], batch_mask, topk)
         labels = torch.zeros_like(logits)

@@ -296,6 +296,12 @@ def for_training(model, compile_mode):
     return torch.compile(model, mode=compile_mode) if compile_mode else model
 
 
+def for_evaluation(model, compile_mode):
+    """The candidate scorer evaluation calls: None (``model.score`` as it is), or it compiled in ``compile_mode``.
+    ``model`` is the plain module (not DDP's wrapper): evaluation needs no gradient synchronisation."""
+    return torch.compile(model.score, mode=compile_mode) if compile_mode else None
+
+
 def _mlp_layers(mlp):
     sizes = [mlp.user_embedding.embedding_dim * 2]
     return sizes + [layer.out_features for layer in mlp.tower if isinstance(layer, torch.nn.Linear)]
@@ -349,11 +355,13 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
     return totals[0] / totals[1].clamp(min=1), int(totals[1])
 
 
-def run_evaluation(model, dataset, args, autocast, mask, rank, world_size):
-    """HR@k, NDCG@k and validation loss over every test user (all ranks combined); returns a dict of floats."""
+def run_evaluation(model, dataset, args, autocast, mask, rank, world_size, score=None):
+    """HR@k, NDCG@k and validation loss over every test user (all ranks combined); returns a dict of floats.
+    ``score``: the compiled ``model.score`` under --compile."""
     model.eval()
     users_per_batch = max(1, args.valid_batch_size // (1 + dataset.test_negatives.shape[1]))
-    totals = dataloading.evaluate(model, dataset, args.topk, users_per_batch, autocast, rank, world_size, mask)
+    totals = dataloading.evaluate(model, dataset, args.topk, users_per_batch, autocast, rank, world_size, mask,
+                                  score)
     if world_size > 1:
         dist.all_reduce(totals)
     hits, ndcg, loss, candidates, users = totals.tolist()
@@ -522,8 +530,9 @@ def _main(args):
     elif args.resume:
         say("no checkpoint to resume from; starting from scratch")
     check_ranks_agree(args, dataset, device, world_size, start_epoch)
-    # Evaluation and checkpoints use the plain module: compiling them too would add start-up time, not speed.
+    # Checkpoints and evaluation use the plain module (under --compile, evaluation its compiled score method).
     train_model = for_training(model, args.compile)
+    score = for_evaluation(getattr(model, "module", model), args.compile)
 
     log.write("config", {key: value for key, value in vars(args).items()} | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
@@ -545,7 +554,8 @@ def _main(args):
             raise UsageError(f"training loss became {train_loss} in epoch {epoch}; lower --learning_rate "
                              f"(now {args.learning_rate:g}); the best checkpoint so far is kept")
         eval_started = time.perf_counter()
-        metrics = run_evaluation(getattr(model, "module", model), dataset, args, autocast, mask, rank, world_size)
+        metrics = run_evaluation(getattr(model, "module", model), dataset, args, autocast, mask, rank, world_size,
+                                 score)
         eval_seconds = time.perf_counter() - eval_started
         elapsed += time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": train_loss, "validation_loss": metrics["validation_loss"],

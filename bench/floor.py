@@ -50,6 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--layers", nargs="+", type=int, default=[256, 256, 128, 64])
     parser.add_argument("--amp", action="store_true", help="bf16 activations and products, as ncf.py --amp")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+                        help="time the step compiled in this torch.compile mode, as ncf.py --compile")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the first is a warm-up)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
@@ -108,7 +110,8 @@ def main(argv=None):
     bench_args = train_bench.parse_args(
         ["--batch_sizes", str(args.batch_size), "--epochs", str(args.epochs), "--device", device.type,
          "--optimizer", args.optimizer, "--synthetic", *map(str, args.synthetic)]
-        + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else []))
+        + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else [])
+        + (["--compile", args.compile] if args.compile else []))
     try:
         dataset, name = train_bench.load(bench_args)
     except (convert.ConversionError, dataloading.DatasetError) as error:
@@ -135,7 +138,9 @@ def main(argv=None):
               f"| measured step | {measured['train'] / 1e6:,.2f}M samples/s | {step_seconds * 1e3:.3f} |",
               f"| measured / floor | | {step_seconds / floor:.1f}x |"]
     table = "\n".join(lines)
-    header = (f"NeuMF, batch {batch:,}{', AMP' if args.amp else ''}, optimizer {args.optimizer}, data: {name}; "
+    compiled = f", compiled ({args.compile})" if args.compile else ""
+    header = (f"NeuMF, batch {batch:,}{', AMP' if args.amp else ''}{compiled}, optimizer {args.optimizer}, "
+              f"data: {name}; "
               f"device: {train_bench.describe_device(device)}")
     print(header)
     print(table)

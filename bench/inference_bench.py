@@ -37,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=int, default=50, help="timed passes per batch size")
     parser.add_argument("--warmup", type=int, default=5, help="untimed passes per batch size")
     parser.add_argument("--amp", action="store_true", help="bf16 (or fp16) autocast, as ncf.py --amp")
+    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the model in this mode ('reduce-overhead': CUDA graphs, for small "
+                             "batches on a GPU); the warm-up passes absorb compiling")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -91,15 +94,17 @@ def main(argv=None):
         name, num_users, num_items = f"untrained neumf, {args.users:,} users x {args.items:,} items", args.users, \
             args.items
     model = model.to(device).eval()
+    forward = torch.compile(model, mode=args.compile) if args.compile else model
     autocast, _ = ncf.mixed_precision(args.amp, device)
-    rows = [time_batch(model, num_users, num_items, size, args, device, autocast) for size in args.batch_sizes]
+    rows = [time_batch(forward, num_users, num_items, size, args, device, autocast) for size in args.batch_sizes]
     lines = ["| batch | mean latency (ms) | p90 (ms) | p99 (ms) | throughput (samples/s) |", "|---|---|---|---|---|"]
     lines += [f"| {row['batch']:,} | {row['mean']:.3f} | {row['p90']:.3f} | {row['p99']:.3f} | "
               f"{row['throughput']:,.0f} |" for row in rows]
     table = "\n".join(lines)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} threads")
-    header = f"{name}{', AMP' if args.amp else ''}; device: {where}, PyTorch {torch.__version__}"
+    compiled = f", compiled ({args.compile})" if args.compile else ""
+    header = f"{name}{', AMP' if args.amp else ''}{compiled}; device: {where}, PyTorch {torch.__version__}"
     print(header)
     print(table)
     if args.append:

@@ -94,8 +94,11 @@ def main(argv=None):
     device = config["device"]
     if device.startswith("cuda"):
         device = f"{torch.cuda.get_device_name(torch.device(device))}"
+    compiled = (f", compiled ({config['compile']}; epoch 0's seconds include compiling)"
+                if config.get("compile") else "")
     header = (f"{config['model']}, batch {config['batch_size']:,}, lr {config['learning_rate']:g}"
-              f"{', AMP' if config['amp'] else ''}, optimizer {config.get('optimizer', 'adam')}; data: {name}; "
+              f"{', AMP' if config['amp'] else ''}{compiled}, optimizer {config.get('optimizer', 'adam')}; "
+              f"data: {name}; "
               f"device: {device}, PyTorch {torch.__version__}")
     print(header, table, verdict, sep="\n")
     if args.append:
