@@ -80,6 +80,9 @@ def parse_args(argv=None):
     parser.add_argument("--weight_decay", type=float, default=0.1,
                         help="decoupled weight decay (AdamW) on all parameters; 0 gives plain Adam as in NVIDIA's "
                              "tool (measured: 0.1 is better on ML-100k and ML-1M, BENCHMARKS.md)")
+    parser.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant",
+                        help="'cosine' lowers the learning rate step by step from -l towards 0 along half a cosine "
+                             "over the -e epochs (a resumed run follows the same curve)")
     parser.add_argument("--dropout", type=float, default=0.5, help="dropout after each MLP layer")
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
@@ -330,6 +333,10 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     for step, (users, items, labels) in enumerate(bar):
+        if args.lr_schedule == "cosine":
+            progress = (epoch * num_batches + step) / (args.epochs * num_batches)  # in [0, 1)
+            for group in optimizer.param_groups:
+                group["lr"] = args.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
         # Every rank divides its loss sum by the global batch's sample count times the ranks that DDP averages
         # over, so the applied gradient is that of the global batch's mean loss, even when a rank's slice is
         # uneven or empty. The last group may hold fewer batches than --grads_accumulated; it is still applied,
@@ -418,7 +425,8 @@ def check_ranks_agree(args, dataset, device, world_size, start_epoch):
 def describe(args, dataset, device, world_size, chosen):
     lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
              f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
-             f"model: {args.model}, optimizer {args.optimizer}, weight decay {args.weight_decay:g}, device: {device}"
+             f"model: {args.model}, optimizer {args.optimizer}, weight decay {args.weight_decay:g}"
+             + (", cosine learning-rate decay" if args.lr_schedule == "cosine" else "") + f", device: {device}"
              + (f" x {world_size} ranks" if world_size > 1 else "")
              + (", mixed precision" if args.amp else "")]
     for flag, (value, how) in chosen.items():
@@ -560,6 +568,7 @@ def _main(args):
         elapsed += time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": train_loss, "validation_loss": metrics["validation_loss"],
                   hr_key: metrics[hr_key], ndcg_key: metrics[ndcg_key],
+                  "learning_rate": optimizer.param_groups[0]["lr"],  # at the epoch's last step
                   "train_throughput": samples * world_size / train_seconds, "train_epoch_time": train_seconds,
                   "eval_throughput": metrics["eval_samples"] / eval_seconds, "validation_epoch_time": eval_seconds}
         log.write("epoch", record)

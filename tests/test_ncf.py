@@ -84,6 +84,36 @@ def test_resume_matches_an_uninterrupted_run(planted, tmp_path, optimizer):
         assert last_part[key] == last_whole[key]
 
 
+def test_cosine_schedule_decays_and_a_resumed_run_follows_the_same_curve(planted, tmp_path, monkeypatch):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole.mkdir(), part.mkdir()
+    flags = ("-e", "6", "--lr_schedule", "cosine")
+    code, whole_records = train(planted, whole, *flags)
+    assert code == 0
+    rates = [record["learning_rate"] for record in whole_records if record["type"] == "epoch"]
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:])) and 0 < rates[-1] < 0.01 * 0.01
+    evaluations, evaluate = 0, ncf.run_evaluation
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        nonlocal evaluations
+        evaluations += 1
+        if evaluations == 4:
+            raise KeyboardInterrupt  # after epoch 2's checkpoint, as a killed 6-epoch run
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(ncf, "run_evaluation", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(planted, part, *flags)
+    monkeypatch.setattr(ncf, "run_evaluation", evaluate)
+    code, records = train(planted, part, *flags, "--resume")
+    assert code == 0
+    resumed = [record for record in records if record["type"] == "epoch"]  # the log holds both runs
+    assert [record["epoch"] for record in resumed] == [0, 1, 2, 3, 4, 5]
+    resumed, expected = resumed[3:], [record for record in whole_records if record["type"] == "epoch"][3:]
+    for key in ("learning_rate", "train_loss", "validation_loss", "hr@1"):
+        assert [record[key] for record in resumed] == [record[key] for record in expected]
+
+
 @pytest.mark.parametrize("model", ["gmf", "neumf"])
 def test_row_sparse_adam_trains_each_model(planted, tmp_path, model):
     code, records = train(planted, tmp_path, "--model", model, "--optimizer", "row_sparse_adam", "-e", "15")

@@ -123,6 +123,7 @@ def _rank_steps(rank, world_size, init_file, users, items, weights, result_file)
         optimizer.zero_grad()
     if rank == 0:
         torch.save(model.module.state_dict(), result_file)
+    dist.barrier()  # as ncf.py does: a rank leaving Gloo while the other still talks to it can abort at exit
     dist.destroy_process_group()
 
 
