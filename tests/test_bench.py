@@ -87,3 +87,18 @@ def test_floor_counts_bytes_and_flops_and_compares_the_measured_step(capsys):
     assert floor_ms > 0 and step_ms > 0
     ratio = float(rows["measured / floor"][2].rstrip("x"))  # printed to 0.1
     assert ratio == pytest.approx(step_ms / floor_ms, rel=0.02, abs=0.06)
+
+
+def test_profile_step_ranks_operators_by_their_time(capsys):
+    bench = load_script("profile_step")
+    assert bench.main(["--synthetic", "150", "300", "4000", "--batch_size", "500", "--steps", "3", "--top", "8",
+                       "--device", "cpu"]) == 0
+    output = capsys.readouterr().out
+    assert "3 steps: " in output and "drawing the batches alone" in output
+    names = [line.split("|")[1].strip() for line in output.splitlines() if line.startswith("| aten::")]
+    rows = table_rows(output, *names)  # CPU operators, in the printed order
+    assert 3 <= len(rows) <= 8
+    times = [float(row[2]) for row in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert "aten::mm" in [row[0] for row in rows] or "aten::addmm" in [row[0] for row in rows]
+    assert sum(float(row[3].rstrip("%")) for row in rows) <= 100.05
