@@ -32,8 +32,6 @@ sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not ins
 
 import torch  # noqa: E402
 
-import convert  # noqa: E402
-import dataloading  # noqa: E402
 import ncf  # noqa: E402
 from bench import train_bench  # noqa: E402
 from bench.record import append_result  # noqa: E402
@@ -102,22 +100,15 @@ def measure_device(device, batch, layers, amp):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        device = ncf.setup_devices(args.device)[0]
-    except ncf.UsageError as error:
-        print(f"floor.py: error: {error}", file=sys.stderr)
-        return 1
     bench_args = train_bench.parse_args(
-        ["--batch_sizes", str(args.batch_size), "--epochs", str(args.epochs), "--device", device.type,
+        ["--batch_sizes", str(args.batch_size), "--epochs", str(args.epochs), "--device", args.device,
          "--optimizer", args.optimizer, "--synthetic", *map(str, args.synthetic)]
         + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else [])
         + (["--compile", args.compile] if args.compile else []))
-    try:
-        dataset, name = train_bench.load(bench_args)
-    except (convert.ConversionError, dataloading.DatasetError) as error:
-        print(f"floor.py: error: {error}", file=sys.stderr)
+    setup = train_bench.device_and_data("floor.py", bench_args)
+    if setup is None:
         return 1
-    dataset = dataset.to(device)
+    device, dataset, name = setup
     measured = train_bench.measure(dataset, device, args.batch_size, bench_args)
     negatives = 4  # ncf.py's default, which train_bench uses
     steps = math.ceil(dataset.num_train / max(1, args.batch_size // (1 + negatives)))

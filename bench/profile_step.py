@@ -20,7 +20,6 @@ sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not ins
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-import convert  # noqa: E402
 import dataloading  # noqa: E402
 import ncf  # noqa: E402
 from bench import train_bench  # noqa: E402
@@ -58,25 +57,19 @@ def synchronize(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        device = ncf.setup_devices(args.device)[0]
-    except ncf.UsageError as error:
-        print(f"profile_step.py: error: {error}", file=sys.stderr)
+    setup = train_bench.device_and_data("profile_step.py", train_bench.parse_args(
+        ["--synthetic", *map(str, args.synthetic), "--device", args.device]
+        + (["--data", args.data] if args.data else [])))
+    if setup is None:
         return 1
-    bench_args = train_bench.parse_args(["--synthetic", *map(str, args.synthetic)]
-                                        + (["--data", args.data] if args.data else []))
-    try:
-        dataset, name = train_bench.load(bench_args)
-    except (convert.ConversionError, dataloading.DatasetError) as error:
-        print(f"profile_step.py: error: {error}", file=sys.stderr)
-        return 1
+    device, dataset, name = setup
     flags = ["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "", "--device", device.type,
              "--optimizer", args.optimizer] + (["--amp"] if args.amp else []) \
         + (["--compile", args.compile] if args.compile else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     positives_per_batch = max(1, run.batch_size // (1 + run.negative_samples))
-    dataset = first_pairs(dataset, positives_per_batch * args.steps).to(device)
+    dataset = first_pairs(dataset, positives_per_batch * args.steps)
     steps = -(-dataset.num_train // positives_per_batch)
     model, _, optimizer = ncf.build(run, dataset, device)
     train_model = ncf.for_training(model, run.compile)

@@ -48,6 +48,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def device_and_data(script, args):
+    """(device, dataset on it, its name) for ``args.device``, ``args.data`` or ``args.synthetic``, as ncf.py would
+    set them up; None after printing ``{script}: error: ...`` when either cannot be had."""
+    try:
+        device = ncf.setup_devices(args.device)[0]
+        dataset, name = load(args)
+    except (ncf.UsageError, convert.ConversionError, dataloading.DatasetError) as error:
+        print(f"{script}: error: {error}", file=sys.stderr)
+        return None
+    return device, dataset.to(device), name
+
+
 def load(args):
     if args.data:
         return dataloading.load_dataset(args.data), args.data
@@ -111,17 +123,10 @@ def describe_device(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        device = ncf.setup_devices(args.device)[0]  # the device ncf.py would train on, set up the same way
-    except ncf.UsageError as error:
-        print(f"train_bench.py: error: {error}", file=sys.stderr)
+    setup = device_and_data("train_bench.py", args)
+    if setup is None:
         return 1
-    try:
-        dataset, name = load(args)
-    except (convert.ConversionError, dataloading.DatasetError) as error:
-        print(f"train_bench.py: error: {error}", file=sys.stderr)
-        return 1
-    dataset = dataset.to(device)
+    device, dataset, name = setup
     rows = [measure(dataset, device, batch_size, args) for batch_size in args.batch_sizes]
     memory = "peak GPU memory (GiB)" if device.type == "cuda" else "peak RSS (GiB)"
     lines = [f"| batch | median epoch (s) | training (M samples/s) | evaluation (M samples/s) | {memory} | "
