@@ -123,7 +123,8 @@ def test_row_sparse_adam_trains_each_model(planted, tmp_path, model):
 
 @pytest.mark.parametrize("optimizer", ["adam", "row_sparse_adam"])
 def test_compiled_training_learns_like_eager(planted, tmp_path, optimizer):
-    code, records = train(planted, tmp_path, "--model", "neumf", "--compile", "--optimizer", optimizer, "-e", "15")
+    code, records = train(planted, tmp_path, "--model", "neumf", "--compile", "--optimizer", optimizer, "-e", "15",
+                          "--dropout", "0.2")  # the fused ReLU/dropout function compiled too
     assert code == 0 and records[0]["compile"] == "default"
     assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
 
