@@ -82,7 +82,7 @@ def parse_args(argv=None):
                              "tool (measured: 0.1 is better on ML-100k and ML-1M, BENCHMARKS.md)")
     parser.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant",
                         help="'cosine' lowers the learning rate step by step from -l towards 0 along half a cosine "
-                             "over the -e epochs (a resumed run follows the same curve)")
+                             "over the -e epochs (a run resumed with the same -e follows the same curve)")
     parser.add_argument("--dropout", type=float, default=0.5, help="dropout after each MLP layer")
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
@@ -112,7 +112,8 @@ def parse_args(argv=None):
                              "step when the tables are large and the batch small; a different optimizer from 'adam', "
                              "so check its accuracy on your data")
     parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
-                        help="compile the training forward pass with torch.compile (faster steps after a start-up "
+                        help="compile the training forward pass and evaluation's scoring with torch.compile (faster "
+                             "steps after a start-up "
                              "of a minute or so; on CPU it needs a C++ compiler); MODE is torch.compile's mode, "
                              f"one of {', '.join(COMPILE_MODES)} ('default' when given without one; "
                              "'reduce-overhead' replays the step as CUDA graphs, which helps small batches on a GPU)")
