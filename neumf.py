@@ -172,6 +172,9 @@ class MLP(nn.Module):
         half once per item (for every item when there are fewer items than candidates, else per candidate), and
         the two are added. That skips the [B, C, layers[0]] concatenation and most of the tower's largest product.
         """
+        if not self.linears:  # no hidden layer: the features are the joined embeddings themselves
+            users = users[:, None].expand_as(items)
+            return torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)
         first, width = self.linears[0], self.user_embedding.embedding_dim
         user_part = nn.functional.linear(self.user_embedding(users), first.weight[:, :width], first.bias)
         if self.item_embedding.num_embeddings <= items.numel():

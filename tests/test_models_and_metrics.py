@@ -136,9 +136,10 @@ def test_fused_relu_dropout_equals_relu_then_dropout_with_gradients(device, p):
 
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
 @pytest.mark.parametrize("num_items", [7, 500])  # fewer items than candidates (a per-item table), and more
-def test_candidate_scores_equal_the_forward_pass_pair_by_pair(kind, num_items):
+@pytest.mark.parametrize("layers", [[16, 12, 6], [10]])  # a tower, and none (the joined embeddings go to the output)
+def test_candidate_scores_equal_the_forward_pass_pair_by_pair(kind, num_items, layers):
     torch.manual_seed(0)
-    model = build_model(kind, 11, num_items, factors=8, layers=[16, 12, 6], dropout=0.5).eval()
+    model = build_model(kind, 11, num_items, factors=8, layers=layers, dropout=0.5).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_()  # away from the tiny initialisation, so a wrong term shows
