@@ -112,9 +112,9 @@ def parse_args(argv=None):
                              "step when the tables are large and the batch small; a different optimizer from 'adam', "
                              "so check its accuracy on your data")
     parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
-                        help="compile the training forward pass and evaluation's scoring with torch.compile (faster "
-                             "steps after a start-up "
-                             "of a minute or so; on CPU it needs a C++ compiler); MODE is torch.compile's mode, "
+                        help="compile the training forward pass and evaluation's scoring with torch.compile "
+                             "(faster steps after a start-up of a minute or so; on CPU it needs a C++ compiler); "
+                             "MODE is torch.compile's mode, "
                              f"one of {', '.join(COMPILE_MODES)} ('default' when given without one; "
                              "'reduce-overhead' replays the step as CUDA graphs, which helps small batches on a GPU)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

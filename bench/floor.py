@@ -4,7 +4,7 @@ matrix-product rate, set against the measured step time.
     python bench/floor.py                                                   # CPU-sized default: the demo shape
     python bench/floor.py --synthetic 138493 26744 20000000 --batch_size 1048576 --amp --append   # ML-20M shape
 
-Counts, per step of ``--batch_size`` samples (NeuMF, NVIDIA's sizes by default):
+Counts, per step of ``--batch_size`` samples (ncf.py's default NeuMF, NVIDIA's sizes, the model train_bench times):
 
 - embeddings: each sample reads a GMF and an MLP row for its user and its item, and its backward writes their
   gradients; fp32 tables.
@@ -40,18 +40,9 @@ from bench.record import append_result  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
-                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
-    parser.add_argument("--data", help="dataset directory instead of a synthetic set")
+    train_bench.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
-    parser.add_argument("-f", "--factors", type=int, default=64)
-    parser.add_argument("--layers", nargs="+", type=int, default=[256, 256, 128, 64])
-    parser.add_argument("--amp", action="store_true", help="bf16 activations and products, as ncf.py --amp")
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
-    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
-                        help="time the step compiled in this torch.compile mode, as ncf.py --compile")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the first is a warm-up)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser.parse_args(argv)
 
@@ -114,9 +105,10 @@ def main(argv=None):
     steps = math.ceil(dataset.num_train / max(1, args.batch_size // (1 + negatives)))
     step_seconds = measured["epoch"] / steps
     batch = min(args.batch_size, dataset.num_train * (1 + negatives))
-    components, flops = step_costs(batch, dataset.num_users, dataset.num_items, args.factors, args.layers,
+    sizes = ncf.parse_args([])  # train_bench times ncf.py's default NeuMF: count the bytes of that one
+    components, flops = step_costs(batch, dataset.num_users, dataset.num_items, sizes.factors, sizes.layers,
                                    2 if args.amp else 4, args.optimizer)
-    bandwidth, rate = measure_device(device, batch, args.layers, args.amp)
+    bandwidth, rate = measure_device(device, batch, sizes.layers, args.amp)
     total = sum(components.values())
     memory_seconds, compute_seconds = total / bandwidth, flops / rate
     floor = max(memory_seconds, compute_seconds)
@@ -129,10 +121,8 @@ def main(argv=None):
               f"| measured step | {measured['train'] / 1e6:,.2f}M samples/s | {step_seconds * 1e3:.3f} |",
               f"| measured / floor | | {step_seconds / floor:.1f}x |"]
     table = "\n".join(lines)
-    compiled = f", compiled ({args.compile})" if args.compile else ""
-    header = (f"NeuMF, batch {batch:,}{', AMP' if args.amp else ''}{compiled}, optimizer {args.optimizer}, "
-              f"data: {name}; "
-              f"device: {train_bench.describe_device(device)}")
+    header = (f"NeuMF, batch {batch:,}{train_bench.run_label(args.amp, args.compile)}, optimizer {args.optimizer}, "
+              f"data: {name}; device: {train_bench.describe_device(device)}")
     print(header)
     print(table)
     if args.append:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not ins
 import torch  # noqa: E402
 
 import ncf  # noqa: E402
+from bench import train_bench  # noqa: E402
 from bench.record import append_result  # noqa: E402
 from neumf import build_model  # noqa: E402
 
@@ -103,8 +104,7 @@ def main(argv=None):
     table = "\n".join(lines)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} threads")
-    compiled = f", compiled ({args.compile})" if args.compile else ""
-    header = f"{name}{', AMP' if args.amp else ''}{compiled}; device: {where}, PyTorch {torch.__version__}"
+    header = f"{name}{train_bench.run_label(args.amp, args.compile)}; device: {where}, PyTorch {torch.__version__}"
     print(header)
     print(table)
     if args.append:

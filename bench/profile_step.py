@@ -28,18 +28,11 @@ from bench import train_bench  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
-                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
-    parser.add_argument("--data", help="dataset directory instead of a synthetic set")
+    train_bench.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
     parser.add_argument("--steps", type=int, default=20, help="steps profiled")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
-    parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
-    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
-                        help="torch.compile the training forward in this mode, as ncf.py")
     parser.add_argument("--top", type=int, default=25, help="operators listed")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser.parse_args(argv)
 
 
@@ -105,8 +98,7 @@ def main(argv=None):
         # named self_cuda_time_total before PyTorch 2.4
         sort = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
     total_us = sum(getattr(event, sort) for event in averages)
-    compiled = f", compiled ({run.compile})" if run.compile else ""
-    print(f"{args.model}, batch {run.batch_size:,}{', AMP' if run.amp else ''}{compiled}, "
+    print(f"{args.model}, batch {run.batch_size:,}{train_bench.run_label(run.amp, run.compile)}, "
           f"optimizer {run.optimizer}, data: {name}; device: {train_bench.describe_device(device)}")
     print(f"{steps} steps: {step_ms:.3f} ms a step ({run.batch_size / step_ms / 1e3:.1f}M samples/s); "
           f"drawing the batches alone {batches_ms:.3f} ms a step; "

@@ -29,21 +29,31 @@ import ncf  # noqa: E402
 from bench.record import append_result  # noqa: E402
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_run_arguments(parser):
+    """The flags the training benchmarks share: the data, and how ncf.py trains on it."""
     parser.add_argument("--data", help="dataset directory; default: a synthetic set of --synthetic's shape")
     parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
                         default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+                        help="torch.compile in this mode, as ncf.py --compile (the warm-up absorbs compiling)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def run_label(amp, compile_mode):
+    """", AMP, compiled (MODE)" for the table headers, each part only when it applies."""
+    return f"{', AMP' if amp else ''}{f', compiled ({compile_mode})' if compile_mode else ''}"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_arguments(parser)
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1024, 8192], help="-b values to time")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per batch size (the first is a warm-up)")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
-    parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
-    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
-                        help="torch.compile the training forward in this mode, as ncf.py")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser.parse_args(argv)
 
@@ -135,8 +145,7 @@ def main(argv=None):
               f"{row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
-    compiled = f", compiled ({args.compile})" if args.compile else ""
-    header = (f"{args.model}{', AMP' if args.amp else ''}{compiled}, "
+    header = (f"{args.model}{run_label(args.amp, args.compile)}, "
               f"dropout {args.dropout}, optimizer {args.optimizer}, "
               f"data: {name} "
               f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")
