@@ -252,6 +252,18 @@ def check_fits(checkpoint, dataset, path):
                          f"this one has {dataset.num_users} and {dataset.num_items}); pass the matching --data")
 
 
+def load_pretrained_pair(gmf_path, mlp_path, dataset):
+    """(GMF, MLP) models from the checkpoints given to --pretrain_gmf/--pretrain_mlp, checked against the data."""
+    parts = []
+    for path, kind in ((gmf_path, "gmf"), (mlp_path, "mlp")):
+        checkpoint = load_checkpoint(path)
+        check_fits(checkpoint, dataset, path)
+        if checkpoint["model"] != kind:
+            raise UsageError(f"{path}: holds a {checkpoint['model']} model, expected {kind}")
+        parts.append(model_from_checkpoint(checkpoint))
+    return tuple(parts)
+
+
 def model_from_checkpoint(checkpoint):
     model = build_model(checkpoint["model"], **checkpoint["model_args"])
     model.load_state_dict(checkpoint["state_dict"])
@@ -275,14 +287,7 @@ def build(args, dataset, device):
                              f"{checkpoint['model_args']}, which differs from the flags given")
         model.load_state_dict(checkpoint["state_dict"])
     if args.pretrain_gmf:
-        parts = []
-        for path, kind in ((args.pretrain_gmf, "gmf"), (args.pretrain_mlp, "mlp")):
-            checkpoint = load_checkpoint(path)
-            check_fits(checkpoint, dataset, path)
-            if checkpoint["model"] != kind:
-                raise UsageError(f"{path}: holds a {checkpoint['model']} model, expected {kind}")
-            parts.append(model_from_checkpoint(checkpoint))
-        gmf, mlp = parts
+        gmf, mlp = load_pretrained_pair(args.pretrain_gmf, args.pretrain_mlp, dataset)
         if gmf.user_embedding.embedding_dim != args.factors or list(_mlp_layers(mlp)) != list(args.layers):
             raise UsageError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
         model.load_pretrained(gmf, mlp, args.alpha)

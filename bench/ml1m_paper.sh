@@ -5,8 +5,9 @@
 #
 # DATA_DIR is the paper's files converted by convert.py (README: "The NCF paper's ML-1M"), default data/ml1m-ncf.
 # GMF, MLP and NeuMF-from-scratch train side by side (on a GPU they share it well; on 2 CPU cores expect an hour),
-# then NeuMF starts from the best GMF and MLP checkpoints. Each run's log is RUNS_DIR/<name>/log.json; the last
-# lines printed are the best HR@10/NDCG@10 of each.
+# then NeuMF starts from the best GMF and MLP checkpoints with their output layers mixed 0.8 : 0.2 (GMF is the
+# stronger branch here: before any fine-tuning the paper's 0.5 scores 0.7248 HR@10, 0.8 scores 0.7295; BENCHMARKS.md).
+# Each run's log is RUNS_DIR/<name>/log.json; the last lines printed are the best HR@10/NDCG@10 of each.
 set -euo pipefail
 data=${1:-data/ml1m-ncf}
 runs=${2:-runs/ml1m}
@@ -20,11 +21,11 @@ train() {  # name, flags...
     $python ncf.py $common "$@" --checkpoint_dir "$runs/$name" > "$runs/$name/output.txt" 2>&1
 }
 
-train gmf --model gmf -e 20 -b 4096 -l 0.001 --weight_decay 0.1 &
+train gmf --model gmf -e 30 -b 4096 -l 0.004 -n 8 --weight_decay 0.1 --lr_schedule cosine &
 train mlp --model mlp -e 30 -b 4096 -l 0.001 --dropout 0.5 &
 train neumf --model neumf -e 20 -b 4096 -l 0.001 --dropout 0.5 --weight_decay 0.1 &
 wait
-train neumf-pretrained --model neumf -e 20 -b 4096 -l 0.00005 --dropout 0.5 --weight_decay 0.1 \
+train neumf-pretrained --model neumf -e 6 -b 4096 -l 0.00005 --dropout 0.5 --weight_decay 0.1 --alpha 0.8 \
     --pretrain_gmf "$runs/gmf/best.pt" --pretrain_mlp "$runs/mlp/best.pt"
 for name in gmf mlp neumf neumf-pretrained; do
     echo "$name: $(tail -n 1 "$runs/$name/output.txt")"

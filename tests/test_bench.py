@@ -102,3 +102,37 @@ def test_profile_step_ranks_operators_by_their_time(capsys):
     assert times == sorted(times, reverse=True) and times[0] > 0
     assert "aten::mm" in [row[0] for row in rows] or "aten::addmm" in [row[0] for row in rows]
     assert sum(float(row[3].rstrip("%")) for row in rows) <= 100.05
+
+
+def test_alpha_sweep_ends_at_the_two_pretrained_models(tmp_path, capsys):
+    """Alpha 1 scores exactly as the GMF model and alpha 0 as the MLP model; the table has a row per alpha."""
+    import contextlib
+
+    import torch
+
+    import dataloading
+    import ncf
+    from conftest import run_convert
+
+    data = tmp_path / "data"
+    assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20"])[0] == 0
+    paths = {}
+    for model in ("gmf", "mlp"):
+        assert ncf.main(["--data", str(data), "--model", model, "-e", "2", "-b", "256", "-f", "8", "--layers", "16",
+                         "8", "--checkpoint_dir", str(tmp_path / model)]) == 0
+        paths[model] = str(tmp_path / model / "best.pt")
+    capsys.readouterr()
+    bench = load_script("alpha_sweep")
+    assert bench.main(["--data", str(data), "--pretrain_gmf", paths["gmf"], "--pretrain_mlp", paths["mlp"],
+                       "--alphas", "0", "0.5", "1", "-k", "3", "--device", "cpu"]) == 0
+    rows = {row[0]: (float(row[1]), float(row[2])) for row in table_rows(capsys.readouterr().out, "0", "0.5", "1")}
+    assert set(rows) == {"0", "0.5", "1"}
+    dataset = dataloading.load_dataset(data)
+    for alpha, model in (("1", "gmf"), ("0", "mlp")):
+        alone = ncf.model_from_checkpoint(ncf.load_checkpoint(paths[model])).eval()
+        with torch.no_grad():
+            hits, ndcg, _, _, users = dataloading.evaluate(alone, dataset, 3, 1024, contextlib.nullcontext).tolist()
+        assert rows[alpha] == pytest.approx((round(hits / users, 4), round(ndcg / users, 4)), abs=1e-4)
+    # Bad input: one line naming the file, exit code 2.
+    assert bench.main(["--data", str(data), "--pretrain_gmf", paths["gmf"], "--pretrain_mlp", paths["gmf"]]) == 2
+    assert capsys.readouterr().err.strip() == f"alpha_sweep: error: {paths['gmf']}: holds a gmf model, expected mlp"
