@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 import dataloading  # noqa: E402
 import ncf  # noqa: E402
+from bench import train_bench  # noqa: E402
 from bench.record import append_result  # noqa: E402
 from neumf import NeuMF  # noqa: E402
 
@@ -73,10 +74,8 @@ def main(argv=None):
     dataset = dataset.to(device)
     rows = sweep(dataset, gmf.to(device), mlp.to(device), args.alphas, args.topk)
     best = max(rows, key=lambda row: row[1])
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} threads")
     header = (f"NeuMF from {args.pretrain_gmf} and {args.pretrain_mlp} on {args.data}, before fine-tuning "
-              f"(alpha 1 scores as the GMF model, 0 as the MLP model); device: {where}, PyTorch {torch.__version__}")
+              f"(alpha 1 scores as the GMF model, 0 as the MLP model); device: {train_bench.describe_device(device)}")
     lines = [f"| alpha | HR@{args.topk} | NDCG@{args.topk} |", "|---|---|---|"]
     lines += [f"| {alpha:g} | {hr:.4f} | {ndcg:.4f} |" for alpha, hr, ndcg in rows]
     lines += ["", f"Best: alpha {best[0]:g}, HR@{args.topk} {best[1]:.4f}."]

@@ -102,9 +102,7 @@ def main(argv=None):
     lines += [f"| {row['batch']:,} | {row['mean']:.3f} | {row['p90']:.3f} | {row['p99']:.3f} | "
               f"{row['throughput']:,.0f} |" for row in rows]
     table = "\n".join(lines)
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} threads")
-    header = f"{name}{train_bench.run_label(args.amp, args.compile)}; device: {where}, PyTorch {torch.__version__}"
+    header = f"{name}{train_bench.run_label(args.amp, args.compile)}; device: {train_bench.describe_device(device)}"
     print(header)
     print(table)
     if args.append:

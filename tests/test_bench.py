@@ -1,9 +1,15 @@
 """The benchmark scripts run end to end at tiny sizes and report what they measured."""
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+
+import dataloading
+import ncf
+from conftest import run_convert
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,14 +112,6 @@ def test_profile_step_ranks_operators_by_their_time(capsys):
 
 def test_alpha_sweep_ends_at_the_two_pretrained_models(tmp_path, capsys):
     """Alpha 1 scores exactly as the GMF model and alpha 0 as the MLP model; the table has a row per alpha."""
-    import contextlib
-
-    import torch
-
-    import dataloading
-    import ncf
-    from conftest import run_convert
-
     data = tmp_path / "data"
     assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20"])[0] == 0
     paths = {}
