@@ -105,6 +105,12 @@ def parse_args(argv=None):
                         help="weight of the GMF output layer when mixing pre-trained output layers (the paper's "
                              "0.5; 0.8 did better on ML-1M, where GMF is the stronger branch: bench/alpha_sweep.py "
                              "scores each alpha before fine-tuning)")
+    parser.add_argument("--branch_loss", type=float, default=1.0, metavar="WEIGHT",
+                        help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every training "
+                             "pair through its own output layer, and those two losses, times WEIGHT, are added to "
+                             "NeuMF's, so each branch learns to be a model of its own, as pre-training makes it, in "
+                             "one run (BENCHMARKS.md); 0 trains NeuMF's joint output alone, as the paper and NVIDIA "
+                             "do")
     parser.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
                         help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
                              "items as NVIDIA does (faster, slightly less accurate)")
@@ -140,6 +146,8 @@ def _validate(parser, args):
             parser.error(f"{flag} must be at least 1, got {value}")
     if args.negative_samples < 0:
         parser.error(f"--negative_samples must be 0 or more, got {args.negative_samples}")
+    if args.branch_loss < 0:
+        parser.error(f"--branch_loss must be 0 or more, got {args.branch_loss}")
     if args.weight_decay < 0:
         parser.error(f"--weight_decay must be 0 or more, got {args.weight_decay}")
     if args.learning_rate is not None and not args.learning_rate > 0:
@@ -293,6 +301,8 @@ def build(args, dataset, device):
         if gmf.user_embedding.embedding_dim != args.factors or list(_mlp_layers(mlp)) != list(args.layers):
             raise UsageError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
         model.load_pretrained(gmf, mlp, args.alpha)
+    if args.model == "neumf":
+        model.train_branch_outputs(args.branch_loss > 0)
     model.to(device)
     settings = dict(lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
                     weight_decay=args.weight_decay)
@@ -339,6 +349,8 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
                                         rank, world_size, negative_generator=negative_generator)
     loss_total, samples = torch.zeros((), device=device), 0
     optimizer.zero_grad(set_to_none=True)
+    branch_weight = args.branch_loss if args.model == "neumf" else 0.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
     bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
     for step, (users, items, labels) in enumerate(bar):
         if args.lr_schedule == "cosine":
@@ -355,9 +367,15 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
         applies = (step + 1) % args.grads_accumulated == 0 or step + 1 == num_batches
         sync = contextlib.nullcontext() if applies or world_size == 1 else model.no_sync()
         with sync, autocast():  # under no_sync, this rank accumulates; DDP averages once, at the applying step
-            logits = model(users, items)
-        loss_sum = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
-        scaler.scale(loss_sum * (world_size / (global_samples * group))).backward()
+            logits = model(users, items, branches=True) if branch_weight else model(users, items)
+        if branch_weight:  # NeuMF's loss (the one reported) plus its two branches' own, weighted
+            logits, *branch_logits = logits
+            loss_sum = bce(logits.float(), labels, reduction="sum")
+            objective = loss_sum + branch_weight * sum(bce(branch.float(), labels, reduction="sum")
+                                                       for branch in branch_logits)
+        else:
+            loss_sum = objective = bce(logits.float(), labels, reduction="sum")
+        scaler.scale(objective * (world_size / (global_samples * group))).backward()
         if applies:
             scaler.step(optimizer)
             scaler.update()
@@ -433,7 +451,9 @@ def check_ranks_agree(args, dataset, device, world_size, start_epoch):
 def describe(args, dataset, device, world_size, chosen):
     lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
              f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
-             f"model: {args.model}, optimizer {args.optimizer}, weight decay {args.weight_decay:g}"
+             f"model: {args.model}" + (f" (branch losses x {args.branch_loss:g})" if args.model == "neumf"
+                                       and args.branch_loss else "")
+             + f", optimizer {args.optimizer}, weight decay {args.weight_decay:g}"
              + (", cosine learning-rate decay" if args.lr_schedule == "cosine" else "") + f", device: {device}"
              + (f" x {world_size} ranks" if world_size > 1 else "")
              + (", mixed precision" if args.amp else "")]
@@ -538,6 +558,10 @@ def _main(args):
         saved_optimizer = state["config"].get("optimizer", "adam")
         if saved_optimizer != args.optimizer:
             raise UsageError(f"{last_path}: was trained with --optimizer {saved_optimizer}; resume with the same")
+        saved_branch_loss = state["config"].get("branch_loss", 0.0)  # earlier versions trained NeuMF without
+        if args.model == "neumf" and saved_branch_loss != args.branch_loss:
+            raise UsageError(f"{last_path}: was trained with --branch_loss {saved_branch_loss:g}; resume with the "
+                             "same")
         getattr(model, "module", model).load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

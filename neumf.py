@@ -198,15 +198,26 @@ class NeuMF(nn.Module):
         super().__init__()
         self.gmf = GMF(num_users, num_items, factors)
         self.mlp = MLP(num_users, num_items, layers, dropout)
-        # The branches' own output layers are unused here; their weights seed ``output`` in from_pretrained.
-        self.gmf.output.requires_grad_(False)
-        self.mlp.output.requires_grad_(False)
+        # The branches' own output layers: they seed ``output`` in load_pretrained, and score each branch alone for
+        # the branch losses (``forward(..., branches=True)``); frozen unless ``train_branch_outputs`` is called.
+        self.train_branch_outputs(False)
         self.output = nn.Linear(factors + layers[-1], 1)
         _lecun_uniform_(self.output)
 
-    def forward(self, users, items):
-        joined = torch.cat([self.gmf.features(users, items), self.mlp.features(users, items)], dim=-1)
-        return self.output(joined).squeeze(-1)
+    def train_branch_outputs(self, enabled=True):
+        """Let the two branches' own output layers learn (for branch losses) or freeze them (the paper's NeuMF)."""
+        self.gmf.output.requires_grad_(enabled)
+        self.mlp.output.requires_grad_(enabled)
+        return self
+
+    def forward(self, users, items, branches=False):
+        """NeuMF's logits; with ``branches``, also each branch's own logits through its own output layer (the GMF
+        and MLP models inside NeuMF), as a tuple (joint, gmf, mlp). The features are computed once for all three."""
+        gmf, mlp = self.gmf.features(users, items), self.mlp.features(users, items)
+        joint = self.output(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+        if not branches:
+            return joint
+        return joint, self.gmf.output(gmf).squeeze(-1), self.mlp.output(mlp).squeeze(-1)
 
     def score(self, users, items):
         """Logits [B, C] of users [B] for their candidates items [B, C], as ``forward`` for every pair."""

@@ -24,8 +24,8 @@ for seed in $seeds; do
     $python bench/alpha_sweep.py --data "$data" --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" \
         > "$out/alpha.txt" 2>&1
     $python ncf.py --data "$data" --model neumf -e 5 -b 1024 -l 0.00002 -n 8 --dropout 0.5 --alpha 0.8 -s "$seed" \
-        --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" --checkpoint_dir "$out/neumf" \
-        > "$out/neumf.txt" 2>&1
+        --branch_loss 0 --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" \
+        --checkpoint_dir "$out/neumf" > "$out/neumf.txt" 2>&1
 done
 for seed in $seeds; do
     out=$runs/seed$seed

@@ -70,6 +70,22 @@ def test_pretrained_neumf_mixes_the_two_models():
         assert torch.allclose(neumf(users, items), expected, atol=1e-6)
 
 
+def test_neumf_branch_logits_are_the_branches_as_models_of_their_own():
+    torch.manual_seed(0)
+    gmf, mlp = GMF(6, 9, factors=4), MLP(6, 9, layers=[8, 4], dropout=0.0)
+    neumf = NeuMF(6, 9, factors=4, layers=[8, 4], dropout=0.0).load_pretrained(gmf, mlp, alpha=0.3)
+    users, items = torch.arange(6), torch.tensor([0, 2, 4, 6, 8, 1])
+    with torch.no_grad():
+        joint, gmf_logits, mlp_logits = neumf(users, items, branches=True)
+        assert torch.equal(joint, neumf(users, items))
+        assert torch.allclose(gmf_logits, gmf(users, items), atol=1e-6)
+        assert torch.allclose(mlp_logits, mlp(users, items), atol=1e-6)
+    trainable = lambda: {name for name, parameter in neumf.named_parameters() if parameter.requires_grad}  # noqa: E731
+    assert not {"gmf.output.weight", "mlp.output.bias"} & trainable()  # the paper's NeuMF: not used, not trained
+    neumf.train_branch_outputs(True)
+    assert {"gmf.output.weight", "mlp.output.bias"} <= trainable()
+
+
 @pytest.mark.parametrize("max_bitmap_bytes", [0, 2**28], ids=["sorted-keys", "bitmap"])
 def test_exact_negatives_never_hit_a_positive(max_bitmap_bytes):
     generator = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
 """ncf.py end to end, in-process: training each model, checkpoints, resume, NVIDIA directories, bad input."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+import dataloading
 import ncf
 from conftest import run_convert
 
@@ -135,6 +137,32 @@ def test_resume_with_another_optimizer_is_refused(planted, tmp_path, capsys):
     assert "was trained with --optimizer row_sparse_adam; resume with the same" in capsys.readouterr().err
 
 
+def test_resume_with_another_branch_loss_is_refused(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "1", "--branch_loss", "0")[0] == 0
+    assert train(planted, tmp_path, "-e", "2", "--resume", "--branch_loss", "0.5")[0] == 1
+    assert "was trained with --branch_loss 0; resume with the same" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_branch_losses_make_each_branch_a_model_of_its_own(planted, tmp_path, weight):
+    code, records = train(planted, tmp_path, "--model", "neumf", "-e", "15", "--branch_loss", weight)
+    assert code == 0 and records[0]["branch_loss"] == weight
+    assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
+    neumf = ncf.model_from_checkpoint(ncf.load_checkpoint(tmp_path / "ck" / "last.pt"))
+    torch.manual_seed(0)  # the initial model of the run (seed 0)
+    initial = ncf.build_model("neumf", **ncf.load_checkpoint(tmp_path / "ck" / "last.pt")["model_args"])
+    outputs_moved = [not torch.equal(getattr(neumf, branch).output.weight, getattr(initial, branch).output.weight)
+                     for branch in ("gmf", "mlp")]
+    assert outputs_moved == [weight > 0] * 2  # without branch losses the branches' own outputs stay as they began
+    if weight:  # each branch alone, through its own output layer, ranks the held-out items first
+        dataset = dataloading.load_dataset(planted)
+        mask = dataloading.candidate_mask(dataset.test_items, dataset.test_negatives)
+        for branch in (neumf.gmf, neumf.mlp):
+            hits, *_, users = dataloading.evaluate(branch.eval(), dataset, 1, 64, contextlib.nullcontext,
+                                                   mask=mask).tolist()
+            assert hits / users >= 0.9
+
+
 def test_resume_without_checkpoint_starts_from_scratch(planted, tmp_path, capsys):
     assert train(planted, tmp_path, "-e", "1", "--resume")[0] == 0
     assert "starting from scratch" in capsys.readouterr().out
@@ -245,7 +273,7 @@ def test_corrupted_array(planted, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags", [["-b", "0"], ["-f", "-3"], ["-e", "0"], ["--layers", "15", "8"],
                                    ["-l", "-1"], ["--dropout", "1"], ["--pretrain_gmf", "x.pt"],
-                                   ["-b1", "1.5"]])
+                                   ["-b1", "1.5"], ["--branch_loss", "-1"]])
 def test_bad_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ncf.parse_args(flags)
