@@ -6,7 +6,8 @@
 # DATA_DIR: convert.py's ML-100k directory (default data/ml100k); RUNS_DIR default runs/ml100k-pretrained; seeds
 # default 0 1 2, run one after another (each takes about 7 minutes on 2 CPU cores: GMF 1, MLP 5, the rest 1). For
 # each seed: GMF, MLP, bench/alpha_sweep.py (NeuMF before fine-tuning, every alpha), then NeuMF fine-tuned from
-# alpha 0.8. The last lines printed are each seed's best HR@10/NDCG@10 of the four steps.
+# alpha 0.8, with branch losses (ncf.py's default --branch_loss 1). The last lines printed are each seed's best
+# HR@10/NDCG@10 of the four steps.
 set -euo pipefail
 data=${1:-data/ml100k}
 runs=${2:-runs/ml100k-pretrained}
@@ -24,7 +25,7 @@ for seed in $seeds; do
     $python bench/alpha_sweep.py --data "$data" --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" \
         > "$out/alpha.txt" 2>&1
     $python ncf.py --data "$data" --model neumf -e 5 -b 1024 -l 0.00002 -n 8 --dropout 0.5 --alpha 0.8 -s "$seed" \
-        --branch_loss 0 --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" \
+        --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" \
         --checkpoint_dir "$out/neumf" > "$out/neumf.txt" 2>&1
 done
 for seed in $seeds; do
