@@ -25,7 +25,7 @@ train gmf --model gmf -e 30 -b 4096 -l 0.004 -n 8 --weight_decay 0.1 --lr_schedu
 train mlp --model mlp -e 30 -b 4096 -l 0.001 --dropout 0.5 &
 train neumf --model neumf -e 20 -b 4096 -l 0.001 --dropout 0.5 --weight_decay 0.1 --branch_loss 0 &
 wait
-train neumf-pretrained --model neumf -e 6 -b 4096 -l 0.00005 --dropout 0.5 --weight_decay 0.1 --alpha 0.8 --branch_loss 0 \
+train neumf-pretrained --model neumf -e 6 -b 4096 -l 0.00005 --dropout 0.5 --weight_decay 0.1 --alpha 0.8 \
     --pretrain_gmf "$runs/gmf/best.pt" --pretrain_mlp "$runs/mlp/best.pt"
 for name in gmf mlp neumf neumf-pretrained; do
     echo "$name: $(tail -n 1 "$runs/$name/output.txt")"
