@@ -367,14 +367,10 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
         applies = (step + 1) % args.grads_accumulated == 0 or step + 1 == num_batches
         sync = contextlib.nullcontext() if applies or world_size == 1 else model.no_sync()
         with sync, autocast():  # under no_sync, this rank accumulates; DDP averages once, at the applying step
-            logits = model(users, items, branches=True) if branch_weight else model(users, items)
-        if branch_weight:  # NeuMF's loss (the one reported) plus its two branches' own, weighted
-            logits, *branch_logits = logits
-            loss_sum = bce(logits.float(), labels, reduction="sum")
-            objective = loss_sum + branch_weight * sum(bce(branch.float(), labels, reduction="sum")
-                                                       for branch in branch_logits)
-        else:
-            loss_sum = objective = bce(logits.float(), labels, reduction="sum")
+            logits, *branch_logits = model(users, items, branches=True) if branch_weight else (model(users, items),)
+        loss_sum = bce(logits.float(), labels, reduction="sum")  # the model's own loss, the one reported
+        objective = (loss_sum + branch_weight * sum(bce(branch.float(), labels, reduction="sum")
+                                                    for branch in branch_logits)) if branch_logits else loss_sum
         scaler.scale(objective * (world_size / (global_samples * group))).backward()
         if applies:
             scaler.step(optimizer)

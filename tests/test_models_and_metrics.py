@@ -60,21 +60,23 @@ def test_constructors_validate(make):
         make()
 
 
-def test_pretrained_neumf_mixes_the_two_models():
+def _neumf_from_two_models(alpha):
+    """(GMF, MLP, NeuMF initialised from the two with ``alpha``, users, items): small and seeded."""
     torch.manual_seed(0)
     gmf, mlp = GMF(6, 9, factors=4), MLP(6, 9, layers=[8, 4], dropout=0.0)
-    neumf = NeuMF(6, 9, factors=4, layers=[8, 4], dropout=0.0).load_pretrained(gmf, mlp, alpha=0.3)
-    users, items = torch.arange(6), torch.tensor([0, 2, 4, 6, 8, 1])
+    neumf = NeuMF(6, 9, factors=4, layers=[8, 4], dropout=0.0).load_pretrained(gmf, mlp, alpha=alpha)
+    return gmf, mlp, neumf, torch.arange(6), torch.tensor([0, 2, 4, 6, 8, 1])
+
+
+def test_pretrained_neumf_mixes_the_two_models():
+    gmf, mlp, neumf, users, items = _neumf_from_two_models(alpha=0.3)
     with torch.no_grad():
         expected = 0.3 * gmf(users, items) + 0.7 * mlp(users, items)
         assert torch.allclose(neumf(users, items), expected, atol=1e-6)
 
 
 def test_neumf_branch_logits_are_the_branches_as_models_of_their_own():
-    torch.manual_seed(0)
-    gmf, mlp = GMF(6, 9, factors=4), MLP(6, 9, layers=[8, 4], dropout=0.0)
-    neumf = NeuMF(6, 9, factors=4, layers=[8, 4], dropout=0.0).load_pretrained(gmf, mlp, alpha=0.3)
-    users, items = torch.arange(6), torch.tensor([0, 2, 4, 6, 8, 1])
+    gmf, mlp, neumf, users, items = _neumf_from_two_models(alpha=0.3)
     with torch.no_grad():
         joint, gmf_logits, mlp_logits = neumf(users, items, branches=True)
         assert torch.equal(joint, neumf(users, items))

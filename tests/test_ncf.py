@@ -148,9 +148,10 @@ def test_branch_losses_make_each_branch_a_model_of_its_own(planted, tmp_path, we
     code, records = train(planted, tmp_path, "--model", "neumf", "-e", "15", "--branch_loss", weight)
     assert code == 0 and records[0]["branch_loss"] == weight
     assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
-    neumf = ncf.model_from_checkpoint(ncf.load_checkpoint(tmp_path / "ck" / "last.pt"))
+    checkpoint = ncf.load_checkpoint(tmp_path / "ck" / "last.pt")
+    neumf = ncf.model_from_checkpoint(checkpoint)
     torch.manual_seed(0)  # the initial model of the run (seed 0)
-    initial = ncf.build_model("neumf", **ncf.load_checkpoint(tmp_path / "ck" / "last.pt")["model_args"])
+    initial = ncf.build_model("neumf", **checkpoint["model_args"])
     outputs_moved = [not torch.equal(getattr(neumf, branch).output.weight, getattr(initial, branch).output.weight)
                      for branch in ("gmf", "mlp")]
     assert outputs_moved == [weight > 0] * 2  # without branch losses the branches' own outputs stay as they began
