@@ -12,8 +12,9 @@ Counts, per step of ``--batch_size`` samples (ncf.py's default NeuMF, NVIDIA's s
   parameter) for every parameter, plus zeroing the gradient (4 bytes); row-sparse Adam does the same, plus its
   scratch sums, for the rows looked up only (about 48 bytes per looked-up value).
 - tower: the joined embeddings and every layer's output written once in the forward pass and read once in the
-  backward, and their gradients the same (bf16 with --amp, else fp32); the tower's FLOPs are 6 x batch x the sum
-  of in x out over its layers.
+  backward, and their gradients the same (bf16 with --amp, else fp32); the FLOPs are 6 x batch x the sum of in x
+  out over the tower's layers and the output layer (with branch losses, ``--branch_loss`` above 0 as by default,
+  also the two branches' own output layers, which add their parameters to the optimizer's bytes).
 
 The floor is the larger of bytes / bandwidth and FLOPs / matrix rate, that is, with perfect overlap and no launch
 cost; no real step reaches it. Bandwidth is timed with a large device copy, the matrix rate with a product of the
@@ -47,20 +48,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def step_costs(batch, num_users, num_items, factors, layers, activation_bytes, optimizer):
-    """(bytes by component, FLOPs) of one NeuMF training step of ``batch`` samples."""
+def step_costs(batch, num_users, num_items, factors, layers, activation_bytes, optimizer, branch_heads=False):
+    """(bytes by component, FLOPs) of one NeuMF training step of ``batch`` samples; ``branch_heads``: the two
+    branches' own output layers also score every sample (branch losses)."""
     row_values = 2 * factors + layers[0]  # GMF user + item rows, MLP user + item rows (each layers[0] / 2 wide)
     embeddings = batch * row_values * 4 * 2  # rows read forward, their gradients written backward
     table_values = (num_users + num_items) * (factors + layers[0] // 2)
     tower_values = sum(width_in * width_out + width_out for width_in, width_out in zip(layers[:-1], layers[1:]))
-    tower_values += (factors + layers[-1]) + 1  # the output layer
+    outputs = 2 if branch_heads else 1  # NeuMF's output layer; with branch losses, the branches' own two as well
+    tower_values += outputs * (factors + layers[-1]) + (3 if branch_heads else 1)
     if optimizer == "adam":
         optimizer_bytes = (table_values + tower_values) * (28 + 4)
     else:
         optimizer_bytes = batch * row_values * 48 + tower_values * (28 + 4)
     activations = batch * sum(layers) * activation_bytes * 4  # the joined input and each layer's output: value and
     # gradient, each written once and read once
-    flops = 6 * batch * sum(width_in * width_out for width_in, width_out in zip(layers[:-1], layers[1:]))
+    flops = 6 * batch * (sum(width_in * width_out for width_in, width_out in zip(layers[:-1], layers[1:]))
+                         + outputs * (factors + layers[-1]))
     return {"embedding rows": embeddings, "optimizer": optimizer_bytes, "tower activations": activations}, flops
 
 
@@ -93,7 +97,8 @@ def main(argv=None):
     args = parse_args(argv)
     bench_args = train_bench.parse_args(
         ["--batch_sizes", str(args.batch_size), "--epochs", str(args.epochs), "--device", args.device,
-         "--optimizer", args.optimizer, "--synthetic", *map(str, args.synthetic)]
+         "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss),
+         "--synthetic", *map(str, args.synthetic)]
         + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else [])
         + (["--compile", args.compile] if args.compile else []))
     setup = train_bench.device_and_data("floor.py", bench_args)
@@ -107,7 +112,7 @@ def main(argv=None):
     batch = min(args.batch_size, dataset.num_train * (1 + negatives))
     sizes = ncf.parse_args([])  # train_bench times ncf.py's default NeuMF: count the bytes of that one
     components, flops = step_costs(batch, dataset.num_users, dataset.num_items, sizes.factors, sizes.layers,
-                                   2 if args.amp else 4, args.optimizer)
+                                   2 if args.amp else 4, args.optimizer, branch_heads=args.branch_loss > 0)
     bandwidth, rate = measure_device(device, batch, sizes.layers, args.amp)
     total = sum(components.values())
     memory_seconds, compute_seconds = total / bandwidth, flops / rate
@@ -116,12 +121,13 @@ def main(argv=None):
     lines += [f"| {part} | {amount / 1e6:,.1f} MB | {amount / bandwidth * 1e3:.3f} |"
               for part, amount in components.items()]
     lines += [f"| all bytes | {total / 1e6:,.1f} MB at {bandwidth / 1e9:,.0f} GB/s | {memory_seconds * 1e3:.3f} |",
-              f"| tower FLOPs | {flops / 1e9:,.2f} GFLOP at {rate / 1e9:,.0f} GFLOP/s | {compute_seconds * 1e3:.3f} |",
+              f"| FLOPs | {flops / 1e9:,.2f} GFLOP at {rate / 1e9:,.0f} GFLOP/s | {compute_seconds * 1e3:.3f} |",
               f"| floor (larger of the two) | {batch / floor / 1e6:,.2f}M samples/s | {floor * 1e3:.3f} |",
               f"| measured step | {measured['train'] / 1e6:,.2f}M samples/s | {step_seconds * 1e3:.3f} |",
               f"| measured / floor | | {step_seconds / floor:.1f}x |"]
     table = "\n".join(lines)
-    header = (f"NeuMF, batch {batch:,}{train_bench.run_label(args.amp, args.compile)}, optimizer {args.optimizer}, "
+    label = train_bench.run_label(args.amp, args.compile, "neumf", args.branch_loss)
+    header = (f"NeuMF, batch {batch:,}{label}, optimizer {args.optimizer}, "
               f"data: {name}; device: {train_bench.describe_device(device)}")
     print(header)
     print(table)

@@ -57,7 +57,7 @@ def main(argv=None):
         return 1
     device, dataset, name = setup
     flags = ["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "", "--device", device.type,
-             "--optimizer", args.optimizer] + (["--amp"] if args.amp else []) \
+             "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] + (["--amp"] if args.amp else []) \
         + (["--compile", args.compile] if args.compile else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
@@ -98,7 +98,8 @@ def main(argv=None):
         # named self_cuda_time_total before PyTorch 2.4
         sort = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
     total_us = sum(getattr(event, sort) for event in averages)
-    print(f"{args.model}, batch {run.batch_size:,}{train_bench.run_label(run.amp, run.compile)}, "
+    label = train_bench.run_label(run.amp, run.compile, run.model, run.branch_loss)
+    print(f"{args.model}, batch {run.batch_size:,}{label}, "
           f"optimizer {run.optimizer}, data: {name}; device: {train_bench.describe_device(device)}")
     print(f"{steps} steps: {step_ms:.3f} ms a step ({run.batch_size / step_ms / 1e3:.1f}M samples/s); "
           f"drawing the batches alone {batches_ms:.3f} ms a step; "

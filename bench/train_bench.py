@@ -36,14 +36,17 @@ def add_run_arguments(parser):
                         default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
     parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("--branch_loss", type=float, default=ncf.parse_args([]).branch_loss, metavar="WEIGHT",
+                        help="NeuMF's branch-loss weight, as ncf.py (0: the paper's NeuMF, one output layer)")
     parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
                         help="torch.compile in this mode, as ncf.py --compile (the warm-up absorbs compiling)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
-def run_label(amp, compile_mode):
-    """", AMP, compiled (MODE)" for the table headers, each part only when it applies."""
-    return f"{', AMP' if amp else ''}{f', compiled ({compile_mode})' if compile_mode else ''}"
+def run_label(amp, compile_mode, model="neumf", branch_loss=0.0):
+    """", branch losses x W, AMP, compiled (MODE)" for the table headers, each part only when it applies."""
+    branches = f", branch losses x {branch_loss:g}" if model == "neumf" and branch_loss else ""
+    return f"{branches}{', AMP' if amp else ''}{f', compiled ({compile_mode})' if compile_mode else ''}"
 
 
 def parse_args(argv=None):
@@ -88,8 +91,8 @@ def peak_memory(device):
 
 def measure(dataset, device, batch_size, args):
     flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
-             "--device", device.type, "--optimizer", args.optimizer] + (["--amp"] if args.amp else []) \
-        + (["--compile", args.compile] if args.compile else [])
+             "--device", device.type, "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] \
+        + (["--amp"] if args.amp else []) + (["--compile", args.compile] if args.compile else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     torch.manual_seed(0)
@@ -145,7 +148,7 @@ def main(argv=None):
               f"{row['eval'] / 1e6:.1f} | {row['memory']:.2f} | "
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
-    header = (f"{args.model}{run_label(args.amp, args.compile)}, "
+    header = (f"{args.model}{run_label(args.amp, args.compile, args.model, args.branch_loss)}, "
               f"dropout {args.dropout}, optimizer {args.optimizer}, "
               f"data: {name} "
               f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")

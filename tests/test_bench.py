@@ -32,7 +32,9 @@ def test_train_bench_reports_one_row_per_batch_size(capsys):
     bench = load_script("train_bench")
     assert bench.main(["--synthetic", "150", "300", "4000", "--batch_sizes", "256", "1000", "--epochs", "2",
                        "--device", "cpu"]) == 0
-    rows = table_rows(capsys.readouterr().out, "2^8", "1000")
+    output = capsys.readouterr().out
+    assert output.startswith("neumf, branch losses x 1,")  # ncf.py's default NeuMF, as trained by default
+    rows = table_rows(output, "2^8", "1000")
     assert len(rows) == 2
     for cells in rows:
         # Throughput is printed in M samples/s to two decimals: a loaded machine may show 0.00 at this size.
@@ -84,10 +86,17 @@ def test_floor_counts_bytes_and_flops_and_compares_the_measured_step(capsys):
     assert parts["embedding rows"] == 10 * (2 * 2 + 4) * 4 * 2
     tables, tower = (3 + 5) * (2 + 2), (4 * 2 + 2) + (2 + 2 + 1)
     assert parts["optimizer"] == (tables + tower) * 32
-    assert parts["tower activations"] == 10 * (4 + 2) * 4 * 4 and flops == 6 * 10 * 4 * 2
+    assert parts["tower activations"] == 10 * (4 + 2) * 4 * 4 and flops == 6 * 10 * (4 * 2 + (2 + 2))
+    # Branch losses: the branches' own output layers (2 -> 1 each) score every sample too.
+    branch_parts, branch_flops = bench.step_costs(10, 3, 5, factors=2, layers=[4, 2], activation_bytes=4,
+                                                  optimizer="adam", branch_heads=True)
+    assert branch_parts["optimizer"] == parts["optimizer"] + (2 + 1 + 2 + 1) * 32
+    assert branch_flops == flops + 6 * 10 * (2 + 2)
     assert bench.main(["--synthetic", "150", "300", "4000", "--batch_size", "512", "--epochs", "2",
-                       "--device", "cpu"]) == 0
-    rows = {row[0]: row for row in table_rows(capsys.readouterr().out, "floor (larger of the two)", "measured step",
+                       "--device", "cpu", "--branch_loss", "0"]) == 0
+    output = capsys.readouterr().out
+    assert output.startswith("NeuMF, batch 512, optimizer adam")  # the paper's NeuMF: no branch losses
+    rows = {row[0]: row for row in table_rows(output, "floor (larger of the two)", "measured step",
                                               "measured / floor")}
     floor_ms, step_ms = float(rows["floor (larger of the two)"][2]), float(rows["measured step"][2])
     assert floor_ms > 0 and step_ms > 0
