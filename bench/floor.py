@@ -99,6 +99,7 @@ def main(argv=None):
         ["--batch_sizes", str(args.batch_size), "--epochs", str(args.epochs), "--device", args.device,
          "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss),
          "--synthetic", *map(str, args.synthetic)]
+        + (["-n", str(args.negative_samples)] if args.negative_samples is not None else [])
         + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else [])
         + (["--compile", args.compile] if args.compile else []))
     setup = train_bench.device_and_data("floor.py", bench_args)
@@ -106,7 +107,7 @@ def main(argv=None):
         return 1
     device, dataset, name = setup
     measured = train_bench.measure(dataset, device, args.batch_size, bench_args)
-    negatives = 4  # ncf.py's default, which train_bench uses
+    negatives = measured["negatives"]  # as ncf.py chose them for this data
     steps = math.ceil(dataset.num_train / max(1, args.batch_size // (1 + negatives)))
     step_seconds = measured["epoch"] / steps
     batch = min(args.batch_size, dataset.num_train * (1 + negatives))

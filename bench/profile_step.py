@@ -58,7 +58,9 @@ def main(argv=None):
     device, dataset, name = setup
     flags = ["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "", "--device", device.type,
              "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] + (["--amp"] if args.amp else []) \
-        + (["--compile", args.compile] if args.compile else [])
+        + (["--compile", args.compile] if args.compile else []) \
+        + (["-n", str(args.negative_samples)] if args.negative_samples is not None else []) \
+        + (["--data", args.data] if args.data else [])
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     positives_per_batch = max(1, run.batch_size // (1 + run.negative_samples))

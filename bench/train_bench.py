@@ -36,6 +36,8 @@ def add_run_arguments(parser):
                         default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
     parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("-n", "--negative_samples", type=int,
+                        help="negatives per positive; default: as ncf.py chooses them for --data, else the demo's 4")
     parser.add_argument("--branch_loss", type=float, default=ncf.parse_args([]).branch_loss, metavar="WEIGHT",
                         help="NeuMF's branch-loss weight, as ncf.py (0: the paper's NeuMF, one output layer)")
     parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
@@ -92,7 +94,9 @@ def peak_memory(device):
 def measure(dataset, device, batch_size, args):
     flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
              "--device", device.type, "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] \
-        + (["--amp"] if args.amp else []) + (["--compile", args.compile] if args.compile else [])
+        + (["--amp"] if args.amp else []) + (["--compile", args.compile] if args.compile else []) \
+        + (["-n", str(args.negative_samples)] if args.negative_samples is not None else []) \
+        + (["--data", args.data] if args.data else [])  # ncf.py's defaults for this data (else the demo's)
     run = ncf.parse_args(flags)
     ncf.resolve_sizes(run, dataset)
     torch.manual_seed(0)
@@ -118,7 +122,7 @@ def measure(dataset, device, batch_size, args):
         hrs.append(metrics["hr@10"])
     counted = slice(1, None) if args.epochs > 1 else slice(None)
     epoch_time, eval_time = statistics.median(train_seconds[counted]), statistics.median(eval_seconds[counted])
-    return {"batch": batch_size, "epoch": epoch_time, "train": samples / epoch_time,
+    return {"batch": batch_size, "negatives": run.negative_samples, "epoch": epoch_time, "train": samples / epoch_time,
             "eval": metrics["eval_samples"] / eval_time, "memory": peak_memory(device), "hr": max(hrs)}
 
 
@@ -149,7 +153,7 @@ def main(argv=None):
               f"{row['hr']:.4f} |" for row in rows]
     table = "\n".join(lines)
     header = (f"{args.model}{run_label(args.amp, args.compile, args.model, args.branch_loss)}, "
-              f"dropout {args.dropout}, optimizer {args.optimizer}, "
+              f"dropout {args.dropout}, optimizer {args.optimizer}, {rows[0]['negatives']} negatives per positive, "
               f"data: {name} "
               f"({dataset.num_train:,} training pairs); device: {describe_device(device)}")
     print(header)

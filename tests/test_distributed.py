@@ -65,7 +65,7 @@ def read_log(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-QUICK = ["-e", "4", "-b", "2048", "-l", "0.005", "-b1", "0.9", "-b2", "0.999", "--layers", "64", "32", "16",
+QUICK = ["-e", "4", "-b", "2048", "-n", "4", "-l", "0.005", "-b1", "0.9", "-b2", "0.999", "--layers", "64", "32", "16",
          "-f", "16", "--dropout", "0"]
 
 

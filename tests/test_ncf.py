@@ -35,7 +35,7 @@ def planted(tmp_path_factory):
 def train(data, tmp_path, *extra):
     """Run ncf.main in-process with quick settings; returns (exit code, log records)."""
     log = tmp_path / "log.json"
-    args = ["--data", str(data), "-e", "25", "-b", "64", "-l", "0.01", "--dropout", "0", "-f", "8",
+    args = ["--data", str(data), "-e", "25", "-b", "64", "-n", "4", "-l", "0.01", "--dropout", "0", "-f", "8",
             "--layers", "16", "16", "8", "-k", "1", "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(log),
             *map(str, extra)]
     code = ncf.main(args)
@@ -137,6 +137,12 @@ def test_resume_with_another_optimizer_is_refused(planted, tmp_path, capsys):
     assert "was trained with --optimizer row_sparse_adam; resume with the same" in capsys.readouterr().err
 
 
+def test_resume_with_other_negatives_is_refused(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "1")[0] == 0  # -n 4
+    assert train(planted, tmp_path, "-e", "2", "--resume", "-n", "8")[0] == 1
+    assert "was trained with -n 4; resume with the same" in capsys.readouterr().err
+
+
 def test_resume_with_another_branch_loss_is_refused(planted, tmp_path, capsys):
     assert train(planted, tmp_path, "-e", "1", "--branch_loss", "0")[0] == 0
     assert train(planted, tmp_path, "-e", "2", "--resume", "--branch_loss", "0.5")[0] == 1
@@ -190,10 +196,20 @@ def test_batch_larger_than_the_data_is_clamped(planted, tmp_path, capsys):
 def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys):
     assert ncf.main(["--data", str(planted), "-e", "1", "--checkpoint_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "negatives per positive: 16 (chosen for 336 training pairs" in out
     assert "batch size: 1024 (chosen" in out and "learning rate:" in out
     assert "Adam betas: 0.9, 0.999 (chosen" in out
     assert ncf.choose_batch_size(20_000_000, 4) == 2**18 and ncf.choose_batch_size(994_169, 4) == 2**13
-    assert ncf.choose_batch_size(99_057, 4) == 2**10 and ncf.choose_betas(2**20) == (0.25, 0.5)
+    assert ncf.choose_batch_size(99_057, 16) == 2**12 and ncf.choose_betas(2**20) == (0.25, 0.5)
+    # Negatives: NVIDIA's 4 from ML-1M's size up, 16 at ML-100k's, in between for sizes in between.
+    assert [ncf.choose_negatives(n) for n in (20_000_000, 994_169, 400_000, 200_000, 99_057, 336)] == \
+        [4, 4, 4, 8, 16, 16]
+    # The built-in demo (no --data) keeps 4 so that it stays a two-minute run; flags given are used as given.
+    dataset = dataloading.load_dataset(planted)
+    demo = ncf.parse_args([])
+    assert "negatives per positive" in ncf.resolve_sizes(demo, dataset) and demo.negative_samples == 4
+    given = ncf.parse_args(["--data", str(planted), "-n", "2"])
+    assert "negatives per positive" not in ncf.resolve_sizes(given, dataset) and given.negative_samples == 2
 
 
 def test_threshold_stops_early(planted, tmp_path):
