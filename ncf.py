@@ -476,14 +476,14 @@ def resolve_sizes(args, dataset):
     """Fill in -n, -b and -l when not given; clamp a batch larger than the data. Returns notes on what was
     chosen."""
     chosen = {}
-    if args.negative_samples is None and args.data is None:  # the built-in demo: a quick first run
-        args.negative_samples = DEMO_NEGATIVES
-        chosen["negatives per positive"] = (args.negative_samples, "NVIDIA's, kept for the built-in demo so that it "
-                                                                   "stays a two-minute run; set with -n")
-    elif args.negative_samples is None:
-        args.negative_samples = choose_negatives(dataset.num_train)
-        chosen["negatives per positive"] = (args.negative_samples, f"chosen for {dataset.num_train:,} training "
-                                                                   "pairs; set with -n")
+    if args.negative_samples is None:
+        if args.data is None:  # the built-in demo: a quick first run
+            args.negative_samples, how = DEMO_NEGATIVES, "NVIDIA's, kept for the built-in demo so that it stays a " \
+                                                         "two-minute run"
+        else:
+            args.negative_samples, how = choose_negatives(dataset.num_train), \
+                f"chosen for {dataset.num_train:,} training pairs"
+        chosen["negatives per positive"] = (args.negative_samples, f"{how}; set with -n")
     samples = dataset.num_train * (1 + args.negative_samples)
     if args.batch_size is None:
         args.batch_size = choose_batch_size(dataset.num_train, args.negative_samples)

@@ -56,12 +56,8 @@ def main(argv=None):
     if setup is None:
         return 1
     device, dataset, name = setup
-    flags = ["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "", "--device", device.type,
-             "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] + (["--amp"] if args.amp else []) \
-        + (["--compile", args.compile] if args.compile else []) \
-        + (["-n", str(args.negative_samples)] if args.negative_samples is not None else []) \
-        + (["--data", args.data] if args.data else [])
-    run = ncf.parse_args(flags)
+    run = ncf.parse_args(["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "",
+                          "--device", device.type, *train_bench.run_flags(args)])
     ncf.resolve_sizes(run, dataset)
     positives_per_batch = max(1, run.batch_size // (1 + run.negative_samples))
     dataset = first_pairs(dataset, positives_per_batch * args.steps)

@@ -45,6 +45,15 @@ def add_run_arguments(parser):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
+def run_flags(args):
+    """The ncf.py flags for the ``add_run_arguments`` that shape a training run. ``--data`` goes along only so that
+    ncf.py chooses its defaults for that data (without it, the demo's); the data itself is loaded here."""
+    return (["--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] + (["--amp"] if args.amp else [])
+            + (["--compile", args.compile] if args.compile else [])
+            + (["-n", str(args.negative_samples)] if args.negative_samples is not None else [])
+            + (["--data", args.data] if args.data else []))
+
+
 def run_label(amp, compile_mode, model="neumf", branch_loss=0.0):
     """", branch losses x W, AMP, compiled (MODE)" for the table headers, each part only when it applies."""
     branches = f", branch losses x {branch_loss:g}" if model == "neumf" and branch_loss else ""
@@ -92,12 +101,8 @@ def peak_memory(device):
 
 
 def measure(dataset, device, batch_size, args):
-    flags = ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout), "--checkpoint_dir", "",
-             "--device", device.type, "--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] \
-        + (["--amp"] if args.amp else []) + (["--compile", args.compile] if args.compile else []) \
-        + (["-n", str(args.negative_samples)] if args.negative_samples is not None else []) \
-        + (["--data", args.data] if args.data else [])  # ncf.py's defaults for this data (else the demo's)
-    run = ncf.parse_args(flags)
+    run = ncf.parse_args(["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout),
+                          "--checkpoint_dir", "", "--device", device.type, *run_flags(args)])
     ncf.resolve_sizes(run, dataset)
     torch.manual_seed(0)
     if device.type == "cuda":
