@@ -478,8 +478,8 @@ def resolve_sizes(args, dataset):
     chosen = {}
     if args.negative_samples is None:
         if args.data is None:  # the built-in demo: a quick first run
-            args.negative_samples, how = DEMO_NEGATIVES, "NVIDIA's, kept for the built-in demo so that it stays a " \
-                                                         "two-minute run"
+            args.negative_samples, how = DEMO_NEGATIVES, "NVIDIA's, kept for the built-in demo so that it stays " \
+                                                         "quick"
         else:
             args.negative_samples, how = choose_negatives(dataset.num_train), \
                 f"chosen for {dataset.num_train:,} training pairs"

@@ -204,7 +204,7 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
     # Negatives: NVIDIA's 4 from ML-1M's size up, 16 at ML-100k's, in between for sizes in between.
     assert [ncf.choose_negatives(n) for n in (20_000_000, 994_169, 400_000, 200_000, 99_057, 336)] == \
         [4, 4, 4, 8, 16, 16]
-    # The built-in demo (no --data) keeps 4 so that it stays a two-minute run; flags given are used as given.
+    # The built-in demo (no --data) keeps 4 so that it stays quick; flags given are used as given.
     dataset = dataloading.load_dataset(planted)
     demo = ncf.parse_args([])
     assert "negatives per positive" in ncf.resolve_sizes(demo, dataset) and demo.negative_samples == 4
