@@ -210,6 +210,9 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
     assert "negatives per positive" in ncf.resolve_sizes(demo, dataset) and demo.negative_samples == 4
     given = ncf.parse_args(["--data", str(planted), "-n", "2"])
     assert "negatives per positive" not in ncf.resolve_sizes(given, dataset) and given.negative_samples == 2
+    # Epochs: 20, the demo 10 (its best epoch comes by the 9th); a given -e is used for either.
+    assert (demo.epochs, given.epochs) == (10, 20)
+    assert ncf.parse_args(["-e", "3"]).epochs == 3 and ncf.parse_args(["--data", "x", "-e", "30"]).epochs == 30
 
 
 def test_threshold_stops_early(planted, tmp_path):
