@@ -17,12 +17,11 @@ class RunLogger:
 
     def __init__(self, path, enabled=True):
         self.path = Path(path) if path and enabled else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, kind, data):
         if self.path is None:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # at the first record: a failed run leaves no folder
         record = {"type": kind, "time": round(time.time(), 3), **data}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")

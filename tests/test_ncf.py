@@ -301,9 +301,11 @@ def test_bad_flags_are_refused(flags, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_in_test_mode(planted, tmp_path, capsys):
+def test_missing_checkpoint_in_test_mode(planted, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default --checkpoint_dir would go
     assert ncf.main(["--data", str(planted), "--mode", "test", "--load_checkpoint_path", str(tmp_path / "x.pt")]) == 1
     assert "no such checkpoint" in one_line_error(capsys)
+    assert not (tmp_path / "checkpoints").exists()  # a failed run leaves no empty log folder behind
 
 
 def test_nan_loss_stops_and_keeps_the_best_checkpoint(planted, tmp_path, capsys):
