@@ -143,3 +143,39 @@ def test_alpha_sweep_ends_at_the_two_pretrained_models(tmp_path, capsys):
     # Bad input: one line naming the file, exit code 2.
     assert bench.main(["--data", str(data), "--pretrain_gmf", paths["gmf"], "--pretrain_mlp", paths["gmf"]]) == 2
     assert capsys.readouterr().err.strip() == f"alpha_sweep: error: {paths['gmf']}: holds a gmf model, expected mlp"
+
+
+def test_ensemble_of_one_model_twice_scores_as_that_model(tmp_path, capsys):
+    """The mean logits of a model and itself rank as the model alone; two different models give their own rows; a
+    checkpoint of another dataset is refused in one line."""
+    data = tmp_path / "data"
+    assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20"])[0] == 0
+    paths = []
+    for seed in (0, 1):
+        assert ncf.main(["--data", str(data), "--model", "gmf", "-e", "2", "-b", "256", "-f", "8", "-s", str(seed),
+                         "--checkpoint_dir", str(tmp_path / f"gmf{seed}")]) == 0
+        paths.append(str(tmp_path / f"gmf{seed}" / "best.pt"))
+    capsys.readouterr()
+    bench = load_script("ensemble")
+    assert bench.main(["--data", str(data), paths[0], paths[0], "-k", "3", "--device", "cpu"]) == 0
+    rows = table_rows(capsys.readouterr().out, paths[0], "mean of the 2", "ensemble (mean logits)")
+    assert len(rows) == 4 and len({(row[1], row[2]) for row in rows}) == 1  # every row the same figures
+    dataset = dataloading.load_dataset(data)
+    alone = ncf.model_from_checkpoint(ncf.load_checkpoint(paths[0])).eval()
+    with torch.no_grad():
+        hits, ndcg, _, _, users = dataloading.evaluate(alone, dataset, 3, 1024, contextlib.nullcontext).tolist()
+    assert (float(rows[0][1]), float(rows[0][2])) == pytest.approx((hits / users, ndcg / users), abs=1e-4)
+    assert bench.main(["--data", str(data), *paths, "-k", "3", "--device", "cpu"]) == 0
+    rows = table_rows(capsys.readouterr().out, *paths, "mean of the 2", "ensemble (mean logits)")
+    assert float(rows[2][1]) == pytest.approx((float(rows[0][1]) + float(rows[1][1])) / 2, abs=1e-4)
+    models = [ncf.model_from_checkpoint(ncf.load_checkpoint(path)).eval() for path in paths]
+    with torch.no_grad():  # the ensemble row: the two models' logits averaged by hand
+        hits, ndcg, _, _, users = dataloading.evaluate(
+            None, dataset, 3, 1024, contextlib.nullcontext,
+            score=lambda u, i: (models[0].score(u, i) + models[1].score(u, i)) / 2).tolist()
+    assert (float(rows[3][1]), float(rows[3][2])) == pytest.approx((hits / users, ndcg / users), abs=1e-4)
+    other = tmp_path / "other"
+    assert run_convert(["--synthetic", "30", "40", "600", "--output", other, "--valid_negative", "20"])[0] == 0
+    capsys.readouterr()
+    assert bench.main(["--data", str(other), *paths]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"ensemble: error: {paths[0]}: trained on another dataset")
