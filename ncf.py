@@ -261,8 +261,9 @@ def load_data(path, seed):
     return dataloading.dataset_from_split(split, "demo")
 
 
-def load_checkpoint(path):
-    """A checkpoint dict, loaded without executing code; a one-line error for missing or foreign files."""
+def load_checkpoint(path, dataset=None):
+    """A checkpoint dict, loaded without executing code; a one-line error for missing or foreign files, and, given
+    ``dataset``, for a checkpoint trained on another dataset."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
@@ -272,6 +273,8 @@ def load_checkpoint(path):
         raise UsageError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0][:100]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path}: not a checkpoint written by this tool")
+    if dataset is not None:
+        check_fits(checkpoint, dataset, path)
     return checkpoint
 
 
@@ -286,8 +289,7 @@ def load_pretrained_pair(gmf_path, mlp_path, dataset):
     """(GMF, MLP) models from the checkpoints given to --pretrain_gmf/--pretrain_mlp, checked against the data."""
     parts = []
     for path, kind in ((gmf_path, "gmf"), (mlp_path, "mlp")):
-        checkpoint = load_checkpoint(path)
-        check_fits(checkpoint, dataset, path)
+        checkpoint = load_checkpoint(path, dataset)
         if checkpoint["model"] != kind:
             raise UsageError(f"{path}: holds a {checkpoint['model']} model, expected {kind}")
         parts.append(model_from_checkpoint(checkpoint))
@@ -310,8 +312,7 @@ def build(args, dataset, device):
         model_args.pop("factors")
     model = build_model(args.model, **model_args)
     if args.load_checkpoint_path:
-        checkpoint = load_checkpoint(args.load_checkpoint_path)
-        check_fits(checkpoint, dataset, args.load_checkpoint_path)
+        checkpoint = load_checkpoint(args.load_checkpoint_path, dataset)
         if checkpoint["model"] != args.model or checkpoint["model_args"] != model_args:
             raise UsageError(f"{args.load_checkpoint_path}: holds a {checkpoint['model']} with "
                              f"{checkpoint['model_args']}, which differs from the flags given")
@@ -516,9 +517,7 @@ def resolve_sizes(args, dataset):
 
 def test_mode(args, dataset, device, autocast, rank, world_size, log):
     path = args.load_checkpoint_path or Path(args.checkpoint_dir) / "best.pt"
-    checkpoint = load_checkpoint(path)
-    check_fits(checkpoint, dataset, path)
-    model = model_from_checkpoint(checkpoint).to(device)
+    model = model_from_checkpoint(load_checkpoint(path, dataset)).to(device)
     started = time.perf_counter()
     metrics = run_evaluation(model, dataset, args, autocast, None, rank, world_size)
     seconds = time.perf_counter() - started
@@ -575,8 +574,7 @@ def _main(args):
     best_on_disk = existing_best(checkpoint_dir / "best.pt", dataset, args.model) if checkpoint_dir else -1.0
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if args.resume and last_path and last_path.is_file():
-        state = load_checkpoint(last_path)
-        check_fits(state, dataset, last_path)
+        state = load_checkpoint(last_path, dataset)
         if state["model"] != args.model or state["model_args"] != model_args:
             raise UsageError(f"{last_path}: holds a {state['model']} with {state['model_args']}, which differs from "
                              "the flags given; resume with the original flags")

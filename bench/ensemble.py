@@ -57,11 +57,8 @@ def main(argv=None):
     try:
         device = ncf.setup_devices(args.device)[0]
         dataset = dataloading.load_dataset(args.data)
-        models = []
-        for path in args.checkpoints:
-            checkpoint = ncf.load_checkpoint(path)
-            ncf.check_fits(checkpoint, dataset, path)
-            models.append(ncf.model_from_checkpoint(checkpoint).to(device).eval())
+        models = [ncf.model_from_checkpoint(ncf.load_checkpoint(path, dataset)).to(device).eval()
+                  for path in args.checkpoints]
     except (ncf.UsageError, dataloading.DatasetError) as error:
         print(f"ensemble: error: {error}", file=sys.stderr)
         return 2
