@@ -49,7 +49,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_EPOCHS = 20
-DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6875 HR@10): 10 take 70-136 s on 2 CPU cores, 20 took 3-4 minutes
+DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6875 HR@10): 10 take 60-136 s on 2 CPU cores, 20 took 3-4 minutes
 
 
 def parse_args(argv=None):
