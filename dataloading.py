@@ -33,6 +33,8 @@ class Dataset:
     test_negatives: torch.Tensor  # [U, K] int64
     fingerprint: str
     path: str
+    train_timestamps: np.ndarray | None = None  # [N] int64, host memory only: read once, to weight by recency
+    train_weights: torch.Tensor | None = None  # [N] float32, each positive's loss weight (--recency); None: all 1
 
     @property
     def num_train(self):
@@ -41,7 +43,9 @@ class Dataset:
     def to(self, device):
         moved = {name: getattr(self, name).to(device) for name in
                  ("train_users", "train_items", "test_users", "test_items", "test_negatives")}
-        return Dataset(self.num_users, self.num_items, fingerprint=self.fingerprint, path=self.path, **moved)
+        weights = None if self.train_weights is None else self.train_weights.to(device)
+        return Dataset(self.num_users, self.num_items, fingerprint=self.fingerprint, path=self.path,
+                       train_timestamps=self.train_timestamps, train_weights=weights, **moved)
 
 
 def load_dataset(path):
@@ -76,8 +80,9 @@ def _load_ours(path):
     train, test, negatives = (_load_array(path / f"{name}.npy") for name in ("train", "test", "test_negatives"))
     from convert import dataset_fingerprint  # the one definition of a dataset's identity
 
+    timestamps = _load_array(path / "train_timestamps.npy") if (path / "train_timestamps.npy").is_file() else None
     return _checked(path, num_users, num_items, train, test, negatives,
-                    metadata.get("fingerprint") or dataset_fingerprint(train, test, negatives))
+                    metadata.get("fingerprint") or dataset_fingerprint(train, test, negatives), timestamps)
 
 
 def _load_nvidia(path):
@@ -155,10 +160,10 @@ def dataset_from_split(split, name):
 
     fingerprint = dataset_fingerprint(split.train, split.test, split.test_negatives)
     return _checked(name, split.user_ids.size, split.item_ids.size, split.train, split.test, split.test_negatives,
-                    fingerprint)
+                    fingerprint, split.extra_arrays.get("train_timestamps"))
 
 
-def _checked(path, num_users, num_items, train, test, negatives, fingerprint):
+def _checked(path, num_users, num_items, train, test, negatives, fingerprint, train_timestamps=None):
     if num_users < 1 or num_items < 2:
         raise DatasetError(f"{path}: needs at least one user and two items (has {num_users} and {num_items})")
     for name, array, columns in (("train", train, 2), ("test", test, 2)):
@@ -172,12 +177,42 @@ def _checked(path, num_users, num_items, train, test, negatives, fingerprint):
         if array.size and (array.min() < 0 or array.max() >= limit):
             raise DatasetError(f"{path}: {name} lie outside [0, {limit}); the dataset is corrupted or its "
                                "metadata does not match it")
+    if train_timestamps is not None:
+        if train_timestamps.shape != (train.shape[0],) or not np.issubdtype(train_timestamps.dtype, np.integer):
+            raise DatasetError(f"{path}: train_timestamps has shape {train_timestamps.shape} and type "
+                               f"{train_timestamps.dtype}, expected [{train.shape[0]}] integers (one per training "
+                               "pair); re-create the dataset with convert.py")
+        train_timestamps = train_timestamps.astype(np.int64)
 
     def tensor(array):
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
 
     return Dataset(num_users, num_items, tensor(train[:, 0]), tensor(train[:, 1]), tensor(test[:, 0]),
-                   tensor(test[:, 1]), tensor(negatives), fingerprint, str(path))
+                   tensor(test[:, 1]), tensor(negatives), fingerprint, str(path), train_timestamps)
+
+
+def recency_ranks(users, timestamps):
+    """For each training pair, how many of the same user's training pairs are strictly later (0: the user's latest;
+    pairs at the same time share a rank, so the stored row order does not matter)."""
+    users, timestamps = np.asarray(users, dtype=np.int64), np.asarray(timestamps, dtype=np.int64)
+    order = np.lexsort((-timestamps, users))  # by user, latest first
+    sorted_users, sorted_times = users[order], timestamps[order]
+    position = np.arange(users.size)
+    starts = np.ones(users.size, dtype=bool)
+    starts[1:] = sorted_users[1:] != sorted_users[:-1]
+    new_time = starts.copy()
+    new_time[1:] |= sorted_times[1:] != sorted_times[:-1]
+    user_start = np.maximum.accumulate(np.where(starts, position, 0))
+    time_start = np.maximum.accumulate(np.where(new_time, position, 0))
+    ranks = np.empty(users.size, dtype=np.int64)
+    ranks[order] = time_start - user_start
+    return ranks
+
+
+def recency_weights(ranks, weight, window):
+    """Loss weight of each training pair: 1 + weight * exp(-rank / window), rank counting back from the user's latest
+    pair (``recency_ranks``)."""
+    return (1.0 + weight * np.exp(-np.asarray(ranks, dtype=np.float64) / window)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -233,7 +268,8 @@ def draw_negatives(users, num_items, generator, positives=None, max_rounds=20):
 
 def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positives=None, rank=0, world_size=1,
                   block_samples=2**22, negative_generator=None):
-    """Yield (users, items, labels) batches for one epoch, labels float.
+    """Yield (users, items, labels, weights) batches for one epoch, labels float; weights are each sample's loss
+    weight (a negative takes its positive's) when the dataset has ``train_weights``, else None.
 
     ``batch_size`` counts samples (positives and negatives together, as in NVIDIA's tool). Positives are shuffled and
     split into chunks of ``batch_size / (1 + n)``; each chunk is followed by its ``n`` negatives per positive. The
@@ -263,6 +299,7 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
             chunks.append(chunk[rank * share:(rank + 1) * share])
         mine = torch.cat(chunks)
         users, items = dataset.train_users[mine], dataset.train_items[mine]
+        weights = None if dataset.train_weights is None else dataset.train_weights[mine]
         negatives = draw_negatives(users.expand(negatives_per_positive, -1), dataset.num_items,
                                    negative_generator, positives)  # [n, positives in this rank's part of the block]
         offset = 0
@@ -275,7 +312,8 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
                 batch_labels = torch.zeros(batch_users.numel() * (1 + negatives_per_positive), device=device)
                 batch_labels[:batch_users.numel()] = 1.0
             yield (torch.cat([batch_users, batch_users.repeat(negatives_per_positive)]),
-                   torch.cat([items[offset:stop], negatives[:, offset:stop].reshape(-1)]), batch_labels)
+                   torch.cat([items[offset:stop], negatives[:, offset:stop].reshape(-1)]), batch_labels,
+                   None if weights is None else weights[offset:stop].repeat(1 + negatives_per_positive))
             offset = stop
 
 

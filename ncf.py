@@ -12,6 +12,7 @@ Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the 
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -116,6 +117,15 @@ def parse_args(argv=None):
                              "NeuMF's, so each branch learns to be a model of its own, as pre-training makes it, in "
                              "one run (BENCHMARKS.md); 0 trains NeuMF's joint output alone, as the paper and NVIDIA "
                              "do")
+    parser.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
+                        help="weight each user's recent training pairs up: a pair's loss (and its negatives') counts "
+                             "1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the user's training "
+                             "pairs are later; the test item is each user's latest, and recent tastes predict it "
+                             "best (BENCHMARKS.md). Needs the dataset's timestamps (convert.py keeps them); 0: off, "
+                             "every pair counts once, as in the paper and NVIDIA's tool")
+    parser.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
+                        help="with --recency: how many of a user's latest pairs get most of the extra weight (the "
+                             "extra falls by e each PAIRS pairs further back)")
     parser.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
                         help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
                              "items as NVIDIA does (faster, slightly less accurate)")
@@ -155,6 +165,10 @@ def _validate(parser, args):
         parser.error(f"--negative_samples must be 0 or more, got {args.negative_samples}")
     if args.branch_loss < 0:
         parser.error(f"--branch_loss must be 0 or more, got {args.branch_loss}")
+    if args.recency < 0:
+        parser.error(f"--recency must be 0 or more, got {args.recency}")
+    if not args.recency_window > 0:
+        parser.error(f"--recency_window must be positive, got {args.recency_window}")
     if args.weight_decay < 0:
         parser.error(f"--weight_decay must be 0 or more, got {args.weight_decay}")
     if args.learning_rate is not None and not args.learning_rate > 0:
@@ -259,6 +273,19 @@ def load_data(path, seed):
                                      convert.Progress(quiet=True))
     split = convert.split_interactions(data, 2, 100, 0, convert.Progress(quiet=True))
     return dataloading.dataset_from_split(split, "demo")
+
+
+def weighted_by_recency(dataset, args):
+    """The dataset with each training pair's loss weight set from --recency (unchanged when it is 0)."""
+    if not args.recency or args.mode == "test":
+        return dataset
+    if dataset.train_timestamps is None:
+        raise UsageError(f"--recency needs the training pairs' timestamps, and {dataset.path} has none (NVIDIA's "
+                         "format and convert.py's random splits keep none); convert timestamped data with convert.py, "
+                         "or drop --recency")
+    ranks = dataloading.recency_ranks(dataset.train_users.numpy(), dataset.train_timestamps)
+    weights = dataloading.recency_weights(ranks, args.recency, args.recency_window)
+    return dataclasses.replace(dataset, train_weights=torch.from_numpy(weights))
 
 
 def load_checkpoint(path, dataset=None):
@@ -373,7 +400,7 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
     branch_weight = args.branch_loss if args.model == "neumf" else 0.0
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
-    for step, (users, items, labels) in enumerate(bar):
+    for step, (users, items, labels, weights) in enumerate(bar):
         if args.lr_schedule == "cosine":
             progress = (epoch * num_batches + step) / (args.epochs * num_batches)  # in [0, 1)
             for group in optimizer.param_groups:
@@ -389,8 +416,8 @@ def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positi
         sync = contextlib.nullcontext() if applies or world_size == 1 else model.no_sync()
         with sync, autocast():  # under no_sync, this rank accumulates; DDP averages once, at the applying step
             logits, *branch_logits = model(users, items, branches=True) if branch_weight else (model(users, items),)
-        loss_sum = bce(logits.float(), labels, reduction="sum")  # the model's own loss, the one reported
-        objective = (loss_sum + branch_weight * sum(bce(branch.float(), labels, reduction="sum")
+        loss_sum = bce(logits.float(), labels, weights, reduction="sum")  # the model's own loss, the one reported
+        objective = (loss_sum + branch_weight * sum(bce(branch.float(), labels, weights, reduction="sum")
                                                     for branch in branch_logits)) if branch_logits else loss_sum
         scaler.scale(objective * (world_size / (global_samples * group))).backward()
         if applies:
@@ -546,7 +573,7 @@ def main(argv=None):
 def _main(args):
     device, rank, world_size = setup_devices(args.device)
     is_main = rank == 0
-    dataset = load_data(args.data, args.seed).to(device)
+    dataset = weighted_by_recency(load_data(args.data, args.seed), args).to(device)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     log_path = args.log_path or (checkpoint_dir / "log.json" if checkpoint_dir else None)
     log = RunLogger(log_path, enabled=is_main)
@@ -584,6 +611,10 @@ def _main(args):
         saved_negatives = state["config"].get("negative_samples")
         if saved_negatives is not None and saved_negatives != args.negative_samples:
             raise UsageError(f"{last_path}: was trained with -n {saved_negatives}; resume with the same")
+        for flag in ("recency", "recency_window"):
+            saved = state["config"].get(flag, 0.0 if flag == "recency" else 10.0)  # earlier versions had neither
+            if saved != getattr(args, flag) and (args.recency or flag == "recency"):
+                raise UsageError(f"{last_path}: was trained with --{flag} {saved:g}; resume with the same")
         saved_branch_loss = state["config"].get("branch_loss", 0.0)  # earlier versions trained NeuMF without
         if args.model == "neumf" and saved_branch_loss != args.branch_loss:
             raise UsageError(f"{last_path}: was trained with --branch_loss {saved_branch_loss:g}; resume with the "

@@ -1,5 +1,6 @@
 """neumf.py and the evaluation maths of dataloading.py: known answers and invariants."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -109,14 +110,38 @@ def test_epoch_batches_cover_every_positive_once_with_n_negatives():
     split.train, split.test = train, np.array([[u, 9] for u in range(10)], dtype=np.int32)
     split.test_negatives = np.tile(np.arange(5, 8, dtype=np.int32), (10, 1))
     split.user_ids, split.item_ids = np.arange(10), np.arange(12)
+    split.extra_arrays = {}
     dataset = dataloading.dataset_from_split(split, "toy")
     batches = list(dataloading.epoch_batches(dataset, 15, 2, torch.Generator().manual_seed(1)))
-    assert [len(labels) for _, _, labels in batches] == [15] * 7 + [9]  # 5 positives per batch, the last has 3
-    positives = sorted((int(u), int(i)) for users, items, labels in batches
+    assert [len(labels) for _, _, labels, _ in batches] == [15] * 7 + [9]  # 5 positives per batch, the last has 3
+    assert all(weights is None for *_, weights in batches)  # no train_weights: every sample counts once
+    positives = sorted((int(u), int(i)) for users, items, labels, _ in batches
                        for u, i, label in zip(users, items, labels) if label == 1)
     assert positives == sorted(map(tuple, train.tolist()))
     again = list(dataloading.epoch_batches(dataset, 15, 2, torch.Generator().manual_seed(1)))
     assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))  # same seed, same batches
+
+    # With weights, each negative carries its own positive's weight, and the batches are otherwise the same.
+    weights = torch.arange(len(train), dtype=torch.float32) + 1
+    weighted = dataclasses.replace(dataset, train_weights=weights)
+    by_pair = {(int(u), int(i)): float(w) for (u, i), w in zip(train.tolist(), weights)}
+    for (users, items, labels, batch_weights), plain in zip(
+            dataloading.epoch_batches(weighted, 15, 2, torch.Generator().manual_seed(1)), batches):
+        assert torch.equal(items, plain[1])
+        positives = int(labels.sum())
+        expected = torch.tensor([by_pair[(int(u), int(i))] for u, i in zip(users[:positives], items[:positives])])
+        assert torch.equal(batch_weights, expected.repeat(3))  # the positives, then 2 negatives of each
+
+
+def test_recency_ranks_count_later_pairs_of_the_same_user():
+    users = np.array([0, 0, 0, 1, 1, 0, 2])
+    times = np.array([5, 7, 7, 1, 2, 3, 9])
+    # User 0: two pairs at time 7 (both latest, rank 0), then 5 (two later pairs: rank 2), then 3 (rank 3).
+    assert dataloading.recency_ranks(users, times).tolist() == [2, 0, 0, 1, 0, 3, 0]
+    order = np.random.default_rng(0).permutation(users.size)  # the stored row order does not matter
+    assert dataloading.recency_ranks(users[order], times[order]).tolist() == [[2, 0, 0, 1, 0, 3, 0][k] for k in order]
+    weights = dataloading.recency_weights(np.array([0, 1, 2, 50]), 3.0, 2.0)
+    np.testing.assert_allclose(weights, [4.0, 1 + 3 * np.exp(-0.5), 1 + 3 * np.exp(-1.0), 1.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])

@@ -149,6 +149,64 @@ def test_resume_with_another_branch_loss_is_refused(planted, tmp_path, capsys):
     assert "was trained with --branch_loss 0; resume with the same" in capsys.readouterr().err
 
 
+def test_resume_with_another_recency_weight_is_refused(planted, tmp_path, capsys):
+    assert train(planted, tmp_path, "-e", "1", "--recency", "2")[0] == 0
+    assert train(planted, tmp_path, "-e", "2", "--resume")[0] == 1
+    assert "was trained with --recency 2; resume with the same" in capsys.readouterr().err
+    assert train(planted, tmp_path, "-e", "2", "--resume", "--recency", "2", "--recency_window", "3")[0] == 1
+    assert "was trained with --recency_window 10; resume with the same" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory):
+    """Each user first takes 6 of the 8 items of one group, then 3 of another group, then (the test item) a 4th of
+    that second group; the test candidates hold the first group's 2 items left and the second group's 4 left."""
+    folder = tmp_path_factory.mktemp("drifting")
+    rng = np.random.default_rng(1)
+    lines, groups = ["user,item,timestamp"], {}
+    for user in range(200):
+        old, new = rng.choice(4, 2, replace=False)
+        groups[user] = old, new
+        items = [*(old * 8 + rng.permutation(8)[:6]), *(new * 8 + rng.permutation(8)[:4])]
+        lines += [f"{user},{item},{time}" for time, item in enumerate(items)]
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--valid_negative", "20"])[0] == 0
+    return folder / "data", groups
+
+
+def test_recency_weighting_follows_each_users_latest_taste(drifting, tmp_path):
+    """Without --recency a user's 6 older pairs outweigh their 3 recent ones, and the items left in their first
+    group outscore those left in their second; weighted by recency, the second group wins, as the test item's does."""
+    data, groups = drifting
+    dataset = dataloading.load_dataset(data)
+    user_ids = original_user_ids(data)
+    preferred_recent = []
+    for recency in ("0", "20"):
+        run = tmp_path / recency
+        # 4 factors: with many, a user's vector can score both groups high, and the weights decide little.
+        code, _ = train(data, run, "--model", "gmf", "-e", "20", "-f", "4", "--recency", recency,
+                        "--recency_window", "1")
+        assert code == 0
+        model = ncf.model_from_checkpoint(ncf.load_checkpoint(run / "ck" / "last.pt")).eval()
+        seen = set(zip(dataset.train_users.tolist(), dataset.train_items.tolist()))
+        wins = 0
+        for index, original in enumerate(user_ids):
+            old, new = groups[original]
+            margins = []
+            for group in (old, new):
+                free = [item for item in range(group * 8, group * 8 + 8) if (index, item) not in seen]
+                with torch.no_grad():
+                    margins.append(model(torch.full((len(free),), index), torch.tensor(free)).mean())
+            wins += bool(margins[1] > margins[0])
+        preferred_recent.append(wins / len(user_ids))
+    assert preferred_recent[0] < 0.2 and preferred_recent[1] > 0.5, preferred_recent  # measured: 0.005, 0.665
+
+
+def original_user_ids(data):
+    """Original user ids by contiguous index, from convert.py's users.csv."""
+    return [int(line.split(",")[1]) for line in (data / "users.csv").read_text().splitlines()[1:]]
+
+
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_branch_losses_make_each_branch_a_model_of_its_own(planted, tmp_path, weight):
     code, records = train(planted, tmp_path, "--model", "neumf", "-e", "15", "--branch_loss", weight)
@@ -265,6 +323,14 @@ def test_nvidia_directory_trains_like_ours(planted, tmp_path):
     assert code == 0 and summary(records)["best_accuracy"] >= 0.9
 
 
+def test_recency_without_timestamps_is_refused(planted, tmp_path, capsys):
+    nvidia = tmp_path / "nvidia"
+    nvidia.mkdir()
+    write_nvidia_layout(nvidia, planted)
+    assert train(nvidia, tmp_path, "--recency", "1")[0] == 1
+    assert "--recency needs the training pairs' timestamps" in one_line_error(capsys)
+
+
 # --------------------------------------------------------------------------------------------------- bad input
 
 
@@ -289,11 +355,16 @@ def test_corrupted_array(planted, tmp_path, capsys):
     (broken / "train.npy").write_bytes(b"\x93NUMPY garbage")
     assert ncf.main(["--data", str(broken), "--checkpoint_dir", ""]) == 1
     assert "train.npy: corrupted" in one_line_error(capsys)
+    (broken / "train.npy").write_bytes((planted / "train.npy").read_bytes())
+    np.save(broken / "train_timestamps.npy", np.zeros(3, dtype=np.int64))  # not one per training pair
+    assert ncf.main(["--data", str(broken), "--checkpoint_dir", ""]) == 1
+    assert "train_timestamps has shape (3,)" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("flags", [["-b", "0"], ["-f", "-3"], ["-e", "0"], ["--layers", "15", "8"],
                                    ["-l", "-1"], ["--dropout", "1"], ["--pretrain_gmf", "x.pt"],
-                                   ["-b1", "1.5"], ["--branch_loss", "-1"]])
+                                   ["-b1", "1.5"], ["--branch_loss", "-1"], ["--recency", "-1"],
+                                   ["--recency_window", "0"]])
 def test_bad_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ncf.parse_args(flags)
