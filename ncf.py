@@ -283,7 +283,11 @@ def weighted_by_recency(dataset, args):
         raise UsageError(f"--recency needs the training pairs' timestamps, and {dataset.path} has none (NVIDIA's "
                          "format and convert.py's random splits keep none); convert timestamped data with convert.py, "
                          "or drop --recency")
-    ranks = dataloading.recency_ranks(dataset.train_users.numpy(), dataset.train_timestamps)
+    times = dataset.train_timestamps
+    if times.min() == times.max():  # e.g. the reconstructed NCF ML-1M training file, whose times are all 0
+        raise UsageError(f"--recency: every training pair of {dataset.path} has the same timestamp ({times[0]}), so "
+                         "none is more recent than another; drop --recency")
+    ranks = dataloading.recency_ranks(dataset.train_users.numpy(), times)
     weights = dataloading.recency_weights(ranks, args.recency, args.recency_window)
     return dataclasses.replace(dataset, train_weights=torch.from_numpy(weights))
 

@@ -359,6 +359,9 @@ def test_corrupted_array(planted, tmp_path, capsys):
     np.save(broken / "train_timestamps.npy", np.zeros(3, dtype=np.int64))  # not one per training pair
     assert ncf.main(["--data", str(broken), "--checkpoint_dir", ""]) == 1
     assert "train_timestamps has shape (3,)" in one_line_error(capsys)
+    np.save(broken / "train_timestamps.npy", np.zeros(len(np.load(planted / "train.npy")), dtype=np.int64))
+    assert ncf.main(["--data", str(broken), "--checkpoint_dir", "", "--recency", "1"]) == 1
+    assert "has the same timestamp (0), so none is more recent" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("flags", [["-b", "0"], ["-f", "-3"], ["-e", "0"], ["--layers", "15", "8"],
