@@ -121,8 +121,9 @@ def parse_args(argv=None):
                         help="weight each user's recent training pairs up: a pair's loss (and its negatives') counts "
                              "1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the user's training "
                              "pairs are later; the test item is each user's latest, and recent tastes predict it "
-                             "best (BENCHMARKS.md). Needs the dataset's timestamps (convert.py keeps them); 0: off, "
-                             "every pair counts once, as in the paper and NVIDIA's tool")
+                             "best (ML-100k, GMF: HR@10 0.695 -> 0.723 with 8; BENCHMARKS.md). Needs the dataset's "
+                             "timestamps (convert.py keeps them); 0: off, every pair counts once, as in the paper and "
+                             "NVIDIA's tool")
     parser.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
                         help="with --recency: how many of a user's latest pairs get most of the extra weight (the "
                              "extra falls by e each PAIRS pairs further back)")
