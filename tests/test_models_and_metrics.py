@@ -131,6 +131,16 @@ def test_epoch_batches_cover_every_positive_once_with_n_negatives():
         positives = int(labels.sum())
         expected = torch.tensor([by_pair[(int(u), int(i))] for u, i in zip(users[:positives], items[:positives])])
         assert torch.equal(batch_weights, expected.repeat(3))  # the positives, then 2 negatives of each
+    # Two ranks each take a slice of every batch; the weights follow their pairs, and together cover every pair once.
+    seen = []
+    for rank in range(2):
+        for users, items, labels, batch_weights in dataloading.epoch_batches(
+                weighted, 15, 2, torch.Generator().manual_seed(1), rank=rank, world_size=2):
+            positives = int(labels.sum())
+            pairs = list(zip(users[:positives].tolist(), items[:positives].tolist()))
+            assert batch_weights.tolist() == [by_pair[pair] for pair in pairs] * 3
+            seen += pairs
+    assert sorted(seen) == sorted(map(tuple, train.tolist()))
 
 
 def test_recency_ranks_count_later_pairs_of_the_same_user():
