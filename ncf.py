@@ -506,6 +506,12 @@ def describe(args, dataset, device, world_size, chosen):
              + (", cosine learning-rate decay" if args.lr_schedule == "cosine" else "") + f", device: {device}"
              + (f" x {world_size} ranks" if world_size > 1 else "")
              + (", mixed precision" if args.amp else "")]
+    if dataset.train_weights is not None:
+        weights = dataset.train_weights
+        lines.append(f"recency: a user's latest pairs count {1 + args.recency:g} times, those "
+                     f"{args.recency_window:g} pairs earlier {1 + args.recency * math.exp(-1):.3g} times; "
+                     f"{float((weights > 2).float().mean()):.0%} of the pairs count more than twice (mean weight "
+                     f"{float(weights.mean()):.3g})")
     for flag, (value, how) in chosen.items():
         lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")
     return "\n".join(lines)

@@ -151,6 +151,7 @@ def test_resume_with_another_branch_loss_is_refused(planted, tmp_path, capsys):
 
 def test_resume_with_another_recency_weight_is_refused(planted, tmp_path, capsys):
     assert train(planted, tmp_path, "-e", "1", "--recency", "2")[0] == 0
+    assert "recency: a user's latest pairs count 3 times, those 10 pairs earlier 1.74 times" in capsys.readouterr().out
     assert train(planted, tmp_path, "-e", "2", "--resume")[0] == 1
     assert "was trained with --recency 2; resume with the same" in capsys.readouterr().err
     assert train(planted, tmp_path, "-e", "2", "--resume", "--recency", "2", "--recency_window", "3")[0] == 1
