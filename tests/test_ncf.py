@@ -181,6 +181,9 @@ def test_recency_weighting_follows_each_users_latest_taste(drifting, tmp_path):
     data, groups = drifting
     dataset = dataloading.load_dataset(data)
     user_ids = original_user_ids(data)
+    # Items 0-31 all occur, and convert.py numbers them in order, so an item's index is its original id.
+    assert [int(line.split(",")[1]) for line in (data / "items.csv").read_text().splitlines()[1:]] == list(range(32))
+    seen = set(zip(dataset.train_users.tolist(), dataset.train_items.tolist()))
     preferred_recent = []
     for recency in ("0", "20"):
         run = tmp_path / recency
@@ -189,7 +192,6 @@ def test_recency_weighting_follows_each_users_latest_taste(drifting, tmp_path):
                         "--recency_window", "1")
         assert code == 0
         model = ncf.model_from_checkpoint(ncf.load_checkpoint(run / "ck" / "last.pt")).eval()
-        seen = set(zip(dataset.train_users.tolist(), dataset.train_items.tolist()))
         wins = 0
         for index, original in enumerate(user_ids):
             old, new = groups[original]
