@@ -14,7 +14,6 @@ output directory format is described in README.md ("Dataset directory").
 
 import argparse
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -29,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dataset_format import FORMAT_VERSION, dataset_fingerprint
 from synthetic import DEMO_SHAPE, synthetic_interactions
 
-FORMAT_VERSION = 1
 FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf")
 # Column names recognised in files with a header when --user_col/--item_col/... are not given, in order of preference.
 USER_NAMES = ("user_id", "userid", "user", "reviewerid", "visitorid", "customer_id", "uid")
@@ -699,16 +698,6 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress):
 # ------------------------------------------------------------------------------------------------------ output
 
 
-def dataset_fingerprint(train, test, test_negatives):
-    """SHA-256 over the arrays that define a dataset; checkpoints record it to refuse a mismatched dataset."""
-    digest = hashlib.sha256()
-    for array in (train, test, test_negatives):
-        array = np.ascontiguousarray(array, dtype=np.int32)
-        digest.update(str(array.shape).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _id_table(ids, titles=None):
     table = pd.DataFrame({"index": np.arange(len(ids)), "original_id": ids})
     if titles:
@@ -825,20 +814,32 @@ def parse_args(argv=None):
     return args
 
 
+def generated_interactions(shape=None, seed=0):
+    """The built-in demo (``shape`` None) or a synthetic set of ``shape`` (users, items, interactions), as
+    Interactions; deterministic in ``seed``."""
+    sizes = DEMO_SHAPE if shape is None else dict(zip(("num_users", "num_items", "num_interactions"), shape))
+    try:
+        rows = synthetic_interactions(**sizes, seed=seed)
+    except ValueError as error:
+        raise ConversionError(f"--synthetic: {error}") from None
+    return Interactions(users=rows["user"], items=rows["item"], timestamps=rows["timestamp"], ratings=rows["rating"],
+                        source={"format": "demo" if shape is None else "synthetic", **sizes, "seed": seed})
+
+
+def generated_split(shape=None, seed=0, num_negatives=100):
+    """``generated_interactions`` split as ``convert.py --dataset demo`` (or ``--synthetic``) splits it, in memory:
+    the built-in demo of ``ncf.py`` and the synthetic sets of the benchmarks."""
+    quiet = Progress(quiet=True)
+    return split_interactions(generated_interactions(shape, seed), 2, num_negatives, seed, quiet)
+
+
 def load_interactions(args, progress):
     """Read the input named by the arguments; returns Interactions, or a finished Split for the NCF files."""
     columns = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "rating": args.rating_col}
     if args.dataset or args.synthetic:
-        shape = DEMO_SHAPE if args.dataset else dict(zip(("num_users", "num_items", "num_interactions"),
-                                                         args.synthetic))
-        try:
-            rows = synthetic_interactions(**shape, seed=args.seed)
-        except ValueError as error:
-            raise ConversionError(f"--synthetic: {error}") from None
-        name = "demo" if args.dataset else "synthetic"
-        progress(f"generated {rows['user'].size:,} synthetic interactions")
-        return Interactions(users=rows["user"], items=rows["item"], timestamps=rows["timestamp"],
-                            ratings=rows["rating"], source={"format": name, **shape, "seed": args.seed})
+        data = generated_interactions(args.synthetic, args.seed)
+        progress(f"generated {data.users.size:,} synthetic interactions")
+        return data
     path = Path(args.path)
     if not path.exists() and not _ncf_prefix_exists(path):
         raise ConversionError(f"{path}: no such file or directory; check --path")

@@ -1,4 +1,4 @@
-"""Dataset directory -> device tensors; training batches with negatives drawn on the device; evaluation.
+"""Dataset directory -> device tensors, and the training batches, with negatives drawn on the device.
 
 Data stays on the device: the dataset is loaded once, each epoch's order and negatives come from a seeded
 ``torch.Generator`` on the device, and batches are slices of device tensors. Nothing in the training loop copies
@@ -9,6 +9,8 @@ directory written by NVIDIA's DeepLearningExamples ``convert.py`` (``feature_spe
 with ``weights_only=True``).
 """
 
+import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -17,35 +19,109 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset_format import dataset_fingerprint
+from train import Batch
+
 
 class DatasetError(Exception):
     """A --data directory that cannot be used: the message names the file and the problem."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dataset:
+    """A leave-one-out implicit-feedback dataset as tensors: training pairs, and per test user the held-out item
+    and its sampled negatives. Build one with ``Dataset.from_arrays`` (which checks it) or ``load_dataset``."""
+
     num_users: int
     num_items: int
     train_users: torch.Tensor  # [N] int64
     train_items: torch.Tensor  # [N] int64
-    test_users: torch.Tensor  # [U] int64
+    test_users: torch.Tensor  # [U] int64, strictly increasing
     test_items: torch.Tensor  # [U] int64
-    test_negatives: torch.Tensor  # [U, K] int64
+    test_negatives: torch.Tensor  # [U, K] int64, K >= 1
     fingerprint: str
     path: str
-    train_timestamps: np.ndarray | None = None  # [N] int64, host memory only: read once, to weight by recency
+    # Host memory only (memory-mapped when loaded from files: only the options that use them read them).
+    train_timestamps: np.ndarray | None = None  # [N] int64
+    train_ratings: np.ndarray | None = None  # [N] float
     train_weights: torch.Tensor | None = None  # [N] float32, each positive's loss weight (--recency); None: all 1
+
+    @classmethod
+    def from_arrays(cls, num_users, num_items, train, test, test_negatives, path, train_timestamps=None,
+                    train_ratings=None):
+        """Check the arrays (``train`` [N, 2] and ``test`` [U, 2] (user, item) rows, ``test_negatives`` [U, K]
+        items) against each other and the counts, and build the dataset; a DatasetError naming ``path`` otherwise.
+        The fingerprint is computed from the arrays."""
+        _check_arrays(path, num_users, num_items, train, test, test_negatives)
+        for name, side in (("train_timestamps", train_timestamps), ("train_ratings", train_ratings)):
+            if side is not None and side.shape != (train.shape[0],):
+                raise DatasetError(f"{path}: {name} has shape {side.shape}, expected [{train.shape[0]}] (one per "
+                                   "training pair); re-create the dataset with convert.py")
+        if train_timestamps is not None:
+            if not np.issubdtype(train_timestamps.dtype, np.integer):
+                raise DatasetError(f"{path}: train_timestamps has shape {train_timestamps.shape} and type "
+                                   f"{train_timestamps.dtype}, expected [{train.shape[0]}] integers (one per training "
+                                   "pair); re-create the dataset with convert.py")
+            train_timestamps = train_timestamps.astype(np.int64, copy=False)
+
+        def tensor(array):
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+        return cls(num_users, num_items, tensor(train[:, 0]), tensor(train[:, 1]), tensor(test[:, 0]),
+                   tensor(test[:, 1]), tensor(test_negatives), dataset_fingerprint(train, test, test_negatives),
+                   str(path), train_timestamps, train_ratings)
 
     @property
     def num_train(self):
         return self.train_users.numel()
 
+    @property
+    def candidates_per_user(self):
+        """Candidates ranked per test user in sampled evaluation: the held-out item and its negatives."""
+        return 1 + self.test_negatives.shape[1]
+
     def to(self, device):
         moved = {name: getattr(self, name).to(device) for name in
                  ("train_users", "train_items", "test_users", "test_items", "test_negatives")}
         weights = None if self.train_weights is None else self.train_weights.to(device)
-        return Dataset(self.num_users, self.num_items, fingerprint=self.fingerprint, path=self.path,
-                       train_timestamps=self.train_timestamps, train_weights=weights, **moved)
+        return dataclasses.replace(self, train_weights=weights, **moved)
+
+    def with_weights(self, weights):
+        """The same dataset with each training pair's loss weight (``weights`` [N] float32, host or device)."""
+        return dataclasses.replace(self, train_weights=torch.as_tensor(weights, device=self.train_users.device))
+
+    def weighted_by_recency(self, weight, window):
+        """The dataset with each training pair's loss weight 1 + weight * exp(-r / window), r counting the user's
+        later training pairs (``recency_ranks``): --recency and --recency_window."""
+        if self.train_timestamps is None:
+            raise DatasetError(f"--recency needs the training pairs' timestamps, and {self.path} has none (NVIDIA's "
+                               "format and convert.py's random splits keep none); convert timestamped data with "
+                               "convert.py, or drop --recency")
+        times = self.train_timestamps
+        if times.min() == times.max():  # e.g. the reconstructed NCF ML-1M training file, whose times are all 0
+            raise DatasetError(f"--recency: every training pair of {self.path} has the same timestamp ({times[0]}), "
+                               "so none is more recent than another; drop --recency")
+        ranks = recency_ranks(self.train_users.cpu().numpy(), times)
+        return self.with_weights(recency_weights(ranks, weight, window))
+
+    def original_ids(self, kind):
+        """(original ids, titles or None) of ``kind`` 'users' or 'items', by contiguous index, from convert.py's
+        ``users.csv``/``items.csv``; (None, None) when the dataset has no id maps (NVIDIA's layout, the demo)."""
+        return read_id_map(Path(self.path) / f"{kind}.csv")
+
+
+def read_id_map(file):
+    """(original ids as strings, titles or None) from an id map written by convert.py; (None, None) if absent."""
+    if not file.is_file():
+        return None, None
+    try:
+        with open(file, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        ids = [row["original_id"] for row in rows]
+        titles = [row["title"] for row in rows] if rows and "title" in rows[0] else None
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error) as error:
+        raise DatasetError(f"{file}: unreadable id map ({error}); re-create the dataset with convert.py") from None
+    return ids, titles
 
 
 def load_dataset(path):
@@ -75,16 +151,26 @@ def _load_ours(path):
     try:
         metadata = json.loads((path / "metadata.json").read_text())
         num_users, num_items = int(metadata["num_users"]), int(metadata["num_items"])
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path / 'metadata.json'}: unreadable or incomplete ({error})") from None
     train, test, negatives = (_load_array(path / f"{name}.npy") for name in ("train", "test", "test_negatives"))
-    from convert import dataset_fingerprint  # the one definition of a dataset's identity
-
     # Mapped, not read: only --recency uses the times, and on ML-20M they are 160 MB.
-    timestamps = (_load_array(path / "train_timestamps.npy", mmap=True) if (path / "train_timestamps.npy").is_file()
-                  else None)
-    return _checked(path, num_users, num_items, train, test, negatives,
-                    metadata.get("fingerprint") or dataset_fingerprint(train, test, negatives), timestamps)
+    side = {name: _load_array(path / f"{name}.npy", mmap=True) if (path / f"{name}.npy").is_file() else None
+            for name in ("train_timestamps", "train_ratings")}
+    dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side)
+    _check_metadata(path, metadata, dataset)
+    return dataset
+
+
+def _check_metadata(path, metadata, dataset):
+    """The counts and fingerprint that metadata.json records must describe the arrays beside it."""
+    recorded = {"num_train": dataset.num_train, "num_test_users": dataset.test_users.numel(),
+                "test_negatives": dataset.test_negatives.shape[1], "fingerprint": dataset.fingerprint}
+    for key, actual in recorded.items():
+        if key in metadata and metadata[key] != actual:
+            raise DatasetError(f"{path / 'metadata.json'}: records {key} {metadata[key]!r:.20}, but the arrays give "
+                               f"{actual!r:.20} (edited after convert.py wrote them?); re-create the dataset with "
+                               "convert.py")
 
 
 def _load_nvidia(path):
@@ -151,46 +237,38 @@ def _load_nvidia(path):
         raise DatasetError(f"{path}: this tool needs exactly one test series per user")
     train = torch.stack([train_columns[user_name].reshape(-1), train_columns[item_name].reshape(-1)], 1).numpy()
     test, negatives = test[order].numpy(), negatives[order].numpy()
-    from convert import dataset_fingerprint
-
-    return _checked(path, num_users, num_items, train, test, negatives, dataset_fingerprint(train, test, negatives))
+    return Dataset.from_arrays(num_users, num_items, train, test, negatives, path)
 
 
 def dataset_from_split(split, name):
     """A Dataset straight from convert.py's in-memory Split (the built-in demo needs no files)."""
-    from convert import dataset_fingerprint
-
-    fingerprint = dataset_fingerprint(split.train, split.test, split.test_negatives)
-    return _checked(name, split.user_ids.size, split.item_ids.size, split.train, split.test, split.test_negatives,
-                    fingerprint, split.extra_arrays.get("train_timestamps"))
+    return Dataset.from_arrays(split.user_ids.size, split.item_ids.size, split.train, split.test,
+                               split.test_negatives, name, split.extra_arrays.get("train_timestamps"),
+                               split.extra_arrays.get("train_ratings"))
 
 
-def _checked(path, num_users, num_items, train, test, negatives, fingerprint, train_timestamps=None):
+def _check_arrays(path, num_users, num_items, train, test, negatives):
     if num_users < 1 or num_items < 2:
         raise DatasetError(f"{path}: needs at least one user and two items (has {num_users} and {num_items})")
+    for name, array in (("train", train), ("test", test), ("test_negatives", negatives)):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise DatasetError(f"{path}: the {name} array holds {array.dtype} values, expected integer indices; "
+                               "re-create the dataset with convert.py")
     for name, array, columns in (("train", train, 2), ("test", test, 2)):
         if array.ndim != 2 or array.shape[1] != columns or array.shape[0] == 0:
             raise DatasetError(f"{path}: {name} array has shape {array.shape}, expected [rows > 0, 2]")
-    if negatives.ndim != 2 or negatives.shape[0] != test.shape[0]:
-        raise DatasetError(f"{path}: test_negatives has shape {negatives.shape}, expected [{test.shape[0]}, K]")
+    if negatives.ndim != 2 or negatives.shape[0] != test.shape[0] or negatives.shape[1] == 0:
+        raise DatasetError(f"{path}: test_negatives has shape {negatives.shape}, expected [{test.shape[0]}, K] with "
+                           "K >= 1 (sampled evaluation ranks each test item among its negatives)")
     for name, array, limit in (("train users", train[:, 0], num_users), ("train items", train[:, 1], num_items),
                                ("test users", test[:, 0], num_users), ("test items", test[:, 1], num_items),
                                ("test negatives", negatives, num_items)):
         if array.size and (array.min() < 0 or array.max() >= limit):
             raise DatasetError(f"{path}: {name} lie outside [0, {limit}); the dataset is corrupted or its "
                                "metadata does not match it")
-    if train_timestamps is not None:
-        if train_timestamps.shape != (train.shape[0],) or not np.issubdtype(train_timestamps.dtype, np.integer):
-            raise DatasetError(f"{path}: train_timestamps has shape {train_timestamps.shape} and type "
-                               f"{train_timestamps.dtype}, expected [{train.shape[0]}] integers (one per training "
-                               "pair); re-create the dataset with convert.py")
-        train_timestamps = train_timestamps.astype(np.int64, copy=False)
-
-    def tensor(array):
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
-
-    return Dataset(num_users, num_items, tensor(train[:, 0]), tensor(train[:, 1]), tensor(test[:, 0]),
-                   tensor(test[:, 1]), tensor(negatives), fingerprint, str(path), train_timestamps)
+    if test.shape[0] > 1 and not (np.diff(test[:, 0]) > 0).all():
+        raise DatasetError(f"{path}: test rows must hold one user each, in increasing user order (row u: user u), "
+                           "and some are repeated or out of order; re-create the dataset with convert.py")
 
 
 def recency_ranks(users, timestamps):
@@ -319,59 +397,29 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
             offset = stop
 
 
-# ---------------------------------------------------------------------------------------------------- evaluation
+class ImplicitBatches:
+    """One epoch of training batches for the implicit models, as ``train.fit`` takes them: ``len()`` batches, each
+    a ``train.Batch`` whose inputs are (users, items, labels, weights) from ``epoch_batches``.
 
-
-def candidate_mask(test_items, test_negatives):
-    """[U, K] bool: negatives that count when ranking. A negative equal to the held-out item, or repeating an
-    earlier negative of the same user, is ignored (the NCF paper's ML-1M file has 156 of the former)."""
-    mask = test_negatives != test_items[:, None]
-    sorted_negatives, order = torch.sort(test_negatives, dim=1, stable=True)
-    repeat = torch.zeros_like(mask)
-    repeat.scatter_(1, order[:, 1:], sorted_negatives[:, 1:] == sorted_negatives[:, :-1])
-    return mask & ~repeat
-
-
-def rank_metrics(positive_scores, negative_scores, mask, topk):
-    """HR@k and NDCG@k sums from scores. ``positive_scores`` [B], ``negative_scores`` [B, K], ``mask`` [B, K].
-
-    The rank (0-based) of the positive is the number of counted negatives scoring at least as high, so a tie counts
-    against the positive and a constant model scores 0. Returns (hits, ndcg) as 0-d tensors (sums over the batch).
+    ``seed`` is the epoch's seed (``train.epoch_seed``): the order of the positives comes from it alike on every
+    rank (each rank takes its slice of every global batch), the negatives from it and the rank.
     """
-    rank = ((negative_scores >= positive_scores[:, None]) & mask).sum(dim=1)
-    hit = rank < topk
-    ndcg = torch.where(hit, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros((), dtype=torch.double,
-                                                                                  device=rank.device))
-    return hit.sum(), ndcg.sum()
 
+    def __init__(self, dataset, batch_size, negatives_per_positive, seed, positives=None, rank=0, world_size=1):
+        device = dataset.train_users.device
+        self.dataset, self.batch_size, self.negatives = dataset, batch_size, negatives_per_positive
+        self.positives, self.rank, self.world_size = positives, rank, world_size
+        self.order_generator = torch.Generator(device).manual_seed(seed)
+        self.negative_generator = torch.Generator(device).manual_seed(seed + 104_729 * (rank + 1))
+        self.positives_per_batch = max(1, batch_size // (1 + negatives_per_positive))
 
-@torch.no_grad()
-def evaluate(model, dataset, topk, batch_users, autocast, rank=0, world_size=1, mask=None, score=None):
-    """HR@k, NDCG@k and the mean BCE loss over all candidates, for this rank's share of the test users.
+    def __len__(self):
+        return math.ceil(self.dataset.num_train / self.positives_per_batch)
 
-    ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py); ``score``
-    replaces it (a compiled form of it, say).
-
-    Returns sums (hits, ndcg, loss sum, candidates, users) as a float64 tensor [5], so ranks can all-reduce them
-    and divide once: the result equals a single-process evaluation.
-    """
-    mask = candidate_mask(dataset.test_items, dataset.test_negatives) if mask is None else mask
-    score = model.score if score is None else score
-    num_users = dataset.test_users.numel()
-    share = math.ceil(num_users / world_size)
-    totals = torch.zeros(5, dtype=torch.float64, device=dataset.test_users.device)
-    for start in range(rank * share, min(num_users, (rank + 1) * share), batch_users):
-        stop = min(start + batch_users, (rank + 1) * share, num_users)
-        users = dataset.test_users[start:stop]
-        items = torch.cat([dataset.test_items[start:stop, None], dataset.test_negatives[start:stop]], dim=1)
-        with autocast():
-            logits = score(users, items).float()  # [B, 1 + K]
-        batch_mask = mask[start:stop]
-        hits, ndcg = rank_metrics(logits[:, 0], logits[:, 1:], batch_mask, topk)
-        labels = torch.zeros_like(logits)
-        labels[:, 0] = 1.0
-        weight = torch.cat([torch.ones_like(logits[:, :1]), batch_mask.float()], dim=1)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, weight=weight, reduction="sum")
-        totals += torch.stack([hits.double(), ndcg, loss.double(), weight.sum().double(),
-                               torch.tensor(stop - start, dtype=torch.float64, device=totals.device)])
-    return totals
+    def __iter__(self):
+        batches = epoch_batches(self.dataset, self.batch_size, self.negatives, self.order_generator, self.positives,
+                                self.rank, self.world_size, negative_generator=self.negative_generator)
+        for step, (users, items, labels, weights) in enumerate(batches):
+            # The global batch's samples (every rank's slice), known without asking the other ranks.
+            global_positives = min(self.positives_per_batch, self.dataset.num_train - step * self.positives_per_batch)
+            yield Batch((users, items, labels, weights), labels.numel(), global_positives * (1 + self.negatives))

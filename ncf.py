@@ -7,31 +7,38 @@
     torchrun --nproc_per_node=8 ncf.py --data data/ml20m --amp
 
 Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the best model and the last state
-(for --resume) in --checkpoint_dir.
+(for --resume) in --checkpoint_dir. This file is the command line only: flags -> a resolved, immutable Config ->
+``main``'s named steps; the loop is ``train.py``, the metrics ``evaluation.py``, the files ``checkpoint.py``.
 """
 
 import argparse
-import contextlib
 import dataclasses
-import hashlib
-import json
+import inspect
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 import dataloading
-import sparse_adam
+import evaluation
+import train
+from checkpoint import (
+    CheckpointError,
+    best_on_disk,
+    check_writable,
+    initial_model,
+    load_model,
+    model_arguments,
+    remove_stale_temporaries,
+    resume,
+    save_checkpoint,
+)
 from dataloading import DatasetError
+from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, choose_sizes
 from logger import RunLogger
-from neumf import build_model
-
-CHECKPOINT_FORMAT = "ncf-checkpoint-v1"
 
 
 class UsageError(Exception):
@@ -49,11 +56,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DEFAULT_EPOCHS = 20
-DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6875 HR@10): 10 take 60-136 s on 2 CPU cores, 20 took 3-4 minutes
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description="Train and evaluate Neural Collaborative Filtering (GMF, MLP, NeuMF). Flags follow NVIDIA's "
                     "DeepLearningExamples ncf.py.", formatter_class=_HelpFormatter)
@@ -145,6 +150,13 @@ def parse_args(argv=None):
                         help="'auto' uses a GPU when one is available")
     parser.add_argument("--resume", action="store_true",
                         help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
+    return parser
+
+
+def parse_args(argv=None):
+    """The command line as given, with -e's default filled in and the deprecated --opt_level O1/O2 read as --amp;
+    ``resolve_config`` turns it into the run's Config."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = DEMO_EPOCHS if args.data is None else DEFAULT_EPOCHS
@@ -164,14 +176,22 @@ def _validate(parser, args):
             parser.error(f"{flag} must be at least 1, got {value}")
     if args.negative_samples is not None and args.negative_samples < 0:
         parser.error(f"--negative_samples must be 0 or more, got {args.negative_samples}")
-    if args.branch_loss < 0:
+    if not args.branch_loss >= 0:
         parser.error(f"--branch_loss must be 0 or more, got {args.branch_loss}")
-    if args.recency < 0:
+    if not args.recency >= 0:
         parser.error(f"--recency must be 0 or more, got {args.recency}")
     if not args.recency_window > 0:
         parser.error(f"--recency_window must be positive, got {args.recency_window}")
-    if args.weight_decay < 0:
+    if not args.weight_decay >= 0:
         parser.error(f"--weight_decay must be 0 or more, got {args.weight_decay}")
+    if not args.eps > 0:
+        parser.error(f"--eps must be positive, got {args.eps}")
+    if not 0 <= args.alpha <= 1:
+        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    for flag, value in (("--recency", args.recency), ("--branch_loss", args.branch_loss), ("--eps", args.eps),
+                        ("--weight_decay", args.weight_decay), ("--learning_rate", args.learning_rate or 1.0)):
+        if not math.isfinite(value):
+            parser.error(f"{flag} must be a finite number, got {value}")
     if args.learning_rate is not None and not args.learning_rate > 0:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
     if any(size < 1 for size in args.layers):
@@ -190,390 +210,198 @@ def _validate(parser, args):
         parser.error("--pretrain_gmf/--pretrain_mlp initialise --model neumf")
 
 
-DEMO_NEGATIVES = 4  # the demo keeps NVIDIA's default: with the 14 of the rule below it took 7 minutes on 2 cores
+# One field per flag of parse_args; the values ncf.py chooses when a flag is not given (-n, -b, -l, betas) are
+# filled in by resolve_config before anything runs, and nothing changes a Config afterwards.
+Config = dataclasses.make_dataclass(
+    "Config", [(action.dest, object) for action in build_parser()._actions if action.dest != "help"], frozen=True)
+
+def resolve_config(args, dataset):
+    """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
+    if args.topk >= dataset.candidates_per_user:
+        raise UsageError(f"-k/--topk {args.topk} is not below the {dataset.candidates_per_user} candidates ranked per "
+                         f"test user, so every user would count as a hit; pass a -k below "
+                         f"{dataset.candidates_per_user}")
+    values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
+                                          args.batch_size, args.learning_rate, args.beta1, args.beta2)
+    if warning:
+        print(warning, file=sys.stderr)
+    return Config(**(vars(args) | values)), notes
 
 
-def choose_negatives(num_train):
-    """Default negatives per positive: about 1.6M divided by the training pairs, between NVIDIA's 4 and 16.
-
-    On a small dataset an epoch is cheap and over quickly, and more negatives per positive measurably help: NeuMF on
-    ML-100k (99,057 pairs, so 16) reaches 0.691 HR@10 with 16 against 0.681 with 4 (6 runs each; BENCHMARKS.md), at
-    3.4 times the time per epoch. ML-1M (994,169 pairs) and larger sets keep NVIDIA's 4.
-    """
-    return int(min(16, max(4, round(1.6e6 / max(num_train, 1)))))
+# ------------------------------------------------------------------------------------------------------ steps
 
 
-def choose_batch_size(num_train, negatives_per_positive):
-    """Default batch: a power of two giving about 512 optimizer steps per epoch, between 2^10 and 2^20.
-
-    NVIDIA's fixed 2^20 suits MovieLens-20M but leaves ML-1M with 5 steps per epoch (0.65 HR@10) and ML-100k with
-    less than one. Sweeps on ML-100k and ML-1M (bench/grids, BENCHMARKS.md) put the best batches at a few hundred
-    to a thousand steps per epoch: ML-100k 2^12 (with its 16 negatives; 2^10 with 4), ML-1M 2^13, ML-20M 2^18.
-    """
-    samples = num_train * (1 + negatives_per_positive)
-    return int(2 ** min(20, max(10, round(math.log2(max(samples / 512, 1))))))
-
-
-def choose_learning_rate(batch_size):
-    """Default Adam learning rate for a batch size: NVIDIA's 0.0045 at 2^20, scaled by the square root of the batch
-    ratio (the usual rule for Adam), floored at 0.001."""
-    return max(0.001, 0.0045 * math.sqrt(batch_size / 2**20))
-
-
-LARGE_BATCH = 2**18
-
-
-def choose_betas(batch_size):
-    """Default Adam betas: NVIDIA's (0.25, 0.5), tuned for batch 2^20 on ML-20M, for large batches; Adam's usual
-    (0.9, 0.999) below, measured better at the batches that suit smaller datasets (BENCHMARKS.md)."""
-    return (0.25, 0.5) if batch_size >= LARGE_BATCH else (0.9, 0.999)
-
-
-# ------------------------------------------------------------------------------------------------ set-up steps
-
-
-def setup_devices(choice):
-    """World size, rank and device from torchrun's variables (1 and 0 without torchrun); initialise the group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu")
-    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
-    return device, rank, world_size
-
-
-def mixed_precision(enabled, device):
-    """One autocast context factory and one GradScaler; both are no-ops when ``enabled`` is false."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-    return autocast, scaler
-
-
-def load_data(path, seed):
-    """The dataset named by --data, or the built-in demo generated in memory."""
+def load_data(path):
+    """The dataset named by --data, or the built-in demo generated in memory. The demo is one fixed dataset (the
+    one ``convert.py --dataset demo`` writes with its default seed): -s seeds the training on it, not the data."""
     if path:
         return dataloading.load_dataset(path)
-    import convert
+    import convert  # the demo is generated and split as convert.py would; other runs never import pandas
 
-    data = convert.load_interactions(convert.parse_args(["--dataset", "demo", "--output", "-", "--seed", "0"]),
-                                     convert.Progress(quiet=True))
-    split = convert.split_interactions(data, 2, 100, 0, convert.Progress(quiet=True))
-    return dataloading.dataset_from_split(split, "demo")
+    return dataloading.dataset_from_split(convert.generated_split(), "demo")
 
 
-def weighted_by_recency(dataset, args):
-    """The dataset with each training pair's loss weight set from --recency (unchanged when it is 0)."""
-    if not args.recency or args.mode == "test":
-        return dataset
-    if dataset.train_timestamps is None:
-        raise UsageError(f"--recency needs the training pairs' timestamps, and {dataset.path} has none (NVIDIA's "
-                         "format and convert.py's random splits keep none); convert timestamped data with convert.py, "
-                         "or drop --recency")
-    times = dataset.train_timestamps
-    if times.min() == times.max():  # e.g. the reconstructed NCF ML-1M training file, whose times are all 0
-        raise UsageError(f"--recency: every training pair of {dataset.path} has the same timestamp ({times[0]}), so "
-                         "none is more recent than another; drop --recency")
-    ranks = dataloading.recency_ranks(dataset.train_users.numpy(), times)
-    weights = dataloading.recency_weights(ranks, args.recency, args.recency_window)
-    return dataclasses.replace(dataset, train_weights=torch.from_numpy(weights))
+def open_outputs(config, runtime):
+    """(checkpoint folder or None, the run's logger), checked writable before any work (nothing is created)."""
+    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    log_path = config.log_path or (folder / "log.json" if folder else None)
+    if runtime.is_main and folder and config.mode == "train":
+        check_writable(folder, "--checkpoint_dir", folder=True)
+    if runtime.is_main and log_path:
+        check_writable(log_path, "--log_path" if config.log_path else "--checkpoint_dir", folder=False)
+    return folder, RunLogger(log_path, enabled=runtime.is_main)
 
 
-def load_checkpoint(path, dataset=None):
-    """A checkpoint dict, loaded without executing code; a one-line error for missing or foreign files, and, given
-    ``dataset``, for a checkpoint trained on another dataset."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
-        raise UsageError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0][:100]})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path}: not a checkpoint written by this tool")
-    if dataset is not None:
-        check_fits(checkpoint, dataset, path)
-    return checkpoint
-
-
-def check_fits(checkpoint, dataset, path):
-    if checkpoint["fingerprint"] != dataset.fingerprint:
-        args = checkpoint["model_args"]
-        raise UsageError(f"{path}: trained on another dataset ({args['num_users']} users, {args['num_items']} items; "
-                         f"this one has {dataset.num_users} and {dataset.num_items}); pass the matching --data")
-
-
-def load_pretrained_pair(gmf_path, mlp_path, dataset):
-    """(GMF, MLP) models from the checkpoints given to --pretrain_gmf/--pretrain_mlp, checked against the data."""
-    parts = []
-    for path, kind in ((gmf_path, "gmf"), (mlp_path, "mlp")):
-        checkpoint = load_checkpoint(path, dataset)
-        if checkpoint["model"] != kind:
-            raise UsageError(f"{path}: holds a {checkpoint['model']} model, expected {kind}")
-        parts.append(model_from_checkpoint(checkpoint))
-    return tuple(parts)
-
-
-def model_from_checkpoint(checkpoint):
-    model = build_model(checkpoint["model"], **checkpoint["model_args"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
-
-
-def build(args, dataset, device):
-    """The model (fresh, from --load_checkpoint_path, or NeuMF from pre-trained GMF and MLP) and its optimizer."""
-    model_args = dict(num_users=dataset.num_users, num_items=dataset.num_items, factors=args.factors,
-                      layers=list(args.layers), dropout=args.dropout)
-    if args.model == "gmf":
-        model_args.pop("layers"), model_args.pop("dropout")
-    elif args.model == "mlp":
-        model_args.pop("factors")
-    model = build_model(args.model, **model_args)
-    if args.load_checkpoint_path:
-        checkpoint = load_checkpoint(args.load_checkpoint_path, dataset)
-        if checkpoint["model"] != args.model or checkpoint["model_args"] != model_args:
-            raise UsageError(f"{args.load_checkpoint_path}: holds a {checkpoint['model']} with "
-                             f"{checkpoint['model_args']}, which differs from the flags given")
-        model.load_state_dict(checkpoint["state_dict"])
-    if args.pretrain_gmf:
-        gmf, mlp = load_pretrained_pair(args.pretrain_gmf, args.pretrain_mlp, dataset)
-        if gmf.user_embedding.embedding_dim != args.factors or list(_mlp_layers(mlp)) != list(args.layers):
-            raise UsageError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
-        model.load_pretrained(gmf, mlp, args.alpha)
-    if args.model == "neumf":
-        model.train_branch_outputs(args.branch_loss > 0)
-    model.to(device)
-    settings = dict(lr=args.learning_rate, betas=(args.beta1, args.beta2), eps=args.eps,
-                    weight_decay=args.weight_decay)
-    if args.optimizer == "row_sparse_adam":
-        return model, model_args, sparse_adam.build_optimizer(model, **settings)
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    return model, model_args, torch.optim.AdamW(trainable, **settings, fused=True)
-
-
-def for_training(model, compile_mode):
-    """The module the training loop calls: ``model`` itself, or compiled in torch.compile's ``compile_mode``."""
-    return torch.compile(model, mode=compile_mode) if compile_mode else model
-
-
-def for_evaluation(model, compile_mode):
-    """The candidate scorer evaluation calls: None (``model.score`` as it is), or it compiled in ``compile_mode``.
-    ``model`` is the plain module (not DDP's wrapper): evaluation needs no gradient synchronisation."""
-    return torch.compile(model.score, mode=compile_mode) if compile_mode else None
-
-
-def _mlp_layers(mlp):
-    sizes = [mlp.user_embedding.embedding_dim * 2]
-    return sizes + [layer.out_features for layer in mlp.tower if isinstance(layer, torch.nn.Linear)]
-
-
-# ---------------------------------------------------------------------------------------------- training steps
-
-
-def train_epoch(model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank, world_size, show_bar):
-    """One pass over the training positives; returns (mean loss over all ranks as a 0-d tensor, samples of all
-    ranks)."""
-    model.train()
-    device = dataset.train_users.device
-    # Seeding by (seed, epoch) makes each epoch's order, negatives and dropout independent of what ran before,
-    # so a resumed run repeats an uninterrupted one exactly. The order is the same on every rank (each takes its
-    # slice of every batch); negatives and dropout differ by rank.
-    epoch_seed = args.seed * 1_000_003 + epoch * 7919
-    order_generator = torch.Generator(device).manual_seed(epoch_seed)
-    negative_generator = torch.Generator(device).manual_seed(epoch_seed + 104_729 * (rank + 1))
-    torch.manual_seed(epoch_seed + 104_729 * (rank + 1))
-    positives_per_batch = max(1, args.batch_size // (1 + args.negative_samples))
-    num_batches = math.ceil(dataset.num_train / positives_per_batch)
-    batches = dataloading.epoch_batches(dataset, args.batch_size, args.negative_samples, order_generator, positives,
-                                        rank, world_size, negative_generator=negative_generator)
-    loss_total, samples = torch.zeros((), device=device), 0
-    optimizer.zero_grad(set_to_none=True)
-    branch_weight = args.branch_loss if args.model == "neumf" else 0.0
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
-    for step, (users, items, labels, weights) in enumerate(bar):
-        if args.lr_schedule == "cosine":
-            progress = (epoch * num_batches + step) / (args.epochs * num_batches)  # in [0, 1)
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
-        # Every rank divides its loss sum by the global batch's sample count times the ranks that DDP averages
-        # over, so the applied gradient is that of the global batch's mean loss, even when a rank's slice is
-        # uneven or empty. The last group may hold fewer batches than --grads_accumulated; it is still applied,
-        # scaled by its size.
-        global_samples = min(positives_per_batch, dataset.num_train - step * positives_per_batch) \
-            * (1 + args.negative_samples)
-        group = min(args.grads_accumulated, num_batches - (step // args.grads_accumulated) * args.grads_accumulated)
-        applies = (step + 1) % args.grads_accumulated == 0 or step + 1 == num_batches
-        sync = contextlib.nullcontext() if applies or world_size == 1 else model.no_sync()
-        with sync, autocast():  # under no_sync, this rank accumulates; DDP averages once, at the applying step
-            logits, *branch_logits = model(users, items, branches=True) if branch_weight else (model(users, items),)
-        loss_sum = bce(logits.float(), labels, weights, reduction="sum")  # the model's own loss, the one reported
-        objective = (loss_sum + branch_weight * sum(bce(branch.float(), labels, weights, reduction="sum")
-                                                    for branch in branch_logits)) if branch_logits else loss_sum
-        scaler.scale(objective * (world_size / (global_samples * group))).backward()
-        if applies:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        loss_total += loss_sum.detach()
-        samples += labels.numel()
-    totals = torch.stack([loss_total.double(), torch.tensor(float(samples), dtype=torch.float64, device=device)])
-    if world_size > 1:
-        dist.all_reduce(totals)
-    return totals[0] / totals[1].clamp(min=1), int(totals[1])
-
-
-def run_evaluation(model, dataset, args, autocast, mask, rank, world_size, score=None):
-    """HR@k, NDCG@k and validation loss over every test user (all ranks combined); returns a dict of floats.
-    ``score``: the compiled ``model.score`` under --compile."""
-    model.eval()
-    users_per_batch = max(1, args.valid_batch_size // (1 + dataset.test_negatives.shape[1]))
-    totals = dataloading.evaluate(model, dataset, args.topk, users_per_batch, autocast, rank, world_size, mask,
-                                  score)
-    if world_size > 1:
-        dist.all_reduce(totals)
-    hits, ndcg, loss, candidates, users = totals.tolist()
-    return {f"hr@{args.topk}": hits / users, f"ndcg@{args.topk}": ndcg / users, "validation_loss": loss / candidates,
-            "eval_samples": candidates}
-
-
-def save_checkpoint(path, model, model_args, optimizer, scaler, epoch, metrics, best, args, dataset):
-    """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file."""
-    model = getattr(model, "module", model)
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT, "model": args.model, "model_args": model_args,
-        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-        "epoch": epoch, "metrics": metrics, "best": best, "config": json.loads(json.dumps(vars(args))),
-        "fingerprint": dataset.fingerprint,
-    }
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
-
-
-def existing_best(path, dataset, model_kind):
-    """HR of a best.pt already in --checkpoint_dir for this dataset and model; refuse to mix with another's."""
-    if not path.is_file():
-        return -1.0
-    checkpoint = load_checkpoint(path)
-    if checkpoint["fingerprint"] != dataset.fingerprint or checkpoint["model"] != model_kind:
-        raise UsageError(f"{path}: holds a {checkpoint['model']} model for another dataset or model; pass another "
-                         "--checkpoint_dir (or remove it) so it is not overwritten")
-    return float(checkpoint["best"]["hr"])
-
-
-# ------------------------------------------------------------------------------------------------------- main
-
-
-def check_ranks_agree(args, dataset, device, world_size, start_epoch):
-    """Stop every rank with one clear error when ranks were given different data or flags, or would resume from
-    different epochs (a last.pt that only some nodes can see), instead of training different models."""
-    if world_size == 1:
-        return
-    settings = {key: value for key, value in vars(args).items() if key != "local_rank"}
-    text = json.dumps({"dataset": dataset.fingerprint, "settings": settings, "start_epoch": start_epoch},
-                      sort_keys=True, default=str)
-    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
-    values = torch.tensor([digest, -digest], dtype=torch.int64, device=device)
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)  # max of digest and of -digest: equal digests iff max == -max
-    if int(values[0]) != -int(values[1]):
-        raise UsageError("the ranks disagree on the dataset, the flags or the epoch to resume from; give every rank "
-                         "the same --data (same contents), the same command line and a --checkpoint_dir they all "
-                         "see (a shared file system)")
-
-
-def describe(args, dataset, device, world_size, chosen):
+def describe(config, dataset, runtime, notes):
+    """The data, the model and the chosen settings, as printed at start."""
     lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
              f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
-             f"model: {args.model}" + (f" (branch losses x {args.branch_loss:g})" if args.model == "neumf"
-                                       and args.branch_loss else "")
-             + f", optimizer {args.optimizer}, weight decay {args.weight_decay:g}"
-             + (", cosine learning-rate decay" if args.lr_schedule == "cosine" else "") + f", device: {device}"
-             + (f" x {world_size} ranks" if world_size > 1 else "")
-             + (", mixed precision" if args.amp else "")]
+             f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
+                                         and config.branch_loss else "")
+             + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
+             + (", cosine learning-rate decay" if config.lr_schedule == "cosine" else "")
+             + f", device: {runtime.device}" + (f" x {runtime.world_size} ranks" if runtime.world_size > 1 else "")
+             + (", mixed precision" if config.amp else "")]
     if dataset.train_weights is not None:
         weights = dataset.train_weights
-        lines.append(f"recency: a user's latest pairs count {1 + args.recency:g} times, those "
-                     f"{args.recency_window:g} pairs earlier {1 + args.recency * math.exp(-1):.3g} times; "
+        lines.append(f"recency: a user's latest pairs count {1 + config.recency:g} times, those "
+                     f"{config.recency_window:g} pairs earlier {1 + config.recency * math.exp(-1):.3g} times; "
                      f"{float((weights > 2).float().mean()):.0%} of the pairs count more than twice (mean weight "
                      f"{float(weights.mean()):.3g})")
-    for flag, (value, how) in chosen.items():
+    for flag, (value, how) in notes.items():
         lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")
     return "\n".join(lines)
 
 
-def resolve_sizes(args, dataset):
-    """Fill in -n, -b and -l when not given; clamp a batch larger than the data. Returns notes on what was
-    chosen."""
-    chosen = {}
-    if args.negative_samples is None:
-        if args.data is None:  # the built-in demo: a quick first run
-            args.negative_samples, how = DEMO_NEGATIVES, "NVIDIA's, kept for the built-in demo so that it stays " \
-                                                         "quick"
-        else:
-            args.negative_samples, how = choose_negatives(dataset.num_train), \
-                f"chosen for {dataset.num_train:,} training pairs"
-        chosen["negatives per positive"] = (args.negative_samples, f"{how}; set with -n")
-    samples = dataset.num_train * (1 + args.negative_samples)
-    if args.batch_size is None:
-        args.batch_size = choose_batch_size(dataset.num_train, args.negative_samples)
-        chosen["batch size"] = (args.batch_size, f"chosen for {samples:,} samples per epoch; set with -b")
-    elif args.batch_size > samples:
-        print(f"warning: --batch_size {args.batch_size:,} is larger than an epoch ({samples:,} samples); using "
-              f"{samples:,}", file=sys.stderr)
-        args.batch_size = samples
-        chosen["batch size"] = (args.batch_size, "clamped to one epoch")
-    else:
-        chosen["batch size"] = (args.batch_size, "given")
-    if args.learning_rate is None:
-        args.learning_rate = choose_learning_rate(args.batch_size)
-        chosen["learning rate"] = (args.learning_rate, "chosen for the batch size; set with -l")
-    else:
-        chosen["learning rate"] = (args.learning_rate, "given")
-    default_betas = choose_betas(args.batch_size)
-    if args.beta1 is None or args.beta2 is None:
-        args.beta1 = default_betas[0] if args.beta1 is None else args.beta1
-        args.beta2 = default_betas[1] if args.beta2 is None else args.beta2
-        chosen["Adam betas"] = (f"{args.beta1:g}, {args.beta2:g}", "chosen for the batch size; set with -b1/-b2")
-    return chosen
+def build(config, dataset, device):
+    """(model, its constructor arguments, optimizer, loss function): fresh, from --load_checkpoint_path, or NeuMF
+    from pre-trained GMF and MLP (output layers mixed by --alpha). The model says which loss trains it."""
+    settings = dataclasses.asdict(config)
+    model_args = model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
+    model = initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
+                          config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))
+    loss = model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters})
+    optimizer = train.make_optimizer(model.to(device), config.optimizer, lr=config.learning_rate,
+                                     betas=(config.beta1, config.beta2), eps=config.eps,
+                                     weight_decay=config.weight_decay)
+    return model, model_args, optimizer, loss
 
 
-def test_mode(args, dataset, device, autocast, rank, world_size, log):
-    path = args.load_checkpoint_path or Path(args.checkpoint_dir) / "best.pt"
-    model = model_from_checkpoint(load_checkpoint(path, dataset)).to(device)
+def restore(config, folder, model, model_args, optimizer, scaler, dataset, say):
+    """(first epoch, best so far): from CHECKPOINT_DIR/last.pt under --resume (refused when trained with other
+    settings), else (0, None)."""
+    last_path = folder / "last.pt" if folder else None
+    if not (config.resume and last_path and last_path.is_file()):
+        if config.resume:
+            say("no checkpoint to resume from; starting from scratch")
+        return 0, None
+    resumed = resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
+                     dataclasses.asdict(config), f"hr@{config.topk}", [
+                         ("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
+                         ("recency", "--recency", 0.0, True),  # (key, flag, value before the flag, applies)
+                         ("recency_window", "--recency_window", 10.0, bool(config.recency)),
+                         ("branch_loss", "--branch_loss", 0.0, config.model == "neumf")])
+    say(f"resuming from {last_path} after epoch {resumed[0] - 1}")
+    return resumed
+
+
+def evaluator(config, dataset, model, autocast, runtime):
+    """The sampled HR/NDCG evaluation of ``model`` (the plain module; its scoring compiled under --compile)."""
+    mask = evaluation.candidate_mask(dataset.test_items, dataset.test_negatives)
+    score = train.compiled(model.score, config.compile)
+    users_per_batch = max(1, config.valid_batch_size // dataset.candidates_per_user)
+    return lambda: evaluation.sampled_metrics(model, dataset, config.topk, users_per_batch, autocast, mask,
+                                              runtime.rank, runtime.world_size, score)
+
+
+def test_mode(config, dataset, runtime, log, autocast, say):
+    """--mode test: evaluate a checkpoint once."""
+    model = load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
     started = time.perf_counter()
-    metrics = run_evaluation(model, dataset, args, autocast, None, rank, world_size)
+    metrics = evaluator(config, dataset, model.to(runtime.device), autocast, runtime)()
     seconds = time.perf_counter() - started
     metrics.update(eval_throughput=metrics.pop("eval_samples") / seconds, validation_epoch_time=seconds)
     log.write("summary", metrics)
-    return metrics
+    say(f"HR@{config.topk} {metrics[f'hr@{config.topk}']:.4f}  NDCG@{config.topk} {metrics[f'ndcg@{config.topk}']:.4f}")
+    return 0
+
+
+def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log, say):
+    """Train with train.fit: batches with negatives, sampled evaluation, best epoch on HR@k; logs, prints and
+    keeps best.pt/last.pt. Returns the best epoch's dict."""
+    start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, say)
+    train.check_ranks_agree(dataclasses.asdict(config), dataset.fingerprint, start_epoch, runtime)
+    selection = train.Selection(f"hr@{config.topk}")
+    saved_best = None
+    if folder and runtime.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
+        saved_best = best_on_disk(folder / "best.pt", dataset.fingerprint, config.model, selection.metric)
+    log.forget_epochs_from(start_epoch)  # those a killed run logged after its last checkpoint
+    log.write("config", dataclasses.asdict(config) | {
+        "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
+        "world_size": runtime.world_size, "device": str(runtime.device)})
+    positives = (dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
+                                         dataset.num_items) if config.negative_sampling == "exact" else None)
+
+    def save(name, record, best):
+        save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler, record["epoch"], record,
+                        best, dataclasses.asdict(config), dataset.fingerprint)
+
+    def on_epoch(record):
+        log.write("epoch", record)
+        say(epoch_line(config, record))
+        if config.threshold is not None and selection.reaches(record[selection.metric], config.threshold):
+            say(f"reached the target HR@{config.topk} {config.threshold} in epoch {record['epoch']}; stopping")
+
+    try:
+        return train.fit(
+            train.compiled(train.distributed(model, runtime), config.compile), optimizer, scaler, loss,
+            lambda epoch: dataloading.ImplicitBatches(dataset, config.batch_size, config.negative_samples,
+                                                      train.epoch_seed(config.seed, epoch), positives, runtime.rank,
+                                                      runtime.world_size),
+            evaluator(config, dataset, model, autocast, runtime), selection, epochs=config.epochs,
+            autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
+            world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
+            learning_rate=(lambda progress: train.cosine_rate(config.learning_rate, progress))
+            if config.lr_schedule == "cosine" else None, threshold=config.threshold, on_epoch=on_epoch,
+            save=save if folder and runtime.is_main else None, saved_best=saved_best,
+            show_bar=runtime.is_main and sys.stderr.isatty())[0]
+    except train.NonFiniteLoss as error:
+        raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
+                         "is kept") from None
+
+
+def epoch_line(config, record):
+    """How an epoch is printed."""
+    topk = config.topk
+    return (f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val loss {record['validation_loss']:.4f}  "
+            f"HR@{topk} {record[f'hr@{topk}']:.4f}  NDCG@{topk} {record[f'ndcg@{topk}']:.4f}  "
+            f"{record['train_throughput'] / 1e6:.2f}M samples/s  "
+            f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
+
+
+def report(config, best, log, say):
+    """The summary record (NVIDIA's key names) and line. The best epoch is chosen on the test items."""
+    hr, ndcg = best["metrics"].get(f"hr@{config.topk}", -1.0), best["metrics"].get(f"ndcg@{config.topk}", 0.0)
+    reached = config.threshold is not None and hr >= config.threshold
+    log.write("summary", {"best_accuracy": hr, "best_ndcg": ndcg, "best_epoch": best["epoch"],
+                          "time_to_best_model": best["seconds"], "time_to_target": best["elapsed"] if reached else None,
+                          "total_time": best["elapsed"], "selected_on": "test"})
+    say(f"best HR@{config.topk} {hr:.4f}  NDCG@{config.topk} {ndcg:.4f}  at epoch {best['epoch']}"
+        f"  ({best['seconds']:.1f} s of training and evaluation)")
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        code = _main(args)
+        code = run(args)
         if dist.is_initialized():
             # Every rank reaches the teardown together: a rank that tore down Gloo while another was still in its
             # last collective made that one abort at exit ("terminate called without an active exception").
             dist.barrier()
         return code
-    except (UsageError, DatasetError) as error:
+    except (UsageError, DatasetError, CheckpointError, train.DeviceError, train.RanksDisagree) as error:
         print(f"ncf.py: error: {error}", file=sys.stderr)
         return 1
     finally:
@@ -581,120 +409,34 @@ def main(argv=None):
             dist.destroy_process_group()
 
 
-def _main(args):
-    device, rank, world_size = setup_devices(args.device)
-    is_main = rank == 0
-    dataset = weighted_by_recency(load_data(args.data, args.seed), args).to(device)
-    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-    log_path = args.log_path or (checkpoint_dir / "log.json" if checkpoint_dir else None)
-    log = RunLogger(log_path, enabled=is_main)
-    autocast, scaler = mixed_precision(args.amp, device)
-    if scaler.is_enabled() and args.optimizer == "row_sparse_adam":
+def run(args):
+    """The named steps of a run."""
+    runtime = train.setup_devices(args.device)
+    dataset = load_data(args.data)
+    config, notes = resolve_config(args, dataset)
+    if config.recency and config.mode == "train":
+        dataset = dataset.weighted_by_recency(config.recency, config.recency_window)
+    dataset = dataset.to(runtime.device)
+    folder, log = open_outputs(config, runtime)
+    autocast, scaler = mixed_precision(config, runtime)
+    say = print if runtime.is_main else (lambda *_, **__: None)
+    if config.mode == "test":
+        return test_mode(config, dataset, runtime, log, autocast, say)
+    torch.manual_seed(config.seed)
+    say(describe(config, dataset, runtime, notes))
+    model, model_args, optimizer, loss = build(config, dataset, runtime.device)
+    best = fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log, say)
+    report(config, best, log, say)
+    return 0
+
+
+def mixed_precision(config, runtime):
+    """train.mixed_precision for --amp, refusing the one combination that cannot work."""
+    autocast, scaler = train.mixed_precision(config.amp, runtime.device)
+    if scaler.is_enabled() and config.optimizer == "row_sparse_adam":
         raise UsageError("--optimizer row_sparse_adam with --amp needs bfloat16, which this GPU lacks (float16 needs "
                          "loss scaling); drop --amp or use --optimizer adam")
-    say = print if is_main else (lambda *_, **__: None)
-
-    if args.mode == "test":
-        metrics = test_mode(args, dataset, device, autocast, rank, world_size, log)
-        say(f"HR@{args.topk} {metrics[f'hr@{args.topk}']:.4f}  NDCG@{args.topk} {metrics[f'ndcg@{args.topk}']:.4f}")
-        return 0
-
-    torch.manual_seed(args.seed)
-    chosen = resolve_sizes(args, dataset)
-    say(describe(args, dataset, device, world_size, chosen))
-    model, model_args, optimizer = build(args, dataset, device)
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-    start_epoch, best = 0, {"hr": -1.0, "ndcg": 0.0, "epoch": -1, "seconds": 0.0}
-    if checkpoint_dir and is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    best_on_disk = existing_best(checkpoint_dir / "best.pt", dataset, args.model) if checkpoint_dir else -1.0
-    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    if args.resume and last_path and last_path.is_file():
-        state = load_checkpoint(last_path, dataset)
-        if state["model"] != args.model or state["model_args"] != model_args:
-            raise UsageError(f"{last_path}: holds a {state['model']} with {state['model_args']}, which differs from "
-                             "the flags given; resume with the original flags")
-        saved_optimizer = state["config"].get("optimizer", "adam")
-        if saved_optimizer != args.optimizer:
-            raise UsageError(f"{last_path}: was trained with --optimizer {saved_optimizer}; resume with the same")
-        saved_negatives = state["config"].get("negative_samples")
-        if saved_negatives is not None and saved_negatives != args.negative_samples:
-            raise UsageError(f"{last_path}: was trained with -n {saved_negatives}; resume with the same")
-        for flag in ("recency", "recency_window"):
-            saved = state["config"].get(flag, 0.0 if flag == "recency" else 10.0)  # earlier versions had neither
-            if saved != getattr(args, flag) and (args.recency or flag == "recency"):
-                raise UsageError(f"{last_path}: was trained with --{flag} {saved:g}; resume with the same")
-        saved_branch_loss = state["config"].get("branch_loss", 0.0)  # earlier versions trained NeuMF without
-        if args.model == "neumf" and saved_branch_loss != args.branch_loss:
-            raise UsageError(f"{last_path}: was trained with --branch_loss {saved_branch_loss:g}; resume with the "
-                             "same")
-        getattr(model, "module", model).load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        say(f"resuming from {last_path} after epoch {state['epoch']}")
-    elif args.resume:
-        say("no checkpoint to resume from; starting from scratch")
-    check_ranks_agree(args, dataset, device, world_size, start_epoch)
-    # Checkpoints and evaluation use the plain module (under --compile, evaluation its compiled score method).
-    train_model = for_training(model, args.compile)
-    score = for_evaluation(getattr(model, "module", model), args.compile)
-
-    log.write("config", {key: value for key, value in vars(args).items()} | {
-        "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
-        "world_size": world_size, "device": str(device)})
-    positives = (dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
-                                         dataset.num_items) if args.negative_sampling == "exact" else None)
-    mask = dataloading.candidate_mask(dataset.test_items, dataset.test_negatives)
-    show_bar = is_main and sys.stderr.isatty()
-    hr_key, ndcg_key = f"hr@{args.topk}", f"ndcg@{args.topk}"
-    time_to_target = None
-    elapsed = best.get("elapsed", 0.0)
-    for epoch in range(start_epoch, args.epochs):
-        started = time.perf_counter()
-        loss, samples = train_epoch(train_model, optimizer, scaler, autocast, dataset, args, epoch, positives, rank,
-                                    world_size, show_bar)
-        train_loss = float(loss)  # the one host sync of the epoch
-        train_seconds = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise UsageError(f"training loss became {train_loss} in epoch {epoch}; lower --learning_rate "
-                             f"(now {args.learning_rate:g}); the best checkpoint so far is kept")
-        eval_started = time.perf_counter()
-        metrics = run_evaluation(getattr(model, "module", model), dataset, args, autocast, mask, rank, world_size,
-                                 score)
-        eval_seconds = time.perf_counter() - eval_started
-        elapsed += time.perf_counter() - started
-        record = {"epoch": epoch, "train_loss": train_loss, "validation_loss": metrics["validation_loss"],
-                  hr_key: metrics[hr_key], ndcg_key: metrics[ndcg_key],
-                  "learning_rate": optimizer.param_groups[0]["lr"],  # at the epoch's last step
-                  "train_throughput": samples * world_size / train_seconds, "train_epoch_time": train_seconds,
-                  "eval_throughput": metrics["eval_samples"] / eval_seconds, "validation_epoch_time": eval_seconds}
-        log.write("epoch", record)
-        say(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {metrics['validation_loss']:.4f}  "
-            f"HR@{args.topk} {metrics[hr_key]:.4f}  NDCG@{args.topk} {metrics[ndcg_key]:.4f}  "
-            f"{record['train_throughput'] / 1e6:.2f}M samples/s  {train_seconds + eval_seconds:.1f} s")
-        if metrics[hr_key] > best["hr"]:
-            best = {"hr": metrics[hr_key], "ndcg": metrics[ndcg_key], "epoch": epoch, "seconds": elapsed}
-            if checkpoint_dir and is_main and best["hr"] > best_on_disk:
-                save_checkpoint(checkpoint_dir / "best.pt", model, model_args, optimizer, scaler, epoch, record,
-                                best, args, dataset)
-                best_on_disk = best["hr"]
-        best["elapsed"] = elapsed
-        if checkpoint_dir and is_main:
-            save_checkpoint(last_path, model, model_args, optimizer, scaler, epoch, record, best, args, dataset)
-        if args.threshold is not None and metrics[hr_key] >= args.threshold:
-            time_to_target = elapsed
-            say(f"reached the target HR@{args.topk} {args.threshold} in epoch {epoch}; stopping")
-            break
-
-    summary = {"best_accuracy": best["hr"], "best_ndcg": best["ndcg"], "best_epoch": best["epoch"],
-               "time_to_best_model": best["seconds"], "time_to_target": time_to_target, "total_time": elapsed}
-    log.write("summary", summary)
-    say(f"best HR@{args.topk} {best['hr']:.4f}  NDCG@{args.topk} {best['ndcg']:.4f}  at epoch {best['epoch']}"
-        f"  ({best['seconds']:.1f} s of training and evaluation)")
-    return 0
+    return autocast, scaler
 
 
 if __name__ == "__main__":

@@ -15,6 +15,22 @@ import torch
 from torch import nn
 
 
+def binary_cross_entropy(logits, labels, weights=None):
+    """Summed BCE of logits against 0/1 labels, each sample counted ``weights`` times (once when None); in float32
+    whatever the logits' precision."""
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, weights, reduction="sum")
+
+
+def implicit_loss(model, inputs, autocast):
+    """The training loss of GMF, MLP and the paper's NeuMF (``train.fit``'s loss function): summed BCE of
+    ``model(users, items)`` over a batch's (users, items, labels, weights); reported and minimised alike."""
+    users, items, labels, weights = inputs
+    with autocast():
+        logits = model(users, items)
+    loss = binary_cross_entropy(logits, labels, weights)
+    return loss, loss
+
+
 def _check_sizes(num_users, num_items, factors=None, layers=None, dropout=0.0):
     if num_users < 1 or num_items < 1:
         raise ValueError(f"num_users and num_items must be positive, got {num_users} and {num_items}.")
@@ -123,6 +139,10 @@ class GMF(nn.Module):
     def forward(self, users, items):
         return self.output(self.features(users, items)).squeeze(-1)
 
+    def training_loss(self):
+        """The loss function ``train.fit`` trains this model with."""
+        return implicit_loss
+
     def candidate_dot(self, users, items, weight):
         """``features(users[:, None], items) @ weight`` [B, C] for users [B] and their candidates items [B, C]: each
         user's row, scaled by ``weight`` [factors], is dotted with its candidates' rows (no [B, C, factors]
@@ -156,6 +176,11 @@ class MLP(nn.Module):
         self.output = nn.Linear(layers[-1], 1)
         _lecun_uniform_(self.output)
 
+    @property
+    def layer_sizes(self):
+        """The ``layers`` this MLP was built with: the joined embeddings' width, then each tower layer's."""
+        return [self.user_embedding.embedding_dim * 2] + [linear.out_features for linear in self.linears]
+
     def features(self, users, items):
         joined = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)  # [..., layers[0]]
         for linear in self.linears:  # the tower, each ReLU and Dropout fused into one step
@@ -164,6 +189,10 @@ class MLP(nn.Module):
 
     def forward(self, users, items):
         return self.output(self.features(users, items)).squeeze(-1)
+
+    def training_loss(self):
+        """The loss function ``train.fit`` trains this model with."""
+        return implicit_loss
 
     def candidate_features(self, users, items):
         """``features(users[:, None], items)`` [B, C, layers[-1]] for users [B] and candidates items [B, C].
@@ -219,6 +248,30 @@ class NeuMF(nn.Module):
             return joint
         return joint, self.gmf.output(gmf).squeeze(-1), self.mlp.output(mlp).squeeze(-1)
 
+    def training_loss(self, branch_loss=0.0):
+        """The loss function ``train.fit`` trains this model with, and which output layers learn.
+
+        With ``branch_loss`` W > 0, each branch also scores every training pair through its own output layer, and
+        those two BCE losses, times W, are added to NeuMF's: each branch learns to be a model of its own, as
+        pre-training makes it, in one run; NeuMF's own loss is the one reported. With 0, NeuMF's joint output
+        alone is trained, as in the paper and NVIDIA's tool, and the branches' output layers stay frozen.
+        """
+        if branch_loss < 0:
+            raise ValueError(f"branch_loss must be 0 or more, got {branch_loss}.")
+        self.train_branch_outputs(branch_loss > 0)
+        if not branch_loss:
+            return implicit_loss
+
+        def loss_with_branches(model, inputs, autocast):
+            users, items, labels, weights = inputs
+            with autocast():
+                joint, gmf, mlp = model(users, items, branches=True)
+            own = binary_cross_entropy(joint, labels, weights)
+            return own, own + branch_loss * (binary_cross_entropy(gmf, labels, weights)
+                                             + binary_cross_entropy(mlp, labels, weights))
+
+        return loss_with_branches
+
     def score(self, users, items):
         """Logits [B, C] of users [B] for their candidates items [B, C], as ``forward`` for every pair."""
         factors = self.gmf.user_embedding.embedding_dim
@@ -237,17 +290,3 @@ class NeuMF(nn.Module):
         self.output.weight.copy_(torch.cat([alpha * gmf.output.weight, (1 - alpha) * mlp.output.weight], dim=1))
         self.output.bias.copy_(alpha * gmf.output.bias + (1 - alpha) * mlp.output.bias)
         return self
-
-
-MODELS = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP}
-
-
-def build_model(kind, num_users, num_items, factors=64, layers=(256, 256, 128, 64), dropout=0.5):
-    """Construct one of MODELS from the shared hyper-parameters; each model takes the ones it uses."""
-    if kind == "gmf":
-        return GMF(num_users, num_items, factors)
-    if kind == "mlp":
-        return MLP(num_users, num_items, tuple(layers), dropout)
-    if kind == "neumf":
-        return NeuMF(num_users, num_items, factors, tuple(layers), dropout)
-    raise ValueError(f"model must be one of {sorted(MODELS)}, got {kind!r}.")

@@ -8,6 +8,7 @@ Summarise or plot a log with ``python -m logger.summarize LOG``.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,14 +28,32 @@ class RunLogger:
             handle.write(json.dumps(record) + "\n")
 
 
+    def forget_epochs_from(self, epoch):
+        """Drop the latest run's epoch records numbered ``epoch`` or later: a resumed run repeats the epochs that a
+        killed one logged after its last checkpoint, and the log keeps each epoch once. Rewritten atomically."""
+        if self.path is None or not self.path.is_file() or epoch == 0:
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        records = [_parse(line) for line in lines]
+        starts = [index for index, record in enumerate(records) if record and record.get("type") == "config"]
+        latest = starts[-1] if starts else 0
+        kept = [line for index, (line, record) in enumerate(zip(lines, records))
+                if not (index > latest and record and record.get("type") == "epoch"
+                        and record.get("epoch", -1) >= epoch)]
+        if len(kept) < len(lines):
+            temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            temporary.write_text("".join(kept))
+            os.replace(temporary, self.path)
+
+
+def _parse(line):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_log(path):
     """The records of a log, as a list of dicts; lines that are not JSON objects are skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return [record for record in map(_parse, Path(path).read_text().splitlines()) if record is not None]

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import dataloading
+import evaluation
 import ncf
 from conftest import run_convert
 
@@ -136,9 +138,9 @@ def test_alpha_sweep_ends_at_the_two_pretrained_models(tmp_path, capsys):
     assert set(rows) == {"0", "0.5", "1"}
     dataset = dataloading.load_dataset(data)
     for alpha, model in (("1", "gmf"), ("0", "mlp")):
-        alone = ncf.model_from_checkpoint(ncf.load_checkpoint(paths[model])).eval()
+        alone = checkpoint.load_model(paths[model]).eval()
         with torch.no_grad():
-            hits, ndcg, _, _, users = dataloading.evaluate(alone, dataset, 3, 1024, contextlib.nullcontext).tolist()
+            hits, ndcg, _, _, users = evaluation.sampled_sums(alone, dataset, 3, 1024, contextlib.nullcontext).tolist()
         assert rows[alpha] == pytest.approx((round(hits / users, 4), round(ndcg / users, 4)), abs=1e-4)
     # Bad input: one line naming the file, exit code 2.
     assert bench.main(["--data", str(data), "--pretrain_gmf", paths["gmf"], "--pretrain_mlp", paths["gmf"]]) == 2
@@ -161,16 +163,16 @@ def test_ensemble_of_one_model_twice_scores_as_that_model(tmp_path, capsys):
     rows = table_rows(capsys.readouterr().out, paths[0], "mean of the 2", "ensemble (mean logits)")
     assert len(rows) == 4 and len({(row[1], row[2]) for row in rows}) == 1  # every row the same figures
     dataset = dataloading.load_dataset(data)
-    alone = ncf.model_from_checkpoint(ncf.load_checkpoint(paths[0])).eval()
+    alone = checkpoint.load_model(paths[0]).eval()
     with torch.no_grad():
-        hits, ndcg, _, _, users = dataloading.evaluate(alone, dataset, 3, 1024, contextlib.nullcontext).tolist()
+        hits, ndcg, _, _, users = evaluation.sampled_sums(alone, dataset, 3, 1024, contextlib.nullcontext).tolist()
     assert (float(rows[0][1]), float(rows[0][2])) == pytest.approx((hits / users, ndcg / users), abs=1e-4)
     assert bench.main(["--data", str(data), *paths, "-k", "3", "--device", "cpu"]) == 0
     rows = table_rows(capsys.readouterr().out, *paths, "mean of the 2", "ensemble (mean logits)")
     assert float(rows[2][1]) == pytest.approx((float(rows[0][1]) + float(rows[1][1])) / 2, abs=1e-4)
-    models = [ncf.model_from_checkpoint(ncf.load_checkpoint(path)).eval() for path in paths]
+    models = [checkpoint.load_model(path).eval() for path in paths]
     with torch.no_grad():  # the ensemble row: the two models' logits averaged by hand
-        hits, ndcg, _, _, users = dataloading.evaluate(
+        hits, ndcg, _, _, users = evaluation.sampled_sums(
             None, dataset, 3, 1024, contextlib.nullcontext,
             score=lambda u, i: (models[0].score(u, i) + models[1].score(u, i)) / 2).tolist()
     assert (float(rows[3][1]), float(rows[3][2])) == pytest.approx((hits / users, ndcg / users), abs=1e-4)

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import dataloading
+import evaluation
 import ncf
+import train
+from checkpoint import build_model
 from conftest import run_convert
-from neumf import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,9 +76,9 @@ def test_sharded_evaluation_equals_one_process(synthetic, world_size):
     dataset = dataloading.load_dataset(synthetic)
     torch.manual_seed(0)
     model = build_model("neumf", dataset.num_users, dataset.num_items, factors=8, layers=(16, 8), dropout=0).eval()
-    autocast, _ = ncf.mixed_precision(False, torch.device("cpu"))
-    whole = dataloading.evaluate(model, dataset, 10, 97, autocast)
-    shards = sum(dataloading.evaluate(model, dataset, 10, 97, autocast, rank, world_size)
+    autocast, _ = train.mixed_precision(False, torch.device("cpu"))
+    whole = evaluation.sampled_sums(model, dataset, 10, 97, autocast)
+    shards = sum(evaluation.sampled_sums(model, dataset, 10, 97, autocast, rank, world_size)
                  for rank in range(world_size))
     assert shards[0] == whole[0] and shards[3] == whole[3] and shards[4] == whole[4] == dataset.num_users
     assert shards[1].item() == pytest.approx(whole[1].item(), rel=1e-12)  # NDCG: float64 sums, regrouped

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import dataloading
-from neumf import GMF, MLP, NeuMF, build_model
+import evaluation
+from checkpoint import build_model
+from neumf import GMF, MLP, NeuMF
 
 MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),
                 "neumf": dict(factors=8, layers=[16, 8, 4], dropout=0.0)}
@@ -23,14 +25,14 @@ def test_hand_computed_hr_and_ndcg():
     mask = torch.ones_like(negatives, dtype=torch.bool)
     for k, expected_hits, expected_ndcg in ((1, 1, 1.0), (3, 2, 1.0 + 1 / math.log2(4)),
                                             (5, 3, 1.0 + 1 / math.log2(4) + 1 / math.log2(6))):
-        hits, ndcg = dataloading.rank_metrics(positive, negatives, mask, k)
+        hits, ndcg = evaluation.rank_metrics(positive, negatives, mask, k)
         assert int(hits) == expected_hits
         assert float(ndcg) == pytest.approx(expected_ndcg)
 
 
 def test_constant_scores_give_zero():
     scores = torch.zeros(5, 100)
-    hits, ndcg = dataloading.rank_metrics(scores[:, 0], scores[:, 1:], torch.ones(5, 99, dtype=torch.bool), 10)
+    hits, ndcg = evaluation.rank_metrics(scores[:, 0], scores[:, 1:], torch.ones(5, 99, dtype=torch.bool), 10)
     assert int(hits) == 0 and float(ndcg) == 0.0
 
 
@@ -38,11 +40,11 @@ def test_masked_negatives_do_not_count():
     # The negative equal to the test item and the repeated negative are ignored: rank 0 instead of 2.
     test_items = torch.tensor([7])
     negatives = torch.tensor([[7, 3, 3, 5]])
-    mask = dataloading.candidate_mask(test_items, negatives)
+    mask = evaluation.candidate_mask(test_items, negatives)
     assert mask.tolist() == [[False, True, False, True]]
     positive, scores = torch.tensor([0.5]), torch.tensor([[0.9, 0.1, 0.9, 0.2]])
     scores[0, 1] = 0.1
-    hits, _ = dataloading.rank_metrics(positive, scores, mask, 1)
+    hits, _ = evaluation.rank_metrics(positive, scores, mask, 1)
     assert int(hits) == 1
 
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 import yaml
 
+import checkpoint
 import dataloading
+import defaults
+import evaluation
 import ncf
 from conftest import run_convert
 
@@ -94,7 +97,7 @@ def test_cosine_schedule_decays_and_a_resumed_run_follows_the_same_curve(planted
     assert code == 0
     rates = [record["learning_rate"] for record in whole_records if record["type"] == "epoch"]
     assert all(later < earlier for earlier, later in zip(rates, rates[1:])) and 0 < rates[-1] < 0.01 * 0.01
-    evaluations, evaluate = 0, ncf.run_evaluation
+    evaluations, evaluate = 0, evaluation.sampled_metrics
 
     def interrupted_in_epoch_3(*args, **kwargs):
         nonlocal evaluations
@@ -103,10 +106,10 @@ def test_cosine_schedule_decays_and_a_resumed_run_follows_the_same_curve(planted
             raise KeyboardInterrupt  # after epoch 2's checkpoint, as a killed 6-epoch run
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(ncf, "run_evaluation", interrupted_in_epoch_3)
+    monkeypatch.setattr(evaluation, "sampled_metrics", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(planted, part, *flags)
-    monkeypatch.setattr(ncf, "run_evaluation", evaluate)
+    monkeypatch.setattr(evaluation, "sampled_metrics", evaluate)
     code, records = train(planted, part, *flags, "--resume")
     assert code == 0
     resumed = [record for record in records if record["type"] == "epoch"]  # the log holds both runs
@@ -191,7 +194,7 @@ def test_recency_weighting_follows_each_users_latest_taste(drifting, tmp_path):
         code, _ = train(data, run, "--model", "gmf", "-e", "20", "-f", "4", "--recency", recency,
                         "--recency_window", "1")
         assert code == 0
-        model = ncf.model_from_checkpoint(ncf.load_checkpoint(run / "ck" / "last.pt")).eval()
+        model = checkpoint.load_model(run / "ck" / "last.pt").eval()
         wins = 0
         for index, original in enumerate(user_ids):
             old, new = groups[original]
@@ -215,18 +218,18 @@ def test_branch_losses_make_each_branch_a_model_of_its_own(planted, tmp_path, we
     code, records = train(planted, tmp_path, "--model", "neumf", "-e", "15", "--branch_loss", weight)
     assert code == 0 and records[0]["branch_loss"] == weight
     assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
-    checkpoint = ncf.load_checkpoint(tmp_path / "ck" / "last.pt")
-    neumf = ncf.model_from_checkpoint(checkpoint)
+    saved = checkpoint.load_checkpoint(tmp_path / "ck" / "last.pt")
+    neumf = checkpoint.model_from_checkpoint(saved)
     torch.manual_seed(0)  # the initial model of the run (seed 0)
-    initial = ncf.build_model("neumf", **checkpoint["model_args"])
+    initial = checkpoint.build_model("neumf", **saved["model_args"])
     outputs_moved = [not torch.equal(getattr(neumf, branch).output.weight, getattr(initial, branch).output.weight)
                      for branch in ("gmf", "mlp")]
     assert outputs_moved == [weight > 0] * 2  # without branch losses the branches' own outputs stay as they began
     if weight:  # each branch alone, through its own output layer, ranks the held-out items first
         dataset = dataloading.load_dataset(planted)
-        mask = dataloading.candidate_mask(dataset.test_items, dataset.test_negatives)
+        mask = evaluation.candidate_mask(dataset.test_items, dataset.test_negatives)
         for branch in (neumf.gmf, neumf.mlp):
-            hits, *_, users = dataloading.evaluate(branch.eval(), dataset, 1, 64, contextlib.nullcontext,
+            hits, *_, users = evaluation.sampled_sums(branch.eval(), dataset, 1, 64, contextlib.nullcontext,
                                                    mask=mask).tolist()
             assert hits / users >= 0.9
 
@@ -260,17 +263,19 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
     assert "negatives per positive: 16 (chosen for 336 training pairs" in out
     assert "batch size: 1024 (chosen" in out and "learning rate:" in out
     assert "Adam betas: 0.9, 0.999 (chosen" in out
-    assert ncf.choose_batch_size(20_000_000, 4) == 2**18 and ncf.choose_batch_size(994_169, 4) == 2**13
-    assert ncf.choose_batch_size(99_057, 16) == 2**12 and ncf.choose_betas(2**20) == (0.25, 0.5)
+    assert defaults.choose_batch_size(20_000_000, 4) == 2**18 and defaults.choose_batch_size(994_169, 4) == 2**13
+    assert defaults.choose_batch_size(99_057, 16) == 2**12 and defaults.choose_betas(2**20) == (0.25, 0.5)
     # Negatives: NVIDIA's 4 from ML-1M's size up, 16 at ML-100k's, in between for sizes in between.
-    assert [ncf.choose_negatives(n) for n in (20_000_000, 994_169, 400_000, 200_000, 99_057, 336)] == \
+    assert [defaults.choose_negatives(n) for n in (20_000_000, 994_169, 400_000, 200_000, 99_057, 336)] == \
         [4, 4, 4, 8, 16, 16]
     # The built-in demo (no --data) keeps 4 so that it stays quick; flags given are used as given.
     dataset = dataloading.load_dataset(planted)
     demo = ncf.parse_args([])
-    assert "negatives per positive" in ncf.resolve_sizes(demo, dataset) and demo.negative_samples == 4
+    demo_config, notes = ncf.resolve_config(demo, dataset)
+    assert "negatives per positive" in notes and demo_config.negative_samples == 4
     given = ncf.parse_args(["--data", str(planted), "-n", "2"])
-    assert "negatives per positive" not in ncf.resolve_sizes(given, dataset) and given.negative_samples == 2
+    given_config, notes = ncf.resolve_config(given, dataset)
+    assert "negatives per positive" not in notes and given_config.negative_samples == 2
     # Epochs: 20, the demo 10 (its best epoch comes by the 9th); a given -e is used for either.
     assert (demo.epochs, given.epochs) == (10, 20)
     assert ncf.parse_args(["-e", "3"]).epochs == 3 and ncf.parse_args(["--data", "x", "-e", "30"]).epochs == 30

@@ -1,0 +1,245 @@
+"""Checkpoints: the model registry, atomic save, safe load, and the checks that a checkpoint fits its use.
+
+    model = build_model("neumf", num_users, num_items, factors=64, layers=[256, 256, 128, 64], dropout=0.5)
+    save_checkpoint(path, model, "neumf", model_arguments(...), optimizer, scaler, epoch, record, best, config,
+                    dataset.fingerprint)
+    checkpoint = load_checkpoint(path, dataset)          # refuses another dataset's checkpoint
+    model = model_from_checkpoint(checkpoint, path)
+
+A checkpoint describes itself (model kind and constructor arguments, state, optimizer, epoch, best metrics,
+configuration and the dataset's fingerprint), so testing or resuming needs nothing else. Files are read with
+``torch.load(weights_only=True)``: loading never runs code from the file. Every problem with a file is a
+CheckpointError whose message is one line naming it.
+"""
+
+import inspect
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from neumf import GMF, MLP, NeuMF
+
+CHECKPOINT_FORMAT = "ncf-checkpoint-v1"
+
+# Model kind -> constructor. A constructor takes num_users and num_items, then hyper-parameters by name: the
+# configuration's values of those names are its arguments (``model_arguments``).
+MODELS = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP}
+
+REQUIRED_KEYS = ("model", "model_args", "state_dict", "fingerprint")
+RESUME_KEYS = ("optimizer", "scaler", "epoch", "best", "config")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used here: the message is one line naming the file and what to do."""
+
+
+def _hyper_parameters(kind):
+    if kind not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {kind!r}.")
+    return [name for name in inspect.signature(MODELS[kind]).parameters if name not in ("num_users", "num_items")]
+
+
+def model_arguments(kind, num_users, num_items, settings):
+    """The constructor arguments of a ``kind`` model: the counts, and from ``settings`` (a mapping such as the
+    configuration) the hyper-parameters its constructor names. Lists stay lists, as a checkpoint stores them."""
+    return {"num_users": num_users, "num_items": num_items,
+            **{name: list(settings[name]) if isinstance(settings[name], tuple) else settings[name]
+               for name in _hyper_parameters(kind) if name in settings}}
+
+
+def build_model(kind, num_users, num_items, **settings):
+    """A fresh ``kind`` model; ``settings`` may hold hyper-parameters of other kinds too, which are ignored."""
+    return MODELS[kind](**model_arguments(kind, num_users, num_items, settings))
+
+
+def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, metrics, best, config, fingerprint):
+    """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file;
+    a failed write (a full disk) removes its temporary file and raises a CheckpointError."""
+    model = getattr(model, "module", model)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "metrics": metrics,
+        "best": best, "config": config, "fingerprint": fingerprint,
+    }
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # torch reports a failed write as a RuntimeError
+        temporary.unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:100]
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}); free some space or pass another "
+                              "--checkpoint_dir") from None
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of checkpoint writes whose process has died (a run killed while saving)."""
+    for temporary in Path(folder).glob(".*.tmp-*"):
+        match = re.fullmatch(r"\..+\.tmp-(\d+)", temporary.name)
+        if match and not _process_alive(int(match.group(1))):
+            temporary.unlink(missing_ok=True)
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def load_checkpoint(path, dataset=None, for_resume=False):
+    """A checkpoint dict, loaded without executing code; a CheckpointError for a missing, empty, foreign or
+    incomplete file, and, given ``dataset``, for a checkpoint trained on another dataset."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint written by this tool")
+    missing = [key for key in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, without {', '.join(missing)}")
+    if not isinstance(checkpoint["model_args"], dict) or checkpoint["model"] not in MODELS:
+        raise CheckpointError(f"{path}: holds an unknown model {str(checkpoint['model'])[:40]!r} (this tool knows "
+                              f"{', '.join(sorted(MODELS))})")
+    if dataset is not None and checkpoint["fingerprint"] != dataset.fingerprint:
+        args = checkpoint["model_args"]
+        raise CheckpointError(f"{path}: trained on another dataset ({args.get('num_users')} users, "
+                              f"{args.get('num_items')} items; this one has {dataset.num_users} and "
+                              f"{dataset.num_items}); pass the matching --data")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, path="checkpoint"):
+    """The model a loaded checkpoint describes, with its trained weights; a CheckpointError when its arguments or
+    weights do not make that model."""
+    kind, model_args = checkpoint["model"], checkpoint["model_args"]
+    try:
+        model = MODELS[kind](**model_args)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its {kind} arguments {str(model_args)[:80]} are not valid ({error})") \
+            from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        summary = " ".join(str(error).split())[:120]
+        raise CheckpointError(f"{path}: its weights do not fit a {kind} with {model_args} ({summary})") from None
+    return model
+
+
+def load_model(path, dataset=None, kind=None):
+    """The trained model in a checkpoint file (checked against ``dataset``, and to hold a ``kind`` model)."""
+    checkpoint = load_checkpoint(path, dataset)
+    if kind is not None and checkpoint["model"] != kind:
+        raise CheckpointError(f"{path}: holds a {checkpoint['model']} model, expected {kind}")
+    return model_from_checkpoint(checkpoint, path)
+
+
+def initial_model(kind, model_args, dataset, load_path=None, pretrained=None):
+    """The model a run starts from: fresh, the weights of ``load_path`` (a checkpoint of the same model), or, with
+    ``pretrained`` = (GMF checkpoint, MLP checkpoint, alpha), NeuMF built from the two trained models."""
+    model = build_model(kind, **model_args)
+    if load_path:
+        checkpoint = load_checkpoint(load_path, dataset)
+        if checkpoint["model"] != kind or checkpoint["model_args"] != model_args:
+            raise CheckpointError(f"{load_path}: holds a {checkpoint['model']} with {checkpoint['model_args']}, "
+                                  "which differs from the flags given")
+        model.load_state_dict(checkpoint["state_dict"])
+    if pretrained:
+        gmf_path, mlp_path, alpha = pretrained
+        gmf, mlp = (load_model(path, dataset, expected) for path, expected in ((gmf_path, "gmf"), (mlp_path, "mlp")))
+        if gmf.user_embedding.embedding_dim != model_args["factors"] or mlp.layer_sizes != list(model_args["layers"]):
+            raise CheckpointError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
+        model.load_pretrained(gmf, mlp, alpha)
+    return model
+
+
+def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields):
+    """Load the state of ``path`` (last.pt) into model, optimizer and scaler, after ``check_resumable``; returns
+    (the epoch to continue from, the run's best so far as ``train.fit`` takes it)."""
+    state = load_checkpoint(path, dataset, for_resume=True)
+    check_resumable(state, path, kind, model_args, config, fields)
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    best = state["best"]
+    return state["epoch"] + 1, {"epoch": best["epoch"], "metrics": best_metrics(best, metric),
+                                "seconds": best["seconds"], "elapsed": best.get("elapsed", 0.0)}
+
+
+def check_resumable(checkpoint, path, kind, model_args, config, fields):
+    """Refuse to resume from ``checkpoint`` with settings that differ from those it was trained with.
+
+    ``fields`` lists (configuration key, flag as the user writes it, value a checkpoint without that key was
+    trained with (None: not checked), whether it matters for this configuration). The model and its arguments are
+    always compared.
+    """
+    if checkpoint["model"] != kind or checkpoint["model_args"] != model_args:
+        raise CheckpointError(f"{path}: holds a {checkpoint['model']} with {checkpoint['model_args']}, which differs "
+                              "from the flags given; resume with the original flags")
+    saved_config = checkpoint["config"]
+    for key, flag, default, applies in fields:
+        saved = saved_config.get(key, default)
+        if applies and saved is not None and saved != config[key]:
+            shown = format(saved, "g") if isinstance(saved, float) else saved
+            raise CheckpointError(f"{path}: was trained with {flag} {shown}; resume with the same")
+
+
+def best_on_disk(path, fingerprint, kind, metric, warn=None):
+    """The ``metric`` value of a best.pt already at ``path`` for this dataset and model kind (None when there is
+    none); refuses one of another dataset or model, or a file this tool cannot read, which would be overwritten.
+    An empty file (a write cut short) holds nothing: it is reported through ``warn`` and will be replaced."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.stat().st_size == 0:
+        (warn or (lambda text: print(text, file=sys.stderr)))(f"warning: {path}: empty; it will be replaced")
+        return None
+    checkpoint = load_checkpoint(path)
+    if checkpoint["fingerprint"] != fingerprint or checkpoint["model"] != kind:
+        raise CheckpointError(f"{path}: holds a {checkpoint['model']} model for another dataset or model; pass "
+                              "another --checkpoint_dir (or remove it) so it is not overwritten")
+    return best_metrics(checkpoint.get("best", {}), metric).get(metric)
+
+
+def best_metrics(best, metric):
+    """The metrics of a checkpoint's best epoch. Checkpoints of earlier versions kept only ``hr`` and ``ndcg``
+    under ``best``, for the HR@k and NDCG@k of the run's k: they are read as those."""
+    if "metrics" in best:
+        return best["metrics"]
+    if "hr" in best and metric.startswith("hr@"):
+        return {metric: best["hr"], "ndcg@" + metric[3:]: best.get("ndcg", 0.0)}
+    return {}
+
+
+def check_writable(path, flag, folder):
+    """Fail before any work when ``path`` (a folder, or a file when not ``folder``) could not be written: a file
+    or folder in the way, or a place without write access. Creates nothing."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise CheckpointError(f"{flag} {path}: is a {'file' if folder else 'directory'}; pass another {flag}")
+    existing = path if folder and path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"{flag} {path}: {existing} is a file, so nothing can be written there; pass another "
+                              f"{flag}")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise CheckpointError(f"{flag} {path}: cannot write in {existing} ({error.strerror}); pass another {flag}") \
+            from None

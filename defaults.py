@@ -1,0 +1,88 @@
+"""Defaults that depend on the data: what ncf.py uses for -n, -b, -l and Adam's betas when they are not given.
+
+Each is measured (bench/grids and docs/experiments.md hold the sweeps behind them); ncf.py prints what it chose.
+
+    negatives = choose_negatives(num_train)
+    batch_size = choose_batch_size(num_train, negatives)
+    learning_rate, betas = choose_learning_rate(batch_size), choose_betas(batch_size)
+"""
+
+import math
+
+DEFAULT_EPOCHS = 20
+DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6875 HR@10): 10 take 60-136 s on 2 CPU cores, 20 took 3-4 minutes
+
+DEMO_NEGATIVES = 4  # the demo keeps NVIDIA's default: with the 14 of the rule below it took 7 minutes on 2 cores
+
+
+def choose_negatives(num_train):
+    """Default negatives per positive: about 1.6M divided by the training pairs, between NVIDIA's 4 and 16.
+
+    On a small dataset an epoch is cheap and over quickly, and more negatives per positive measurably help: NeuMF on
+    ML-100k (99,057 pairs, so 16) reaches 0.691 HR@10 with 16 against 0.681 with 4 (6 runs each; BENCHMARKS.md), at
+    3.4 times the time per epoch. ML-1M (994,169 pairs) and larger sets keep NVIDIA's 4.
+    """
+    return int(min(16, max(4, round(1.6e6 / max(num_train, 1)))))
+
+
+def choose_batch_size(num_train, negatives_per_positive):
+    """Default batch: a power of two giving about 512 optimizer steps per epoch, between 2^10 and 2^20.
+
+    NVIDIA's fixed 2^20 suits MovieLens-20M but leaves ML-1M with 5 steps per epoch (0.65 HR@10) and ML-100k with
+    less than one. Sweeps on ML-100k and ML-1M (bench/grids, BENCHMARKS.md) put the best batches at a few hundred
+    to a thousand steps per epoch: ML-100k 2^12 (with its 16 negatives; 2^10 with 4), ML-1M 2^13, ML-20M 2^18.
+    """
+    samples = num_train * (1 + negatives_per_positive)
+    return int(2 ** min(20, max(10, round(math.log2(max(samples / 512, 1))))))
+
+
+def choose_learning_rate(batch_size):
+    """Default Adam learning rate for a batch size: NVIDIA's 0.0045 at 2^20, scaled by the square root of the batch
+    ratio (the usual rule for Adam), floored at 0.001."""
+    return max(0.001, 0.0045 * math.sqrt(batch_size / 2**20))
+
+
+LARGE_BATCH = 2**18
+
+
+def choose_betas(batch_size):
+    """Default Adam betas: NVIDIA's (0.25, 0.5), tuned for batch 2^20 on ML-20M, for large batches; Adam's usual
+    (0.9, 0.999) below, measured better at the batches that suit smaller datasets (BENCHMARKS.md)."""
+    return (0.25, 0.5) if batch_size >= LARGE_BATCH else (0.9, 0.999)
+
+
+def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate=None, beta1=None, beta2=None):
+    """The run's -n, -b, -l, -b1 and -b2: each as given, else chosen for ``num_train`` training pairs (``demo``: the
+    built-in demo keeps NVIDIA's 4 negatives). Returns (values by flag name, notes {what: (value, how chosen)} to
+    print, a warning or None); a batch larger than an epoch is clamped to one."""
+    values, notes, warning = {}, {}, None
+    if negatives is None:
+        if demo:  # the built-in demo: a quick first run
+            negatives, how = DEMO_NEGATIVES, "NVIDIA's, kept for the built-in demo so that it stays quick"
+        else:
+            negatives, how = choose_negatives(num_train), f"chosen for {num_train:,} training pairs"
+        notes["negatives per positive"] = (negatives, f"{how}; set with -n")
+    samples = num_train * (1 + negatives)
+    if batch_size is None:
+        batch_size = choose_batch_size(num_train, negatives)
+        notes["batch size"] = (batch_size, f"chosen for {samples:,} samples per epoch; set with -b")
+    elif batch_size > samples:
+        warning = (f"warning: --batch_size {batch_size:,} is larger than an epoch ({samples:,} samples); using "
+                   f"{samples:,}")
+        batch_size = samples
+        notes["batch size"] = (batch_size, "clamped to one epoch")
+    else:
+        notes["batch size"] = (batch_size, "given")
+    if learning_rate is None:
+        learning_rate = choose_learning_rate(batch_size)
+        notes["learning rate"] = (learning_rate, "chosen for the batch size; set with -l")
+    else:
+        notes["learning rate"] = (learning_rate, "given")
+    if beta1 is None or beta2 is None:
+        default_betas = choose_betas(batch_size)
+        beta1 = default_betas[0] if beta1 is None else beta1
+        beta2 = default_betas[1] if beta2 is None else beta2
+        notes["Adam betas"] = (f"{beta1:g}, {beta2:g}", "chosen for the batch size; set with -b1/-b2")
+    values.update(negative_samples=negatives, batch_size=batch_size, learning_rate=learning_rate, beta1=beta1,
+                  beta2=beta2)
+    return values, notes, warning

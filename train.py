@@ -1,0 +1,270 @@
+"""The training loop, the same for every model family: devices, mixed precision, one epoch, and the fit over epochs.
+
+It knows no model and no task. It takes a model, an optimizer, a source of batches, a loss function and an
+evaluation returning metrics by name, and selects the best epoch on one named metric in a stated direction:
+
+    selection = Selection("hr@10")                       # or Selection("rmse", higher_is_better=False)
+    result = fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, epochs=20)
+
+- ``batches_of_epoch(epoch)``: the epoch's batches, with ``len()``; each a ``Batch`` (its inputs, this rank's
+  sample count, and the global batch's sample count over every rank).
+- ``loss(model, inputs, autocast)``: (loss sum to report, loss sum to minimise), both 0-d tensors summed over the
+  batch's samples; they differ when a model trains on more than it reports (NeuMF's branch losses).
+- ``evaluate()``: a dict of floats keyed by logged name; ``eval_samples`` in it (candidates scored) gives the
+  evaluation throughput.
+
+Distributed and mixed precision live here: world size and rank from torchrun's variables (``setup_devices``), one
+autocast context factory and one ``GradScaler`` (``mixed_precision``), no precision branches in the loop.
+"""
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import sparse_adam
+
+
+class Batch(NamedTuple):
+    inputs: tuple  # what the loss function takes, e.g. (users, items, labels, weights)
+    samples: int  # samples in this rank's part of the batch
+    global_samples: int  # samples in the whole batch, every rank's part together
+
+
+class NonFiniteLoss(Exception):
+    """The training loss of an epoch became NaN or infinite."""
+
+    def __init__(self, epoch, loss):
+        super().__init__(f"training loss became {loss} in epoch {epoch}")
+        self.epoch, self.loss = epoch, loss
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which epoch is best: the one with the best value of ``metric``, higher or lower being better."""
+
+    metric: str
+    higher_is_better: bool = True
+
+    @property
+    def worst(self):
+        return -math.inf if self.higher_is_better else math.inf
+
+    def improves(self, value, best):
+        return value > best if self.higher_is_better else value < best
+
+    def reaches(self, value, target):
+        """Whether ``value`` meets a target (``--threshold``): at least it, or at most it when lower is better."""
+        return value >= target if self.higher_is_better else value <= target
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+class DeviceError(Exception):
+    """The requested device is not available."""
+
+
+def setup_devices(choice="auto"):
+    """The Runtime (device, rank, world size) from torchrun's variables (rank 0 of 1 without torchrun), with the
+    process group initialised when there are several ranks."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return Runtime(device, rank, world_size)
+
+
+def mixed_precision(enabled, device):
+    """One autocast context factory and one GradScaler; both are no-ops when ``enabled`` is false. bfloat16 where
+    the device has it (CPUs do), else float16, which alone needs loss scaling."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+    return autocast, scaler
+
+
+def compiled(function, compile_mode):
+    """``function`` (a module or a method) compiled with torch.compile in ``compile_mode``, or as it is without
+    one."""
+    return torch.compile(function, mode=compile_mode) if compile_mode else function
+
+
+def make_optimizer(model, name, **settings):
+    """The optimizer over ``model``'s trainable parameters: 'adam' (AdamW, fused) or 'row_sparse_adam' (embedding
+    rows updated only when looked up; see sparse_adam.py). ``settings``: lr, betas, eps, weight_decay."""
+    if name == "row_sparse_adam":
+        return sparse_adam.build_optimizer(model, **settings)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return torch.optim.AdamW(trainable, **settings, fused=True)
+
+
+def distributed(model, runtime):
+    """``model`` wrapped for data-parallel training when there are several ranks, else itself."""
+    if runtime.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
+
+
+class RanksDisagree(Exception):
+    """torchrun's ranks were given different data, settings or epochs to resume from."""
+
+
+def check_ranks_agree(settings, fingerprint, start_epoch, runtime):
+    """Stop every rank with one clear error when ranks were given different data or flags, or would resume from
+    different epochs (a last.pt that only some nodes can see), instead of training different models."""
+    if runtime.world_size == 1:
+        return
+    settings = {key: value for key, value in settings.items() if key != "local_rank"}
+    text = json.dumps({"dataset": fingerprint, "settings": settings, "start_epoch": start_epoch}, sort_keys=True,
+                      default=str)
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+    values = torch.tensor([digest, -digest], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)  # max of digest and of -digest: equal digests iff max == -max
+    if int(values[0]) != -int(values[1]):
+        raise RanksDisagree("the ranks disagree on the dataset, the flags or the epoch to resume from; give every "
+                            "rank the same --data (same contents), the same command line and a --checkpoint_dir they "
+                            "all see (a shared file system)")
+
+
+def epoch_seed(seed, epoch):
+    """The seed of an epoch's order, negatives and dropout. Seeding by (seed, epoch) makes each epoch independent
+    of what ran before, so a resumed run repeats an uninterrupted one exactly."""
+    return seed * 1_000_003 + epoch * 7919
+
+
+def cosine_rate(base, progress):
+    """The learning rate at ``progress`` in [0, 1) of a run along half a cosine from ``base`` towards 0."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_epoch(model, optimizer, scaler, autocast, batches, loss, *, grads_accumulated=1, world_size=1,
+                learning_rate=None, position=(0, 1), show_bar=False, description=""):
+    """One pass over ``batches``; returns (mean reported loss over every rank's samples as a 0-d tensor, samples of
+    every rank).
+
+    ``learning_rate(progress)``, when given, sets the rate before each step from the run's progress in [0, 1);
+    ``position`` is (this epoch, the run's epochs), so step s of n is at ``(epoch * n + s) / (epochs * n)``.
+    """
+    model.train()
+    num_batches = len(batches)
+    loss_total, samples = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(batches, total=num_batches, desc=description, leave=False, disable=not show_bar)
+    for step, batch in enumerate(bar):
+        if learning_rate is not None:
+            epoch, epochs = position
+            rate = learning_rate((epoch * num_batches + step) / (epochs * num_batches))
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+        # Every rank divides its loss sum by the global batch's sample count times the ranks that DDP averages
+        # over, so the applied gradient is that of the global batch's mean loss, even when a rank's slice is
+        # uneven or empty. The last group may hold fewer batches than grads_accumulated; it is still applied,
+        # scaled by its size.
+        group = min(grads_accumulated, num_batches - (step // grads_accumulated) * grads_accumulated)
+        applies = (step + 1) % grads_accumulated == 0 or step + 1 == num_batches
+        sync = contextlib.nullcontext() if applies or world_size == 1 else model.no_sync()
+        with sync:  # under no_sync, this rank accumulates; DDP averages once, at the applying step
+            reported, objective = loss(model, batch.inputs, autocast)
+            scaler.scale(objective * (world_size / (batch.global_samples * group))).backward()
+        if applies:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        loss_total = loss_total + reported.detach()  # a device tensor from the first batch on: no host sync
+        samples += batch.samples
+    loss_total = torch.as_tensor(loss_total, device=getattr(loss_total, "device", None))
+    totals = torch.stack([loss_total.double(), torch.tensor(float(samples), dtype=torch.float64,
+                                                             device=loss_total.device)])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    return totals[0] / totals[1].clamp(min=1), int(totals[1])
+
+
+def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, autocast=None,
+        start_epoch=0, best=None, seed=0, rank=0, world_size=1, grads_accumulated=1, learning_rate=None,
+        threshold=None, on_epoch=None, save=None, saved_best=None, show_bar=False):
+    """Train from ``start_epoch`` to ``epochs``, evaluating after each epoch; returns the run's ``best`` and
+    whether it stopped at ``threshold``.
+
+    ``best`` (from a resumed run, else None) is a dict: ``epoch``, ``metrics`` (the evaluation of that epoch),
+    ``seconds`` (training and evaluation time up to it) and ``elapsed`` (up to the last epoch run).
+    ``on_epoch(record)`` is called after each epoch (to log and print) with the epoch's record: ``epoch``,
+    ``train_loss``, the evaluation's metrics, ``learning_rate``, throughputs and times. Then ``save(name, record,
+    best)``, when given, writes "best.pt" for an epoch better than the run's best so far and than ``saved_best`` (a
+    best model already kept, never overwritten by a worse one), and "last.pt" after every epoch.
+    Raises NonFiniteLoss when an epoch's loss is not finite, before anything of that epoch is reported.
+    """
+    autocast = autocast or contextlib.nullcontext
+    best = best or {"epoch": -1, "metrics": {}, "seconds": 0.0, "elapsed": 0.0}
+    elapsed, reached = best["elapsed"], False
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        seed_of_epoch = epoch_seed(seed, epoch)
+        torch.manual_seed(seed_of_epoch + 104_729 * (rank + 1))  # dropout: its own stream on each rank
+        train_loss, samples = train_epoch(
+            model, optimizer, scaler, autocast, batches_of_epoch(epoch), loss, grads_accumulated=grads_accumulated,
+            world_size=world_size, learning_rate=learning_rate, position=(epoch, epochs),
+            show_bar=show_bar, description=f"epoch {epoch}")
+        train_loss = float(train_loss)  # the one host sync of the epoch
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(epoch, train_loss)
+        eval_started = time.perf_counter()
+        metrics = evaluate()
+        eval_seconds = time.perf_counter() - eval_started
+        elapsed += time.perf_counter() - started
+        scored = metrics.pop("eval_samples", None)
+        record = {"epoch": epoch, "train_loss": train_loss, **metrics,
+                  "learning_rate": optimizer.param_groups[0]["lr"],  # at the epoch's last step
+                  "train_throughput": samples / train_seconds, "train_epoch_time": train_seconds,
+                  **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
+                  "validation_epoch_time": eval_seconds}
+        value = metrics[selection.metric]
+        improved = selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
+        if improved:
+            best = {"epoch": epoch, "metrics": metrics, "seconds": elapsed}
+        best = {**best, "elapsed": elapsed}
+        if on_epoch is not None:
+            on_epoch(record)
+        if save is not None:
+            if improved and (saved_best is None or selection.improves(value, saved_best)):
+                save("best.pt", record, best)
+                saved_best = value
+            save("last.pt", record, best)
+        if threshold is not None and selection.reaches(value, threshold):
+            reached = True
+            break
+    return best, reached
