@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,11 +297,15 @@ def _resolve_column(spec, columns, candidates, flag, path, required):
 def _to_timestamps(values, name, path, first_data_line):
     """Numeric times as they are; date/time strings as Unix seconds; anything else is an error naming the line."""
     series = pd.Series(values)
-    if pd.api.types.is_numeric_dtype(series) and not series.isna().any():
-        return series.to_numpy().astype(np.int64)
-    numbers = pd.to_numeric(series, errors="coerce")
+    numbers = series if pd.api.types.is_numeric_dtype(series) else pd.to_numeric(series, errors="coerce")
     if numbers.notna().all():
-        return numbers.to_numpy().astype(np.int64)
+        values = numbers.to_numpy()
+        outside = ~(np.abs(values.astype(np.float64)) < 2.0**62)  # inf, NaN and beyond int64 (which wrap silently)
+        if outside.any():
+            row = int(np.argmax(outside))
+            raise ConversionError(f"{path}: line {row + first_data_line}: {name} {values[row]} is not a usable time "
+                                  "(infinite or out of range); fix or drop the row")
+        return values.astype(np.int64)
     dates = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
     if dates.notna().all():
         return (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
@@ -319,7 +324,12 @@ def _frame_to_interactions(frame, path, columns, fmt, first_data_line):
     if frame.empty:
         raise ConversionError(f"{path}: file holds no interactions")
     for name, column in (("user id", user), ("item id", item)):
-        missing = frame[column].isna().to_numpy()
+        head = frame[column].iloc[:1000] if frame[column].dtype == object else frame[column].iloc[:0]
+        nested = head.map(lambda value: isinstance(value, (list, dict, tuple, np.ndarray))).to_numpy()
+        if nested.any():  # (Parquet list or struct columns; the first rows tell, without a pass over them all)
+            raise ConversionError(f"{path}: line {int(np.argmax(nested)) + first_data_line}: the {name} column "
+                                  f"{column!r} holds lists or records, not ids; pass another column")
+        missing = frame[column].isna().to_numpy(copy=True)
         if frame[column].dtype == object:
             missing |= (frame[column].astype(str).str.strip() == "").to_numpy()
         if missing.any():
@@ -705,24 +715,55 @@ def _id_table(ids, titles=None):
     return table
 
 
-def _prepare_output(output, force):
-    """Refuse an existing output without --force and an unwritable place; returns (staging dir, parent)."""
+def _prepare_output(output, force, source=None):
+    """Refuse an existing output without --force, one --force must not replace, and an unwritable place; clean the
+    leftovers of killed conversions; returns (staging dir, parent)."""
     output = Path(output)
+    _clean_leftovers(output.absolute())
     if output.exists() and not force:
         raise ConversionError(f"{output}: already exists; pass --force to replace it")
     if output.exists() and not output.is_dir():
         raise ConversionError(f"{output}: exists and is not a directory")
+    if source is not None and Path(output).resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+        raise ConversionError(f"{output}: holds the input --path {source}, which replacing it would delete; choose "
+                              "another --output")
+    if output.exists() and not (output / "metadata.json").is_file():
+        raise ConversionError(f"{output}: is not a dataset written by convert.py (no metadata.json), and --force "
+                              "only replaces those; choose another --output, or remove it yourself")
     parent = output.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=parent)), parent
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-{os.getpid()}-", dir=parent)), parent
     except OSError as error:
         raise ConversionError(f"{output}: cannot write here ({error.strerror}); choose another --output") from None
 
 
-def check_output(output, force):
-    """Fail fast, before a long conversion, when the output could not be written."""
-    staging, _ = _prepare_output(output, force)
+def _clean_leftovers(output):
+    """Remove what a killed conversion of ``output`` left beside it: its half-built ``.partial-PID`` folder, and
+    its ``.old-PID`` backup of the dataset it was replacing, put back in place when the new one never arrived."""
+    for leftover in output.parent.glob(f".{output.name}.*-*"):
+        match = re.fullmatch(rf"\.{re.escape(output.name)}\.(partial|old)-(\d+)(-\w+)?", leftover.name)
+        if not match or not leftover.is_dir() or _process_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not output.exists():
+            leftover.rename(output)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output(output, force, source=None):
+    """Fail fast, before a long conversion, when the output could not or must not be written."""
+    staging, _ = _prepare_output(output, force, source)
     staging.rmdir()
 
 
@@ -753,6 +794,9 @@ def write_dataset(split, output, source, seed, force, progress):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        umask = os.umask(0)  # read it back at once: mkdtemp made the folder 0700, a dataset is as any new folder
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
         if output.exists():
             backup = parent / f".{output.name}.old-{os.getpid()}"
             output.rename(backup)
@@ -888,7 +932,7 @@ def main(argv=None):
     args = parse_args(argv)
     progress = Progress(args.quiet)
     try:
-        check_output(args.output, args.force)
+        check_output(args.output, args.force, args.path)
         data = load_interactions(args, progress)
         if isinstance(data, Split):
             split = data
@@ -900,7 +944,18 @@ def main(argv=None):
     except ConversionError as error:
         print(f"convert.py: error: {error}", file=sys.stderr)
         return 1
-    print_summary(metadata, progress.elapsed(), args.output)
+    except UnicodeDecodeError as error:  # raised deep inside pandas' parser, for any reader
+        print(f"convert.py: error: {args.path}: not UTF-8 text (byte {error.object[error.start:error.start + 1]!r} "
+              f"at offset {error.start} of a block); re-encode the file as UTF-8", file=sys.stderr)
+        return 1
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        print(f"convert.py: error: {args.path}: truncated or damaged compressed file ({error}); fetch it again",
+              file=sys.stderr)
+        return 1
+    try:
+        print_summary(metadata, progress.elapsed(), args.output)
+    except BrokenPipeError:  # the summary piped into a reader that stopped early (``| head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

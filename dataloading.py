@@ -198,8 +198,10 @@ def _load_nvidia(path):
             for file in chunk["files"]:
                 try:
                     tensors.append(torch.load(path / file, map_location="cpu", weights_only=True))
-                except (OSError, RuntimeError, EOFError) as error:
-                    raise DatasetError(f"{path / file}: cannot load ({str(error)[:80]})") from None
+                except Exception as error:  # noqa: BLE001 - a pickle refused by weights_only, a damaged file, ...
+                    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:80]
+                    raise DatasetError(f"{path / file}: cannot load as tensors ({first_line}); only plain tensor "
+                                       "files are read (weights_only)") from None
             data = torch.cat(tensors)  # [rows, features]: one column per feature
             if data.dim() == 1:
                 data = data[:, None]

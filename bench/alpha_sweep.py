@@ -1,6 +1,6 @@
 """HR@k and NDCG@k of NeuMF built from trained GMF and MLP checkpoints, before any fine-tuning, for several alphas.
 
-    python bench/alpha_sweep.py --data data/ml1m-ncf --pretrain_gmf runs/ml1m/gmf/best.pt \\
+    python -m bench.alpha_sweep --data data/ml1m-ncf --pretrain_gmf runs/ml1m/gmf/best.pt \\
         --pretrain_mlp runs/ml1m/mlp/best.pt
 
 NeuMF's pre-trained output layer is the GMF output layer weighted by alpha plus the MLP output layer weighted by
@@ -13,18 +13,16 @@ Prints a Markdown table; ``--append`` adds it, with the command, device and date
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+import torch
 
-import torch  # noqa: E402
-
-import dataloading  # noqa: E402
-import ncf  # noqa: E402
-from bench import train_bench  # noqa: E402
-from bench.record import append_result  # noqa: E402
-from neumf import NeuMF  # noqa: E402
+import dataloading
+import evaluation
+import train
+from bench import common
+from bench.common import append_result
+from checkpoint import load_model
+from neumf import NeuMF
 
 
 def parse_args(argv=None):
@@ -51,31 +49,31 @@ def parse_args(argv=None):
 def sweep(dataset, gmf, mlp, alphas, topk):
     """[(alpha, HR@k, NDCG@k)] of NeuMF initialised from ``gmf`` and ``mlp`` at each alpha."""
     factors = gmf.user_embedding.embedding_dim
-    layers = ncf._mlp_layers(mlp)
+    layers = mlp.layer_sizes
     rows = []
     for alpha in alphas:
         model = NeuMF(dataset.num_users, dataset.num_items, factors, layers).load_pretrained(gmf, mlp, alpha)
         model.to(dataset.test_users.device).eval()
         with torch.no_grad():
-            hits, ndcg, _, _, users = dataloading.evaluate(model, dataset, topk, 4096, contextlib.nullcontext).tolist()
-        rows.append((alpha, hits / users, ndcg / users))
+            metrics = evaluation.sampled_metrics(model, dataset, topk, 4096, contextlib.nullcontext)
+        rows.append((alpha, metrics[f"hr@{topk}"], metrics[f"ndcg@{topk}"]))
     return rows
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        device = ncf.setup_devices(args.device)[0]
+        device = train.setup_devices(args.device).device
         dataset = dataloading.load_dataset(args.data)
-        gmf, mlp = ncf.load_pretrained_pair(args.pretrain_gmf, args.pretrain_mlp, dataset)
-    except (ncf.UsageError, dataloading.DatasetError) as error:
+        gmf, mlp = load_model(args.pretrain_gmf, dataset, "gmf"), load_model(args.pretrain_mlp, dataset, "mlp")
+    except common.ERRORS as error:
         print(f"alpha_sweep: error: {error}", file=sys.stderr)
         return 2
     dataset = dataset.to(device)
     rows = sweep(dataset, gmf.to(device), mlp.to(device), args.alphas, args.topk)
     best = max(rows, key=lambda row: row[1])
     header = (f"NeuMF from {args.pretrain_gmf} and {args.pretrain_mlp} on {args.data}, before fine-tuning "
-              f"(alpha 1 scores as the GMF model, 0 as the MLP model); device: {train_bench.describe_device(device)}")
+              f"(alpha 1 scores as the GMF model, 0 as the MLP model); device: {common.describe_device(device)}")
     lines = [f"| alpha | HR@{args.topk} | NDCG@{args.topk} |", "|---|---|---|"]
     lines += [f"| {alpha:g} | {hr:.4f} | {ndcg:.4f} |" for alpha, hr, ndcg in rows]
     lines += ["", f"Best: alpha {best[0]:g}, HR@{args.topk} {best[1]:.4f}."]

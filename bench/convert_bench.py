@@ -1,7 +1,7 @@
 """Benchmark convert.py on a synthetic MovieLens-20M-format ratings.csv: wall time and peak memory.
 
-    python bench/convert_bench.py                          # 138,493 users, 26,744 items, 20M rows
-    python bench/convert_bench.py --rows 1000000 --users 6040 --items 3706
+    python -m bench.convert_bench                          # 138,493 users, 26,744 items, 20M rows
+    python -m bench.convert_bench --rows 1000000 --users 6040 --items 3706
 
 Writes the CSV (pyarrow) and the dataset under --workdir (a temporary folder by default), runs convert.py in a
 child process and reports its wall time and peak resident memory (ru_maxrss of the child).
@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_ratings_csv(path, users, items, rows, seed):
     """A MovieLens-20M-format ratings.csv (userId,movieId,rating,timestamp) from the synthetic generator."""
-    sys.path.insert(0, str(ROOT))  # the benchmark is a script run from anywhere; the tool is not installed
     from synthetic import synthetic_interactions
 
     data = synthetic_interactions(users, items, rows, seed=seed)

@@ -1,6 +1,6 @@
 """HR@k and NDCG@k of several trained checkpoints scored together: each alone, and their mean logits.
 
-    python bench/ensemble.py --data data/ml100k runs/ml100k/seed*/neumf/best.pt
+    python -m bench.ensemble --data data/ml100k runs/ml100k/seed*/neumf/best.pt
 
 How far averaging models trained with different seeds moves the metrics, on the same test users: a measure of
 how much of one run's result is its seed's noise. The checkpoints may be of any model kind (GMF, MLP, NeuMF) but
@@ -11,17 +11,15 @@ adds it, with the command, device and date, to BENCHMARKS.md.
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+import torch
 
-import torch  # noqa: E402
-
-import dataloading  # noqa: E402
-import ncf  # noqa: E402
-from bench import train_bench  # noqa: E402
-from bench.record import append_result  # noqa: E402
+import dataloading
+import evaluation
+import train
+from bench import common
+from bench.common import append_result
+from checkpoint import load_model
 
 
 def parse_args(argv=None):
@@ -47,19 +45,17 @@ def metrics(dataset, models, topk):
         return torch.stack([model.score(users, items) for model in models]).mean(dim=0)
 
     with torch.no_grad():
-        hits, ndcg, _, _, users = dataloading.evaluate(None, dataset, topk, 4096, contextlib.nullcontext,
-                                                       score=score).tolist()
-    return hits / users, ndcg / users
+        metrics = evaluation.sampled_metrics(None, dataset, topk, 4096, contextlib.nullcontext, score=score)
+    return metrics[f"hr@{topk}"], metrics[f"ndcg@{topk}"]
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        device = ncf.setup_devices(args.device)[0]
+        device = train.setup_devices(args.device).device
         dataset = dataloading.load_dataset(args.data)
-        models = [ncf.model_from_checkpoint(ncf.load_checkpoint(path, dataset)).to(device).eval()
-                  for path in args.checkpoints]
-    except (ncf.UsageError, dataloading.DatasetError) as error:
+        models = [load_model(path, dataset).to(device).eval() for path in args.checkpoints]
+    except common.ERRORS as error:
         print(f"ensemble: error: {error}", file=sys.stderr)
         return 2
     dataset = dataset.to(device)
@@ -67,7 +63,7 @@ def main(argv=None):
     together = metrics(dataset, models, args.topk)
     k = args.topk
     header = (f"{len(models)} checkpoints on {args.data}, each alone and their mean logits; "
-              f"device: {train_bench.describe_device(device)}")
+              f"device: {common.describe_device(device)}")
     lines = [f"| model | HR@{k} | NDCG@{k} |", "|---|---|---|"]
     lines += [f"| {path} | {hr:.4f} | {ndcg:.4f} |" for path, (hr, ndcg) in zip(args.checkpoints, alone)]
     lines += [f"| mean of the {len(models)} | {sum(hr for hr, _ in alone) / len(alone):.4f} | "

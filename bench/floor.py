@@ -1,8 +1,8 @@
 """The physical floor of a NeuMF training step: bytes moved and FLOPs, over this device's measured bandwidth and
 matrix-product rate, set against the measured step time.
 
-    python bench/floor.py                                                   # CPU-sized default: the demo shape
-    python bench/floor.py --synthetic 138493 26744 20000000 --batch_size 1048576 --amp --append   # ML-20M shape
+    python -m bench.floor                                                   # CPU-sized default: the demo shape
+    python -m bench.floor --synthetic 138493 26744 20000000 --batch_size 1048576 --amp --append   # ML-20M shape
 
 Counts, per step of ``--batch_size`` samples (ncf.py's default NeuMF, NVIDIA's sizes, the model train_bench times):
 
@@ -26,22 +26,18 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+import torch
 
-import torch  # noqa: E402
-
-import ncf  # noqa: E402
-from bench import train_bench  # noqa: E402
-from bench.record import append_result  # noqa: E402
+import ncf
+from bench import common, train_bench
+from bench.common import append_result
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train_bench.add_run_arguments(parser)
+    common.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the first is a warm-up)")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
@@ -102,7 +98,7 @@ def main(argv=None):
         + (["-n", str(args.negative_samples)] if args.negative_samples is not None else [])
         + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else [])
         + (["--compile", args.compile] if args.compile else []))
-    setup = train_bench.device_and_data("floor.py", bench_args)
+    setup = common.device_and_data("floor.py", bench_args)
     if setup is None:
         return 1
     device, dataset, name = setup
@@ -127,9 +123,9 @@ def main(argv=None):
               f"| measured step | {measured['train'] / 1e6:,.2f}M samples/s | {step_seconds * 1e3:.3f} |",
               f"| measured / floor | | {step_seconds / floor:.1f}x |"]
     table = "\n".join(lines)
-    label = train_bench.run_label(args.amp, args.compile, "neumf", args.branch_loss)
+    label = common.run_label(args.amp, args.compile, "neumf", args.branch_loss)
     header = (f"NeuMF, batch {batch:,}{label}, optimizer {args.optimizer}, "
-              f"data: {name}; device: {train_bench.describe_device(device)}")
+              f"data: {name}; device: {common.describe_device(device)}")
     print(header)
     print(table)
     if args.append:

@@ -1,8 +1,8 @@
 """Inference latency and throughput of a model's forward pass per batch size, like NVIDIA's inference.py.
 
-    python bench/inference_bench.py                                        # CPU-sized default: 2^0 ... 2^16
-    python bench/inference_bench.py --batch_sizes 1 1024 65536 1048576 --amp --iterations 200
-    python bench/inference_bench.py --checkpoint runs/ml1m/neumf/best.pt --append
+    python -m bench.inference_bench                                        # CPU-sized default: 2^0 ... 2^16
+    python -m bench.inference_bench --batch_sizes 1 1024 65536 1048576 --amp --iterations 200
+    python -m bench.inference_bench --checkpoint runs/ml1m/neumf/best.pt --append
 
 Scores random (user, item) pairs with NeuMF (NVIDIA's sizes, ML-20M's table sizes by default, or the model in
 --checkpoint) in eval mode under ``torch.inference_mode``. Each batch size gets warm-up passes, then --iterations
@@ -14,17 +14,14 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+import torch
 
-import torch  # noqa: E402
-
-import ncf  # noqa: E402
-from bench import train_bench  # noqa: E402
-from bench.record import append_result  # noqa: E402
-from neumf import build_model  # noqa: E402
+import ncf
+import train
+from bench import common
+from bench.common import append_result
+from checkpoint import CheckpointError, build_model, load_checkpoint, model_from_checkpoint
 
 
 def parse_args(argv=None):
@@ -77,17 +74,18 @@ def time_batch(model, num_users, num_items, batch_size, args, device, autocast):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        device = ncf.setup_devices(args.device)[0]  # the device ncf.py would train on, set up the same way
-    except ncf.UsageError as error:
+        device = train.setup_devices(args.device).device  # the device ncf.py would train on, set up the same way
+    except train.DeviceError as error:
         print(f"inference_bench.py: error: {error}", file=sys.stderr)
         return 1
     if args.checkpoint:
         try:
-            checkpoint = ncf.load_checkpoint(args.checkpoint)
-        except ncf.UsageError as error:
+            checkpoint = load_checkpoint(args.checkpoint)
+            model = model_from_checkpoint(checkpoint, args.checkpoint)
+        except CheckpointError as error:
             print(f"inference_bench.py: error: {error}", file=sys.stderr)
             return 1
-        model, name = ncf.model_from_checkpoint(checkpoint), f"{checkpoint['model']} from {args.checkpoint}"
+        name = f"{checkpoint['model']} from {args.checkpoint}"
         num_users, num_items = checkpoint["model_args"]["num_users"], checkpoint["model_args"]["num_items"]
     else:
         torch.manual_seed(0)
@@ -96,13 +94,13 @@ def main(argv=None):
             args.items
     model = model.to(device).eval()
     forward = torch.compile(model, mode=args.compile) if args.compile else model
-    autocast, _ = ncf.mixed_precision(args.amp, device)
+    autocast, _ = train.mixed_precision(args.amp, device)
     rows = [time_batch(forward, num_users, num_items, size, args, device, autocast) for size in args.batch_sizes]
     lines = ["| batch | mean latency (ms) | p90 (ms) | p99 (ms) | throughput (samples/s) |", "|---|---|---|---|---|"]
     lines += [f"| {row['batch']:,} | {row['mean']:.3f} | {row['p90']:.3f} | {row['p99']:.3f} | "
               f"{row['throughput']:,.0f} |" for row in rows]
     table = "\n".join(lines)
-    header = f"{name}{train_bench.run_label(args.amp, args.compile)}; device: {train_bench.describe_device(device)}"
+    header = f"{name}{common.run_label(args.amp, args.compile)}; device: {common.describe_device(device)}"
     print(header)
     print(table)
     if args.append:

@@ -1,7 +1,7 @@
 """Where a training step's time goes: the device kernels (or CPU operators) of ncf.py's training loop, ranked.
 
-    python bench/profile_step.py                                              # CPU-sized default: the demo shape
-    python bench/profile_step.py --synthetic 138493 26744 20000000 --batch_size 1048576 --amp   # ML-20M shape
+    python -m bench.profile_step                                              # CPU-sized default: the demo shape
+    python -m bench.profile_step --synthetic 138493 26744 20000000 --batch_size 1048576 --amp   # ML-20M shape
 
 Runs ``ncf.train_epoch`` exactly as ncf.py does, on the first ``--steps`` batches' worth of training pairs: once to
 warm up (and compile, with ``--compile``), once under ``torch.profiler``. Prints the wall time per step, the time
@@ -10,25 +10,22 @@ by their own time (kernels on a GPU, operators on a CPU), per step.
 """
 
 import argparse
+import dataclasses
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-import dataloading  # noqa: E402
-import ncf  # noqa: E402
-from bench import train_bench  # noqa: E402
+import dataloading
+import train
+from bench import common, train_bench
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train_bench.add_run_arguments(parser)
+    common.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
     parser.add_argument("--steps", type=int, default=20, help="steps profiled")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
@@ -38,9 +35,8 @@ def parse_args(argv=None):
 
 def first_pairs(dataset, count):
     """The dataset with only its first ``count`` training pairs (users, items and test set unchanged)."""
-    return dataloading.Dataset(dataset.num_users, dataset.num_items, dataset.train_users[:count],
-                               dataset.train_items[:count], dataset.test_users, dataset.test_items,
-                               dataset.test_negatives, dataset.fingerprint, dataset.path)
+    return dataclasses.replace(dataset, train_users=dataset.train_users[:count],
+                               train_items=dataset.train_items[:count], train_weights=None)
 
 
 def synchronize(device):
@@ -50,28 +46,21 @@ def synchronize(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup = train_bench.device_and_data("profile_step.py", train_bench.parse_args(
+    setup = common.device_and_data("profile_step.py", train_bench.parse_args(
         ["--synthetic", *map(str, args.synthetic), "--device", args.device]
         + (["--data", args.data] if args.data else [])))
     if setup is None:
         return 1
     device, dataset, name = setup
-    run = ncf.parse_args(["--model", args.model, "-b", str(args.batch_size), "--checkpoint_dir", "",
-                          "--device", device.type, *train_bench.run_flags(args)])
-    ncf.resolve_sizes(run, dataset)
-    positives_per_batch = max(1, run.batch_size // (1 + run.negative_samples))
+    run = common.prepare_run(dataset, device, ["--model", args.model, "-b", str(args.batch_size),
+                                               *common.run_flags(args)])
+    positives_per_batch = max(1, run.config.batch_size // (1 + run.config.negative_samples))
     dataset = first_pairs(dataset, positives_per_batch * args.steps)
     steps = -(-dataset.num_train // positives_per_batch)
-    model, _, optimizer = ncf.build(run, dataset, device)
-    train_model = ncf.for_training(model, run.compile)
-    autocast, scaler = ncf.mixed_precision(run.amp, device)
-    positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
-                                        dataset.num_items)
+    train_model = train.compiled(run.model, run.config.compile)
 
     def epoch(number):
-        loss, _ = ncf.train_epoch(train_model, optimizer, scaler, autocast, dataset, run, number, positives, 0, 1,
-                                  False)
-        float(loss)
+        run.epoch(dataset, number, train_model)
 
     epoch(0)  # warm-up, and compilation
     synchronize(device)
@@ -81,7 +70,8 @@ def main(argv=None):
     step_ms = (time.perf_counter() - started) / steps * 1e3
     generator = torch.Generator(device).manual_seed(1)
     started = time.perf_counter()
-    for _batch in dataloading.epoch_batches(dataset, run.batch_size, run.negative_samples, generator, positives):
+    for _batch in dataloading.epoch_batches(dataset, run.config.batch_size, run.config.negative_samples, generator,
+                                            run.positives):
         pass
     synchronize(device)
     batches_ms = (time.perf_counter() - started) / steps * 1e3
@@ -96,10 +86,10 @@ def main(argv=None):
         # named self_cuda_time_total before PyTorch 2.4
         sort = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
     total_us = sum(getattr(event, sort) for event in averages)
-    label = train_bench.run_label(run.amp, run.compile, run.model, run.branch_loss)
-    print(f"{args.model}, batch {run.batch_size:,}{label}, "
-          f"optimizer {run.optimizer}, data: {name}; device: {train_bench.describe_device(device)}")
-    print(f"{steps} steps: {step_ms:.3f} ms a step ({run.batch_size / step_ms / 1e3:.1f}M samples/s); "
+    label = common.run_label(run.config.amp, run.config.compile, run.config.model, run.config.branch_loss)
+    print(f"{args.model}, batch {run.config.batch_size:,}{label}, "
+          f"optimizer {run.config.optimizer}, data: {name}; device: {common.describe_device(device)}")
+    print(f"{steps} steps: {step_ms:.3f} ms a step ({run.config.batch_size / step_ms / 1e3:.1f}M samples/s); "
           f"drawing the batches alone {batches_ms:.3f} ms a step; "
           f"{'device' if device.type == 'cuda' else 'CPU'} self time {total_us / steps / 1e3:.3f} ms a step")
     print("| operator or kernel | calls a step | ms a step | share |")

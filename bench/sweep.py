@@ -1,7 +1,7 @@
 """Run a grid of ncf.py configurations over several seeds, in parallel worker processes, and rank them.
 
-    python bench/sweep.py --data data/ml100k --grid grid.txt --seeds 0 1 2 --workers 4 --output sweep.jsonl
-    python bench/sweep.py --output bench/results/ml100k-focus-cpu.jsonl      # only rank the results of a sweep
+    python -m bench.sweep --data data/ml100k --grid grid.txt --seeds 0 1 2 --workers 4 --output sweep.jsonl
+    python -m bench.sweep --output bench/results/ml100k-focus-cpu.jsonl      # only rank the results of a sweep
 
 Each non-empty line of the grid file holds the ncf.py flags of one configuration (``#`` starts a comment), for
 example ``--model gmf -b 2048 -l 0.002 -e 20``. Every (configuration, seed) pair runs ``ncf.main`` in a worker
@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ scripts run from anywhere
 
 
 def parse_args(argv=None):

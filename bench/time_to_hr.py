@@ -1,8 +1,8 @@
 """Time to reach a given HR@10: the HR@10 curve of one ncf.py run, with the wall time at every epoch.
 
-    python bench/time_to_hr.py                                         # CPU-sized default: the demo shape
-    python bench/time_to_hr.py --synthetic 138493 26744 20000000 --target 0.839 -- -b 1048576 --amp -e 10
-    python bench/time_to_hr.py --data data/ml1m-ncf --target 0.70 --append -- --model gmf
+    python -m bench.time_to_hr                                         # CPU-sized default: the demo shape
+    python -m bench.time_to_hr --synthetic 138493 26744 20000000 --target 0.839 -- -b 1048576 --amp -e 10
+    python -m bench.time_to_hr --data data/ml1m-ncf --target 0.70 --append -- --model gmf
 
 Generates the synthetic set (``--synthetic U I N``, as ``convert.py --synthetic`` would) into a temporary
 directory, or uses ``--data``, then runs ``ncf.py`` in this process with the flags after ``--`` (defaults
@@ -20,14 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a script run from anywhere; the tool is not installed
+import torch
 
-import torch  # noqa: E402
-
-import convert  # noqa: E402
-import ncf  # noqa: E402
-from bench.record import append_result  # noqa: E402
+import convert
+import ncf
+from bench.common import append_result
 
 
 def parse_args(argv=None):

@@ -2,6 +2,11 @@
 
 import gzip
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +16,7 @@ import convert
 from conftest import load_output, run_convert, shared_file
 
 # What the tiny_log fixture must become (original ids): test items by user and the training pairs.
+ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_TEST = {10: 102, 11: 103, 12: 105, 14: 103}
 EXPECTED_TRAIN = {(10, 100), (10, 101), (11, 100), (12, 104), (14, 105), (14, 102)}
 
@@ -281,13 +287,80 @@ def test_existing_output_needs_force(random_log, tmp_path, capsys):
     frame, out = random_log
     path = out.parent / "ratings.csv"
     target = tmp_path / "existing"
-    target.mkdir()
+    assert run_convert(["--path", path, "--output", target])[0] == 0
     (target / "keep.txt").write_text("mine")
     code, err = run_convert(["--path", path, "--output", target], capsys)
     assert code == 1 and "--force" in err and (target / "keep.txt").read_text() == "mine"
     assert run_convert(["--path", path, "--output", target, "--force"])[0] == 0
     assert not (target / "keep.txt").exists() and (target / "metadata.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["existing"]  # no staging or backup folder left behind
+
+
+def folder_bytes(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("where", ["input folder", "its parent", "another folder"])
+def test_force_never_replaces_the_input_or_a_folder_that_is_not_a_dataset(tmp_path, tiny_log, capsys, where):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    source = write_u_data(folder, tiny_log)
+    (folder / "notes.txt").write_text("mine")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("also mine")
+    output = {"input folder": folder, "its parent": tmp_path, "another folder": other}[where]
+    before = folder_bytes(tmp_path)
+    code, err = run_convert(["--path", source, "--output", output, "--force"], capsys)
+    assert code == 1
+    expected = "is not a dataset written by convert.py" if where == "another folder" else "holds the input --path"
+    assert len(err.strip().splitlines()) == 1 and expected in err
+    assert folder_bytes(tmp_path) == before  # byte-identical: nothing deleted, nothing written
+
+
+def test_leftovers_of_a_killed_conversion_are_cleaned_and_a_lost_dataset_put_back(tmp_path, tiny_log):
+    source = write_ratings_csv(tmp_path, tiny_log)
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    partial = tmp_path / f".data.partial-{dead}-abc123"
+    partial.mkdir()
+    backup = tmp_path / f".data.old-{dead}"  # killed between moving the old dataset aside and the new one in
+    negatives = ["--valid_negative", "2"]
+    assert run_convert(["--path", source, "--output", backup, *negatives])[0] == 0
+    assert run_convert(["--path", source, "--output", tmp_path / "data", "--force", *negatives])[0] == 0
+    assert not partial.exists() and not backup.exists() and (tmp_path / "data" / "metadata.json").is_file()
+    backup.mkdir()
+    (backup / "metadata.json").write_text("{}")
+    code = run_convert(["--path", source, "--output", tmp_path / "other", *negatives])[0]
+    assert code == 0 and backup.exists()  # another output's name: not this conversion's leftover
+    shutil.rmtree(tmp_path / "data")
+    assert run_convert(["--path", source, "--output", tmp_path / "data", *negatives])[0] == 1  # put back: exists
+    assert (tmp_path / "data" / "metadata.json").read_text() == "{}" and not backup.exists()
+
+
+def test_dataset_folder_has_the_usual_permissions(tmp_path, tiny_log):
+    source = write_ratings_csv(tmp_path, tiny_log)
+    old = os.umask(0o022)
+    try:
+        assert run_convert(["--path", source, "--output", tmp_path / "data", "--valid_negative", "2"])[0] == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o755
+
+
+def test_mixed_numeric_and_text_ids_are_labels(tmp_path):
+    rows = [(12, "a1", 1), ("x", "a2", 2), (12, "a2", 3), ("x", "a1", 4), ("x", "a3", 5), (12, "a4", 6)]
+    path = tmp_path / "mixed.json"
+    path.write_text("".join(json.dumps({"reviewerID": user, "asin": item, "overall": 5, "unixReviewTime": time})
+                            + "\n" for user, item, time in rows))
+    assert run_convert(["--path", path, "--output", tmp_path / "data", "--valid_negative", "1"])[0] == 0
+    assert (tmp_path / "data" / "users.csv").read_text().splitlines()[1:] == ["0,12", "1,x"]
+
+
+def test_summary_piped_into_a_reader_that_stops_is_not_an_error(tmp_path):
+    command = f"{sys.executable} {ROOT / 'convert.py'} --dataset demo --output {tmp_path / 'data'} --quiet | head -c 1"
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert (tmp_path / "data" / "metadata.json").is_file()
 
 
 # --------------------------------------------------------------------------------------------------- bad input
@@ -321,18 +394,40 @@ def bad_input_cases(tmp_path, tiny_log):
         "unwritable output": (["--path", ok, "--output", not_a_dir / "sub"], "cannot write"),
         "wrong movielens header": (["--path", ok, "--format", "movielens-20m"], None),
         "truncated gzip": (["--path", write_truncated_gzip(tmp_path)], "cannot read"),
+        "truncated gzip body": (["--path", write_truncated_gzip(tmp_path, "cut.csv.gz", 3000)], "truncated"),
+        "not UTF-8": (["--path", write_lines(tmp_path / "latin.data", ["1\t2\t3\t4", "\xff\xfe\t2\t3\t4"],
+                                             encoding="latin-1"), "--format", "movielens-100k"], "not UTF-8 text"),
+        "infinite time": (["--path", write_lines(tmp_path / "inf.csv", ["user,item,timestamp", "1,2,100", "1,3,inf"])],
+                          "line 3: time (column 'timestamp') inf is not a usable time"),
+        "huge time": (["--path", write_lines(tmp_path / "big.csv", ["user,item,timestamp", "1,2,1e30", "1,3,5"])],
+                      "line 2: time (column 'timestamp') 1e+30 is not a usable time"),
+        "JSON without asin": (["--path", write_lines(tmp_path / "r.json", ['{"reviewerID": "a", "overall": 5}'] * 3),
+                               "--format", "amazon"], "--item_col"),
+        "list ids": (["--path", write_parquet_lists(tmp_path)], "holds lists or records, not ids"),
     }
 
 
-def write_truncated_gzip(folder):
-    path = folder / "cut.json.gz"
-    path.write_bytes(gzip.compress(b'{"reviewerID": "a", "asin": "b"}\n' * 1000)[:60])
+def write_parquet_lists(folder):
+    path = folder / "lists.parquet"
+    pd.DataFrame({"user_id": [[1], [2], [1]], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]}).to_parquet(path)
+    return path
+
+
+def write_truncated_gzip(folder, name="cut.json.gz", keep=60):
+    path = folder / name
+    if name.endswith(".csv.gz"):  # cut past the first line: the damage shows only while reading the rows
+        text = "user,item,timestamp\n" + "".join(f"{u},{i},{u * 100 + i}\n" for u in range(300) for i in range(30))
+        path.write_bytes(gzip.compress(text.encode())[:keep])
+    else:
+        path.write_bytes(gzip.compress(b'{"reviewerID": "a", "asin": "b"}\n' * 1000)[:keep])
     return path
 
 
 @pytest.mark.parametrize("case", ["missing file", "empty file", "unknown format", "misnamed column", "no user column",
                                   "non-numeric id", "non-numeric time", "NaN value", "no user with two interactions",
-                                  "negatives impossible", "unwritable output", "truncated gzip"])
+                                  "negatives impossible", "unwritable output", "truncated gzip",
+                                  "truncated gzip body", "not UTF-8", "infinite time", "huge time",
+                                  "JSON without asin", "list ids"])
 def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, tiny_log, capsys, case):
     args, expected = bad_input_cases(tmp_path, tiny_log)[case]
     before = sorted(p.name for p in tmp_path.rglob("*"))

@@ -1,0 +1,147 @@
+"""What the benchmark scripts share: the flags that shape a training run, the data, a run set up exactly as
+ncf.py sets it up, device descriptions and table labels, and appending results to BENCHMARKS.md."""
+
+import argparse
+import datetime
+import platform
+import resource
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import convert
+import dataloading
+import evaluation
+import ncf
+import train
+from checkpoint import CheckpointError
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+ERRORS = (ncf.UsageError, convert.ConversionError, dataloading.DatasetError, CheckpointError, train.DeviceError)
+
+
+def add_run_arguments(parser):
+    """The flags the training benchmarks share: the data, and how ncf.py trains on it."""
+    parser.add_argument("--data", help="dataset directory; default: a synthetic set of --synthetic's shape")
+    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
+    parser.add_argument("-n", "--negative_samples", type=int,
+                        help="negatives per positive; default: as ncf.py chooses them for --data, else the demo's 4")
+    parser.add_argument("--branch_loss", type=float, default=ncf.parse_args([]).branch_loss, metavar="WEIGHT",
+                        help="NeuMF's branch-loss weight, as ncf.py (0: the paper's NeuMF, one output layer)")
+    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+                        help="torch.compile in this mode, as ncf.py --compile (the warm-up absorbs compiling)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def run_flags(args):
+    """The ncf.py flags for the ``add_run_arguments`` that shape a training run. ``--data`` goes along only so that
+    ncf.py chooses its defaults for that data (without it, the demo's); the data itself is loaded here."""
+    return (["--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] + (["--amp"] if args.amp else [])
+            + (["--compile", args.compile] if args.compile else [])
+            + (["-n", str(args.negative_samples)] if args.negative_samples is not None else [])
+            + (["--data", args.data] if args.data else []))
+
+
+def run_label(amp, compile_mode, model="neumf", branch_loss=0.0):
+    """", branch losses x W, AMP, compiled (MODE)" for the table headers, each part only when it applies."""
+    branches = f", branch losses x {branch_loss:g}" if model == "neumf" and branch_loss else ""
+    return f"{branches}{', AMP' if amp else ''}{f', compiled ({compile_mode})' if compile_mode else ''}"
+
+
+def device_and_data(script, args):
+    """(device, dataset on it, its name) for ``args.device``, ``args.data`` or ``args.synthetic``, as ncf.py would
+    set them up; None after printing ``{script}: error: ...`` when either cannot be had."""
+    try:
+        device = train.setup_devices(args.device).device
+        dataset, name = load(args)
+    except ERRORS as error:
+        print(f"{script}: error: {error}", file=sys.stderr)
+        return None
+    return device, dataset.to(device), name
+
+
+def load(args):
+    """(dataset, its name) from ``args.data``, or a synthetic set of shape ``args.synthetic`` split in memory."""
+    if args.data:
+        return dataloading.load_dataset(args.data), args.data
+    users, items, interactions = args.synthetic
+    split = convert.generated_split((users, items, interactions), seed=0)
+    return dataloading.dataset_from_split(split, "synthetic"), f"synthetic {users:,} x {items:,}, {interactions:,}"
+
+
+@dataclass
+class Run:
+    """A training run set up as ncf.py sets it up: its Config, model, optimizer, loss and precision."""
+
+    config: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: object
+    autocast: object
+    scaler: object
+    positives: object
+
+    def epoch(self, dataset, number, train_model=None):
+        """Train one epoch as ncf.py does (seeded by its number); returns (mean loss, samples), waiting for the
+        device."""
+        torch.manual_seed(train.epoch_seed(self.config.seed, number) + 104_729)
+        batches = dataloading.ImplicitBatches(dataset, self.config.batch_size, self.config.negative_samples,
+                                              train.epoch_seed(self.config.seed, number), self.positives)
+        loss, samples = train.train_epoch(train_model or self.model, self.optimizer, self.scaler, self.autocast,
+                                          batches, self.loss, grads_accumulated=self.config.grads_accumulated)
+        return float(loss), samples
+
+    def evaluate(self, dataset, score=None):
+        """ncf.py's sampled evaluation: {hr@k, ndcg@k, validation_loss, eval_samples}."""
+        users_per_batch = max(1, self.config.valid_batch_size // dataset.candidates_per_user)
+        return evaluation.sampled_metrics(self.model, dataset, self.config.topk, users_per_batch, self.autocast,
+                                          score=score)
+
+
+def prepare_run(dataset, device, flags):
+    """A Run of ncf.py with ``flags`` on ``dataset`` (already on ``device``), its model initialised with seed 0."""
+    config, _ = ncf.resolve_config(ncf.parse_args([*flags, "--checkpoint_dir", "", "--device", device.type]), dataset)
+    torch.manual_seed(0)
+    model, _, optimizer, loss = ncf.build(config, dataset, device)
+    autocast, scaler = train.mixed_precision(config.amp, device)
+    positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
+                                        dataset.num_items)
+    return Run(config, model, optimizer, loss, autocast, scaler, positives)
+
+
+def peak_memory(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def batch_label(batch_size):
+    """2^k for powers of two, the number otherwise."""
+    return f"2^{batch_size.bit_length() - 1}" if batch_size & (batch_size - 1) == 0 else str(batch_size)
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, PyTorch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return f"CPU {processor}, {torch.get_num_threads()} threads, PyTorch {torch.__version__}"
+
+
+def parser_for(docstring):
+    """An argument parser described by a script's docstring's first line, showing defaults."""
+    return argparse.ArgumentParser(description=docstring.splitlines()[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def append_result(script, title, argv, body):
+    """Add ``### {title}, {date}``, the command (``argv`` as given, or the process's own) and ``body`` to
+    BENCHMARKS.md."""
+    command = f"python -m bench.{script.removesuffix('.py')} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    with open(BENCHMARKS, "a") as handle:
+        handle.write(f"\n### {title}, {datetime.date.today()}\n\nCommand: `{command}`  \n{body}\n")
