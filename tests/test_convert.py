@@ -402,7 +402,7 @@ def bad_input_cases(tmp_path, tiny_log):
         "huge time": (["--path", write_lines(tmp_path / "big.csv", ["user,item,timestamp", "1,2,1e30", "1,3,5"])],
                       "line 2: time (column 'timestamp') 1e+30 is not a usable time"),
         "JSON without asin": (["--path", write_lines(tmp_path / "r.json", ['{"reviewerID": "a", "overall": 5}'] * 3),
-                               "--format", "amazon"], "--item_col"),
+                               "--format", "amazon"], "missing item id (column 'asin')"),
         "list ids": (["--path", write_parquet_lists(tmp_path)], "holds lists or records, not ids"),
     }
 
