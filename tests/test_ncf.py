@@ -375,7 +375,9 @@ def test_corrupted_array(planted, tmp_path, capsys):
 @pytest.mark.parametrize("flags", [["-b", "0"], ["-f", "-3"], ["-e", "0"], ["--layers", "15", "8"],
                                    ["-l", "-1"], ["--dropout", "1"], ["--pretrain_gmf", "x.pt"],
                                    ["-b1", "1.5"], ["--branch_loss", "-1"], ["--recency", "-1"],
-                                   ["--recency_window", "0"]])
+                                   ["--recency_window", "0"], ["--eps", "-1"], ["--eps", "nan"],
+                                   ["--weight_decay", "nan"], ["--weight_decay", "-0.1"], ["--recency", "inf"],
+                                   ["--alpha", "1.5"], ["-l", "nan"]])
 def test_bad_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ncf.parse_args(flags)
@@ -415,3 +417,155 @@ def test_checkpoint_for_another_dataset_is_refused(planted, tmp_path, capsys):
     assert ncf.main(["--data", str(tmp_path / "demo"), "--mode", "test",
                      "--load_checkpoint_path", str(tmp_path / "ck" / "best.pt")]) == 1
     assert "trained on another dataset" in one_line_error(capsys)
+
+
+def copy_dataset(source, folder):
+    folder.mkdir()
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_occupied_or_unwritable_outputs_are_found_before_training(planted, tmp_path, capsys):
+    occupied = tmp_path / "a file"
+    occupied.write_text("x")
+    cases = [(["--checkpoint_dir", str(occupied)], "--checkpoint_dir"),
+             (["--checkpoint_dir", str(occupied / "sub")], "is a file, so nothing can be written there"),
+             (["--checkpoint_dir", "", "--log_path", str(tmp_path)], "--log_path"),
+             (["--checkpoint_dir", "", "--log_path", str(occupied / "log.json")], "is a file")]
+    for flags, expected in cases:
+        assert ncf.main(["--data", str(planted), "-e", "1", *flags]) == 1
+        captured = capsys.readouterr()
+        assert "epoch" not in captured.out and expected in one_line_error_of(captured.err)
+    assert occupied.read_text() == "x" and sorted(path.name for path in tmp_path.iterdir()) == ["a file"]
+
+
+def one_line_error_of(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ncf.py: error: "), lines
+    return lines[0]
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_temporary_file(planted, tmp_path, capsys, monkeypatch):
+    def full_disk(_, path):
+        with open(path, "wb") as handle:
+            handle.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    assert train(planted, tmp_path, "-e", "1")[0] == 1
+    assert "cannot write the checkpoint (No space left on device)" in one_line_error(capsys)
+    assert list((tmp_path / "ck").iterdir()) == []
+
+
+def test_stale_temporary_checkpoints_are_removed_and_an_empty_best_is_replaced(planted, tmp_path, capsys):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / ".last.pt.tmp-4206942").write_bytes(b"half")  # a dead process's (above Linux's default pid_max)
+    (folder / "best.pt").write_bytes(b"")  # a write cut short before writes were atomic
+    assert train(planted, tmp_path, "-e", "1")[0] == 0
+    assert "best.pt: empty; it will be replaced" in capsys.readouterr().err
+    assert sorted(path.name for path in folder.iterdir()) == ["best.pt", "last.pt"]
+    assert checkpoint.load_checkpoint(folder / "best.pt")["epoch"] == 0
+
+
+def broken_checkpoints(source):
+    """(name, checkpoint dict) of damaged checkpoints, from a good one."""
+    good = checkpoint.load_checkpoint(source)
+    state = dict(good["state_dict"])
+    state.pop("output.bias")
+    wrong_shape = dict(good["state_dict"], **{"output.weight": torch.zeros(1, 3)})
+    return {"missing key": {key: value for key, value in good.items() if key != "state_dict"},
+            "missing weights": good | {"state_dict": state},
+            "wrong shape": good | {"state_dict": wrong_shape},
+            "bad model arguments": good | {"model_args": good["model_args"] | {"factors": -2}},
+            "unknown model": good | {"model": "transformer"}}
+
+
+@pytest.mark.parametrize("case", ["missing key", "missing weights", "wrong shape", "bad model arguments",
+                                  "unknown model", "pickle", "empty"])
+def test_damaged_checkpoints_are_refused_in_one_line(planted, tmp_path, capsys, case):
+    assert train(planted, tmp_path, "--model", "gmf", "-e", "1")[0] == 0
+    path, ran = tmp_path / "damaged.pt", tmp_path / "ran"
+    if case == "pickle":
+        torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "model": Planted(str(ran))}, path)
+    elif case == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save(broken_checkpoints(tmp_path / "ck" / "best.pt")[case], path)
+    capsys.readouterr()
+    assert ncf.main(["--data", str(planted), "--mode", "test", "--load_checkpoint_path", str(path), "-k", "1",
+                     "--checkpoint_dir", ""]) == 1
+    assert str(path) in one_line_error(capsys)
+    assert not ran.exists()  # loading never runs code from the file
+
+
+class Planted:
+    """Pickled, it would create a file when unpickled: a stand-in for code hidden in a .pt file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_nvidia_tensors_holding_a_pickle_are_refused_without_running_it(planted, tmp_path, capsys):
+    nvidia = tmp_path / "nvidia"
+    nvidia.mkdir()
+    write_nvidia_layout(nvidia, planted)
+    torch.save({"tensor": Planted(str(tmp_path / "ran"))}, nvidia / "train_data_0.pt")
+    assert ncf.main(["--data", str(nvidia), "--checkpoint_dir", ""]) == 1
+    assert "train_data_0.pt: cannot load as tensors" in one_line_error(capsys)
+    assert not (tmp_path / "ran").exists()
+
+
+def edit(planted, folder, name, change):
+    copy_dataset(planted, folder)
+    if name.endswith(".npy"):
+        np.save(folder / name, change(np.load(folder / name)))
+    else:
+        (folder / name).write_text(json.dumps(change(json.loads((folder / name).read_text()))))
+    return folder
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("float train", "the train array holds float64 values"),
+    ("counts", "records num_train"),
+    ("test order", "test rows must hold one user each, in increasing user order"),
+    ("repeated test user", "test rows must hold one user each"),
+    ("no negatives", "test_negatives has shape (48, 0)"),
+    ("edited arrays", "records fingerprint"),
+])
+def test_datasets_that_do_not_add_up_are_refused(planted, tmp_path, capsys, case, expected):
+    edits = {"float train": ("train.npy", lambda array: array.astype(np.float64) + 0.25),
+             "counts": ("metadata.json", lambda meta: meta | {"num_train": meta["num_train"] + 1}),
+             "test order": ("test.npy", lambda array: array[::-1]),
+             "repeated test user": ("test.npy", lambda array: np.concatenate([array[:1], array[:-1]])),
+             "no negatives": ("test_negatives.npy", lambda array: array[:, :0]),
+             "edited arrays": ("train.npy", lambda array: np.concatenate([array[:, :1], array[::-1, 1:]], axis=1))}
+    data = edit(planted, tmp_path / "data", *edits[case])
+    assert ncf.main(["--data", str(data), "--checkpoint_dir", ""]) == 1
+    assert expected in one_line_error(capsys)
+
+
+def test_topk_at_or_above_the_candidates_is_refused(planted, capsys):
+    assert ncf.main(["--data", str(planted), "-k", "25", "--checkpoint_dir", ""]) == 1  # 1 + 24 negatives
+    assert "-k/--topk 25 is not below the 25 candidates" in one_line_error(capsys)
+
+
+def test_a_kill_between_the_log_and_the_checkpoint_leaves_each_epoch_logged_once(planted, tmp_path, monkeypatch):
+    save = ncf.save_checkpoint
+
+    def killed_saving_epoch_2(path, *args):
+        if args[5] == 2 and path.name == "last.pt":  # the epoch's record is logged, its checkpoint not yet written
+            raise KeyboardInterrupt
+        return save(path, *args)
+
+    monkeypatch.setattr(ncf, "save_checkpoint", killed_saving_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(planted, tmp_path, "-e", "4")
+    monkeypatch.setattr(ncf, "save_checkpoint", save)
+    code, records = train(planted, tmp_path, "-e", "4", "--resume")
+    assert code == 0
+    assert [record["epoch"] for record in records if record["type"] == "epoch"] == [0, 1, 2, 3]
