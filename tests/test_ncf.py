@@ -14,6 +14,7 @@ import defaults
 import evaluation
 import ncf
 from conftest import run_convert
+from train import mixed_precision
 
 GROUPS, ITEMS_PER_GROUP, USERS_PER_GROUP = 4, 8, 12
 
@@ -569,3 +570,42 @@ def test_a_kill_between_the_log_and_the_checkpoint_leaves_each_epoch_logged_once
     code, records = train(planted, tmp_path, "-e", "4", "--resume")
     assert code == 0
     assert [record["epoch"] for record in records if record["type"] == "epoch"] == [0, 1, 2, 3]
+
+
+def test_mixed_precision_on_cpu_trains_and_evaluates_like_float32(planted, tmp_path):
+    runs = {}
+    for name, flags in (("fp32", []), ("bf16", ["--amp"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        code, records = train(planted, folder, "--model", "neumf", "-e", "15", *flags)
+        assert code == 0 and records[0]["amp"] == bool(flags)
+        runs[name] = records
+    assert summary(runs["bf16"])["best_accuracy"] >= 0.9  # chance is 1/25
+    # The same model evaluated in bfloat16 and in float32 ranks (almost) alike.
+    model = checkpoint.load_model(tmp_path / "bf16" / "ck" / "best.pt")
+    dataset = dataloading.load_dataset(planted)
+    autocast, _ = mixed_precision(True, torch.device("cpu"))
+    low = evaluation.sampled_metrics(model, dataset, 1, 64, autocast)
+    full = evaluation.sampled_metrics(model, dataset, 1, 64, contextlib.nullcontext)
+    assert abs(low["hr@1"] - full["hr@1"]) <= 2 / 48 and abs(low["validation_loss"] - full["validation_loss"]) < 0.02
+
+
+def test_uniform_negatives_train_too(planted, tmp_path):
+    code, records = train(planted, tmp_path, "--model", "gmf", "--negative_sampling", "uniform")
+    assert code == 0 and records[0]["negative_sampling"] == "uniform"
+    assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
+
+
+def test_evaluation_batches_that_do_not_divide_the_users_give_the_same_figures(planted, tmp_path):
+    assert train(planted, tmp_path, "--model", "gmf", "-e", "3")[0] == 0
+    model, dataset = checkpoint.load_model(tmp_path / "ck" / "best.pt"), dataloading.load_dataset(planted)
+    whole = evaluation.sampled_metrics(model, dataset, 1, 48, contextlib.nullcontext)  # 48 users in one batch
+    for users_per_batch in (5, 7, 47):
+        parts = evaluation.sampled_metrics(model, dataset, 1, users_per_batch, contextlib.nullcontext)
+        assert parts["hr@1"] == whole["hr@1"] and parts["eval_samples"] == whole["eval_samples"]
+        assert parts["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-6)  # float32 sums
+    # Through ncf.py: --valid_batch_size 175 is 7 users of 25 candidates, leaving a last batch of 6.
+    assert ncf.main(["--data", str(planted), "--mode", "test", "-k", "1", "--valid_batch_size", "175",
+                     "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(tmp_path / "t.json")]) == 0
+    tested = json.loads((tmp_path / "t.json").read_text().splitlines()[-1])
+    assert tested["hr@1"] == whole["hr@1"]
