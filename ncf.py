@@ -90,7 +90,7 @@ def build_parser():
     parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
     parser.add_argument("--weight_decay", type=float, default=0.1,
                         help="decoupled weight decay (AdamW) on all parameters; 0 gives plain Adam as in NVIDIA's "
-                             "tool (measured: 0.1 is better on ML-100k and ML-1M, BENCHMARKS.md)")
+                             "tool (measured: 0.1 is better on ML-100k and ML-1M, docs/experiments.md)")
     parser.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant",
                         help="'cosine' lowers the learning rate step by step from -l towards 0 along half a cosine "
                              "over the -e epochs (a run resumed with the same -e follows the same curve)")
@@ -120,13 +120,13 @@ def build_parser():
                         help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every training "
                              "pair through its own output layer, and those two losses, times WEIGHT, are added to "
                              "NeuMF's, so each branch learns to be a model of its own, as pre-training makes it, in "
-                             "one run (BENCHMARKS.md); 0 trains NeuMF's joint output alone, as the paper and NVIDIA "
+                             "one run (docs/experiments.md); 0 trains NeuMF's joint output alone, as the paper and NVIDIA "
                              "do")
     parser.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
                         help="weight each user's recent training pairs up: a pair's loss (and its negatives') counts "
                              "1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the user's training "
                              "pairs are later; the test item is each user's latest, and recent tastes predict it "
-                             "best (ML-100k, GMF: HR@10 0.695 -> 0.723 with 8; BENCHMARKS.md). Needs the dataset's "
+                             "best (ML-100k, GMF: HR@10 0.695 -> 0.723 with 8; docs/experiments.md). Needs the dataset's "
                              "timestamps (convert.py keeps them); 0: off, every pair counts once, as in the paper and "
                              "NVIDIA's tool")
     parser.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",

@@ -1,8 +1,9 @@
 """What the benchmark scripts share: the flags that shape a training run, the data, a run set up exactly as
-ncf.py sets it up, device descriptions and table labels, and appending results to BENCHMARKS.md."""
+ncf.py sets it up, device descriptions and table labels, and appending results to docs/experiments.md."""
 
 import argparse
 import datetime
+import json
 import platform
 import resource
 import shlex
@@ -19,7 +20,7 @@ import ncf
 import train
 from checkpoint import CheckpointError
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 ERRORS = (ncf.UsageError, convert.ConversionError, dataloading.DatasetError, CheckpointError, train.DeviceError)
 
 
@@ -133,6 +134,20 @@ def describe_device(device):
     return f"CPU {processor}, {torch.get_num_threads()} threads, PyTorch {torch.__version__}"
 
 
+def result_of_log(log_path):
+    """What a results file keeps of a finished ncf.py run, from its JSON-lines log: the best HR@k and NDCG@k, the
+    best epoch, which items chose it (``selected_on``), the training and evaluation seconds (``total_time``) and the
+    HR@k of every epoch (``curve``)."""
+    lines = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    summary = next(line for line in reversed(lines) if line["type"] == "summary")
+    start = max(index for index, line in enumerate(lines) if line["type"] == "config")
+    epochs = [line for line in lines[start:] if line["type"] == "epoch"]
+    hr_key = next(key for key in epochs[0] if key.startswith("hr@"))
+    return {"hr": summary["best_accuracy"], "ndcg": summary["best_ndcg"], "best_epoch": summary["best_epoch"],
+            "selected_on": summary.get("selected_on", "test"), "total_time": round(summary["total_time"], 1),
+            "curve": [round(epoch[hr_key], 4) for epoch in epochs]}
+
+
 def parser_for(docstring):
     """An argument parser described by a script's docstring's first line, showing defaults."""
     return argparse.ArgumentParser(description=docstring.splitlines()[0],
@@ -141,7 +156,7 @@ def parser_for(docstring):
 
 def append_result(script, title, argv, body):
     """Add ``### {title}, {date}``, the command (``argv`` as given, or the process's own) and ``body`` to
-    BENCHMARKS.md."""
+    docs/experiments.md."""
     command = f"python -m bench.{script.removesuffix('.py')} " + shlex.join(sys.argv[1:] if argv is None else argv)
     with open(BENCHMARKS, "a") as handle:
         handle.write(f"\n### {title}, {datetime.date.today()}\n\nCommand: `{command}`  \n{body}\n")

@@ -5,7 +5,7 @@
 How far averaging models trained with different seeds moves the metrics, on the same test users: a measure of
 how much of one run's result is its seed's noise. The checkpoints may be of any model kind (GMF, MLP, NeuMF) but
 must all fit the dataset. Prints a Markdown table (each checkpoint, their mean, and the ensemble); ``--append``
-adds it, with the command, device and date, to BENCHMARKS.md.
+adds it, with the command, device and date, to docs/experiments.md.
 """
 
 import argparse
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
     args = parser.parse_args(argv)
     if len(args.checkpoints) < 2:
         parser.error("give two or more checkpoints to average")

@@ -19,7 +19,7 @@ Counts, per step of ``--batch_size`` samples (ncf.py's default NeuMF, NVIDIA's s
 The floor is the larger of bytes / bandwidth and FLOPs / matrix rate, that is, with perfect overlap and no launch
 cost; no real step reaches it. Bandwidth is timed with a large device copy, the matrix rate with a product of the
 tower's first layer's shape. The step time is the median epoch of ``bench/train_bench.py``'s measurement divided
-by the steps per epoch. ``--append`` adds the table, with the command, device and date, to BENCHMARKS.md.
+by the steps per epoch. ``--append`` adds the table, with the command, device and date, to docs/experiments.md.
 """
 
 import argparse
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     common.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the first is a warm-up)")
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
     return parser.parse_args(argv)
 
 

@@ -6,19 +6,27 @@
 # DATA_DIR is the paper's files converted by convert.py (README: "The NCF paper's ML-1M"), default data/ml1m-ncf.
 # GMF, MLP and NeuMF-from-scratch train side by side (on a GPU they share it well; on 2 CPU cores expect an hour),
 # then NeuMF starts from the best GMF and MLP checkpoints with their output layers mixed 0.8 : 0.2 (GMF is the
-# stronger branch here: before any fine-tuning the paper's 0.5 scores 0.7248 HR@10, 0.8 scores 0.7295; BENCHMARKS.md).
-# Each run's log is RUNS_DIR/<name>/log.json; the last lines printed are the best HR@10/NDCG@10 of each.
+# stronger branch here: before any fine-tuning the paper's 0.5 scores 0.7248 HR@10, 0.8 scores 0.7295;
+# docs/experiments.md). Each run's log is RUNS_DIR/<name>/log.json, and each finished run appends its result, read
+# from that log by bench/record_run.py, to RESULTS (default RUNS_DIR/results.jsonl; for example
+# RESULTS=bench/results/ml1m-pipeline-cpu.jsonl). The best epochs are chosen on the test items (the paper's files
+# have no validation split). Run from the repository root.
 set -euo pipefail
 data=${1:-data/ml1m-ncf}
 runs=${2:-runs/ml1m}
 python=${PYTHON:-python3}
 common="--data $data -b1 0.9 -b2 0.999"
 
+results=${RESULTS:-$runs/results.jsonl}
+seed=${SEED:-0}
+
 train() {  # name, flags...
     local name=$1
     shift
     mkdir -p "$runs/$name"
-    $python ncf.py $common "$@" --checkpoint_dir "$runs/$name" > "$runs/$name/output.txt" 2>&1
+    $python ncf.py $common "$@" -s "$seed" --checkpoint_dir "$runs/$name" > "$runs/$name/output.txt" 2>&1
+    $python -m bench.record_run "$runs/$name/log.json" --config "$* -b1 0.9 -b2 0.999" --seed "$seed" \
+        --output "$results" > /dev/null
 }
 
 train gmf --model gmf -e 30 -b 4096 -l 0.004 -n 8 --weight_decay 0.1 --lr_schedule cosine &

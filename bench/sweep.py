@@ -48,6 +48,7 @@ def read_grid(path):
 def run_one(job):
     """Train one configuration with one seed; returns the result record (or the error)."""
     import ncf
+    from bench.common import result_of_log
 
     data, config, seed = job
     with tempfile.TemporaryDirectory() as folder:
@@ -64,12 +65,7 @@ def run_one(job):
         seconds = time.perf_counter() - started
         record = {"config": config, "seed": seed, "status": status, "seconds": round(seconds, 2)}
         if status == 0:
-            lines = [json.loads(line) for line in log_path.read_text().splitlines()]
-            summary = next(line for line in lines if line["type"] == "summary")
-            epochs = [line for line in lines if line["type"] == "epoch"]
-            hr_key = next(key for key in epochs[0] if key.startswith("hr@"))
-            record.update(hr=summary["best_accuracy"], ndcg=summary["best_ndcg"], best_epoch=summary["best_epoch"],
-                          curve=[round(epoch[hr_key], 4) for epoch in epochs])
+            record.update(result_of_log(log_path))
         else:
             record["error"] = captured.getvalue().strip().splitlines()[-1:]
         return record

@@ -9,7 +9,7 @@ directory, or uses ``--data``, then runs ``ncf.py`` in this process with the fla
 otherwise) and no checkpoints. Seconds count training and evaluation from the first epoch, as ncf.py's
 ``time_to_best_model`` does; preprocessing and start-up are not counted. Prints a Markdown table of the curve and
 the time to the best HR@10 and to ``--target``; ``--append`` adds them, with the command, device and date, to
-BENCHMARKS.md. NVIDIA's code on an H100 reached its best, 0.839, at epoch 6 after 19.3 s on the ML-20M-shaped set.
+docs/experiments.md. NVIDIA's code on an H100 reached its best, 0.839, at epoch 6 after 19.3 s on the ML-20M-shaped set.
 """
 
 import argparse
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
                         default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
     parser.add_argument("--target", type=float, help="HR@10 whose first reaching is timed")
-    parser.add_argument("--append", action="store_true", help="append the result to BENCHMARKS.md")
+    parser.add_argument("--append", action="store_true", help="append the result to docs/experiments.md")
     parser.add_argument("ncf_flags", nargs="*", help="ncf.py flags, after --")
     return parser.parse_args(argv)
 

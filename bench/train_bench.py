@@ -7,7 +7,7 @@
 Builds the dataset in memory (``--synthetic U I N``, as ``convert.py --synthetic`` would) or loads ``--data``, then
 times whole training epochs (NeuMF by default, NVIDIA's layer sizes) and one evaluation pass, exactly as ``ncf.py``
 runs them: the first epoch is a warm-up and is not counted, the median of the rest is reported. Prints a Markdown
-table; ``--append`` adds it, with the command, device and date, to BENCHMARKS.md.
+table; ``--append`` adds it, with the command, device and date, to docs/experiments.md.
 """
 
 import statistics
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="epochs per batch size (the first is a warm-up)")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
     parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
     return parser.parse_args(argv)
 
 
