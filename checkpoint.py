@@ -243,3 +243,24 @@ def check_writable(path, flag, folder):
     except OSError as error:
         raise CheckpointError(f"{flag} {path}: cannot write in {existing} ({error.strerror}); pass another {flag}") \
             from None
+
+
+def output_paths(checkpoint_dir, log_path, training, check=True):
+    """(checkpoint folder or None, log file or None) of --checkpoint_dir and --log_path (default
+    CHECKPOINT_DIR/log.json), checked writable before any work when ``check`` (the folder only when ``training``);
+    nothing is created."""
+    folder = Path(checkpoint_dir) if checkpoint_dir else None
+    log_file = Path(log_path) if log_path else (folder / "log.json" if folder else None)
+    if check and folder and training:
+        check_writable(folder, "--checkpoint_dir", folder=True)
+    if check and log_file:
+        check_writable(log_file, "--log_path" if log_path else "--checkpoint_dir", folder=False)
+    return folder, log_file
+
+
+def prepare_folder(folder, fingerprint, kind, metric):
+    """Make --checkpoint_dir, clear dead runs' temporary files, and return the ``metric`` of a best.pt already there
+    for this dataset and model (None if none; see ``best_on_disk``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    return best_on_disk(folder / "best.pt", fingerprint, kind, metric)

@@ -442,11 +442,8 @@ def read_amazon(path, columns):
     return data
 
 
-def read_ncf(path):
-    """The NCF paper's ``PREFIX.train.rating``, ``PREFIX.test.rating`` and ``PREFIX.test.negative`` (0-based ids).
-
-    Their split and their negatives are used as given. Returns a finished Split.
-    """
+def _ncf_files(path):
+    """{suffix: file} of the NCF paper's three files, from a directory, a prefix or one of the files."""
     path = Path(path)
     prefix = str(path)
     for suffix in NCF_SUFFIXES:
@@ -460,34 +457,44 @@ def read_ncf(path):
     files = {suffix: Path(prefix + suffix) for suffix in NCF_SUFFIXES}
     for file in files.values():
         _check_readable(file)
+    return files
 
-    def table(file, columns):
-        try:
-            frame = pd.read_csv(file, sep="\t", header=None, dtype=str, keep_default_na=False,
-                                usecols=range(columns))
-        except (pd.errors.ParserError, ValueError) as error:
-            raise ConversionError(f"{file}: not an NCF rating file ({str(error).splitlines()[0]})") from None
-        return [_numeric_column(frame[i], ("user", "item", "rating", "timestamp")[i], file, 1) for i in
-                range(columns)]
 
-    train_users, train_items, _, train_times = table(files[".train.rating"], 4)
-    test_users, test_items, test_ratings, test_times = table(files[".test.rating"], 4)
+def _ncf_table(file, columns):
+    """The first ``columns`` of an NCF rating file (user, item, rating, timestamp) as integer arrays."""
+    try:
+        frame = pd.read_csv(file, sep="\t", header=None, dtype=str, keep_default_na=False, usecols=range(columns))
+    except (pd.errors.ParserError, ValueError) as error:
+        raise ConversionError(f"{file}: not an NCF rating file ({str(error).splitlines()[0]})") from None
+    return [_numeric_column(frame[i], ("user", "item", "rating", "timestamp")[i], file, 1) for i in range(columns)]
 
-    lines = [line.rstrip("\r\n").split("\t") for line in files[".test.negative"].read_text().splitlines()
-             if line.strip()]
+
+def _ncf_negatives(file):
+    """((user, item) pairs [U, 2], negatives [U, K]) of an NCF ``.test.negative`` file."""
+    lines = [line.rstrip("\r\n").split("\t") for line in file.read_text().splitlines() if line.strip()]
     negatives, pairs = [], []
     for number, cells in enumerate(lines, start=1):
         match = re.fullmatch(r"\((\d+),(\d+)\)", cells[0].strip())
         if match is None or not all(cell.strip().isdigit() for cell in cells[1:]):
-            raise ConversionError(f"{files['.test.negative']}: line {number}: expected '(user,item)' followed by "
-                                  "tab-separated item ids")
+            raise ConversionError(f"{file}: line {number}: expected '(user,item)' followed by tab-separated item ids")
         pairs.append((int(match[1]), int(match[2])))
         negatives.append([int(cell) for cell in cells[1:]])
     widths = {len(row) for row in negatives}
     if len(widths) != 1 or 0 in widths:
-        raise ConversionError(f"{files['.test.negative']}: lines have different numbers of negatives {sorted(widths)}")
-    pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    negatives = np.array(negatives, dtype=np.int64)
+        raise ConversionError(f"{file}: lines have different numbers of negatives {sorted(widths)}")
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(negatives, dtype=np.int64)
+
+
+def read_ncf(path):
+    """The NCF paper's ``PREFIX.train.rating``, ``PREFIX.test.rating`` and ``PREFIX.test.negative`` (0-based ids).
+
+    Their split and their negatives are used as given. Returns a finished Split.
+    """
+    files = _ncf_files(path)
+    prefix = str(files[".train.rating"])[: -len(".train.rating")]
+    train_users, train_items, _, train_times = _ncf_table(files[".train.rating"], 4)
+    test_users, test_items, test_ratings, test_times = _ncf_table(files[".test.rating"], 4)
+    pairs, negatives = _ncf_negatives(files[".test.negative"])
 
     num_users = int(max(train_users.max(), test_users.max())) + 1
     num_items = int(max(train_items.max(), test_items.max(), negatives.max())) + 1

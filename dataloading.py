@@ -137,6 +137,16 @@ def load_dataset(path):
                        "create a dataset with convert.py")
 
 
+def load_dataset_or_demo(path):
+    """The dataset at ``path``, or without one the built-in demo, generated in memory as ``convert.py --dataset
+    demo`` writes it (its default seed: the demo is one fixed dataset, whatever a run's own seed)."""
+    if path:
+        return load_dataset(path)
+    import convert  # only the demo needs the converter (and pandas)
+
+    return dataset_from_split(convert.generated_split(), "demo")
+
+
 def _load_array(file, mmap=False):
     try:
         return np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
@@ -173,6 +183,33 @@ def _check_metadata(path, metadata, dataset):
                                "convert.py")
 
 
+def _nvidia_columns(path, sources, mapping):
+    """{feature name: 1-d tensor} of one channel (``train`` or ``test``) of NVIDIA's source_spec, read from its
+    ``.pt`` files with ``weights_only=True``."""
+    columns = {}
+    for chunk in sources[mapping]:
+        if chunk.get("type") != "torch_tensor":
+            raise DatasetError(f"{path / 'feature_spec.yaml'}: {mapping} source type {chunk.get('type')!r} is "
+                               "not supported (only torch_tensor)")
+        tensors = []
+        for file in chunk["files"]:
+            try:
+                tensors.append(torch.load(path / file, map_location="cpu", weights_only=True))
+            except Exception as error:  # noqa: BLE001 - a pickle refused by weights_only, a damaged file, ...
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:80]
+                raise DatasetError(f"{path / file}: cannot load as tensors ({first_line}); only plain tensor "
+                                   "files are read (weights_only)") from None
+        data = torch.cat(tensors)  # [rows, features]: one column per feature
+        if data.dim() == 1:
+            data = data[:, None]
+        if data.shape[1] != len(chunk["features"]):
+            raise DatasetError(f"{path / chunk['files'][0]}: has {data.shape[1]} columns for features "
+                               f"{chunk['features']}")
+        for index, name in enumerate(chunk["features"]):
+            columns[name] = data[:, index]
+    return columns
+
+
 def _load_nvidia(path):
     """NVIDIA's layout: feature_spec.yaml naming torch tensors for the train and test channels."""
     import yaml
@@ -188,31 +225,7 @@ def _load_nvidia(path):
         raise DatasetError(f"{path / 'feature_spec.yaml'}: not a feature spec this tool understands ({error})") \
             from None
 
-    def read(mapping):
-        columns = {}
-        for chunk in sources[mapping]:
-            if chunk.get("type") != "torch_tensor":
-                raise DatasetError(f"{path / 'feature_spec.yaml'}: {mapping} source type {chunk.get('type')!r} is "
-                                   "not supported (only torch_tensor)")
-            tensors = []
-            for file in chunk["files"]:
-                try:
-                    tensors.append(torch.load(path / file, map_location="cpu", weights_only=True))
-                except Exception as error:  # noqa: BLE001 - a pickle refused by weights_only, a damaged file, ...
-                    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:80]
-                    raise DatasetError(f"{path / file}: cannot load as tensors ({first_line}); only plain tensor "
-                                       "files are read (weights_only)") from None
-            data = torch.cat(tensors)  # [rows, features]: one column per feature
-            if data.dim() == 1:
-                data = data[:, None]
-            if data.shape[1] != len(chunk["features"]):
-                raise DatasetError(f"{path / chunk['files'][0]}: has {data.shape[1]} columns for features "
-                                   f"{chunk['features']}")
-            for index, name in enumerate(chunk["features"]):
-                columns[name] = data[:, index]
-        return columns
-
-    train_columns, test_columns = read("train"), read("test")
+    train_columns, test_columns = (_nvidia_columns(path, sources, part) for part in ("train", "test"))
     # NVIDIA's test channel holds one series of test_samples_per_series consecutive rows per user: the positive
     # (label 1, last in their converter's output) and the user's negatives.
     per_user = int((spec.get("metadata") or {}).get("test_samples_per_series", 0))
@@ -295,6 +308,13 @@ def recency_weights(ranks, weight, window):
     """Loss weight of each training pair: 1 + weight * exp(-rank / window), rank counting back from the user's latest
     pair (``recency_ranks``)."""
     return (1.0 + weight * np.exp(-np.asarray(ranks, dtype=np.float64) / window)).astype(np.float32)
+
+
+def describe_recency(weights, weight, window):
+    """One line on what --recency WEIGHT --recency_window WINDOW make of the training pairs' loss weights."""
+    return (f"recency: a user's latest pairs count {1 + weight:g} times, those {window:g} pairs earlier "
+            f"{1 + weight * math.exp(-1):.3g} times; {float((weights > 2).float().mean()):.0%} of the pairs count "
+            f"more than twice (mean weight {float(weights.mean()):.3g})")
 
 
 # ------------------------------------------------------------------------------------------------------ training

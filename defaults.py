@@ -19,7 +19,8 @@ def choose_negatives(num_train):
     """Default negatives per positive: about 1.6M divided by the training pairs, between NVIDIA's 4 and 16.
 
     On a small dataset an epoch is cheap and over quickly, and more negatives per positive measurably help: NeuMF on
-    ML-100k (99,057 pairs, so 16) reaches 0.691 HR@10 with 16 against 0.681 with 4 (6 runs each; docs/experiments.md), at
+    ML-100k (99,057 pairs, so 16) reaches 0.691 HR@10 with 16 against 0.681 with 4 (6 runs each;
+    docs/experiments.md), at
     3.4 times the time per epoch. ML-1M (994,169 pairs) and larger sets keep NVIDIA's 4.
     """
     return int(min(16, max(4, round(1.6e6 / max(num_train, 1)))))

@@ -13,6 +13,7 @@ figures of a single-process evaluation.
 """
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -86,3 +87,12 @@ def sampled_metrics(model, dataset, topk, users_per_batch, autocast, mask=None, 
     sums = dict(zip(SAMPLED_SUMS, totals.tolist()))
     return {f"hr@{topk}": sums["hits"] / sums["users"], f"ndcg@{topk}": sums["ndcg"] / sums["users"],
             "validation_loss": sums["loss"] / sums["candidates"], "eval_samples": sums["candidates"]}
+
+
+def timed(evaluate):
+    """``evaluate()``'s metrics, with its wall time (``validation_epoch_time``) and the candidates it scored per
+    second (``eval_throughput``) in place of their count."""
+    started = time.perf_counter()
+    metrics = evaluate()
+    seconds = time.perf_counter() - started
+    return metrics | {"eval_throughput": metrics.pop("eval_samples") / seconds, "validation_epoch_time": seconds}

@@ -16,36 +16,21 @@ import dataclasses
 import inspect
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+import checkpoint
 import dataloading
 import evaluation
 import train
-from checkpoint import (
-    CheckpointError,
-    best_on_disk,
-    check_writable,
-    initial_model,
-    load_model,
-    model_arguments,
-    remove_stale_temporaries,
-    resume,
-    save_checkpoint,
-)
-from dataloading import DatasetError
 from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, choose_sizes
-from logger import RunLogger
+from logger import RunLogger, epoch_line, summary
 
 
 class UsageError(Exception):
     """A problem the user can fix (bad flag, missing or mismatched checkpoint): reported in one line."""
-
-
-# ------------------------------------------------------------------------------------------------------ flags
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,10 +40,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def build_parser():
+def parse_args(argv=None):
+    """The command line as given, with -e's default filled in and the deprecated --opt_level O1/O2 read as --amp;
+    ``resolve_config`` turns it into the run's Config."""
     parser = argparse.ArgumentParser(
         description="Train and evaluate Neural Collaborative Filtering (GMF, MLP, NeuMF). Flags follow NVIDIA's "
                     "DeepLearningExamples ncf.py.", formatter_class=_HelpFormatter)
@@ -120,15 +104,15 @@ def build_parser():
                         help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every training "
                              "pair through its own output layer, and those two losses, times WEIGHT, are added to "
                              "NeuMF's, so each branch learns to be a model of its own, as pre-training makes it, in "
-                             "one run (docs/experiments.md); 0 trains NeuMF's joint output alone, as the paper and NVIDIA "
-                             "do")
+                             "one run (docs/experiments.md); 0 trains NeuMF's joint output alone, as the paper and "
+                             "NVIDIA do")
     parser.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
                         help="weight each user's recent training pairs up: a pair's loss (and its negatives') counts "
                              "1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the user's training "
                              "pairs are later; the test item is each user's latest, and recent tastes predict it "
-                             "best (ML-100k, GMF: HR@10 0.695 -> 0.723 with 8; docs/experiments.md). Needs the dataset's "
-                             "timestamps (convert.py keeps them); 0: off, every pair counts once, as in the paper and "
-                             "NVIDIA's tool")
+                             "best (ML-100k, GMF: HR@10 0.695 -> 0.723 with 8; docs/experiments.md). Needs the "
+                             "dataset's timestamps (convert.py keeps them); 0: off, every pair counts once, as in the "
+                             "paper and NVIDIA's tool")
     parser.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
                         help="with --recency: how many of a user's latest pairs get most of the extra weight (the "
                              "extra falls by e each PAIRS pairs further back)")
@@ -140,116 +124,67 @@ def build_parser():
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
                              "step when the tables are large and the batch small; a different optimizer from 'adam', "
                              "so check its accuracy on your data")
-    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+    parser.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES, metavar="MODE",
                         help="compile the training forward pass and evaluation's scoring with torch.compile "
                              "(faster steps after a start-up of a minute or so; on CPU it needs a C++ compiler); "
                              "MODE is torch.compile's mode, "
-                             f"one of {', '.join(COMPILE_MODES)} ('default' when given without one; "
+                             f"one of {', '.join(train.COMPILE_MODES)} ('default' when given without one; "
                              "'reduce-overhead' replays the step as CUDA graphs, which helps small batches on a GPU)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
     parser.add_argument("--resume", action="store_true",
                         help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
-    return parser
-
-
-def parse_args(argv=None):
-    """The command line as given, with -e's default filled in and the deprecated --opt_level O1/O2 read as --amp;
-    ``resolve_config`` turns it into the run's Config."""
-    parser = build_parser()
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = DEMO_EPOCHS if args.data is None else DEFAULT_EPOCHS
     _validate(parser, args)
-    if args.opt_level in ("O1", "O2"):
-        args.amp = True
+    args.amp = args.amp or args.opt_level in ("O1", "O2")
     return args
 
 
+RULES = {"at least 1": lambda value: value >= 1, "0 or more": lambda value: 0 <= value < math.inf,
+         "positive": lambda value: 0 < value < math.inf, "in [0, 1]": lambda value: 0 <= value <= 1,
+         "in [0, 1)": lambda value: 0 <= value < 1}
+
+
 def _validate(parser, args):
-    positive = {"--epochs": args.epochs, "--valid_batch_size": args.valid_batch_size, "--factors": args.factors,
-                "--topk": args.topk, "--grads_accumulated": args.grads_accumulated}
-    if args.batch_size is not None:
-        positive["--batch_size"] = args.batch_size
-    for flag, value in positive.items():
-        if value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
-    if args.negative_samples is not None and args.negative_samples < 0:
-        parser.error(f"--negative_samples must be 0 or more, got {args.negative_samples}")
-    if not args.branch_loss >= 0:
-        parser.error(f"--branch_loss must be 0 or more, got {args.branch_loss}")
-    if not args.recency >= 0:
-        parser.error(f"--recency must be 0 or more, got {args.recency}")
-    if not args.recency_window > 0:
-        parser.error(f"--recency_window must be positive, got {args.recency_window}")
-    if not args.weight_decay >= 0:
-        parser.error(f"--weight_decay must be 0 or more, got {args.weight_decay}")
-    if not args.eps > 0:
-        parser.error(f"--eps must be positive, got {args.eps}")
-    if not 0 <= args.alpha <= 1:
-        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    for flag, value in (("--recency", args.recency), ("--branch_loss", args.branch_loss), ("--eps", args.eps),
-                        ("--weight_decay", args.weight_decay), ("--learning_rate", args.learning_rate or 1.0)):
-        if not math.isfinite(value):
-            parser.error(f"{flag} must be a finite number, got {value}")
-    if args.learning_rate is not None and not args.learning_rate > 0:
-        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
-    if any(size < 1 for size in args.layers):
-        parser.error(f"--layers sizes must be positive, got {args.layers}")
+    """One-line errors (exit 2) for values no run can use, NaN and infinities included."""
+    checks = [(flag, getattr(args, name), "at least 1") for flag, name in (
+        ("--epochs", "epochs"), ("--valid_batch_size", "valid_batch_size"), ("--factors", "factors"),
+        ("--topk", "topk"), ("--grads_accumulated", "grads_accumulated"), ("--batch_size", "batch_size"))]
+    checks += [("--negative_samples", args.negative_samples, "0 or more"), ("--branch_loss", args.branch_loss,
+               "0 or more"), ("--recency", args.recency, "0 or more"), ("--weight_decay", args.weight_decay,
+               "0 or more"), ("--recency_window", args.recency_window, "positive"), ("--eps", args.eps, "positive"),
+               ("--learning_rate", args.learning_rate, "positive"), ("--alpha", args.alpha, "in [0, 1]"),
+               ("-b1/--beta1", args.beta1, "in [0, 1)"), ("-b2/--beta2", args.beta2, "in [0, 1)"),
+               ("--dropout", args.dropout, "in [0, 1)")]
+    checks += [("--layers sizes", size, "at least 1") for size in args.layers]
+    for flag, value, rule in checks:
+        if value is not None and not RULES[rule](value):  # None: not given, chosen from the data
+            parser.error(f"{flag} must be {rule}, got {value}")
     if args.layers[0] % 2:
         parser.error(f"--layers: the first size is the user and item embeddings concatenated, so it must be even, "
                      f"got {args.layers[0]}")
-    for flag, beta in (("-b1/--beta1", args.beta1), ("-b2/--beta2", args.beta2)):
-        if beta is not None and not 0 <= beta < 1:
-            parser.error(f"{flag} must be in [0, 1), got {beta}")
-    if not 0 <= args.dropout < 1:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
         parser.error("--pretrain_gmf and --pretrain_mlp go together")
     if args.pretrain_gmf and args.model != "neumf":
         parser.error("--pretrain_gmf/--pretrain_mlp initialise --model neumf")
 
 
-# One field per flag of parse_args; the values ncf.py chooses when a flag is not given (-n, -b, -l, betas) are
-# filled in by resolve_config before anything runs, and nothing changes a Config afterwards.
-Config = dataclasses.make_dataclass(
-    "Config", [(action.dest, object) for action in build_parser()._actions if action.dest != "help"], frozen=True)
+# A field per flag; resolve_config fills in what ncf.py chooses (-n, -b, -l, betas); nothing changes it afterwards.
+Config = dataclasses.make_dataclass("Config", [(name, object) for name in vars(parse_args([]))], frozen=True)
+
 
 def resolve_config(args, dataset):
     """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
     if args.topk >= dataset.candidates_per_user:
         raise UsageError(f"-k/--topk {args.topk} is not below the {dataset.candidates_per_user} candidates ranked per "
-                         f"test user, so every user would count as a hit; pass a -k below "
-                         f"{dataset.candidates_per_user}")
+                         f"test user, so every user would count as a hit; pass a smaller -k")
     values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
                                           args.batch_size, args.learning_rate, args.beta1, args.beta2)
     if warning:
         print(warning, file=sys.stderr)
     return Config(**(vars(args) | values)), notes
-
-
-# ------------------------------------------------------------------------------------------------------ steps
-
-
-def load_data(path):
-    """The dataset named by --data, or the built-in demo generated in memory. The demo is one fixed dataset (the
-    one ``convert.py --dataset demo`` writes with its default seed): -s seeds the training on it, not the data."""
-    if path:
-        return dataloading.load_dataset(path)
-    import convert  # the demo is generated and split as convert.py would; other runs never import pandas
-
-    return dataloading.dataset_from_split(convert.generated_split(), "demo")
-
-
-def open_outputs(config, runtime):
-    """(checkpoint folder or None, the run's logger), checked writable before any work (nothing is created)."""
-    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    log_path = config.log_path or (folder / "log.json" if folder else None)
-    if runtime.is_main and folder and config.mode == "train":
-        check_writable(folder, "--checkpoint_dir", folder=True)
-    if runtime.is_main and log_path:
-        check_writable(log_path, "--log_path" if config.log_path else "--checkpoint_dir", folder=False)
-    return folder, RunLogger(log_path, enabled=runtime.is_main)
 
 
 def describe(config, dataset, runtime, notes):
@@ -263,11 +198,7 @@ def describe(config, dataset, runtime, notes):
              + f", device: {runtime.device}" + (f" x {runtime.world_size} ranks" if runtime.world_size > 1 else "")
              + (", mixed precision" if config.amp else "")]
     if dataset.train_weights is not None:
-        weights = dataset.train_weights
-        lines.append(f"recency: a user's latest pairs count {1 + config.recency:g} times, those "
-                     f"{config.recency_window:g} pairs earlier {1 + config.recency * math.exp(-1):.3g} times; "
-                     f"{float((weights > 2).float().mean()):.0%} of the pairs count more than twice (mean weight "
-                     f"{float(weights.mean()):.3g})")
+        lines.append(dataloading.describe_recency(dataset.train_weights, config.recency, config.recency_window))
     for flag, (value, how) in notes.items():
         lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")
     return "\n".join(lines)
@@ -277,9 +208,9 @@ def build(config, dataset, device):
     """(model, its constructor arguments, optimizer, loss function): fresh, from --load_checkpoint_path, or NeuMF
     from pre-trained GMF and MLP (output layers mixed by --alpha). The model says which loss trains it."""
     settings = dataclasses.asdict(config)
-    model_args = model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
-    model = initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
-                          config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))
+    model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
+    model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
+                                     config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))
     loss = model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters})
     optimizer = train.make_optimizer(model.to(device), config.optimizer, lr=config.learning_rate,
                                      betas=(config.beta1, config.beta2), eps=config.eps,
@@ -295,12 +226,13 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, say):
         if config.resume:
             say("no checkpoint to resume from; starting from scratch")
         return 0, None
-    resumed = resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
-                     dataclasses.asdict(config), f"hr@{config.topk}", [
-                         ("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
-                         ("recency", "--recency", 0.0, True),  # (key, flag, value before the flag, applies)
-                         ("recency_window", "--recency_window", 10.0, bool(config.recency)),
-                         ("branch_loss", "--branch_loss", 0.0, config.model == "neumf")])
+    resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
+                                dataclasses.asdict(config), f"hr@{config.topk}", [
+                                    # (key, flag, value of checkpoints older than the flag, whether it applies)
+                                    ("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
+                                    ("recency", "--recency", 0.0, True),
+                                    ("recency_window", "--recency_window", 10.0, bool(config.recency)),
+                                    ("branch_loss", "--branch_loss", 0.0, config.model == "neumf")])
     say(f"resuming from {last_path} after epoch {resumed[0] - 1}")
     return resumed
 
@@ -316,11 +248,8 @@ def evaluator(config, dataset, model, autocast, runtime):
 
 def test_mode(config, dataset, runtime, log, autocast, say):
     """--mode test: evaluate a checkpoint once."""
-    model = load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
-    started = time.perf_counter()
-    metrics = evaluator(config, dataset, model.to(runtime.device), autocast, runtime)()
-    seconds = time.perf_counter() - started
-    metrics.update(eval_throughput=metrics.pop("eval_samples") / seconds, validation_epoch_time=seconds)
+    model = checkpoint.load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
+    metrics = evaluation.timed(evaluator(config, dataset, model.to(runtime.device), autocast, runtime))
     log.write("summary", metrics)
     say(f"HR@{config.topk} {metrics[f'hr@{config.topk}']:.4f}  NDCG@{config.topk} {metrics[f'ndcg@{config.topk}']:.4f}")
     return 0
@@ -332,11 +261,9 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
     start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, say)
     train.check_ranks_agree(dataclasses.asdict(config), dataset.fingerprint, start_epoch, runtime)
     selection = train.Selection(f"hr@{config.topk}")
-    saved_best = None
-    if folder and runtime.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder)
-        saved_best = best_on_disk(folder / "best.pt", dataset.fingerprint, config.model, selection.metric)
+    saving = folder is not None and runtime.is_main
+    saved_best = checkpoint.prepare_folder(folder, dataset.fingerprint, config.model, selection.metric) if saving \
+        else None
     log.forget_epochs_from(start_epoch)  # those a killed run logged after its last checkpoint
     log.write("config", dataclasses.asdict(config) | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
@@ -345,12 +272,12 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
                                          dataset.num_items) if config.negative_sampling == "exact" else None)
 
     def save(name, record, best):
-        save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler, record["epoch"], record,
-                        best, dataclasses.asdict(config), dataset.fingerprint)
+        checkpoint.save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler,
+                                   record["epoch"], record, best, dataclasses.asdict(config), dataset.fingerprint)
 
     def on_epoch(record):
         log.write("epoch", record)
-        say(epoch_line(config, record))
+        say(epoch_line(record, config.topk))
         if config.threshold is not None and selection.reaches(record[selection.metric], config.threshold):
             say(f"reached the target HR@{config.topk} {config.threshold} in epoch {record['epoch']}; stopping")
 
@@ -365,31 +292,11 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
             learning_rate=(lambda progress: train.cosine_rate(config.learning_rate, progress))
             if config.lr_schedule == "cosine" else None, threshold=config.threshold, on_epoch=on_epoch,
-            save=save if folder and runtime.is_main else None, saved_best=saved_best,
+            save=save if saving else None, saved_best=saved_best,
             show_bar=runtime.is_main and sys.stderr.isatty())[0]
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
                          "is kept") from None
-
-
-def epoch_line(config, record):
-    """How an epoch is printed."""
-    topk = config.topk
-    return (f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val loss {record['validation_loss']:.4f}  "
-            f"HR@{topk} {record[f'hr@{topk}']:.4f}  NDCG@{topk} {record[f'ndcg@{topk}']:.4f}  "
-            f"{record['train_throughput'] / 1e6:.2f}M samples/s  "
-            f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
-
-
-def report(config, best, log, say):
-    """The summary record (NVIDIA's key names) and line. The best epoch is chosen on the test items."""
-    hr, ndcg = best["metrics"].get(f"hr@{config.topk}", -1.0), best["metrics"].get(f"ndcg@{config.topk}", 0.0)
-    reached = config.threshold is not None and hr >= config.threshold
-    log.write("summary", {"best_accuracy": hr, "best_ndcg": ndcg, "best_epoch": best["epoch"],
-                          "time_to_best_model": best["seconds"], "time_to_target": best["elapsed"] if reached else None,
-                          "total_time": best["elapsed"], "selected_on": "test"})
-    say(f"best HR@{config.topk} {hr:.4f}  NDCG@{config.topk} {ndcg:.4f}  at epoch {best['epoch']}"
-        f"  ({best['seconds']:.1f} s of training and evaluation)")
 
 
 def main(argv=None):
@@ -401,7 +308,8 @@ def main(argv=None):
             # last collective made that one abort at exit ("terminate called without an active exception").
             dist.barrier()
         return code
-    except (UsageError, DatasetError, CheckpointError, train.DeviceError, train.RanksDisagree) as error:
+    except (UsageError, dataloading.DatasetError, checkpoint.CheckpointError, train.DeviceError,
+            train.RanksDisagree) as error:
         print(f"ncf.py: error: {error}", file=sys.stderr)
         return 1
     finally:
@@ -412,13 +320,18 @@ def main(argv=None):
 def run(args):
     """The named steps of a run."""
     runtime = train.setup_devices(args.device)
-    dataset = load_data(args.data)
+    dataset = dataloading.load_dataset_or_demo(args.data)
     config, notes = resolve_config(args, dataset)
     if config.recency and config.mode == "train":
         dataset = dataset.weighted_by_recency(config.recency, config.recency_window)
     dataset = dataset.to(runtime.device)
-    folder, log = open_outputs(config, runtime)
-    autocast, scaler = mixed_precision(config, runtime)
+    folder, log_path = checkpoint.output_paths(config.checkpoint_dir, config.log_path, config.mode == "train",
+                                               check=runtime.is_main)
+    log = RunLogger(log_path, enabled=runtime.is_main)
+    autocast, scaler = train.mixed_precision(config.amp, runtime.device)
+    if scaler.is_enabled() and config.optimizer == "row_sparse_adam":
+        raise UsageError("--optimizer row_sparse_adam with --amp needs bfloat16, which this GPU lacks (float16 needs "
+                         "loss scaling); drop --amp or use --optimizer adam")
     say = print if runtime.is_main else (lambda *_, **__: None)
     if config.mode == "test":
         return test_mode(config, dataset, runtime, log, autocast, say)
@@ -426,17 +339,10 @@ def run(args):
     say(describe(config, dataset, runtime, notes))
     model, model_args, optimizer, loss = build(config, dataset, runtime.device)
     best = fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log, say)
-    report(config, best, log, say)
+    record, line = summary(best, config.topk, config.threshold)
+    log.write("summary", record)
+    say(line)
     return 0
-
-
-def mixed_precision(config, runtime):
-    """train.mixed_precision for --amp, refusing the one combination that cannot work."""
-    autocast, scaler = train.mixed_precision(config.amp, runtime.device)
-    if scaler.is_enabled() and config.optimizer == "row_sparse_adam":
-        raise UsageError("--optimizer row_sparse_adam with --amp needs bfloat16, which this GPU lacks (float16 needs "
-                         "loss scaling); drop --amp or use --optimizer adam")
-    return autocast, scaler
 
 
 if __name__ == "__main__":

@@ -18,6 +18,30 @@ _FIRST_TIMESTAMP = 1_500_000_000  # 2017-07-14, so the timestamps look like Unix
 _TIME_SPAN = 3 * 365 * 24 * 3600
 
 
+def _rows_per_user(rng, num_users, num_items, num_interactions):
+    """How many rows each user has: log-normal activity, at least two rows each, summing exactly to the total
+    (capped at half of the items)."""
+    minimum = 2
+    activity = rng.lognormal(mean=0.0, sigma=1.0, size=num_users)
+    counts = rng.multinomial(num_interactions - minimum * num_users, activity / activity.sum()) + minimum
+    return np.minimum(counts, max(minimum, num_items // 2))
+
+
+def _with_few_repeats(users, items, num_items, draw_items):
+    """Real logs repeat few pairs, so repeats are redrawn (``draw_items(users, own_group_share)``), leaning more on
+    the global distribution each round: a heavy user exhausts the own group. The few rows still repeated after
+    five rounds stay in (the converter drops them)."""
+    for round_ in range(1, 6):
+        pair = users * num_items + items
+        _, first = np.unique(pair, return_index=True)
+        repeated = np.ones(users.size, dtype=bool)
+        repeated[first] = False
+        if not repeated.any():
+            break
+        items[repeated] = draw_items(users[repeated], 0.75 * 0.5**round_)
+    return items
+
+
 def synthetic_interactions(num_users, num_items, num_interactions, seed=0):
     """Return a dict of 1-d arrays ``user``, ``item`` (1-based ids), ``rating`` and ``timestamp``.
 
@@ -34,12 +58,8 @@ def synthetic_interactions(num_users, num_items, num_interactions, seed=0):
         raise ValueError("a synthetic dataset needs at least two interactions per user (INTERACTIONS >= 2 * USERS).")
     rng = np.random.default_rng(seed)
 
-    # How many rows each user has: log-normal activity, at least two rows each, summing exactly to the total.
-    minimum = 2
-    activity = rng.lognormal(mean=0.0, sigma=1.0, size=num_users)
-    counts = rng.multinomial(num_interactions - minimum * num_users, activity / activity.sum()) + minimum
-    counts = np.minimum(counts, max(minimum, num_items // 2))
-    users = np.repeat(np.arange(num_users, dtype=np.int64), counts)
+    users = np.repeat(np.arange(num_users, dtype=np.int64), _rows_per_user(rng, num_users, num_items,
+                                                                           num_interactions))
 
     # Taste groups: about 100 items per group, at most 48 groups. Groups much smaller than a typical user's
     # history would be exhausted, leaving the held-out item to popularity alone (measured: with 30-item groups the
@@ -67,18 +87,7 @@ def synthetic_interactions(num_users, num_items, num_interactions, seed=0):
         position = np.searchsorted(cumulative, low + rng.random(row_users.size) * (high - low), side="right")
         return by_group[np.minimum(position, num_items - 1)]
 
-    # Real logs repeat few pairs, so repeats are redrawn: a heavy user exhausts the own group and the redraws lean
-    # on the global distribution. The few rows still repeated after that stay in (the converter drops them).
-    items = draw_items(users, 0.75)
-    for round_ in range(1, 6):
-        pair = users * num_items + items
-        _, first = np.unique(pair, return_index=True)
-        repeated = np.ones(users.size, dtype=bool)
-        repeated[first] = False
-        if not repeated.any():
-            break
-        items[repeated] = draw_items(users[repeated], 0.75 * 0.5**round_)
-
+    items = _with_few_repeats(users, draw_items(users, 0.75), num_items, draw_items)
     order = rng.permutation(users.size)
     return {
         "user": users[order] + 1,

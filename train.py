@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 import sparse_adam
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
 
 class Batch(NamedTuple):
     inputs: tuple  # what the loss function takes, e.g. (users, items, labels, weights)

@@ -35,7 +35,7 @@ def add_run_arguments(parser):
                         help="negatives per positive; default: as ncf.py chooses them for --data, else the demo's 4")
     parser.add_argument("--branch_loss", type=float, default=ncf.parse_args([]).branch_loss, metavar="WEIGHT",
                         help="NeuMF's branch-loss weight, as ncf.py (0: the paper's NeuMF, one output layer)")
-    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+    parser.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES, metavar="MODE",
                         help="torch.compile in this mode, as ncf.py --compile (the warm-up absorbs compiling)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 

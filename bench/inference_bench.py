@@ -17,7 +17,6 @@ import time
 
 import torch
 
-import ncf
 import train
 from bench import common
 from bench.common import append_result
@@ -35,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=int, default=50, help="timed passes per batch size")
     parser.add_argument("--warmup", type=int, default=5, help="untimed passes per batch size")
     parser.add_argument("--amp", action="store_true", help="bf16 (or fp16) autocast, as ncf.py --amp")
-    parser.add_argument("--compile", nargs="?", const="default", choices=ncf.COMPILE_MODES, metavar="MODE",
+    parser.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES, metavar="MODE",
                         help="torch.compile the model in this mode ('reduce-overhead': CUDA graphs, for small "
                              "batches on a GPU); the warm-up passes absorb compiling")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -46,6 +46,26 @@ class RunLogger:
             os.replace(temporary, self.path)
 
 
+def epoch_line(record, topk):
+    """How an epoch of a ranking run is printed."""
+    return (f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val loss {record['validation_loss']:.4f}  "
+            f"HR@{topk} {record[f'hr@{topk}']:.4f}  NDCG@{topk} {record[f'ndcg@{topk}']:.4f}  "
+            f"{record['train_throughput'] / 1e6:.2f}M samples/s  "
+            f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
+
+
+def summary(best, topk, threshold=None, selected_on="test"):
+    """(summary record with NVIDIA's key names, printed line) of a ranking run's best epoch (``train.fit``'s
+    ``best``); ``selected_on`` says which items chose that epoch."""
+    hr, ndcg = best["metrics"].get(f"hr@{topk}", -1.0), best["metrics"].get(f"ndcg@{topk}", 0.0)
+    reached = threshold is not None and hr >= threshold
+    record = {"best_accuracy": hr, "best_ndcg": ndcg, "best_epoch": best["epoch"],
+              "time_to_best_model": best["seconds"], "time_to_target": best["elapsed"] if reached else None,
+              "total_time": best["elapsed"], "selected_on": selected_on}
+    return record, (f"best HR@{topk} {hr:.4f}  NDCG@{topk} {ndcg:.4f}  at epoch {best['epoch']}"
+                    f"  ({best['seconds']:.1f} s of training and evaluation)")
+
+
 def _parse(line):
     try:
         record = json.loads(line)

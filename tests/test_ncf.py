@@ -556,17 +556,17 @@ def test_topk_at_or_above_the_candidates_is_refused(planted, capsys):
 
 
 def test_a_kill_between_the_log_and_the_checkpoint_leaves_each_epoch_logged_once(planted, tmp_path, monkeypatch):
-    save = ncf.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def killed_saving_epoch_2(path, *args):
         if args[5] == 2 and path.name == "last.pt":  # the epoch's record is logged, its checkpoint not yet written
             raise KeyboardInterrupt
         return save(path, *args)
 
-    monkeypatch.setattr(ncf, "save_checkpoint", killed_saving_epoch_2)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed_saving_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(planted, tmp_path, "-e", "4")
-    monkeypatch.setattr(ncf, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
     code, records = train(planted, tmp_path, "-e", "4", "--resume")
     assert code == 0
     assert [record["epoch"] for record in records if record["type"] == "epoch"] == [0, 1, 2, 3]
