@@ -85,6 +85,7 @@ def test_sharded_evaluation_equals_one_process(synthetic, world_size):
     assert shards[2].item() == pytest.approx(whole[2].item(), rel=1e-5)  # loss: float32 batch sums, regrouped
 
 
+@pytest.mark.slow  # torchrun with two CPU processes: `python -m pytest -m slow` (and CI) runs it
 def test_two_ranks_train_and_only_rank_zero_writes(synthetic, tmp_path):
     result = launch("--data", synthetic, *QUICK, "--checkpoint_dir", tmp_path / "ck")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -127,6 +128,7 @@ def worker_pids(launcher_pid):
     return workers
 
 
+@pytest.mark.slow  # torchrun with two CPU processes: `python -m pytest -m slow` (and CI) runs it
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finding torchrun's workers needs Linux /proc")
 def test_a_killed_rank_resumes_to_the_same_result(synthetic, tmp_path):
     flags = ["--data", synthetic, *QUICK, "-e", "6", "-b", "512", "--resume"]
@@ -172,6 +174,7 @@ def test_a_killed_rank_resumes_to_the_same_result(synthetic, tmp_path):
     assert records[-1]["best_accuracy"] == read_log(tmp_path / "whole" / "log.json")[-1]["best_accuracy"]
 
 
+@pytest.mark.slow  # torchrun with two CPU processes: `python -m pytest -m slow` (and CI) runs it
 def test_ranks_with_different_flags_stop_with_one_message(synthetic, tmp_path):
     script = tmp_path / "disagree.py"
     # Rank 1 is given another seed: the ranks must refuse to train rather than drift apart.

@@ -127,6 +127,7 @@ def test_row_sparse_adam_trains_each_model(planted, tmp_path, model):
     assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
 
 
+@pytest.mark.slow  # torch.compile: 10-25 s on a cold cache; `python -m pytest -m slow` (and CI) runs it
 @pytest.mark.parametrize("optimizer", ["adam", "row_sparse_adam"])
 def test_compiled_training_learns_like_eager(planted, tmp_path, optimizer):
     code, records = train(planted, tmp_path, "--model", "neumf", "--compile", "--optimizer", optimizer, "-e", "15",

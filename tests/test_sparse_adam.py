@@ -127,6 +127,7 @@ def _rank_steps(rank, world_size, init_file, users, items, weights, result_file)
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two Gloo processes: `python -m pytest -m slow` (and CI) runs it
 def test_ranks_together_equal_one_process(tmp_path):
     generator = torch.Generator().manual_seed(0)
     users = torch.randint(0, 7, (3, 5), generator=generator)
