@@ -9,7 +9,7 @@
 
 Every (user, item) interaction is a positive; repeated pairs are dropped. Each user's latest interaction is held out
 as the test item, ranked at evaluation time against ``--valid_negative`` items the user never interacted with. The
-output directory format is described in README.md ("Dataset directory").
+output directory format is described in docs/data.md ("Dataset directory").
 """
 
 import argparse

@@ -3,7 +3,7 @@
 #
 #   bash bench/ml1m_paper.sh [DATA_DIR] [RUNS_DIR]
 #
-# DATA_DIR is the paper's files converted by convert.py (README: "The NCF paper's ML-1M"), default data/ml1m-ncf.
+# DATA_DIR is the paper's files converted by convert.py (docs/training.md: "Reproducing the NCF paper on ML-1M"), default data/ml1m-ncf.
 # GMF, MLP and NeuMF-from-scratch train side by side (on a GPU they share it well; on 2 CPU cores expect an hour),
 # then NeuMF starts from the best GMF and MLP checkpoints with their output layers mixed 0.8 : 0.2 (GMF is the
 # stronger branch here: before any fine-tuning the paper's 0.5 scores 0.7248 HR@10, 0.8 scores 0.7295;
