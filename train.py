@@ -3,13 +3,13 @@
 It knows no model and no task. It takes a model, an optimizer, a source of batches, a loss function and an
 evaluation returning metrics by name, and selects the best epoch on one named metric in a stated direction:
 
-    selection = Selection("hr@10")                       # or Selection("rmse", higher_is_better=False)
+    selection = Selection("accuracy")                    # or Selection("loss", higher_is_better=False)
     result = fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, epochs=20)
 
 - ``batches_of_epoch(epoch)``: the epoch's batches, with ``len()``; each a ``Batch`` (its inputs, this rank's
   sample count, and the global batch's sample count over every rank).
 - ``loss(model, inputs, autocast)``: (loss sum to report, loss sum to minimise), both 0-d tensors summed over the
-  batch's samples; they differ when a model trains on more than it reports (NeuMF's branch losses).
+  batch's samples; they differ when a model trains on more terms than it reports (auxiliary losses).
 - ``evaluate()``: a dict of floats keyed by logged name; ``eval_samples`` in it (candidates scored) gives the
   evaluation throughput.
 
@@ -36,7 +36,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 class Batch(NamedTuple):
-    inputs: tuple  # what the loss function takes, e.g. (users, items, labels, weights)
+    inputs: tuple  # what the loss function takes
     samples: int  # samples in this rank's part of the batch
     global_samples: int  # samples in the whole batch, every rank's part together
 
@@ -162,9 +162,14 @@ def check_ranks_agree(settings, fingerprint, start_epoch, runtime):
 
 
 def epoch_seed(seed, epoch):
-    """The seed of an epoch's order, negatives and dropout. Seeding by (seed, epoch) makes each epoch independent
+    """The seed of an epoch's batches and dropout. Seeding by (seed, epoch) makes each epoch independent
     of what ran before, so a resumed run repeats an uninterrupted one exactly."""
     return seed * 1_000_003 + epoch * 7919
+
+
+def seed_dropout(seed, epoch, rank=0):
+    """Seed torch's global generator, which dropout draws from, for an epoch: a stream of its own on each rank."""
+    torch.manual_seed(epoch_seed(seed, epoch) + 104_729 * (rank + 1))
 
 
 def cosine_rate(base, progress):
@@ -234,8 +239,7 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
     elapsed, reached = best["elapsed"], False
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        seed_of_epoch = epoch_seed(seed, epoch)
-        torch.manual_seed(seed_of_epoch + 104_729 * (rank + 1))  # dropout: its own stream on each rank
+        seed_dropout(seed, epoch, rank)
         train_loss, samples = train_epoch(
             model, optimizer, scaler, autocast, batches_of_epoch(epoch), loss, grads_accumulated=grads_accumulated,
             world_size=world_size, learning_rate=learning_rate, position=(epoch, epochs),

@@ -91,7 +91,7 @@ class Run:
     def epoch(self, dataset, number, train_model=None):
         """Train one epoch as ncf.py does (seeded by its number); returns (mean loss, samples), waiting for the
         device."""
-        torch.manual_seed(train.epoch_seed(self.config.seed, number) + 104_729)
+        train.seed_dropout(self.config.seed, number)
         batches = dataloading.ImplicitBatches(dataset, self.config.batch_size, self.config.negative_samples,
                                               train.epoch_seed(self.config.seed, number), self.positives)
         loss, samples = train.train_epoch(train_model or self.model, self.optimizer, self.scaler, self.autocast,

