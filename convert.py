@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset_format import FORMAT_VERSION, dataset_fingerprint
+from dataset_format import FORMAT_VERSION, split_fingerprint
 from synthetic import DEMO_SHAPE, synthetic_interactions
 
-FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf")
+FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf", "lightgcn")
 # Column names recognised in files with a header when --user_col/--item_col/... are not given, in order of preference.
 USER_NAMES = ("user_id", "userid", "user", "reviewerid", "visitorid", "customer_id", "uid")
 ITEM_NAMES = ("item_id", "itemid", "item", "movieid", "artistid", "asin", "product_id", "productid", "iid")
@@ -61,17 +61,19 @@ class Interactions:
 
 @dataclass
 class Split:
-    """A finished leave-one-out split in contiguous indices (what the dataset directory stores)."""
+    """A finished split in contiguous indices (what the dataset directory stores)."""
 
     train: np.ndarray  # [N, 2] int32 (user, item)
-    test: np.ndarray  # [U, 2] int32 (user, held-out item), row u is user u
-    test_negatives: np.ndarray  # [U, K] int32
+    test: np.ndarray  # [T, 2] int32 (user, held-out item), sorted by user; leave-one-out: row u is user u
+    test_negatives: np.ndarray | None  # [U, K] int32 with one test item per user, else None
     user_ids: np.ndarray  # [U] original user ids
     item_ids: np.ndarray  # [I] original item ids
     titles: dict = field(default_factory=dict)
     extra_arrays: dict = field(default_factory=dict)  # optional ratings / timestamps, aligned with train and test
     counts: dict = field(default_factory=dict)
     protocol: dict = field(default_factory=dict)
+    validation: np.ndarray | None = None  # [V, 2] int32, as test, when the split holds a validation set
+    validation_negatives: np.ndarray | None = None  # [U, K] int32 with one validation item per user
 
 
 class Progress:
@@ -95,6 +97,9 @@ class Progress:
 def detect_format(path):
     """Guess the format of ``path`` from its name and first line; return one of FORMATS."""
     path = Path(path)
+    if path.is_dir() and (path / "train.txt").is_file() and (path / "test.txt").is_file() or \
+            path.name == "train.txt" and (path.parent / "test.txt").is_file():
+        return "lightgcn"
     if path.is_dir():
         for name, fmt in FILE_NAMES.items():
             if (path / name).is_file():
@@ -485,6 +490,43 @@ def _ncf_negatives(file):
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(negatives, dtype=np.int64)
 
 
+def read_lightgcn(path):
+    """NGCF/LightGCN's ``train.txt`` and ``test.txt`` (a line per user: ``user item item ...``, 0-based ids), as
+    Gowalla, Yelp2018 and Amazon-Book are published. Their split is used as given; returns a finished Split for
+    full-ranking evaluation (no sampled negatives). Ids are indexed in numeric order, so contiguous ids keep their
+    values."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    parts = {}
+    for name in ("train", "test"):
+        file = folder / f"{name}.txt"
+        _check_readable(file)
+        users, items = [], []
+        with _open_text(file) as handle:
+            for number, line in enumerate(handle, start=1):
+                cells = line.split()
+                if not cells:
+                    continue
+                if not all(cell.isdigit() for cell in cells):
+                    raise ConversionError(f"{file}: line {number}: expected 'user item item ...' as integer ids")
+                users += [int(cells[0])] * (len(cells) - 1)
+                items += [int(cell) for cell in cells[1:]]
+        parts[name] = (np.array(users, dtype=np.int64), np.array(items, dtype=np.int64))
+    user_codes, user_ids = _index_ids(np.concatenate([parts["train"][0], parts["test"][0]]))
+    item_codes, item_ids = _index_ids(np.concatenate([parts["train"][1], parts["test"][1]]))
+    size = parts["train"][0].size
+    pairs = {"train": np.stack([user_codes[:size], item_codes[:size]], 1),
+             "test": np.stack([user_codes[size:], item_codes[size:]], 1)}
+    for name in pairs:  # sorted by user, repeated pairs dropped
+        pairs[name] = np.unique(pairs[name], axis=0).astype(np.int32)
+    overlap = np.intersect1d(pairs["train"][:, 0].astype(np.int64) * item_ids.size + pairs["train"][:, 1],
+                             pairs["test"][:, 0].astype(np.int64) * item_ids.size + pairs["test"][:, 1]).size
+    return Split(train=pairs["train"], test=pairs["test"], test_negatives=None, user_ids=user_ids, item_ids=item_ids,
+                 counts={"input_rows": int(user_codes.size), "users_dropped": 0, "test_pairs_also_in_train": overlap,
+                         "duplicates_dropped": int(user_codes.size - sum(part.shape[0] for part in pairs.values()))},
+                 protocol={"split": "as given by the NGCF/LightGCN files", "name": "given", "format": "lightgcn",
+                           "validation": False})
+
+
 def read_ncf(path):
     """The NCF paper's ``PREFIX.train.rating``, ``PREFIX.test.rating`` and ``PREFIX.test.negative`` (0-based ids).
 
@@ -672,11 +714,70 @@ def sample_test_negatives(users, items, counts, num_items, num_negatives, rng, c
     return result
 
 
-def split_interactions(data, min_interactions, num_negatives, seed, progress):
-    """Apply the protocol to raw interactions: de-duplicate, filter, leave the latest out, sample test negatives."""
+SPLITS = ("leave_one_out", "ratio", "time_ratio")
+
+
+def split_interactions(data, min_interactions, num_negatives, seed, progress, split="leave_one_out",
+                       test_fraction=0.2, validation=False, validation_fraction=0.1):
+    """Apply the protocol to raw interactions: de-duplicate, filter, hold out the test (and validation) items, and,
+    for leave-one-out, sample each user's test (and validation) negatives.
+
+    ``split``: 'leave_one_out' holds out each user's latest interaction (with ``validation``, the one before it
+    too); 'ratio' a random ``test_fraction`` of each user's items (NGCF/LightGCN), 'time_ratio' the latest share;
+    with ``validation``, a ``validation_fraction`` of each user's remaining items is held out the same way.
+    """
     rng = np.random.default_rng(seed)
-    rows, users, items, counts, user_ids, item_ids, summary = leave_last_out(data, min_interactions, rng, progress)
+    needed = max(min_interactions, 3 if validation and split == "leave_one_out" else 2)
+    rows, users, items, counts, user_ids, item_ids, summary = leave_last_out(data, needed, rng, progress)
     num_users, num_items = user_ids.size, item_ids.size
+    is_test, is_validation = _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction)
+    negatives = validation_negatives = None
+    if split == "leave_one_out":
+        _check_negatives_feasible(data, counts, user_ids, num_items, num_negatives)
+        negatives = sample_test_negatives(users, items, counts, num_items, num_negatives, rng)
+        if validation:
+            validation_negatives = sample_test_negatives(users, items, counts, num_items, num_negatives, rng)
+        progress(f"sampled {num_negatives} test negatives for each of {num_users:,} users"
+                 + (", and as many validation negatives" if validation else ""))
+    is_train = ~(is_test | is_validation)
+    extra = {}
+    for name, values in (("timestamps", data.timestamps), ("ratings", data.ratings)):
+        if values is not None:
+            for part, chosen in (("train", is_train), ("test", is_test), ("validation", is_validation)):
+                if chosen.any():
+                    extra[f"{part}_{name}"] = values[rows[chosen]]
+    return Split(
+        train=np.stack([users[is_train], items[is_train]], 1).astype(np.int32),
+        test=np.stack([users[is_test], items[is_test]], 1).astype(np.int32),
+        test_negatives=negatives, user_ids=user_ids, item_ids=item_ids, titles=data.titles,
+        extra_arrays=extra, counts=summary,
+        protocol=_protocol(split, data.timestamps is not None, needed, test_fraction, validation,
+                           validation_fraction),
+        validation=np.stack([users[is_validation], items[is_validation]], 1).astype(np.int32) if validation
+        else None, validation_negatives=validation_negatives)
+
+
+def _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction):
+    """(is_test, is_validation) bool masks over the rows (sorted by user, then time)."""
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    per_user = counts[users]
+    if split == "ratio":  # a random order within each user, drawn with the seed
+        order = np.lexsort((rng.random(users.size), users))
+        position = np.empty(users.size, dtype=np.int64)
+        position[order] = np.arange(users.size) - starts[users[order]]
+        from_end = per_user - 1 - position
+    else:  # the latest first
+        from_end = per_user - 1 - (np.arange(users.size) - starts[users])
+    if split == "leave_one_out":
+        return from_end == 0, (from_end == 1) & validation
+    num_test = np.clip(np.rint(test_fraction * counts), 1, counts - 1)
+    num_validation = np.clip(np.rint(validation_fraction * (counts - num_test)), 0, counts - num_test - 1) \
+        if validation else np.zeros_like(counts)
+    is_test = from_end < num_test[users]
+    return is_test, ~is_test & (from_end < (num_test + num_validation)[users])
+
+
+def _check_negatives_feasible(data, counts, user_ids, num_items, num_negatives):
     most = int(counts.max())
     if num_items - most < num_negatives:
         heaviest = user_ids[int(np.argmax(counts))]
@@ -685,31 +786,25 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress):
             f"{data.source.get('path', 'input')}: cannot draw {num_negatives} test negatives for user {heaviest}, "
             f"who interacted with {most:,} of the {num_items:,} items; pass --valid_negative {max(feasible, 0)} or less"
             + (" (or --min_interactions to drop such users)" if feasible < 1 else ""))
-    last = np.cumsum(counts) - 1  # each user's latest interaction: the last of its rows (sorted by user, time)
-    is_test = np.zeros(rows.size, dtype=bool)
-    is_test[last] = True
-    negatives = sample_test_negatives(users, items, counts, num_items, num_negatives, rng)
-    progress(f"sampled {num_negatives} test negatives for each of {num_users:,} users")
 
-    extra = {}
-    for name, values in (("timestamps", data.timestamps), ("ratings", data.ratings)):
-        if values is not None:
-            extra[f"train_{name}"] = values[rows[~is_test]]
-            extra[f"test_{name}"] = values[rows[is_test]]
-    protocol = {
-        "split": "leave-one-out by time: each user's latest interaction is the test item; ties in time go to the "
-                 "row that comes later in the input" if data.timestamps is not None else
-                 "leave-one-out at random (the input has no time column): the test item is drawn with the seed",
-        "duplicates": "repeated (user, item) pairs dropped, the earliest kept",
-        "min_interactions": min_interactions,
-        "test_negatives": "uniform without repeats among items the user never interacted with",
-    }
-    return Split(
-        train=np.stack([users[~is_test], items[~is_test]], 1).astype(np.int32),
-        test=np.stack([users[is_test], items[is_test]], 1).astype(np.int32),
-        test_negatives=negatives, user_ids=user_ids, item_ids=item_ids, titles=data.titles,
-        extra_arrays=extra, counts=summary, protocol=protocol,
-    )
+
+def _protocol(split, timed, min_interactions, test_fraction, validation, validation_fraction):
+    """The metadata's description of a split."""
+    if split == "leave_one_out":
+        text = ("leave-one-out by time: each user's latest interaction is the test item; ties in time go to the row "
+                "that comes later in the input" if timed else
+                "leave-one-out at random (the input has no time column): the test item is drawn with the seed")
+        text += "; the one before it is the validation item" if validation else ""
+    else:
+        which = "latest" if split == "time_ratio" and timed else "random"
+        text = (f"{split}: the {which} {test_fraction:g} of each user's items (at least one, and one left to train) "
+                "are test items" + (f"; then the {which} {validation_fraction:g} of the rest validation items"
+                                    if validation else ""))
+    protocol = {"split": text, "name": split, "duplicates": "repeated (user, item) pairs dropped, the earliest kept",
+                "min_interactions": min_interactions, "validation": bool(validation)}
+    if split == "leave_one_out":
+        protocol["test_negatives"] = "uniform without repeats among items the user never interacted with"
+    return protocol
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -780,7 +875,9 @@ def write_dataset(split, output, source, seed, force, progress):
     staging, parent = _prepare_output(output, force)
     try:
         arrays = {"train": split.train, "test": split.test, "test_negatives": split.test_negatives,
+                  "validation": split.validation, "validation_negatives": split.validation_negatives,
                   **split.extra_arrays}
+        arrays = {name: array for name, array in arrays.items() if array is not None}
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", array, allow_pickle=False)
         _id_table(split.user_ids).to_csv(staging / "users.csv", index=False)
@@ -791,13 +888,16 @@ def write_dataset(split, output, source, seed, force, progress):
             "num_users": int(split.user_ids.size),
             "num_items": int(split.item_ids.size),
             "num_train": int(split.train.shape[0]),
-            "num_test_users": int(split.test.shape[0]),
-            "test_negatives": int(split.test_negatives.shape[1]),
+            "num_test_users": int(np.unique(split.test[:, 0]).size),
+            "num_test": int(split.test.shape[0]),
+            "num_validation": 0 if split.validation is None else int(split.validation.shape[0]),
+            "test_negatives": 0 if split.test_negatives is None else int(split.test_negatives.shape[1]),
             "protocol": split.protocol,
             "counts": split.counts,
             "seed": seed,
             "arrays": {name: {"shape": list(array.shape), "dtype": str(array.dtype)} for name, array in arrays.items()},
-            "fingerprint": dataset_fingerprint(split.train, split.test, split.test_negatives),
+            "fingerprint": split_fingerprint(split.train, split.test, split.test_negatives, split.validation,
+                                             split.validation_negatives),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
@@ -847,6 +947,22 @@ def parse_args(argv=None):
                                                       "'::', ...); 'auto' detects it")
     parser.add_argument("--header", choices=["auto", "yes", "no"], default="auto",
                         help="whether a delimited file's first line holds column names")
+    parser.add_argument("--split", choices=SPLITS, default="leave_one_out",
+                        help="'leave_one_out': each user's latest interaction is the test item, ranked among "
+                             "--valid_negative sampled negatives (NVIDIA, the NCF paper); 'ratio': a random "
+                             "--test_fraction of each user's items (NGCF/LightGCN), 'time_ratio': the latest "
+                             "--test_fraction; the ratio splits are evaluated by full ranking")
+    parser.add_argument("--test_fraction", type=float, default=0.2,
+                        help="with --split ratio or time_ratio: the share of each user's items held out for test "
+                             "(at least one, and at least one left to train)")
+    parser.add_argument("--validation", action="store_true",
+                        help="also hold out a validation set, on which ncf.py chooses its best epoch: with "
+                             "leave_one_out each user's second latest interaction (with its own negatives; users "
+                             "then need 3 interactions), with the ratio splits --validation_fraction of the items "
+                             "left after the test items")
+    parser.add_argument("--validation_fraction", type=float, default=0.1,
+                        help="with --validation and a ratio split: the share of each user's remaining items held "
+                             "out for validation")
     parser.add_argument("--valid_negative", type=int, default=100,
                         help="test negatives drawn per user (ignored for the NCF files, which carry their own)")
     parser.add_argument("--min_interactions", type=int, default=2,
@@ -858,6 +974,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.valid_negative < 1:
         parser.error("--valid_negative must be at least 1")
+    for flag, value in (("--test_fraction", args.test_fraction), ("--validation_fraction", args.validation_fraction)):
+        if not 0 < value < 1:
+            parser.error(f"{flag} must be between 0 and 1, got {value}")
     if args.min_interactions < 2:
         parser.error("--min_interactions must be at least 2 (each user needs a test item and a training item)")
     if args.synthetic and min(args.synthetic) < 1:
@@ -895,13 +1014,13 @@ def load_interactions(args, progress):
     if not path.exists() and not _ncf_prefix_exists(path):
         raise ConversionError(f"{path}: no such file or directory; check --path")
     fmt = args.format or detect_format(path)
-    if path.is_dir() and fmt != "ncf":
+    if path.is_dir() and fmt not in ("ncf", "lightgcn"):
         path = path / {fmt_: name for name, fmt_ in FILE_NAMES.items()}.get(fmt, "")
         if not path.is_file():
             raise ConversionError(f"{args.path}: is a directory; pass the ratings file itself with --path")
     readers = {
         "movielens-100k": read_movielens_100k, "movielens-1m": read_movielens_1m,
-        "movielens-20m": read_movielens_csv, "ncf": read_ncf,
+        "movielens-20m": read_movielens_csv, "ncf": read_ncf, "lightgcn": read_lightgcn,
         "csv": lambda p: read_delimited(p, columns, args.sep, args.header),
         "parquet": lambda p: read_parquet(p, columns), "amazon": lambda p: read_amazon(p, columns),
     }
@@ -926,9 +1045,13 @@ def print_summary(metadata, seconds, output):
         f"  items             {metadata['num_items']:,}"
         + (f" ({counts['items_dropped']:,} seen only by dropped users)" if counts.get("items_dropped") else ""),
         f"  training pairs    {metadata['num_train']:,}",
-        f"  test users        {metadata['num_test_users']:,}, {metadata['test_negatives']} negatives each",
+        f"  test users        {metadata['num_test_users']:,}, "
+        + (f"{metadata['test_negatives']} negatives each" if metadata["test_negatives"] else
+           f"{metadata.get('num_test', 0):,} test items (full ranking: no sampled negatives)"),
         f"  split             {metadata['protocol']['split']}",
     ]
+    if metadata.get("num_validation"):
+        lines.insert(-1, f"  validation        {metadata['num_validation']:,} held-out items")
     if counts.get("given_negatives_equal_to_test_item"):
         lines.append(f"  note              {counts['given_negatives_equal_to_test_item']} given negatives equal the "
                      "user's test item; evaluation ignores them")
@@ -942,10 +1065,14 @@ def main(argv=None):
         check_output(args.output, args.force, args.path)
         data = load_interactions(args, progress)
         if isinstance(data, Split):
+            if args.validation or args.split != "leave_one_out":
+                raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's); their split "
+                                      "is used as given, so drop --split and --validation")
             split = data
-            source = {"format": "ncf", "path": str(args.path)}
+            source = {"format": split.protocol.get("format", "ncf"), "path": str(args.path)}
         else:
-            split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress)
+            split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress,
+                                       args.split, args.test_fraction, args.validation, args.validation_fraction)
             source = data.source
         metadata = write_dataset(split, args.output, source, args.seed, args.force, progress)
     except ConversionError as error:

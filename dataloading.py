@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset_format import dataset_fingerprint
+from dataset_format import split_fingerprint
 from train import Batch
 
 
@@ -28,19 +28,50 @@ class DatasetError(Exception):
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """Held-out interactions (a test or validation set): each listed user's items, and, when every user has exactly
+    one, the sampled negatives it is ranked against (sampled evaluation)."""
+
+    users: torch.Tensor  # [U] int64, strictly increasing: the users with held-out items
+    offsets: torch.Tensor  # [U + 1] int64: user j's items are items[offsets[j]:offsets[j + 1]]
+    items: torch.Tensor  # [T] int64
+    negatives: torch.Tensor | None = None  # [U, K] int64, K >= 1; only with one item per user
+
+    @classmethod
+    def from_pairs(cls, pairs, negatives=None):
+        """From (user, item) rows [T, 2] sorted by user, and optional negatives [U, K] (numpy arrays)."""
+        users, counts = np.unique(pairs[:, 0], return_counts=True)
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+
+        def tensor(array):
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+        return cls(tensor(users), tensor(offsets), tensor(pairs[:, 1]),
+                   None if negatives is None else tensor(negatives))
+
+    @property
+    def one_per_user(self):
+        return self.items.numel() == self.users.numel()
+
+    def to(self, device):
+        return HeldOut(self.users.to(device), self.offsets.to(device), self.items.to(device),
+                       None if self.negatives is None else self.negatives.to(device))
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """A leave-one-out implicit-feedback dataset as tensors: training pairs, and per test user the held-out item
-    and its sampled negatives. Build one with ``Dataset.from_arrays`` (which checks it) or ``load_dataset``."""
+    """An implicit-feedback dataset as tensors: the training pairs, the test set and, when the split has one, a
+    validation set (``HeldOut``: per user the held-out items, and with one item per user its sampled negatives).
+    Build one with ``Dataset.from_arrays`` (which checks it) or ``load_dataset``."""
 
     num_users: int
     num_items: int
     train_users: torch.Tensor  # [N] int64
     train_items: torch.Tensor  # [N] int64
-    test_users: torch.Tensor  # [U] int64, strictly increasing
-    test_items: torch.Tensor  # [U] int64
-    test_negatives: torch.Tensor  # [U, K] int64, K >= 1
+    test: HeldOut
     fingerprint: str
     path: str
+    validation: HeldOut | None = None
     # Host memory only (memory-mapped when loaded from files: only the options that use them read them).
     train_timestamps: np.ndarray | None = None  # [N] int64
     train_ratings: np.ndarray | None = None  # [N] float
@@ -48,11 +79,14 @@ class Dataset:
 
     @classmethod
     def from_arrays(cls, num_users, num_items, train, test, test_negatives, path, train_timestamps=None,
-                    train_ratings=None):
-        """Check the arrays (``train`` [N, 2] and ``test`` [U, 2] (user, item) rows, ``test_negatives`` [U, K]
-        items) against each other and the counts, and build the dataset; a DatasetError naming ``path`` otherwise.
-        The fingerprint is computed from the arrays."""
+                    train_ratings=None, validation=None, validation_negatives=None):
+        """Check the arrays and build the dataset; a DatasetError naming ``path`` otherwise. ``train`` [N, 2] and
+        ``test`` [T, 2] are (user, item) rows, the test rows sorted by user; ``test_negatives`` [U, K] (or None,
+        for splits with several test items per user) holds each test user's sampled negatives; ``validation`` and
+        ``validation_negatives`` the same for a validation set. The fingerprint is computed from the arrays."""
         _check_arrays(path, num_users, num_items, train, test, test_negatives)
+        if validation is not None:
+            _check_arrays(path, num_users, num_items, train, validation, validation_negatives, "validation")
         for name, side in (("train_timestamps", train_timestamps), ("train_ratings", train_ratings)):
             if side is not None and side.shape != (train.shape[0],):
                 raise DatasetError(f"{path}: {name} has shape {side.shape}, expected [{train.shape[0]}] (one per "
@@ -63,13 +97,25 @@ class Dataset:
                                    f"{train_timestamps.dtype}, expected [{train.shape[0]}] integers (one per training "
                                    "pair); re-create the dataset with convert.py")
             train_timestamps = train_timestamps.astype(np.int64, copy=False)
+        fingerprint = split_fingerprint(train, test, test_negatives, validation, validation_negatives)
+        return cls(num_users, num_items, torch.from_numpy(np.ascontiguousarray(train[:, 0], dtype=np.int64)),
+                   torch.from_numpy(np.ascontiguousarray(train[:, 1], dtype=np.int64)),
+                   HeldOut.from_pairs(test, test_negatives), fingerprint, str(path),
+                   None if validation is None else HeldOut.from_pairs(validation, validation_negatives),
+                   train_timestamps, train_ratings)
 
-        def tensor(array):
-            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+    # The leave-one-out test set as earlier versions held it: one item per test user, with its negatives.
+    @property
+    def test_users(self):
+        return self.test.users
 
-        return cls(num_users, num_items, tensor(train[:, 0]), tensor(train[:, 1]), tensor(test[:, 0]),
-                   tensor(test[:, 1]), tensor(test_negatives), dataset_fingerprint(train, test, test_negatives),
-                   str(path), train_timestamps, train_ratings)
+    @property
+    def test_items(self):
+        return self.test.items
+
+    @property
+    def test_negatives(self):
+        return self.test.negatives
 
     @property
     def num_train(self):
@@ -77,14 +123,16 @@ class Dataset:
 
     @property
     def candidates_per_user(self):
-        """Candidates ranked per test user in sampled evaluation: the held-out item and its negatives."""
-        return 1 + self.test_negatives.shape[1]
+        """Candidates ranked per test user in sampled evaluation: the held-out item and its negatives (0 when the
+        test set has no negatives), or every item in full ranking."""
+        return 0 if self.test.negatives is None else 1 + self.test.negatives.shape[1]
 
     def to(self, device):
-        moved = {name: getattr(self, name).to(device) for name in
-                 ("train_users", "train_items", "test_users", "test_items", "test_negatives")}
         weights = None if self.train_weights is None else self.train_weights.to(device)
-        return dataclasses.replace(self, train_weights=weights, **moved)
+        return dataclasses.replace(self, train_users=self.train_users.to(device),
+                                   train_items=self.train_items.to(device), test=self.test.to(device),
+                                   validation=None if self.validation is None else self.validation.to(device),
+                                   train_weights=weights)
 
     def with_weights(self, weights):
         """The same dataset with each training pair's loss weight (``weights`` [N] float32, host or device)."""
@@ -163,19 +211,26 @@ def _load_ours(path):
         num_users, num_items = int(metadata["num_users"]), int(metadata["num_items"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path / 'metadata.json'}: unreadable or incomplete ({error})") from None
-    train, test, negatives = (_load_array(path / f"{name}.npy") for name in ("train", "test", "test_negatives"))
+    train, test = _load_array(path / "train.npy"), _load_array(path / "test.npy")
+    # Negatives exist for splits with one held-out item per user (the metadata says how many: missing ones are an
+    # error); the validation set only where the split made one.
+    negatives = (_load_array(path / "test_negatives.npy") if (path / "test_negatives.npy").is_file()
+                 or metadata.get("test_negatives", 1) else None)
+    held = {name: _load_array(path / f"{name}.npy") if (path / f"{name}.npy").is_file() else None
+            for name in ("validation", "validation_negatives")}
     # Mapped, not read: only --recency uses the times, and on ML-20M they are 160 MB.
     side = {name: _load_array(path / f"{name}.npy", mmap=True) if (path / f"{name}.npy").is_file() else None
             for name in ("train_timestamps", "train_ratings")}
-    dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side)
+    dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side, **held)
     _check_metadata(path, metadata, dataset)
     return dataset
 
 
 def _check_metadata(path, metadata, dataset):
     """The counts and fingerprint that metadata.json records must describe the arrays beside it."""
-    recorded = {"num_train": dataset.num_train, "num_test_users": dataset.test_users.numel(),
-                "test_negatives": dataset.test_negatives.shape[1], "fingerprint": dataset.fingerprint}
+    recorded = {"num_train": dataset.num_train, "num_test_users": dataset.test.users.numel(),
+                "test_negatives": 0 if dataset.test.negatives is None else dataset.test.negatives.shape[1],
+                "fingerprint": dataset.fingerprint}
     for key, actual in recorded.items():
         if key in metadata and metadata[key] != actual:
             raise DatasetError(f"{path / 'metadata.json'}: records {key} {metadata[key]!r:.20}, but the arrays give "
@@ -259,31 +314,37 @@ def dataset_from_split(split, name):
     """A Dataset straight from convert.py's in-memory Split (the built-in demo needs no files)."""
     return Dataset.from_arrays(split.user_ids.size, split.item_ids.size, split.train, split.test,
                                split.test_negatives, name, split.extra_arrays.get("train_timestamps"),
-                               split.extra_arrays.get("train_ratings"))
+                               split.extra_arrays.get("train_ratings"), split.validation, split.validation_negatives)
 
 
-def _check_arrays(path, num_users, num_items, train, test, negatives):
+def _check_arrays(path, num_users, num_items, train, held, negatives, name="test"):
+    """One-line errors for arrays that do not make a dataset: ``held`` is the test (or validation) rows."""
     if num_users < 1 or num_items < 2:
         raise DatasetError(f"{path}: needs at least one user and two items (has {num_users} and {num_items})")
-    for name, array in (("train", train), ("test", test), ("test_negatives", negatives)):
-        if not np.issubdtype(array.dtype, np.integer):
-            raise DatasetError(f"{path}: the {name} array holds {array.dtype} values, expected integer indices; "
+    for part, array in (("train", train), (name, held), (f"{name}_negatives", negatives)):
+        if array is not None and not np.issubdtype(array.dtype, np.integer):
+            raise DatasetError(f"{path}: the {part} array holds {array.dtype} values, expected integer indices; "
                                "re-create the dataset with convert.py")
-    for name, array, columns in (("train", train, 2), ("test", test, 2)):
-        if array.ndim != 2 or array.shape[1] != columns or array.shape[0] == 0:
-            raise DatasetError(f"{path}: {name} array has shape {array.shape}, expected [rows > 0, 2]")
-    if negatives.ndim != 2 or negatives.shape[0] != test.shape[0] or negatives.shape[1] == 0:
-        raise DatasetError(f"{path}: test_negatives has shape {negatives.shape}, expected [{test.shape[0]}, K] with "
-                           "K >= 1 (sampled evaluation ranks each test item among its negatives)")
-    for name, array, limit in (("train users", train[:, 0], num_users), ("train items", train[:, 1], num_items),
-                               ("test users", test[:, 0], num_users), ("test items", test[:, 1], num_items),
-                               ("test negatives", negatives, num_items)):
-        if array.size and (array.min() < 0 or array.max() >= limit):
-            raise DatasetError(f"{path}: {name} lie outside [0, {limit}); the dataset is corrupted or its "
+    for part, array in (("train", train), (name, held)):
+        if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
+            raise DatasetError(f"{path}: {part} array has shape {array.shape}, expected [rows > 0, 2]")
+    for part, array, limit in (("train users", train[:, 0], num_users), ("train items", train[:, 1], num_items),
+                               (f"{name} users", held[:, 0], num_users), (f"{name} items", held[:, 1], num_items),
+                               (f"{name} negatives", negatives, num_items)):
+        if array is not None and array.size and (array.min() < 0 or array.max() >= limit):
+            raise DatasetError(f"{path}: {part} lie outside [0, {limit}); the dataset is corrupted or its "
                                "metadata does not match it")
-    if test.shape[0] > 1 and not (np.diff(test[:, 0]) > 0).all():
-        raise DatasetError(f"{path}: test rows must hold one user each, in increasing user order (row u: user u), "
-                           "and some are repeated or out of order; re-create the dataset with convert.py")
+    steps = np.diff(held[:, 0])
+    if negatives is not None:
+        if negatives.ndim != 2 or negatives.shape[0] != held.shape[0] or negatives.shape[1] == 0:
+            raise DatasetError(f"{path}: {name}_negatives has shape {negatives.shape}, expected [{held.shape[0]}, K] "
+                               f"with K >= 1 (sampled evaluation ranks each {name} item among its negatives)")
+        if not (steps > 0).all():
+            raise DatasetError(f"{path}: {name} rows must hold one user each, in increasing user order (row u: user "
+                               "u), and some are repeated or out of order; re-create the dataset with convert.py")
+    elif not (steps >= 0).all():
+        raise DatasetError(f"{path}: {name} rows must be sorted by user, and some are out of order; re-create the "
+                           "dataset with convert.py")
 
 
 def recency_ranks(users, timestamps):
