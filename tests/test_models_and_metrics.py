@@ -112,7 +112,7 @@ def test_epoch_batches_cover_every_positive_once_with_n_negatives():
     split.train, split.test = train, np.array([[u, 9] for u in range(10)], dtype=np.int32)
     split.test_negatives = np.tile(np.arange(5, 8, dtype=np.int32), (10, 1))
     split.user_ids, split.item_ids = np.arange(10), np.arange(12)
-    split.extra_arrays = {}
+    split.extra_arrays, split.validation, split.validation_negatives = {}, None, None
     dataset = dataloading.dataset_from_split(split, "toy")
     batches = list(dataloading.epoch_batches(dataset, 15, 2, torch.Generator().manual_seed(1)))
     assert [len(labels) for _, _, labels, _ in batches] == [15] * 7 + [9]  # 5 positives per batch, the last has 3
