@@ -8,6 +8,12 @@ negatives.
                               mask=mask)
     metrics["hr@10"], metrics["ndcg@10"], metrics["validation_loss"]
 
+Full ranking (NGCF/LightGCN's protocol): every item the user has not trained on is a candidate; HR@k, Recall@k,
+NDCG@k and MRR@k over the user's held-out items, from one top-k routine (``top_k``).
+
+    seen = [interactions_by_user(dataset.train_users, dataset.train_items, dataset.num_users)]
+    metrics = full_metrics(model, dataset.test, seen, dataset.num_items, 20, 256, contextlib.nullcontext)
+
 Under torchrun each rank scores its share of the users and the sums are all-reduced once, so every rank gets the
 figures of a single-process evaluation.
 """
@@ -46,23 +52,25 @@ SAMPLED_SUMS = ("hits", "ndcg", "loss", "candidates", "users")
 
 
 @torch.no_grad()
-def sampled_sums(model, dataset, topk, users_per_batch, autocast, rank=0, world_size=1, mask=None, score=None):
-    """This rank's sums over its share of the test users, as a float64 tensor [5] in the order of ``SAMPLED_SUMS``
+def sampled_sums(model, held, topk, users_per_batch, autocast, rank=0, world_size=1, mask=None, score=None):
+    """This rank's sums over its share of the users of ``held`` (a dataloading.HeldOut with negatives, or a Dataset
+    for its test set), as a float64 tensor [5] in the order of ``SAMPLED_SUMS``
     (hits, NDCG, BCE loss over the counted candidates, counted candidates, users): sums, so that ranks can
     all-reduce them and divide once.
 
     ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py); ``score``
     replaces it (a compiled form of it, say).
     """
-    mask = candidate_mask(dataset.test_items, dataset.test_negatives) if mask is None else mask
+    held = getattr(held, "test", held)  # a Dataset stands for its test set
+    mask = candidate_mask(held.items, held.negatives) if mask is None else mask
     score = model.score if score is None else score
-    num_users = dataset.test_users.numel()
+    num_users = held.users.numel()
     share = math.ceil(num_users / world_size)
-    totals = torch.zeros(5, dtype=torch.float64, device=dataset.test_users.device)
+    totals = torch.zeros(5, dtype=torch.float64, device=held.users.device)
     for start in range(rank * share, min(num_users, (rank + 1) * share), users_per_batch):
         stop = min(start + users_per_batch, (rank + 1) * share, num_users)
-        users = dataset.test_users[start:stop]
-        items = torch.cat([dataset.test_items[start:stop, None], dataset.test_negatives[start:stop]], dim=1)
+        users = held.users[start:stop]
+        items = torch.cat([held.items[start:stop, None], held.negatives[start:stop]], dim=1)
         with autocast():
             logits = score(users, items).float()  # [B, 1 + K]
         batch_mask = mask[start:stop]
@@ -76,12 +84,13 @@ def sampled_sums(model, dataset, topk, users_per_batch, autocast, rank=0, world_
     return totals
 
 
-def sampled_metrics(model, dataset, topk, users_per_batch, autocast, mask=None, rank=0, world_size=1, score=None):
-    """HR@k, NDCG@k and the mean BCE loss over the counted candidates, over every test user (all ranks together):
+def sampled_metrics(model, held, topk, users_per_batch, autocast, mask=None, rank=0, world_size=1, score=None):
+    """HR@k, NDCG@k and the mean BCE loss over the counted candidates, over every user of ``held`` (a HeldOut with
+    negatives, or a Dataset for its test set; all ranks together):
     ``{"hr@k", "ndcg@k", "validation_loss", "eval_samples"}``, the last being the candidates scored."""
     if model is not None:  # None: ``score`` alone scores (an ensemble's averaged logits, say)
         model.eval()
-    totals = sampled_sums(model, dataset, topk, users_per_batch, autocast, rank, world_size, mask, score)
+    totals = sampled_sums(model, held, topk, users_per_batch, autocast, rank, world_size, mask, score)
     if world_size > 1:
         dist.all_reduce(totals)
     sums = dict(zip(SAMPLED_SUMS, totals.tolist()))
@@ -96,3 +105,116 @@ def timed(evaluate):
     metrics = evaluate()
     seconds = time.perf_counter() - started
     return metrics | {"eval_throughput": metrics.pop("eval_samples") / seconds, "validation_epoch_time": seconds}
+
+
+# -------------------------------------------------------------------------------------------------- full ranking
+
+
+FULL_SUMS = ("hr", "recall", "ndcg", "mrr", "users")
+
+
+def interactions_by_user(users, items, num_users):
+    """(offsets [num_users + 1], items [N]) of (user, item) pairs grouped by user: user u's items are
+    ``items[offsets[u]:offsets[u + 1]]``. What full ranking excludes from a user's candidates."""
+    order = torch.argsort(users, stable=True)
+    counts = torch.bincount(users, minlength=num_users)
+    offsets = torch.zeros(num_users + 1, dtype=torch.int64, device=users.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return offsets, items[order]
+
+
+def _ragged_rows(offsets, starts, ends):
+    """(row of each element, flat positions) of the slices ``[starts[j], ends[j])`` of a flat array, row j."""
+    lengths = ends - starts
+    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    first = torch.cumsum(lengths, 0) - lengths
+    positions = torch.arange(rows.numel(), device=rows.device) - first[rows] + starts[rows]
+    return rows, positions
+
+
+def exclude_seen(scores, users, seen):
+    """Set to -inf, in place, the scores [B, I] of the items each of ``users`` [B] has in ``seen`` (an
+    ``interactions_by_user`` pair): those items are not candidates."""
+    offsets, items = seen
+    rows, positions = _ragged_rows(offsets, offsets[users], offsets[users + 1])
+    scores[rows, items[positions]] = -math.inf
+    return scores
+
+
+def top_k(scores, k):
+    """(scores [B, k], items [B, k]) of the k best candidates of each row, best first: the top-k routine of full
+    ranking and of recommendations. Excluded candidates carry -inf."""
+    return torch.topk(scores, min(k, scores.shape[1]), dim=1)
+
+
+def full_rank_sums(scores, held_items, rows, counts, topk):
+    """Sums of HR@k, Recall@k, NDCG@k and MRR@k over the users of ``scores`` [B, I] (excluded items at -inf),
+    whose held-out items are ``held_items`` [T] (row ``rows`` [T]; ``counts`` [B] items per user).
+
+    A held-out item's position is the number of other candidates scoring at least as high (ties count against
+    it, so a constant model scores 0); it is a hit when that is below k. Recall@k is hits over the user's held-out
+    items, NDCG@k's ideal DCG is over min(k, those items), MRR@k is 1 / (first hit's position + 1). Only the top k
+    and the ties at the k-th score are looked at, never a sort of every candidate.
+    """
+    top_scores, top_items = top_k(scores, topk)
+    kth = top_scores[:, -1]
+    ties_outside = (scores == kth[:, None]).sum(1) - (top_scores == kth[:, None]).sum(1)
+    held_scores = scores[rows, held_items]  # [T]
+    in_top = (top_items[rows] == held_items[:, None]).any(1)
+    ahead = (top_scores[rows] >= held_scores[:, None]).sum(1) - in_top.long()
+    ahead = ahead + torch.where(held_scores == kth[rows], ties_outside[rows] - (~in_top).long(), 0)
+    hit = (held_scores >= kth[rows]) & (ahead < topk) & (held_scores > -math.inf)
+    batch = scores.shape[0]
+    hits = torch.zeros(batch, dtype=torch.float64, device=scores.device).index_add_(0, rows, hit.double())
+    gains = torch.where(hit, 1.0 / torch.log2(ahead.double() + 2.0), torch.zeros((), dtype=torch.float64,
+                                                                                  device=scores.device))
+    dcg = torch.zeros(batch, dtype=torch.float64, device=scores.device).index_add_(0, rows, gains)
+    discounts = 1.0 / torch.log2(torch.arange(topk, dtype=torch.float64, device=scores.device) + 2.0)
+    ideal = torch.cumsum(discounts, 0)[counts.clamp(max=topk) - 1]
+    first = torch.full((batch,), topk, dtype=torch.int64, device=scores.device).scatter_reduce(
+        0, rows, torch.where(hit, ahead, topk), "amin")
+    reciprocal = torch.where(first < topk, 1.0 / (first.double() + 1.0), 0.0)
+    return torch.stack([(hits > 0).double().sum(), (hits / counts).sum(), (dcg / ideal).sum(), reciprocal.sum(),
+                        torch.tensor(float(batch), dtype=torch.float64, device=scores.device)])
+
+
+def score_every_item(model, users, score=None):
+    """Logits [B, num_items] of ``users`` [B] for every item: ``model.score_all`` (or ``score``, a compiled form
+    of it)."""
+    return (model.score_all if score is None else score)(users)
+
+
+@torch.no_grad()
+def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_size=1, score=None):
+    """This rank's sums over its share of ``held``'s users (a dataloading.HeldOut), in the order of ``FULL_SUMS``:
+    every item is a candidate but those in ``seen`` (``interactions_by_user`` of the training pairs, and of the
+    validation pairs when testing). Chunked over users: never a users x items matrix."""
+    num_users = held.users.numel()
+    share = math.ceil(num_users / world_size)
+    totals = torch.zeros(len(FULL_SUMS), dtype=torch.float64, device=held.users.device)
+    for start in range(rank * share, min(num_users, (rank + 1) * share), users_per_chunk):
+        stop = min(start + users_per_chunk, (rank + 1) * share, num_users)
+        users = held.users[start:stop]
+        with autocast():
+            scores = score_every_item(model, users, score).float()  # [B, I]
+        for part in seen:
+            exclude_seen(scores, users, part)
+        starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
+        rows, positions = _ragged_rows(held.offsets, starts, ends)
+        totals += full_rank_sums(scores, held.items[positions], rows, ends - starts, topk)
+    return totals
+
+
+def full_metrics(model, held, seen, num_items, topk, users_per_chunk, autocast, rank=0, world_size=1, score=None):
+    """HR@k, Recall@k, NDCG@k and MRR@k over every user of ``held`` (all ranks together), as a dict; plus
+    ``eval_samples``, the (user, item) pairs scored."""
+    if model is not None:
+        model.eval()
+    totals = full_sums(model, held, seen, topk, users_per_chunk, autocast, rank, world_size, score)
+    if world_size > 1:
+        dist.all_reduce(totals)
+    sums = dict(zip(FULL_SUMS, totals.tolist()))
+    users = max(sums["users"], 1.0)
+    return {f"hr@{topk}": sums["hr"] / users, f"recall@{topk}": sums["recall"] / users,
+            f"ndcg@{topk}": sums["ndcg"] / users, f"mrr@{topk}": sums["mrr"] / users,
+            "eval_samples": sums["users"] * num_items}

@@ -155,6 +155,10 @@ class GMF(nn.Module):
         per user where it can be."""
         return self.candidate_dot(users, items, self.output.weight[0]) + self.output.bias
 
+    def score_all(self, users):
+        """Logits [B, num_items] of users [B] for every item: one product with the whole item table."""
+        return (self.user_embedding(users) * self.output.weight[0]) @ self.item_embedding.weight.T + self.output.bias
+
 
 class MLP(nn.Module):
     """Multi-layer perceptron over the concatenated embeddings; ``layers[0]`` is the concatenation's width."""
@@ -219,6 +223,11 @@ class MLP(nn.Module):
         """Logits [B, C] of users [B] for their candidates items [B, C], as ``forward`` for every pair."""
         return self.output(self.candidate_features(users, items)).squeeze(-1)
 
+    def score_all(self, users):
+        """Logits [B, num_items] of users [B] for every item (the first layer's item half computed once per item)."""
+        every_item = torch.arange(self.item_embedding.num_embeddings, device=users.device)
+        return self.score(users, every_item.expand(users.numel(), -1))
+
 
 class NeuMF(nn.Module):
     """GMF and MLP branches with their own embeddings, joined by one output layer."""
@@ -278,6 +287,16 @@ class NeuMF(nn.Module):
         weight = self.output.weight[0]
         mlp = nn.functional.linear(self.mlp.candidate_features(users, items), self.output.weight[:, factors:])
         return self.gmf.candidate_dot(users, items, weight[:factors]) + mlp.squeeze(-1) + self.output.bias
+
+    def score_all(self, users):
+        """Logits [B, num_items] of users [B] for every item."""
+        factors = self.gmf.user_embedding.embedding_dim
+        weight = self.output.weight[0]
+        every_item = torch.arange(self.gmf.item_embedding.num_embeddings, device=users.device)
+        mlp = nn.functional.linear(self.mlp.candidate_features(users, every_item.expand(users.numel(), -1)),
+                                   self.output.weight[:, factors:]).squeeze(-1)
+        gmf = (self.gmf.user_embedding(users) * weight[:factors]) @ self.gmf.item_embedding.weight.T
+        return gmf + mlp + self.output.bias
 
     @torch.no_grad()
     def load_pretrained(self, gmf, mlp, alpha=0.5):
