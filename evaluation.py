@@ -218,3 +218,59 @@ def full_metrics(model, held, seen, num_items, topk, users_per_chunk, autocast, 
     return {f"hr@{topk}": sums["hr"] / users, f"recall@{topk}": sums["recall"] / users,
             f"ndcg@{topk}": sums["ndcg"] / users, f"mrr@{topk}": sums["mrr"] / users,
             "eval_samples": sums["users"] * num_items}
+
+
+# ------------------------------------------------------------------------------------------------ one evaluation
+
+
+PROTOCOLS = ("sampled", "full")
+
+
+def selection_metric(dataset, protocol, topk):
+    """The metric a run selects its best epoch on: HR@k (sampled) or Recall@k (full) of the validation set when the
+    dataset has one (``valid_`` prefixed), else of the test set."""
+    return f"{'valid_' if dataset.validation is not None else ''}{'hr' if protocol == 'sampled' else 'recall'}@{topk}"
+
+
+def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, world_size=1, compile_mode=None):
+    """A function returning the metrics of ``model`` (the plain module) as one dict: the test set's under their
+    names, the validation set's (when there is one) prefixed ``valid_``, and ``eval_samples``, the pairs scored.
+
+    ``protocol`` 'sampled' ranks each held-out item among its negatives (``batch_samples`` candidates a batch);
+    'full' ranks every item the user has not trained on (for the test set, nor held out for validation), in chunks
+    of users of at most ``batch_samples`` (capped at 2^18) scores. ``compile_mode``: torch.compile the scoring.
+    """
+    sets = [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
+    if protocol == "sampled":
+        score = torch.compile(model.score, mode=compile_mode) if compile_mode else None
+        runs = [(prefix, _sampled_run(model, held, topk, batch_samples, autocast, rank, world_size, score))
+                for prefix, held in sets]
+    else:
+        score = torch.compile(model.score_all, mode=compile_mode) if compile_mode else None
+        train = interactions_by_user(dataset.train_users, dataset.train_items, dataset.num_users)
+        seen = {"": [train], "valid_": [train]}
+        if dataset.validation is not None:  # the test set's candidates exclude the validation items too
+            validation = dataset.validation
+            validation_users = torch.repeat_interleave(validation.users, validation.offsets.diff())
+            seen[""].append(interactions_by_user(validation_users, validation.items, dataset.num_users))
+        users_per_chunk = max(1, min(batch_samples, 2**18) // dataset.num_items)
+        runs = [(prefix, lambda held=held, prefix=prefix: full_metrics(
+            model, held, seen[prefix], dataset.num_items, topk, users_per_chunk, autocast, rank, world_size, score))
+            for prefix, held in sets]
+
+    def evaluate():
+        metrics, scored = {}, 0.0
+        for prefix, run in runs:
+            result = run()
+            scored += result.pop("eval_samples")
+            metrics.update({"valid_loss" if prefix and key == "validation_loss" else prefix + key: value
+                            for key, value in result.items()})
+        return metrics | {"eval_samples": scored}
+
+    return evaluate
+
+
+def _sampled_run(model, held, topk, batch_samples, autocast, rank, world_size, score):
+    mask = candidate_mask(held.items, held.negatives)
+    users_per_batch = max(1, batch_samples // (1 + held.negatives.shape[1]))
+    return lambda: sampled_metrics(model, held, topk, users_per_batch, autocast, mask, rank, world_size, score)

@@ -26,7 +26,7 @@ import dataloading
 import evaluation
 import train
 from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, choose_sizes
-from logger import RunLogger, epoch_line, summary
+from logger import RunLogger, epoch_line, metric_label, metric_line, summary
 
 
 class UsageError(Exception):
@@ -66,7 +66,15 @@ def parse_args(argv=None):
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
     parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (negatives, order, initialisation)")
     parser.add_argument("-t", "--threshold", type=float, default=None,
-                        help="stop training once HR@k reaches this value (default: run every epoch)")
+                        help="stop training once the selection metric (HR@k, or Recall@k under --eval_protocol full; "
+                             "of the validation set when there is one) reaches this value (default: run every epoch)")
+    parser.add_argument("--eval_protocol", choices=evaluation.PROTOCOLS, default="sampled",
+                        help="'sampled': each held-out item ranked among its sampled negatives (NVIDIA, the NCF "
+                             "paper); 'full': among every item the user has not trained on, with HR@k, Recall@k, "
+                             "NDCG@k and MRR@k (NGCF/LightGCN; needed for ratio splits)")
+    parser.add_argument("--early_stop", type=int, default=None, metavar="EPOCHS",
+                        help="stop after this many epochs without a better selection metric (default: run every "
+                             "epoch); the best epoch is chosen on the validation set when the dataset has one")
     parser.add_argument("-b1", "--beta1", type=float, default=None,
                         help="Adam beta1; default: NVIDIA's 0.25 for batches of 2^18 or more, else 0.9 (printed)")
     parser.add_argument("-b2", "--beta2", type=float, default=None,
@@ -177,9 +185,15 @@ Config = dataclasses.make_dataclass("Config", [(name, object) for name in vars(p
 
 def resolve_config(args, dataset):
     """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
-    if args.topk >= dataset.candidates_per_user:
-        raise UsageError(f"-k/--topk {args.topk} is not below the {dataset.candidates_per_user} candidates ranked per "
-                         f"test user, so every user would count as a hit; pass a smaller -k")
+    sampled = args.eval_protocol == "sampled"
+    if sampled and dataset.test.negatives is None:
+        raise UsageError(f"{dataset.path}: has {dataset.test.items.numel():,} test items for "
+                         f"{dataset.test.users.numel():,} users and no sampled negatives, which sampled evaluation "
+                         "needs (one test item per user); pass --eval_protocol full")
+    candidates = dataset.candidates_per_user if sampled else dataset.num_items
+    if args.topk >= candidates:
+        raise UsageError(f"-k/--topk {args.topk} is not below the {candidates} candidates ranked per test user, so "
+                         "every user would count as a hit; pass a smaller -k")
     values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
                                           args.batch_size, args.learning_rate, args.beta1, args.beta2)
     if warning:
@@ -190,7 +204,10 @@ def resolve_config(args, dataset):
 def describe(config, dataset, runtime, notes):
     """The data, the model and the chosen settings, as printed at start."""
     lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
-             f"{dataset.num_train:,} training pairs, {dataset.test_negatives.shape[1]} test negatives per user)",
+             f"{dataset.num_train:,} training pairs, " + (f"{dataset.test.negatives.shape[1]} test negatives per user)"
+                                                           if dataset.test.negatives is not None else
+                                                           f"{dataset.test.items.numel():,} test items)")
+             + (f", {dataset.validation.items.numel():,} validation items" if dataset.validation is not None else ""),
              f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
                                          and config.branch_loss else "")
              + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
@@ -231,6 +248,7 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, say):
                                     # (key, flag, value of checkpoints older than the flag, whether it applies)
                                     ("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
                                     ("recency", "--recency", 0.0, True),
+                                    ("eval_protocol", "--eval_protocol", "sampled", True),
                                     ("recency_window", "--recency_window", 10.0, bool(config.recency)),
                                     ("branch_loss", "--branch_loss", 0.0, config.model == "neumf")])
     say(f"resuming from {last_path} after epoch {resumed[0] - 1}")
@@ -238,12 +256,9 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, say):
 
 
 def evaluator(config, dataset, model, autocast, runtime):
-    """The sampled HR/NDCG evaluation of ``model`` (the plain module; its scoring compiled under --compile)."""
-    mask = evaluation.candidate_mask(dataset.test_items, dataset.test_negatives)
-    score = train.compiled(model.score, config.compile)
-    users_per_batch = max(1, config.valid_batch_size // dataset.candidates_per_user)
-    return lambda: evaluation.sampled_metrics(model, dataset, config.topk, users_per_batch, autocast, mask,
-                                              runtime.rank, runtime.world_size, score)
+    """The evaluation of ``model`` (the plain module) that --eval_protocol names, on test and validation sets."""
+    return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, config.valid_batch_size, autocast,
+                                runtime.rank, runtime.world_size, config.compile)
 
 
 def test_mode(config, dataset, runtime, log, autocast, say):
@@ -251,16 +266,17 @@ def test_mode(config, dataset, runtime, log, autocast, say):
     model = checkpoint.load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
     metrics = evaluation.timed(evaluator(config, dataset, model.to(runtime.device), autocast, runtime))
     log.write("summary", metrics)
-    say(f"HR@{config.topk} {metrics[f'hr@{config.topk}']:.4f}  NDCG@{config.topk} {metrics[f'ndcg@{config.topk}']:.4f}")
+    say(metric_line(metrics))
     return 0
 
 
 def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log, say):
-    """Train with train.fit: batches with negatives, sampled evaluation, best epoch on HR@k; logs, prints and
-    keeps best.pt/last.pt. Returns the best epoch's dict."""
+    """Train with train.fit: batches with negatives, the evaluation --eval_protocol names, the best epoch on the
+    validation set when there is one (else on the test items); logs, prints and
+    keeps best.pt/last.pt. Returns (the best epoch's dict, whether --threshold stopped the run)."""
     start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, say)
     train.check_ranks_agree(dataclasses.asdict(config), dataset.fingerprint, start_epoch, runtime)
-    selection = train.Selection(f"hr@{config.topk}")
+    selection = train.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
     saving = folder is not None and runtime.is_main
     saved_best = checkpoint.prepare_folder(folder, dataset.fingerprint, config.model, selection.metric) if saving \
         else None
@@ -277,9 +293,10 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
 
     def on_epoch(record):
         log.write("epoch", record)
-        say(epoch_line(record, config.topk))
+        say(epoch_line(record))
         if config.threshold is not None and selection.reaches(record[selection.metric], config.threshold):
-            say(f"reached the target HR@{config.topk} {config.threshold} in epoch {record['epoch']}; stopping")
+            say(f"reached the target {metric_label(selection.metric)} {config.threshold} in epoch {record['epoch']}; "
+                "stopping")
 
     try:
         return train.fit(
@@ -292,8 +309,8 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
             learning_rate=(lambda progress: train.cosine_rate(config.learning_rate, progress))
             if config.lr_schedule == "cosine" else None, threshold=config.threshold, on_epoch=on_epoch,
-            save=save if saving else None, saved_best=saved_best,
-            show_bar=runtime.is_main and sys.stderr.isatty())[0]
+            save=save if saving else None, saved_best=saved_best, patience=config.early_stop,
+            show_bar=runtime.is_main and sys.stderr.isatty())
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
                          "is kept") from None
@@ -338,10 +355,11 @@ def run(args):
     torch.manual_seed(config.seed)
     say(describe(config, dataset, runtime, notes))
     model, model_args, optimizer, loss = build(config, dataset, runtime.device)
-    best = fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log, say)
-    record, line = summary(best, config.topk, config.threshold)
+    best, reached = fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log,
+                        say)
+    record, lines = summary(best, config.topk, reached, dataset.validation is not None)
     log.write("summary", record)
-    say(line)
+    say(lines)
     return 0
 
 

@@ -222,7 +222,7 @@ def train_epoch(model, optimizer, scaler, autocast, batches, loss, *, grads_accu
 
 def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, autocast=None,
         start_epoch=0, best=None, seed=0, rank=0, world_size=1, grads_accumulated=1, learning_rate=None,
-        threshold=None, on_epoch=None, save=None, saved_best=None, show_bar=False):
+        threshold=None, patience=None, on_epoch=None, save=None, saved_best=None, show_bar=False):
     """Train from ``start_epoch`` to ``epochs``, evaluating after each epoch; returns the run's ``best`` and
     whether it stopped at ``threshold``.
 
@@ -232,6 +232,7 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
     ``train_loss``, the evaluation's metrics, ``learning_rate``, throughputs and times. Then ``save(name, record,
     best)``, when given, writes "best.pt" for an epoch better than the run's best so far and than ``saved_best`` (a
     best model already kept, never overwritten by a worse one), and "last.pt" after every epoch.
+    ``patience``: stop after that many epochs in a row without a better selection metric (early stopping).
     Raises NonFiniteLoss when an epoch's loss is not finite, before anything of that epoch is reported.
     """
     autocast = autocast or contextlib.nullcontext
@@ -272,5 +273,7 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
             save("last.pt", record, best)
         if threshold is not None and selection.reaches(value, threshold):
             reached = True
+            break
+        if patience is not None and epoch - best["epoch"] >= patience:
             break
     return best, reached

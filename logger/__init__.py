@@ -9,6 +9,7 @@ Summarise or plot a log with ``python -m logger.summarize LOG``.
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -46,24 +47,48 @@ class RunLogger:
             os.replace(temporary, self.path)
 
 
-def epoch_line(record, topk):
-    """How an epoch of a ranking run is printed."""
-    return (f"epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}  val loss {record['validation_loss']:.4f}  "
-            f"HR@{topk} {record[f'hr@{topk}']:.4f}  NDCG@{topk} {record[f'ndcg@{topk}']:.4f}  "
-            f"{record['train_throughput'] / 1e6:.2f}M samples/s  "
+METRIC = re.compile(r"(valid_)?(hr|recall|ndcg|mrr)@(\d+)")
+LABELS = {"hr": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR"}
+
+
+def metric_label(key):
+    """How a metric key is printed: ``hr@10`` -> ``HR@10``, ``valid_ndcg@10`` -> ``valid NDCG@10``."""
+    match = METRIC.fullmatch(key)
+    return f"{'valid ' if match[1] else ''}{LABELS[match[2]]}@{match[3]}" if match else key
+
+
+def metric_line(metrics, prefix=""):
+    """The ranking metrics of a dict (those named like ``hr@10``, ``valid_recall@20``), printed in its order;
+    ``prefix`` keeps only the test set's ("") or the validation set's ("valid_")."""
+    return "  ".join(f"{metric_label(key)} {value:.4f}" for key, value in metrics.items()
+                     if (match := METRIC.fullmatch(key)) and (match[1] or "") == prefix)
+
+
+def epoch_line(record):
+    """How an epoch is printed: losses, the test set's metrics, the validation set's, throughput and time."""
+    losses = f"loss {record['train_loss']:.4f}" + "".join(
+        f"  {label} {record[key]:.4f}" for key, label in (("validation_loss", "val loss"), ("valid_loss", "valid loss"))
+        if key in record)
+    metrics = "  ".join(part for part in (metric_line(record), metric_line(record, "valid_")) if part)
+    return (f"epoch {record['epoch']:3d}  {losses}  {metrics}  {record['train_throughput'] / 1e6:.2f}M samples/s  "
             f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
 
 
-def summary(best, topk, threshold=None, selected_on="test"):
-    """(summary record with NVIDIA's key names, printed line) of a ranking run's best epoch (``train.fit``'s
-    ``best``); ``selected_on`` says which items chose that epoch."""
-    hr, ndcg = best["metrics"].get(f"hr@{topk}", -1.0), best["metrics"].get(f"ndcg@{topk}", 0.0)
-    reached = threshold is not None and hr >= threshold
+def summary(best, topk, reached=False, validated=False):
+    """(summary record with NVIDIA's key names, printed lines) of a run's best epoch (``train.fit``'s ``best``; the
+    run stopped at its --threshold when ``reached``): its test metrics, and which items chose it (``selected_on``:
+    the validation set's, when ``validated``, else the test set's own)."""
+    metrics = best["metrics"]
+    hr, ndcg = metrics.get(f"hr@{topk}", -1.0), metrics.get(f"ndcg@{topk}", 0.0)
     record = {"best_accuracy": hr, "best_ndcg": ndcg, "best_epoch": best["epoch"],
               "time_to_best_model": best["seconds"], "time_to_target": best["elapsed"] if reached else None,
-              "total_time": best["elapsed"], "selected_on": selected_on}
-    return record, (f"best HR@{topk} {hr:.4f}  NDCG@{topk} {ndcg:.4f}  at epoch {best['epoch']}"
-                    f"  ({best['seconds']:.1f} s of training and evaluation)")
+              "total_time": best["elapsed"], "selected_on": "validation" if validated else "test",
+              "best_metrics": metrics}
+    line = (f"best {metric_line(metrics) or f'HR@{topk} {hr:.4f}  NDCG@{topk} {ndcg:.4f}'}  at epoch {best['epoch']}"
+            f"  ({best['seconds']:.1f} s of training and evaluation)")
+    chosen = (f"the best epoch was chosen on the validation set ({metric_line(metrics, 'valid_')})" if validated
+              else "the best epoch was chosen on the test items (the dataset has no validation split)")
+    return record, f"{line}\n{chosen}"
 
 
 def _parse(line):
