@@ -135,17 +135,21 @@ def describe_device(device):
 
 
 def result_of_log(log_path):
-    """What a results file keeps of a finished ncf.py run, from its JSON-lines log: the best HR@k and NDCG@k, the
-    best epoch, which items chose it (``selected_on``), the training and evaluation seconds (``total_time``) and the
-    HR@k of every epoch (``curve``)."""
+    """What a results file keeps of a finished ncf.py run, from its JSON-lines log: the test HR@k and NDCG@k of the
+    best epoch, that epoch, which items chose it (``selected_on``), its validation metric when a validation set
+    chose it (``valid``), all its metrics, the training and evaluation seconds (``total_time``) and the test HR@k of
+    every epoch (``curve``)."""
     lines = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     summary = next(line for line in reversed(lines) if line["type"] == "summary")
     start = max(index for index, line in enumerate(lines) if line["type"] == "config")
     epochs = [line for line in lines[start:] if line["type"] == "epoch"]
     hr_key = next(key for key in epochs[0] if key.startswith("hr@"))
+    metrics = summary.get("best_metrics", {})
+    valid = next((value for key, value in metrics.items() if key.startswith(("valid_hr@", "valid_recall@"))), None)
     return {"hr": summary["best_accuracy"], "ndcg": summary["best_ndcg"], "best_epoch": summary["best_epoch"],
             "selected_on": summary.get("selected_on", "test"), "total_time": round(summary["total_time"], 1),
-            "curve": [round(epoch[hr_key], 4) for epoch in epochs]}
+            "curve": [round(epoch[hr_key], 4) for epoch in epochs],
+            **({"valid": valid} if valid is not None else {}), "metrics": metrics}
 
 
 def parser_for(docstring):

@@ -72,19 +72,26 @@ def run_one(job):
 
 
 def rank(records, top):
+    """The configurations by their mean over seeds: of the validation metric when the runs were chosen on a
+    validation set (the test figures beside it, never used to rank), else of the test HR (chosen on test)."""
     by_config = {}
     for record in records:
         if record.get("status") == 0:
             by_config.setdefault(record["config"], []).append(record)
+    on_validation = all("valid" in run for runs in by_config.values() for run in runs) and bool(by_config)
     rows = []
     for config, runs in by_config.items():
         hrs, ndcgs = [run["hr"] for run in runs], [run["ndcg"] for run in runs]
-        rows.append((statistics.mean(hrs), statistics.mean(ndcgs), min(hrs), len(runs),
+        key = statistics.mean(run["valid"] for run in runs) if on_validation else statistics.mean(hrs)
+        rows.append((key, statistics.mean(hrs), statistics.mean(ndcgs), min(hrs), len(runs),
                      statistics.mean(run["seconds"] for run in runs), config))
     rows.sort(reverse=True)
-    lines = [f"{'mean HR':>8} {'mean NDCG':>9} {'min HR':>7} {'runs':>4} {'s/run':>6}  configuration"]
-    lines += [f"{hr:8.4f} {ndcg:9.4f} {low:7.4f} {count:4d} {seconds:6.1f}  {config}"
-              for hr, ndcg, low, count, seconds, config in rows[:top]]
+    lines = [("ranked on the validation set's mean; the test figures beside it" if on_validation else
+              "ranked on the test HR: these runs had no validation set, so the ranking reads the test items")]
+    lines.append((f"{'valid':>8} " if on_validation else "")
+                 + f"{'mean HR':>8} {'mean NDCG':>9} {'min HR':>7} {'runs':>4} {'s/run':>6}  configuration")
+    lines += [(f"{key:8.4f} " if on_validation else "") + f"{hr:8.4f} {ndcg:9.4f} {low:7.4f} {count:4d} "
+              f"{seconds:6.1f}  {config}" for key, hr, ndcg, low, count, seconds, config in rows[:top]]
     return "\n".join(lines)
 
 

@@ -7,9 +7,9 @@
 import argparse
 import sys
 
-from logger import read_log
+from logger import METRIC, read_log
 
-COLUMNS = ("epoch", "train_loss", "validation_loss", "hr@{k}", "ndcg@{k}", "train_throughput", "train_epoch_time")
+COLUMNS = ("epoch", "train_loss", "validation_loss", "valid_loss", "train_throughput", "train_epoch_time")
 
 
 def summary_table(records):
@@ -17,9 +17,8 @@ def summary_table(records):
     epochs = [record for record in records if record.get("type") == "epoch"]
     if not epochs:
         return "no epoch records in this log"
-    metric_keys = [key for key in epochs[0] if key.startswith(("hr@", "ndcg@"))]
-    columns = [column for column in COLUMNS if "{k}" not in column] + metric_keys
-    columns = [column for column in columns if column in epochs[0]]
+    metric_keys = [key for key in epochs[0] if METRIC.fullmatch(key)]
+    columns = [column for column in COLUMNS if column in epochs[0]] + metric_keys
     rows = [[_format(record.get(column)) for column in columns] for record in epochs]
     widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
     lines = ["  ".join(column.rjust(width) for column, width in zip(columns, widths))]
@@ -27,7 +26,11 @@ def summary_table(records):
     for record in records:
         if record.get("type") == "summary":
             lines.append("summary: " + ", ".join(f"{key} {_format(value)}" for key, value in record.items()
-                                                 if key not in ("type", "time")))
+                                                 if key not in ("type", "time", "best_metrics", "selected_on")))
+            if "best_epoch" in record:
+                lines.append("the best epoch was chosen on " + (
+                    "the validation set" if record.get("selected_on") == "validation" else
+                    "the test items (no validation set: its figures are optimistic)"))
     return "\n".join(lines)
 
 
@@ -47,9 +50,9 @@ def plot(records, output):
     epochs = [record for record in records if record.get("type") == "epoch"]
     x = [record["epoch"] for record in epochs]
     figure, (metrics, losses) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in (key for key in epochs[0] if key.startswith(("hr@", "ndcg@"))):
+    for key in (key for key in epochs[0] if METRIC.fullmatch(key)):
         metrics.plot(x, [record[key] for record in epochs], marker="o", label=key)
-    for key in ("train_loss", "validation_loss"):
+    for key in ("train_loss", "validation_loss", "valid_loss"):
         if key in epochs[0]:
             losses.plot(x, [record[key] for record in epochs], marker="o", label=key)
     for axes, title in ((metrics, "ranking metrics"), (losses, "loss")):

@@ -80,9 +80,21 @@ def test_sweep_ranks_configurations_by_mean_hr(tmp_path, capsys):
                        '{"config": "c", "seed": 0, "status": 2, "seconds": 0, "error": ["bad flag"]}\n')
     assert sweep.main(["--output", str(results)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[:4] == ["0.6500", "0.3500", "0.6500", "1"] and lines[1].endswith("b")
-    assert lines[2].split()[:4] == ["0.6000", "0.3500", "0.5000", "2"] and lines[2].endswith("a")
-    assert len(lines) == 3  # the failed run is not ranked
+    assert lines[0].startswith("ranked on the test HR")
+    assert lines[2].split()[:4] == ["0.6500", "0.3500", "0.6500", "1"] and lines[2].endswith("b")
+    assert lines[3].split()[:4] == ["0.6000", "0.3500", "0.5000", "2"] and lines[3].endswith("a")
+    assert len(lines) == 4  # the failed run is not ranked
+
+
+def test_sweep_ranks_on_validation_when_the_runs_had_it(tmp_path, capsys):
+    sweep = load_script("sweep")
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"config": "a", "seed": 0, "status": 0, "seconds": 1, "hr": 0.9, "ndcg": 0.5, "valid": 0.4}\n'
+                       '{"config": "b", "seed": 0, "status": 0, "seconds": 1, "hr": 0.6, "ndcg": 0.3, "valid": 0.7}\n')
+    assert sweep.main(["--output", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ranked on the validation set")
+    assert lines[2].endswith("b") and lines[3].endswith("a")  # b's better validation wins over a's better test
 
 
 def test_time_to_hr_reports_the_curve_and_the_target(capsys):

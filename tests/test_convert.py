@@ -496,3 +496,83 @@ def test_lastfm_counts(tmp_path):
     assert metadata["num_items"] + counts["items_dropped"] == 17_632
     assert metadata["num_train"] + metadata["num_test_users"] == 92_834 - counts["interactions_of_dropped_users"]
     assert "at random" in metadata["protocol"]["split"]  # Last.fm has no timestamps
+
+
+# ------------------------------------------------------------------------------------------------- other splits
+
+
+def test_leave_one_out_validation_is_the_second_latest_item_and_never_trained_on(tmp_path, tiny_log):
+    source = write_ratings_csv(tmp_path, tiny_log)
+    assert run_convert(["--path", source, "--output", tmp_path / "out", "--validation", "--valid_negative", "2"])[0] \
+        == 0
+    metadata, arrays, train, test = as_original(tmp_path / "out")
+    # Users 11, 12 (two distinct items) and 13 (one) have no item left to train on beside a test and a validation
+    # item: dropped. User 14's items in time order: 102, 105, 103.
+    assert test == {10: 102, 14: 103} and metadata["protocol"]["min_interactions"] == 3
+    users = pd.read_csv(tmp_path / "out" / "users.csv")["original_id"].to_numpy()
+    items = pd.read_csv(tmp_path / "out" / "items.csv")["original_id"].to_numpy()
+    validation = {users[u]: items[i] for u, i in arrays["validation"]}
+    assert validation == {10: 101, 14: 105} and train == {(10, 100), (14, 102)}
+    negatives = arrays["validation_negatives"]
+    assert negatives.shape == (2, 2) and metadata["num_validation"] == 2
+    for user, row in enumerate(negatives.tolist()):
+        own = {i for u, i in np.concatenate([arrays["train"], arrays["test"], arrays["validation"]]).tolist()
+               if u == user}
+        assert not own & set(row)
+
+
+@pytest.mark.parametrize("split", ["ratio", "time_ratio"])
+def test_ratio_splits_partition_each_users_items_in_the_asked_shares(random_log, tmp_path, split):
+    frame, _ = random_log
+    source = tmp_path / "ratings.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "out"
+    assert run_convert(["--path", source, "--output", out, "--split", split, "--test_fraction", "0.25",
+                        "--validation", "--validation_fraction", "0.2", "--seed", "3"])[0] == 0
+    metadata, arrays = load_output(out)
+    assert "test_negatives" not in arrays and metadata["test_negatives"] == 0
+    parts = {name: arrays[name] for name in ("train", "test", "validation")}
+    pairs = [set(map(tuple, array.tolist())) for array in parts.values()]
+    assert sum(map(len, pairs)) == len(set.union(*pairs))  # disjoint, and no pair repeated
+    for name, array in parts.items():
+        assert (np.diff(array[:, 0]) >= 0).all(), name  # sorted by user
+    counts = {name: np.bincount(array[:, 0], minlength=metadata["num_users"]) for name, array in parts.items()}
+    total = sum(counts.values())
+    expected_test = np.clip(np.rint(0.25 * total), 1, total - 1)
+    assert (counts["test"] == expected_test).all() and (counts["train"] >= 1).all()
+    assert (counts["validation"] == np.clip(np.rint(0.2 * (total - expected_test)), 0, total - expected_test - 1)).all()
+    if split == "time_ratio":  # the held-out items are each user's latest (ties: later in the file)
+        times = arrays["train_timestamps"], arrays["test_timestamps"], arrays["validation_timestamps"]
+        for user in range(metadata["num_users"]):
+            train_times = times[0][arrays["train"][:, 0] == user]
+            assert train_times.max() <= times[2][arrays["validation"][:, 0] == user].min(initial=10**9)
+            assert times[2][arrays["validation"][:, 0] == user].max(initial=-1) <= \
+                times[1][arrays["test"][:, 0] == user].min()
+
+
+def test_ratio_split_is_seeded(random_log, tmp_path):
+    frame, _ = random_log
+    source = tmp_path / "ratings.csv"
+    frame.to_csv(source, index=False)
+    outputs = []
+    for seed in (1, 1, 2):
+        out = tmp_path / f"out{len(outputs)}"
+        assert run_convert(["--path", source, "--output", out, "--split", "ratio", "--seed", str(seed)])[0] == 0
+        outputs.append(np.load(out / "test.npy"))
+    assert np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])
+
+
+def test_lightgcn_files_are_read_with_their_split(tmp_path, capsys):
+    folder = tmp_path / "gowalla"
+    folder.mkdir()
+    (folder / "train.txt").write_text("0 0 1 2\n1 1 2\n2 0 3\n")
+    (folder / "test.txt").write_text("0 3\n1 0 3\n2 1\n")
+    assert run_convert(["--path", folder, "--output", tmp_path / "out"])[0] == 0
+    metadata, arrays = load_output(tmp_path / "out")
+    assert arrays["train"].tolist() == [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [2, 0], [2, 3]]
+    assert arrays["test"].tolist() == [[0, 3], [1, 0], [1, 3], [2, 1]] and metadata["source"]["format"] == "lightgcn"
+    code, err = run_convert(["--path", folder / "train.txt", "--output", tmp_path / "again", "--validation"], capsys)
+    assert code == 1 and "their split is used as given" in err
+    (folder / "test.txt").write_text("0 x\n")
+    code, err = run_convert(["--path", folder, "--output", tmp_path / "bad"], capsys)
+    assert code == 1 and "test.txt: line 1: expected 'user item item ...'" in err

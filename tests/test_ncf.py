@@ -610,3 +610,73 @@ def test_evaluation_batches_that_do_not_divide_the_users_give_the_same_figures(p
                      "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(tmp_path / "t.json")]) == 0
     tested = json.loads((tmp_path / "t.json").read_text().splitlines()[-1])
     assert tested["hr@1"] == whole["hr@1"]
+
+
+# ------------------------------------------------------------------------------------ validation, full ranking
+
+
+@pytest.fixture(scope="module")
+def planted_with_validation(planted, tmp_path_factory):
+    """The planted log converted with a validation item per user (the second latest), with its own negatives."""
+    folder = tmp_path_factory.mktemp("planted_validation")
+    assert run_convert(["--path", planted.parent / "log.csv", "--output", folder / "data", "--valid_negative", "24",
+                        "--validation"])[0] == 0
+    return folder / "data"
+
+
+def test_the_best_epoch_is_chosen_on_validation_and_its_test_figures_reported(planted_with_validation, tmp_path,
+                                                                             capsys):
+    code, records = train(planted_with_validation, tmp_path, "--model", "gmf", "-e", "12", "-l", "0.003")
+    assert code == 0
+    epochs = [record for record in records if record["type"] == "epoch"]
+    chosen = max(range(len(epochs)), key=lambda epoch: (epochs[epoch]["valid_hr@1"], -epoch))  # the first best
+    result = summary(records)
+    assert result["selected_on"] == "validation" and result["best_epoch"] == chosen
+    assert result["best_accuracy"] == epochs[chosen]["hr@1"] and result["best_ndcg"] == epochs[chosen]["ndcg@1"]
+    assert checkpoint.load_checkpoint(tmp_path / "ck" / "best.pt")["epoch"] == chosen
+    out = capsys.readouterr().out
+    assert "valid HR@1" in out and "the best epoch was chosen on the validation set" in out
+    from logger import summarize
+
+    assert summarize.main([str(tmp_path / "log.json")]) == 0
+    table = capsys.readouterr().out
+    assert "valid_hr@1" in table.splitlines()[0] and table.rstrip().endswith("chosen on the validation set")
+
+
+def test_without_validation_the_summary_says_the_test_items_chose(planted, tmp_path, capsys):
+    code, records = train(planted, tmp_path, "--model", "gmf", "-e", "2")
+    assert code == 0 and summary(records)["selected_on"] == "test"
+    assert "the best epoch was chosen on the test items" in capsys.readouterr().out
+    from logger import summarize
+
+    assert summarize.main([str(tmp_path / "log.json")]) == 0
+    assert "chosen on the test items (no validation set" in capsys.readouterr().out
+
+
+def test_early_stopping_stops_where_the_validation_curve_says(planted_with_validation, tmp_path):
+    code, records = train(planted_with_validation, tmp_path, "--model", "gmf", "-e", "40", "--early_stop", "3")
+    assert code == 0
+    curve = [record["valid_hr@1"] for record in records if record["type"] == "epoch"]
+    best = curve.index(max(curve))
+    assert len(curve) == best + 4 < 40  # three epochs without a better one after the best, then it stops
+    assert max(curve[best + 1:]) <= curve[best]
+
+
+@pytest.mark.parametrize("model", ["gmf", "neumf"])
+def test_full_ranking_puts_the_held_out_item_first(planted, tmp_path, model):
+    code, records = train(planted, tmp_path, "--model", model, "--eval_protocol", "full")
+    assert code == 0
+    best = summary(records)["best_metrics"]
+    assert best["hr@1"] >= 0.9 and best["recall@1"] == best["hr@1"] and best["mrr@1"] == best["hr@1"]
+    epochs = [record for record in records if record["type"] == "epoch"]
+    assert epochs[0]["eval_throughput"] > 0 and "validation_loss" not in epochs[0]
+
+
+def test_full_ranking_checks_k_against_the_catalogue_and_sampled_needs_negatives(planted, tmp_path, capsys):
+    assert ncf.main(["--data", str(planted), "--eval_protocol", "full", "-k", "32", "--checkpoint_dir", ""]) == 1
+    assert "-k/--topk 32 is not below the 32 candidates" in one_line_error(capsys)
+    ratio = tmp_path / "ratio"
+    assert run_convert(["--path", planted.parent / "log.csv", "--output", ratio, "--split", "ratio"])[0] == 0
+    capsys.readouterr()
+    assert ncf.main(["--data", str(ratio), "--checkpoint_dir", ""]) == 1
+    assert "no sampled negatives, which sampled evaluation needs" in one_line_error(capsys)

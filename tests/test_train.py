@@ -87,3 +87,15 @@ def test_selection_directions():
     assert higher.improves(0.7, 0.6) and not higher.improves(0.6, 0.6) and higher.improves(0.0, higher.worst)
     assert lower.improves(0.8, 0.9) and not lower.improves(0.9, 0.9) and lower.improves(5.0, lower.worst)
     assert higher.reaches(0.7, 0.7) and lower.reaches(0.85, 0.9) and not lower.reaches(0.95, 0.9)
+
+
+def test_early_stopping_waits_patience_epochs_after_the_best():
+    curve = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.5, 0.6])
+    model = torch.nn.Linear(1, 1)
+    batches = [train.Batch((torch.zeros(1, 1), torch.zeros(1)), 1, 1)]
+    records = []
+    best, reached = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.amp.GradScaler(
+        "cpu", enabled=False), regression_loss, lambda epoch: batches, lambda: {"valid_hr@10": next(curve)},
+        train.Selection("valid_hr@10"), epochs=7, patience=2, on_epoch=records.append)
+    # Best at epoch 1 (0.3); epochs 2 and 3 do not beat it, so the run stops after epoch 3.
+    assert [record["epoch"] for record in records] == [0, 1, 2, 3] and best["epoch"] == 1 and not reached
