@@ -127,6 +127,14 @@ class Dataset:
         test set has no negatives), or every item in full ranking."""
         return 0 if self.test.negatives is None else 1 + self.test.negatives.shape[1]
 
+    def description(self):
+        """One line: where the dataset is, its sizes and its held-out sets."""
+        test = (f"{self.test.negatives.shape[1]} test negatives per user" if self.test.negatives is not None else
+                f"{self.test.items.numel():,} test items")
+        validation = "" if self.validation is None else f", {self.validation.items.numel():,} validation items"
+        return (f"{self.path} ({self.num_users:,} users, {self.num_items:,} items, {self.num_train:,} training pairs, "
+                f"{test}){validation}")
+
     def to(self, device):
         weights = None if self.train_weights is None else self.train_weights.to(device)
         return dataclasses.replace(self, train_users=self.train_users.to(device),

@@ -226,6 +226,20 @@ def full_metrics(model, held, seen, num_items, topk, users_per_chunk, autocast, 
 PROTOCOLS = ("sampled", "full")
 
 
+def protocol_problem(dataset, protocol, topk):
+    """Why ``protocol`` at k cannot evaluate ``dataset`` (one line), or None."""
+    sampled = protocol == "sampled"
+    if sampled and dataset.test.negatives is None:
+        return (f"{dataset.path}: has {dataset.test.items.numel():,} test items for {dataset.test.users.numel():,} "
+                "users and no sampled negatives, which sampled evaluation needs (one test item per user); pass "
+                "--eval_protocol full")
+    candidates = dataset.candidates_per_user if sampled else dataset.num_items
+    if topk >= candidates:
+        return (f"-k/--topk {topk} is not below the {candidates} candidates ranked per test user, so every user "
+                "would count as a hit; pass a smaller -k")
+    return None
+
+
 def selection_metric(dataset, protocol, topk):
     """The metric a run selects its best epoch on: HR@k (sampled) or Recall@k (full) of the validation set when the
     dataset has one (``valid_`` prefixed), else of the test set."""

@@ -6,9 +6,8 @@
     python ncf.py --data data/ml1m --mode test --load_checkpoint_path runs/gmf/best.pt
     torchrun --nproc_per_node=8 ncf.py --data data/ml20m --amp
 
-Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the best model and the last state
-(for --resume) in --checkpoint_dir. This file is the command line only: flags -> a resolved, immutable Config ->
-``main``'s named steps; the loop is ``train.py``, the metrics ``evaluation.py``, the files ``checkpoint.py``.
+Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the best model and the last state (for
+--resume) in --checkpoint_dir. The command line only: flags -> an immutable Config -> ``run``'s named steps.
 """
 
 import argparse
@@ -19,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 import checkpoint
 import dataloading
@@ -185,15 +183,9 @@ Config = dataclasses.make_dataclass("Config", [(name, object) for name in vars(p
 
 def resolve_config(args, dataset):
     """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
-    sampled = args.eval_protocol == "sampled"
-    if sampled and dataset.test.negatives is None:
-        raise UsageError(f"{dataset.path}: has {dataset.test.items.numel():,} test items for "
-                         f"{dataset.test.users.numel():,} users and no sampled negatives, which sampled evaluation "
-                         "needs (one test item per user); pass --eval_protocol full")
-    candidates = dataset.candidates_per_user if sampled else dataset.num_items
-    if args.topk >= candidates:
-        raise UsageError(f"-k/--topk {args.topk} is not below the {candidates} candidates ranked per test user, so "
-                         "every user would count as a hit; pass a smaller -k")
+    problem = evaluation.protocol_problem(dataset, args.eval_protocol, args.topk)
+    if problem:
+        raise UsageError(problem)
     values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
                                           args.batch_size, args.learning_rate, args.beta1, args.beta2)
     if warning:
@@ -203,11 +195,7 @@ def resolve_config(args, dataset):
 
 def describe(config, dataset, runtime, notes):
     """The data, the model and the chosen settings, as printed at start."""
-    lines = [f"data: {dataset.path} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
-             f"{dataset.num_train:,} training pairs, " + (f"{dataset.test.negatives.shape[1]} test negatives per user)"
-                                                           if dataset.test.negatives is not None else
-                                                           f"{dataset.test.items.numel():,} test items)")
-             + (f", {dataset.validation.items.numel():,} validation items" if dataset.validation is not None else ""),
+    lines = [f"data: {dataset.description()}",
              f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
                                          and config.branch_loss else "")
              + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
@@ -319,19 +307,12 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
 def main(argv=None):
     args = parse_args(argv)
     try:
-        code = run(args)
-        if dist.is_initialized():
-            # Every rank reaches the teardown together: a rank that tore down Gloo while another was still in its
-            # last collective made that one abort at exit ("terminate called without an active exception").
-            dist.barrier()
-        return code
+        with train.process_group_teardown():
+            return run(args)
     except (UsageError, dataloading.DatasetError, checkpoint.CheckpointError, train.DeviceError,
             train.RanksDisagree) as error:
         print(f"ncf.py: error: {error}", file=sys.stderr)
         return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def run(args):

@@ -102,6 +102,20 @@ def setup_devices(choice="auto"):
     return Runtime(device, rank, world_size)
 
 
+@contextlib.contextmanager
+def process_group_teardown():
+    """Tear the process group (if any) down when the block ends; after a normal end, every rank first waits for the
+    others, since a rank that tore down Gloo while another was still in its last collective made that one abort at
+    exit ("terminate called without an active exception")."""
+    try:
+        yield
+        if dist.is_initialized():
+            dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def mixed_precision(enabled, device):
     """One autocast context factory and one GradScaler; both are no-ops when ``enabled`` is false. bfloat16 where
     the device has it (CPUs do), else float16, which alone needs loss scaling."""
