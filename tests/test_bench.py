@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,3 +235,36 @@ def test_ensemble_of_one_model_twice_scores_as_that_model(tmp_path, capsys):
     capsys.readouterr()
     assert bench.main(["--data", str(other), *paths]) == 2
     assert capsys.readouterr().err.strip().startswith(f"ensemble: error: {paths[0]}: trained on another dataset")
+
+
+def test_baselines_are_the_closed_forms_and_rank_beside_checkpoints(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20",
+                        "--validation"])[0] == 0
+    bench = load_script("baselines")
+    dataset = dataloading.load_dataset(data)
+    # EASE by its definition, in numpy: B = I - P / diag(P), P = (X'X + lambda I)^-1, zero diagonal.
+    history = np.zeros((dataset.num_users, dataset.num_items))
+    history[dataset.train_users.numpy(), dataset.train_items.numpy()] = 1
+    inverse = np.linalg.inv(history.T @ history + 30 * np.eye(dataset.num_items))
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0)
+    ease = bench.EASE(dataset, 30.0)
+    np.testing.assert_allclose(ease.score_all(torch.arange(5)).numpy(), history[:5] @ weights, rtol=1e-4, atol=1e-5)
+    popularity = bench.Popularity(dataset).score_all(torch.tensor([0, 3]))
+    assert popularity[0].tolist() == np.bincount(dataset.train_items.numpy(), minlength=40).tolist()
+    assert ncf.main(["--data", str(data), "--model", "gmf", "-e", "2", "-b", "256", "-f", "8",
+                     "--checkpoint_dir", str(tmp_path / "gmf")]) == 0
+    capsys.readouterr()
+    results = tmp_path / "baselines.jsonl"
+    assert bench.main(["--data", str(data), "--protocols", "sampled", "full", "-k", "5", "--device", "cpu",
+                       "--checkpoints", str(tmp_path / "gmf" / "best.pt"), "--output", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "(chosen on validation)" in output
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(row["protocol"], row["model"][:4]) for row in rows] == [
+        ("sampled", "popu"), ("sampled", "EASE"), ("sampled", str(tmp_path)[:4]), ("full", "popu"), ("full", "EASE"),
+        ("full", str(tmp_path)[:4])]
+    gmf = checkpoint.load_model(tmp_path / "gmf" / "best.pt")
+    full = evaluation.evaluator(gmf, dataset, "full", 5, 2**18, contextlib.nullcontext)()
+    assert rows[-1]["recall@5"] == round(full["recall@5"], 4)  # the checkpoint's row is ncf.py's evaluation
