@@ -98,11 +98,11 @@ class Run:
                                           batches, self.loss, grads_accumulated=self.config.grads_accumulated)
         return float(loss), samples
 
-    def evaluate(self, dataset, score=None):
-        """ncf.py's sampled evaluation: {hr@k, ndcg@k, validation_loss, eval_samples}."""
-        users_per_batch = max(1, self.config.valid_batch_size // dataset.candidates_per_user)
-        return evaluation.sampled_metrics(self.model, dataset, self.config.topk, users_per_batch, self.autocast,
-                                          score=score)
+    def evaluator(self, dataset):
+        """ncf.py's evaluation of this run's model (its --eval_protocol, compiled under --compile): a function
+        returning the metrics dict."""
+        return evaluation.evaluator(self.model, dataset, self.config.eval_protocol, self.config.topk,
+                                    self.config.valid_batch_size, self.autocast, compile_mode=self.config.compile)
 
 
 def prepare_run(dataset, device, flags):

@@ -49,14 +49,14 @@ def measure(dataset, device, batch_size, args):
     run = prepare_run(dataset, device, ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout),
                                         *run_flags(args)])
     train_model = train.compiled(run.model, run.config.compile)  # the warm-up epoch pays for compiling
-    score = train.compiled(run.model.score, run.config.compile)
+    evaluate = run.evaluator(dataset)
     train_seconds, eval_seconds, hrs = [], [], []
     for epoch in range(args.epochs):
         started = time.perf_counter()
         _, samples = run.epoch(dataset, epoch, train_model)
         train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
-        metrics = run.evaluate(dataset, score)
+        metrics = evaluate()
         eval_seconds.append(time.perf_counter() - started)
         hrs.append(metrics["hr@10"])
     counted = slice(1, None) if args.epochs > 1 else slice(None)
