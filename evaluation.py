@@ -252,7 +252,8 @@ def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, w
 
     ``protocol`` 'sampled' ranks each held-out item among its negatives (``batch_samples`` candidates a batch);
     'full' ranks every item the user has not trained on (for the test set, nor held out for validation), in chunks
-    of users of at most ``batch_samples`` (capped at 2^18) scores. ``compile_mode``: torch.compile the scoring.
+    of users of at most ``batch_samples`` scores (capped at 2^15 on a CPU, 2^20 on a GPU). ``compile_mode``:
+    torch.compile the scoring.
     """
     sets = [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
     if protocol == "sampled":
@@ -267,7 +268,10 @@ def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, w
             validation = dataset.validation
             validation_users = torch.repeat_interleave(validation.users, validation.offsets.diff())
             seen[""].append(interactions_by_user(validation_users, validation.items, dataset.num_users))
-        users_per_chunk = max(1, min(batch_samples, 2**18) // dataset.num_items)
+        # Chunks of at most 2^15 scores on a CPU (measured on ML-1M: twice as fast as 2^18, which leaves the caches),
+        # 2^20 on a GPU.
+        cap = 2**15 if dataset.train_users.device.type == "cpu" else 2**20
+        users_per_chunk = max(1, min(batch_samples, cap) // dataset.num_items)
         runs = [(prefix, lambda held=held, prefix=prefix: full_metrics(
             model, held, seen[prefix], dataset.num_items, topk, users_per_chunk, autocast, rank, world_size, score))
             for prefix, held in sets]

@@ -223,10 +223,23 @@ class MLP(nn.Module):
         """Logits [B, C] of users [B] for their candidates items [B, C], as ``forward`` for every pair."""
         return self.output(self.candidate_features(users, items)).squeeze(-1)
 
+    def all_item_features(self, users):
+        """``features`` [B, num_items, layers[-1]] of users [B] with every item: the first layer's user half once
+        per user and item half once per item, broadcast together (no gather of a [B, num_items, ...] copy)."""
+        if not self.linears:
+            return self.candidate_features(users, torch.arange(self.item_embedding.num_embeddings,
+                                                               device=users.device).expand(users.numel(), -1))
+        first, width = self.linears[0], self.user_embedding.embedding_dim
+        user_part = nn.functional.linear(self.user_embedding(users), first.weight[:, :width], first.bias)
+        item_part = nn.functional.linear(self.item_embedding.weight, first.weight[:, width:])
+        hidden = relu_dropout(user_part[:, None, :] + item_part, self.dropout, self.training)  # [B, I, layers[1]]
+        for linear in self.linears[1:]:
+            hidden = relu_dropout(linear(hidden), self.dropout, self.training)
+        return hidden
+
     def score_all(self, users):
-        """Logits [B, num_items] of users [B] for every item (the first layer's item half computed once per item)."""
-        every_item = torch.arange(self.item_embedding.num_embeddings, device=users.device)
-        return self.score(users, every_item.expand(users.numel(), -1))
+        """Logits [B, num_items] of users [B] for every item."""
+        return self.output(self.all_item_features(users)).squeeze(-1)
 
 
 class NeuMF(nn.Module):
@@ -292,9 +305,7 @@ class NeuMF(nn.Module):
         """Logits [B, num_items] of users [B] for every item."""
         factors = self.gmf.user_embedding.embedding_dim
         weight = self.output.weight[0]
-        every_item = torch.arange(self.gmf.item_embedding.num_embeddings, device=users.device)
-        mlp = nn.functional.linear(self.mlp.candidate_features(users, every_item.expand(users.numel(), -1)),
-                                   self.output.weight[:, factors:]).squeeze(-1)
+        mlp = nn.functional.linear(self.mlp.all_item_features(users), self.output.weight[:, factors:]).squeeze(-1)
         gmf = (self.gmf.user_embedding(users) * weight[:factors]) @ self.gmf.item_embedding.weight.T
         return gmf + mlp + self.output.bias
 

@@ -202,3 +202,6 @@ def test_candidate_scores_equal_the_forward_pass_pair_by_pair(kind, num_items, l
         items = torch.randint(0, num_items, (4, 9))
         expected = model(users[:, None].expand_as(items), items)
         assert torch.allclose(model.score(users, items), expected, rtol=1e-5, atol=1e-5)
+        every = torch.arange(num_items).expand(4, -1)  # full ranking scores every item at once
+        assert torch.allclose(model.score_all(users), model(users[:, None].expand_as(every), every), rtol=1e-5,
+                              atol=1e-5)
