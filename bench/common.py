@@ -24,11 +24,16 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 ERRORS = (ncf.UsageError, convert.ConversionError, dataloading.DatasetError, CheckpointError, train.DeviceError)
 
 
-def add_run_arguments(parser):
-    """The flags the training benchmarks share: the data, and how ncf.py trains on it."""
+def add_data_arguments(parser):
+    """--data, or --synthetic's shape: the data a benchmark runs on."""
     parser.add_argument("--data", help="dataset directory; default: a synthetic set of --synthetic's shape")
     parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
                         default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+
+
+def add_run_arguments(parser):
+    """The flags the training benchmarks share: the data, and how ncf.py trains on it."""
+    add_data_arguments(parser)
     parser.add_argument("--amp", action="store_true", help="mixed precision, as ncf.py --amp")
     parser.add_argument("--optimizer", default="adam", choices=["adam", "row_sparse_adam"], help="as ncf.py")
     parser.add_argument("-n", "--negative_samples", type=int,

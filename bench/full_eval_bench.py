@@ -19,16 +19,14 @@ import torch
 
 import evaluation
 import train
-from bench.common import ERRORS, append_result, describe_device, device_and_data
+from bench.common import ERRORS, add_data_arguments, append_result, describe_device, device_and_data
 from checkpoint import build_model, load_model
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="dataset directory; default: a synthetic set of --synthetic's shape")
-    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
-                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    add_data_arguments(parser)
     parser.add_argument("--checkpoint", help="a checkpoint from ncf.py; default: an untrained model")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"],
                         help="the untrained model's kind (ncf.py's default sizes)")

@@ -24,15 +24,13 @@ import torch
 
 import convert
 import ncf
-from bench.common import append_result
+from bench.common import add_data_arguments, append_result
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="dataset directory; default: a synthetic set of --synthetic's shape")
-    parser.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
-                        default=[2000, 1500, 120000], help="shape of the synthetic set (the demo's by default)")
+    add_data_arguments(parser)
     parser.add_argument("--target", type=float, help="HR@10 whose first reaching is timed")
     parser.add_argument("--append", action="store_true", help="append the result to docs/experiments.md")
     parser.add_argument("ncf_flags", nargs="*", help="ncf.py flags, after --")

@@ -268,3 +268,21 @@ def test_baselines_are_the_closed_forms_and_rank_beside_checkpoints(tmp_path, ca
     gmf = checkpoint.load_model(tmp_path / "gmf" / "best.pt")
     full = evaluation.evaluator(gmf, dataset, "full", 5, 2**18, contextlib.nullcontext)()
     assert rows[-1]["recall@5"] == round(full["recall@5"], 4)  # the checkpoint's row is ncf.py's evaluation
+
+
+def test_full_eval_bench_times_ncfs_full_ranking(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20"])[0] == 0
+    assert ncf.main(["--data", str(data), "--model", "gmf", "-e", "1", "-b", "256", "--checkpoint_dir",
+                     str(tmp_path / "gmf")]) == 0
+    capsys.readouterr()
+    bench = load_script("full_eval_bench")
+    assert bench.main(["--data", str(data), "--checkpoint", str(tmp_path / "gmf" / "best.pt"), "-k", "5",
+                       "--repeats", "2", "--device", "cpu"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {data} |")][0]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2] == "60 x 40"  # every user against every item
+    dataset = dataloading.load_dataset(data)
+    expected = evaluation.evaluator(checkpoint.load_model(tmp_path / "gmf" / "best.pt"), dataset, "full", 5, 2**18,
+                                    contextlib.nullcontext)()
+    assert float(cells[5]) == pytest.approx(expected["hr@5"], abs=5e-5)  # ncf.py's own full-ranking figure
