@@ -576,3 +576,18 @@ def test_lightgcn_files_are_read_with_their_split(tmp_path, capsys):
     (folder / "test.txt").write_text("0 x\n")
     code, err = run_convert(["--path", folder, "--output", tmp_path / "bad"], capsys)
     assert code == 1 and "test.txt: line 1: expected 'user item item ...'" in err
+
+
+def test_a_loaded_dataset_carries_its_ratings_and_id_maps(tmp_path, tiny_log):
+    import dataloading
+
+    source = write_ratings_csv(tmp_path, tiny_log)
+    assert run_convert(["--path", source, "--output", tmp_path / "out", "--valid_negative", "1"])[0] == 0
+    dataset = dataloading.load_dataset(tmp_path / "out")
+    _, arrays = load_output(tmp_path / "out")
+    np.testing.assert_array_equal(dataset.train_ratings, arrays["train_ratings"])
+    users, no_titles = dataset.original_ids("users")
+    items, titles = dataset.original_ids("items")
+    assert users == ["10", "11", "12", "14"] and no_titles is None
+    assert items == [str(item) for item in range(100, 106)] and titles[2] == "Title, 102"
+    assert dataloading.load_dataset_or_demo(None).original_ids("items") == (None, None)  # no files behind the demo
