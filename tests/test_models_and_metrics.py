@@ -10,7 +10,7 @@ import torch
 import dataloading
 import evaluation
 from checkpoint import build_model
-from neumf import GMF, MLP, NeuMF
+from neumf import GMF, MLP, NeuMF, linear_relu
 
 MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),
                 "neumf": dict(factors=8, layers=[16, 8, 4], dropout=0.0)}
@@ -205,3 +205,37 @@ def test_candidate_scores_equal_the_forward_pass_pair_by_pair(kind, num_items, l
         every = torch.arange(num_items).expand(4, -1)  # full ranking scores every item at once
         assert torch.allclose(model.score_all(users), model(users[:, None].expand_as(every), every), rtol=1e-5,
                               atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize("layers", [[16, 12, 6], [16, 8], [10]])  # two hidden layers, one, and none
+def test_all_item_scorer_equals_the_forward_pass_and_bfloat16_stays_close(kind, layers):
+    torch.manual_seed(0)
+    model = build_model(kind, 11, 300, factors=8, layers=layers, dropout=0.5).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()
+        users = torch.tensor([3, 0, 10, 3, 7])
+        every = torch.arange(300).expand(5, -1)
+        expected = model(users[:, None].expand_as(every), every)
+        scores = model.all_item_scorer()(users)
+        assert scores.dtype == torch.float32 and scores.shape == (5, 300)
+        assert torch.allclose(scores, expected, rtol=1e-5, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as ncf.py --amp evaluates on a CPU
+            low = model.all_item_scorer()(users)
+        assert low.dtype == torch.float32
+        if kind == "gmf":  # a dot product stays in float32 (cheap, and bfloat16 would tie many items)
+            assert torch.allclose(low, expected, rtol=1e-5, atol=1e-4)
+        else:
+            assert (low - expected).abs().max() <= 0.05 * expected.abs().max()  # bfloat16: 8 bits of mantissa
+            assert not torch.allclose(low, expected, rtol=1e-6, atol=0)  # the tower did run in bfloat16
+    if kind != "gmf":
+        with pytest.raises(RuntimeError, match="eval"):
+            model.train().all_item_scorer()
+
+
+def test_linear_relu_equals_the_plain_ops():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(300, 24), torch.randn(16, 24), torch.randn(16)
+    with torch.no_grad():
+        assert torch.allclose(linear_relu(x, weight, bias), torch.relu(x @ weight.T + bias), rtol=1e-5, atol=1e-5)
