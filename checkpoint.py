@@ -116,12 +116,18 @@ def load_checkpoint(path, dataset=None, for_resume=False):
     if not isinstance(checkpoint["model_args"], dict) or checkpoint["model"] not in MODELS:
         raise CheckpointError(f"{path}: holds an unknown model {str(checkpoint['model'])[:40]!r} (this tool knows "
                               f"{', '.join(sorted(MODELS))})")
-    if dataset is not None and checkpoint["fingerprint"] != dataset.fingerprint:
+    if dataset is not None:
+        check_dataset(checkpoint, dataset, path)
+    return checkpoint
+
+
+def check_dataset(checkpoint, dataset, path="checkpoint"):
+    """A CheckpointError unless the loaded ``checkpoint`` was trained on ``dataset`` (their fingerprints agree)."""
+    if checkpoint["fingerprint"] != dataset.fingerprint:
         args = checkpoint["model_args"]
         raise CheckpointError(f"{path}: trained on another dataset ({args.get('num_users')} users, "
                               f"{args.get('num_items')} items; this one has {dataset.num_users} and "
                               f"{dataset.num_items}); pass the matching --data")
-    return checkpoint
 
 
 def model_from_checkpoint(checkpoint, path="checkpoint"):

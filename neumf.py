@@ -176,6 +176,15 @@ class GMF(nn.Module):
         """Logits [B, num_items] of users [B] for every item: one product with the whole item table."""
         return (self.user_embedding(users) * self.output.weight[0]) @ self.item_embedding.weight.T + self.output.bias
 
+    def item_vectors(self):
+        """{what it is: [num_items, D]}: the item representations ``recommend.py --similar_to`` compares by cosine.
+        GMF scores ``sum_f w_f u_f v_f``, so an item's factors weighted by the output layer's w."""
+        return {"GMF factors x output weights": self.item_embedding.weight.detach() * self.output.weight.detach()[0]}
+
+    def user_parameter_names(self):
+        """The parameters with one row per user: what a fold-in fits for a new user, all else frozen."""
+        return ["user_embedding.weight"]
+
     @torch.no_grad()
     def all_item_scorer(self):
         """For ranking with fixed weights: a function users [B] -> float32 logits [B, num_items], as ``score_all``.
@@ -275,6 +284,14 @@ class MLP(nn.Module):
     def score_all(self, users):
         """Logits [B, num_items] of users [B] for every item."""
         return self.output(self.all_item_features(users)).squeeze(-1)
+
+    def item_vectors(self):
+        """{what it is: [num_items, D]}: the item representations ``recommend.py --similar_to`` compares by cosine."""
+        return {"MLP item embedding": self.item_embedding.weight.detach()}
+
+    def user_parameter_names(self):
+        """The parameters with one row per user: what a fold-in fits for a new user, all else frozen."""
+        return ["user_embedding.weight"]
 
     @torch.no_grad()
     def all_item_scorer(self):
@@ -381,6 +398,17 @@ class NeuMF(nn.Module):
         mlp = nn.functional.linear(self.mlp.all_item_features(users), self.output.weight[:, factors:]).squeeze(-1)
         gmf = (self.gmf.user_embedding(users) * weight[:factors]) @ self.gmf.item_embedding.weight.T
         return gmf + mlp + self.output.bias
+
+    def item_vectors(self):
+        """{what it is: [num_items, D]}: both branches' item representations (``recommend.py --similar_to``
+        averages their cosines). The GMF factors are weighted by their part of the output layer."""
+        factors = self.gmf.user_embedding.embedding_dim
+        return {"GMF factors x output weights": self.gmf.item_embedding.weight.detach() *
+                self.output.weight.detach()[0, :factors], "MLP item embedding": self.mlp.item_embedding.weight.detach()}
+
+    def user_parameter_names(self):
+        """The parameters with one row per user: what a fold-in fits for a new user, all else frozen."""
+        return ["gmf.user_embedding.weight", "mlp.user_embedding.weight"]
 
     @torch.no_grad()
     def all_item_scorer(self):
