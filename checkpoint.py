@@ -51,6 +51,13 @@ def model_arguments(kind, num_users, num_items, settings):
                for name in _hyper_parameters(kind) if name in settings}}
 
 
+def training_loss(model, settings):
+    """The loss function ``model`` trains with under ``settings`` (a mapping such as the configuration): its
+    ``training_loss`` given the settings that method names (NeuMF's ``branch_loss``)."""
+    return model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters
+                                  if name in settings})
+
+
 def build_model(kind, num_users, num_items, **settings):
     """A fresh ``kind`` model; ``settings`` may hold hyper-parameters of other kinds too, which are ignored."""
     return MODELS[kind](**model_arguments(kind, num_users, num_items, settings))

@@ -12,7 +12,6 @@ Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the 
 
 import argparse
 import dataclasses
-import inspect
 import math
 import sys
 from pathlib import Path
@@ -216,7 +215,7 @@ def build(config, dataset, device):
     model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
     model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
                                      config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))
-    loss = model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters})
+    loss = checkpoint.training_loss(model, settings)
     optimizer = train.make_optimizer(model.to(device), config.optimizer, lr=config.learning_rate,
                                      betas=(config.beta1, config.beta2), eps=config.eps,
                                      weight_decay=config.weight_decay)

@@ -31,10 +31,15 @@ from tqdm import tqdm
 import dataloading
 import evaluation
 import train
-from checkpoint import CheckpointError, check_dataset, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError, check_dataset, load_checkpoint, model_from_checkpoint, training_loss
 
 OUTPUT_FORMATS = (".parquet", ".csv", ".jsonl")
-FOLD_IN_STEPS, FOLD_IN_LEARNING_RATE, FOLD_IN_NEGATIVES = 100, 0.05, 4
+# Fold-in settings, chosen on ML-100k with bench/fold_in_bench.py (100 training users folded in from their own
+# training items; docs/recommend.md): without the L2 pull more steps drift away from the trained user (GMF shared
+# 5.0 of its top 10 after 300 steps); NeuMF came closest with its own objective (branch losses), its dropout on
+# and every item as a weighted negative (7.71 of 10, against at most 6.94 in eval mode with sampled negatives).
+FOLD_IN_STEPS, FOLD_IN_LEARNING_RATE, FOLD_IN_NEGATIVES, FOLD_IN_L2 = 50, 0.05, 4, 20.0
+FOLD_IN_EVERY_ITEM = 2**16  # up to this many items a fold-in step weighs every item, not a sample
 
 
 class UsageError(Exception):
@@ -74,8 +79,12 @@ def parse_args(argv=None):
                         help="Adam steps fitting a new user's vector for --history")
     parser.add_argument("--fold_in_lr", type=float, default=FOLD_IN_LEARNING_RATE,
                         help="learning rate of those steps")
-    parser.add_argument("--fold_in_negatives", type=int, default=FOLD_IN_NEGATIVES,
-                        help="negatives drawn per history item at each fold-in step")
+    parser.add_argument("--fold_in_negatives", type=int,
+                        help="negatives drawn per history item at each fold-in step; default: as many as the model "
+                             "trained with (its -n)")
+    parser.add_argument("--fold_in_l2", type=float, default=FOLD_IN_L2,
+                        help="weight of the fold-in's L2 pull of the new user's rows toward the mean user's (against "
+                             "the summed loss: the more history, the less it pulls)")
     parser.add_argument("-s", "--seed", type=int, default=0, help="seed of the fold-in's negatives")
     parser.add_argument("--no_onnx", action="store_true", help="--export without model.onnx (no onnx packages)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -86,10 +95,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     for flag, value in (("-k/--topk", args.topk), ("--fold_in_steps", args.fold_in_steps),
                         ("--fold_in_negatives", args.fold_in_negatives)):
-        if value < 1:
+        if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     if not (math.isfinite(args.fold_in_lr) and args.fold_in_lr > 0):
         parser.error(f"--fold_in_lr must be a positive number, got {args.fold_in_lr}")
+    if not (math.isfinite(args.fold_in_l2) and args.fold_in_l2 >= 0):
+        parser.error(f"--fold_in_l2 must be a number >= 0, got {args.fold_in_l2}")
     if args.output and (args.export or Path(args.output).suffix.lower() not in OUTPUT_FORMATS):
         parser.error("--output takes a .parquet, .csv or .jsonl file, with --user, --users, --similar_to or "
                      "--history" if not args.export else "--output does not go with --export, which writes a folder")
@@ -246,41 +257,61 @@ class _WithRows:
         return torch.func.functional_call(self.model, self.rows, args, kwargs)
 
 
-def fold_in(model, history, num_items, steps, learning_rate, negatives, seed):
+def fold_in(model, history, num_items, steps, learning_rate, negatives, seed, l2=FOLD_IN_L2, loss_function=None):
     """The score of every item [num_items] for a user who interacted with ``history`` (item indices) and was not
     in training: a new row for each of the model's user tables (``user_parameter_names``), started at the mean
-    user and fitted by Adam for ``steps`` steps of the model's own training loss, each against ``negatives`` items
-    per history item drawn anew from the other items; every other weight stays as trained. Deterministic given
-    ``seed``."""
+    user and fitted by Adam for ``steps`` steps, every other weight as trained.
+
+    Each step minimises the model's own training loss (``loss_function``, from ``checkpoint.training_loss``; by
+    default ``model.training_loss()``) in training mode (its dropout on, as when the users were trained) over the
+    history items as positives and ``negatives`` per history item, plus ``l2`` / 2 times the squared distance of
+    the rows from the mean user's. On catalogues of up to ``FOLD_IN_EVERY_ITEM`` items the negatives are every other
+    item, each weighted so that together they count ``negatives`` per history item: the expectation of the sampled
+    negatives, without their noise; larger ones draw them anew each step. Deterministic given ``seed``; leaves
+    the model's weights, modes and random state as they were."""
     device = history.device
     parameters = dict(model.named_parameters())
-    rows = {name: parameters[name].detach().mean(0, keepdim=True).clone().requires_grad_()
-            for name in model.user_parameter_names()}
+    start = {name: parameters[name].detach().mean(0, keepdim=True) for name in model.user_parameter_names()}
+    rows = {name: row.clone().requires_grad_() for name, row in start.items()}
     optimizer = torch.optim.Adam(rows.values(), lr=learning_rate)
     others = torch.ones(num_items, dtype=torch.bool, device=device)
     others[history] = False
     candidates = others.nonzero().squeeze(1)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    loss_function, scorer = model.training_loss(), _WithRows(model, rows)
-    labels = torch.cat([torch.ones(len(history), device=device), torch.zeros(len(history) * negatives, device=device)])
-    trained = [parameter.requires_grad for parameter in parameters.values()]
-    model.requires_grad_(False)  # the trained weights are constants here: no gradient is computed for them
-    try:
-        for _ in range(steps):
-            drawn = candidates[torch.randint(len(candidates), (len(history) * negatives,), device=device,
-                                             generator=generator)]
-            items = torch.cat([history, drawn])
-            inputs = (torch.zeros_like(items), items, labels, None)
-            loss, _ = loss_function(scorer, inputs, contextlib.nullcontext)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    finally:
-        for parameter, flag in zip(parameters.values(), trained):
-            parameter.requires_grad_(flag)
+    every_item = len(candidates) <= FOLD_IN_EVERY_ITEM
+    count = len(candidates) if every_item else len(history) * negatives
+    labels = torch.cat([torch.ones(len(history), device=device), torch.zeros(count, device=device)])
+    weights = None if not every_item else torch.cat([torch.ones(len(history), device=device),
+                                                     torch.full((count,), len(history) * negatives / count,
+                                                                device=device)])
+    loss_function, scorer = loss_function or model.training_loss(), _WithRows(model, rows)
+    trained, was_training = [parameter.requires_grad for parameter in parameters.values()], model.training
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        model.requires_grad_(False).train()  # the trained weights are constants here: no gradient is computed
+        try:
+            for _ in range(steps):
+                drawn = candidates if every_item else candidates[torch.randint(
+                    len(candidates), (count,), device=device, generator=generator)]
+                items = torch.cat([history, drawn])
+                _, loss = loss_function(scorer, (torch.zeros_like(items), items, labels, weights),
+                                        contextlib.nullcontext)  # (reported, minimised): the training objective
+                if l2:
+                    loss = loss + l2 / 2 * sum(((rows[name] - start[name]) ** 2).sum() for name in rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        finally:
+            model.train(was_training)
+            for parameter, flag in zip(parameters.values(), trained):
+                parameter.requires_grad_(flag)
     with torch.no_grad():
+        model.eval()
         every = torch.arange(num_items, device=device)
-        return scorer(torch.zeros_like(every), every).float()
+        scores = scorer(torch.zeros_like(every), every).float()
+        model.train(was_training)
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -323,7 +354,8 @@ def check_writable(path):
 def print_list(heading, rows, columns):
     """A heading and an aligned table of ``rows`` (tuples in the order of ``columns``)."""
     print(heading)
-    cells = [columns] + [tuple("" if value is None else str(value) for value in row) for row in rows]
+    cells = [columns] + [tuple("" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+                               for value in row) for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(columns))]
     for row in cells:
         print("  ".join(cell.rjust(width) if column < len(columns) - 1 else cell
@@ -336,23 +368,21 @@ def ranked_rows(items_catalogue, scores, items):
     for rank, (score, item) in enumerate(zip(scores.tolist(), items.tolist()), 1):
         if score == -math.inf:
             break
-        rows.append((rank, items_catalogue.ids[item], f"{score:.4f}", items_catalogue.title(item)))
+        rows.append((rank, items_catalogue.ids[item], score, items_catalogue.title(item)))
     return rows
 
 
-def table_columns(lists, items_catalogue, owner="user_id", value="score"):
-    """Output-file columns from (owner id, rows of ``ranked_rows``) lists."""
-    columns = {owner: [], "rank": [], "item_id": [], value: []}
-    titles = []
-    for owner_id, rows in lists:
-        for rank, item_id, score, title in rows:
-            columns[owner].append(owner_id)
-            columns["rank"].append(rank)
-            columns["item_id"].append(item_id)
-            columns[value].append(float(score))
-            titles.append(title)
+def table_columns(owners, scores, items, items_catalogue, owner="user_id", value="score"):
+    """Output-file columns of ranked lists: ``owners`` [N] (their ids), ``scores`` and ``items`` [N, k] (item
+    indices) as ``top_items`` gives them; entries scoring -inf (excluded) are left out."""
+    scores, items = scores.numpy(), items.numpy()
+    kept = scores > -np.inf
+    item_ids = np.asarray(items_catalogue.ids, dtype=object)
+    columns = {owner: np.repeat(np.asarray(owners, dtype=object), kept.sum(1)),
+               "rank": np.broadcast_to(np.arange(1, scores.shape[1] + 1), scores.shape)[kept],
+               "item_id": item_ids[items[kept]], value: scores[kept]}
     if items_catalogue.titles:
-        columns["title"] = titles
+        columns["title"] = np.asarray(items_catalogue.titles, dtype=object)[items[kept]]
     return columns
 
 
@@ -490,24 +520,31 @@ def recommend_for_users(args, model, dataset, device, autocast, users_catalogue,
     else:
         indices = resolve_in_file(args.users, read_names(args.users, "user_id"), users_catalogue.user)
     seen = None if args.include_seen else known_interactions(dataset, device)
-    started, lists = time.perf_counter(), []
-    for batch, scores, items in top_items(model, torch.tensor(indices), args.topk, seen, autocast, device,
-                                          progress=args.users is not None):
-        for user, user_scores, user_items in zip(batch.tolist(), scores, items):
-            lists.append((users_catalogue.ids[user], ranked_rows(items_catalogue, user_scores, user_items)))
-    seconds = time.perf_counter() - started
+    chunks = list(top_items(model, torch.tensor(indices), args.topk, seen, autocast, device,
+                            progress=args.users is not None))
+    users, scores, items = (torch.cat(parts) for parts in zip(*chunks))
+    user_ids = [users_catalogue.ids[user] for user in users.tolist()]
     if args.user:
         left_out = "" if seen is None else ", leaving out what the user already interacted with"
-        for user_id, rows in lists:
-            print_list(f"user {user_id}: top {args.topk} of {dataset.num_items:,} items{left_out}", rows,
+        for user_id, user_scores, user_items in zip(user_ids, scores, items):
+            print_list(f"user {user_id}: top {args.topk} of {dataset.num_items:,} items{left_out}",
+                       ranked_rows(items_catalogue, user_scores, user_items),
                        ("rank", "item_id", "score", "title") if items_catalogue.titles else
                        ("rank", "item_id", "score"))
     if args.output:
-        write_table(args.output, table_columns(lists, items_catalogue))
-        print(f"wrote top {args.topk} of {len(lists):,} users to {args.output} (scored in {seconds:.2f} s)")
+        write_table(args.output, table_columns(user_ids, scores, items, items_catalogue))
+        print(f"wrote the top {args.topk} of {len(user_ids):,} users to {args.output}")
 
 
-def recommend_for_history(args, model, dataset, device, autocast, items_catalogue):
+def fold_in_settings(model, checkpoint, negatives=None):
+    """(negatives per history item, loss function) of a fold-in for ``model``, loaded from ``checkpoint``: as it
+    trained (its -n and its loss, e.g. NeuMF's branch losses); ``negatives`` when given."""
+    config = checkpoint.get("config") or {}
+    negatives = negatives or config.get("negative_samples") or FOLD_IN_NEGATIVES
+    return negatives, training_loss(model, config)
+
+
+def recommend_for_history(args, model, checkpoint, dataset, device, items_catalogue):
     if args.history_file:
         names = read_names(args.history_file, "item_id")
         history = resolve_in_file(args.history_file, names, items_catalogue.item)
@@ -518,18 +555,20 @@ def recommend_for_history(args, model, dataset, device, autocast, items_catalogu
         raise UsageError("the history holds every item, so there is nothing left to recommend or to contrast it "
                          "with")
     started = time.perf_counter()
-    scores = fold_in(model, history, dataset.num_items, args.fold_in_steps, args.fold_in_lr,
-                     args.fold_in_negatives, args.seed)
+    negatives, loss_function = fold_in_settings(model, checkpoint, args.fold_in_negatives)
+    scores = fold_in(model, history, dataset.num_items, args.fold_in_steps, args.fold_in_lr, negatives, args.seed,
+                     args.fold_in_l2, loss_function)
     if not args.include_seen:
         scores[history] = -math.inf
     best, items = evaluation.top_k(scores[None], args.topk)
     seconds = time.perf_counter() - started
-    rows = ranked_rows(items_catalogue, best[0].cpu(), items[0].cpu())
+    best, items = best.cpu(), items.cpu()
+    rows = ranked_rows(items_catalogue, best[0], items[0])
     print_list(f"a new user with {len(history)} items: top {args.topk} of {dataset.num_items:,} items by fold-in "
                f"({args.fold_in_steps} steps), answered in {seconds * 1000:.0f} ms", rows,
                ("rank", "item_id", "score", "title") if items_catalogue.titles else ("rank", "item_id", "score"))
     if args.output:
-        write_table(args.output, table_columns([("new", rows)], items_catalogue))
+        write_table(args.output, table_columns(["new"], best, items, items_catalogue))
         print(f"wrote the list to {args.output}")
 
 
@@ -537,15 +576,15 @@ def show_similar(args, model, items_catalogue):
     queries = [items_catalogue.item(name) for name in args.similar_to]
     best, nearest, compared = similar_items(model, torch.tensor(queries, device=next(model.parameters()).device),
                                             args.topk)
-    lists = []
-    for query, scores, items in zip(queries, best.cpu(), nearest.cpu()):
-        rows = ranked_rows(items_catalogue, scores, items)
-        print_list(f"items nearest to {items_catalogue.label(query)} by cosine similarity of {compared}", rows,
+    best, nearest = best.cpu(), nearest.cpu()
+    for query, scores, items in zip(queries, best, nearest):
+        print_list(f"items nearest to {items_catalogue.label(query)} by cosine similarity of {compared}",
+                   ranked_rows(items_catalogue, scores, items),
                    ("rank", "item_id", "similarity", "title") if items_catalogue.titles else
                    ("rank", "item_id", "similarity"))
-        lists.append((items_catalogue.ids[query], rows))
     if args.output:
-        write_table(args.output, table_columns(lists, items_catalogue, owner="query_id", value="similarity"))
+        write_table(args.output, table_columns([items_catalogue.ids[query] for query in queries], best, nearest,
+                                               items_catalogue, owner="query_id", value="similarity"))
         print(f"wrote the lists to {args.output}")
 
 
@@ -569,7 +608,7 @@ def main(argv=None):
         elif args.similar_to:
             show_similar(args, model, items_catalogue)
         elif args.history or args.history_file:
-            recommend_for_history(args, model, dataset, device, autocast, items_catalogue)
+            recommend_for_history(args, model, checkpoint, dataset, device, items_catalogue)
         else:
             recommend_for_users(args, model, dataset, device, autocast, users_catalogue, items_catalogue)
     except (UsageError, dataloading.DatasetError, CheckpointError) as error:

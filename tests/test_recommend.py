@@ -116,7 +116,7 @@ def test_output_formats_hold_the_same_rows(trained, tmp_path, capsys):
         assert _run(capsys, "--checkpoint", checkpoints["neumf"], "--user", "2", "3", "--output", output)[0] == 0
         reader = {"parquet": pd.read_parquet, "csv": pd.read_csv,
                   "jsonl": lambda path: pd.read_json(path, lines=True)}[suffix]
-        table = reader(output).astype({"user_id": str, "item_id": str})
+        table = reader(output).astype({"user_id": str, "item_id": str, "score": float})
         tables.append(table)
         assert len(table) == 20 and list(table["user_id"].unique()) == ["2", "3"]
     for table in tables[1:]:
@@ -159,8 +159,8 @@ def test_fold_in_is_deterministic_leaves_the_model_alone_and_finds_the_users_tas
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     trainable = [parameter.requires_grad for parameter in model.parameters()]
     history = torch.tensor([0, 2, 4, 6, 8])  # items 1, 3, 5, 7, 9: the odd users' taste
-    first = recommend.fold_in(model, history, dataset.num_items, 100, 0.05, 4, seed=3)
-    again = recommend.fold_in(model, history, dataset.num_items, 100, 0.05, 4, seed=3)
+    first = recommend.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3)
+    again = recommend.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3)
     assert torch.equal(first, again)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert [parameter.requires_grad for parameter in model.parameters()] == trainable
@@ -168,7 +168,7 @@ def test_fold_in_is_deterministic_leaves_the_model_alone_and_finds_the_users_tas
     assert (torch.topk(first, 5).indices < 15).all()  # the rest of that taste, nothing of the other
     code, out, err = _run(capsys, "--checkpoint", checkpoints[kind], "--history", "1", "Jedi", "5", "-k", "3")
     assert code == 0, err
-    assert out.startswith("a new user with 3 items: top 3 of 30 items by fold-in (100 steps), answered in ")
+    assert out.startswith("a new user with 3 items: top 3 of 30 items by fold-in (50 steps), answered in ")
     assert len(out.splitlines()) == 5
 
 
@@ -268,3 +268,17 @@ def test_ml100k_user_1_gets_ten_titles_they_have_not_seen(tmp_path, capsys):
     listed = [items.item(line.split()[1]) for line in out.splitlines()[2:]]
     assert len(listed) == 10 and not set(listed) & _seen(dataset)[users.user("1")]
     assert all(items.title(index) in out for index in listed)
+
+
+def test_the_benchmarks_report_fold_in_agreement_and_export_time(trained, capsys):
+    from bench import fold_in_bench, recommend_bench
+
+    folder, checkpoints, _ = trained
+    flags = ["--checkpoint", str(checkpoints["gmf"]), "--data", str(folder / "data")]
+    assert fold_in_bench.main(flags + ["--users", "12", "-k", "5"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    shared, popular = float(row[3].split(" +- ")[0]), float(row[4])
+    assert row[1] == "12" and 0 <= popular <= 5 and popular < shared <= 5  # the planted taste beats popularity
+    assert recommend_bench.main(flags + ["--output", "recs.csv", "--repeats", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    assert row[2] == ".csv" and float(row[3]) > 0 and f"({NUM_USERS * 10 + 1:,} lines)" in row[5]
