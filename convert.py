@@ -714,7 +714,7 @@ def sample_test_negatives(users, items, counts, num_items, num_negatives, rng, c
     return result
 
 
-SPLITS = ("leave_one_out", "ratio", "time_ratio")
+SPLITS = ("leave_one_out", "ratio", "time_ratio", "random")
 
 
 def split_interactions(data, min_interactions, num_negatives, seed, progress, split="leave_one_out",
@@ -732,7 +732,7 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress, sp
     num_users, num_items = user_ids.size, item_ids.size
     is_test, is_validation = _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction)
     negatives = validation_negatives = None
-    if split == "leave_one_out":
+    if split == "leave_one_out" and num_negatives:
         _check_negatives_feasible(data, counts, user_ids, num_items, num_negatives)
         negatives = sample_test_negatives(users, items, counts, num_items, num_negatives, rng)
         if validation:
@@ -752,9 +752,77 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress, sp
         test_negatives=negatives, user_ids=user_ids, item_ids=item_ids, titles=data.titles,
         extra_arrays=extra, counts=summary,
         protocol=_protocol(split, data.timestamps is not None, needed, test_fraction, validation,
-                           validation_fraction),
+                           validation_fraction, num_negatives > 0),
         validation=np.stack([users[is_validation], items[is_validation]], 1).astype(np.int32) if validation
         else None, validation_negatives=validation_negatives)
+
+
+def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, validation=False, validation_fraction=0.1):
+    """The splits of rating prediction, with every rating kept as given: a random ``test_fraction`` of all
+    interactions held out (fastai's random split), or, with ``test_data``, that file's rows as the test set
+    (MovieLens ``u1.base`` / ``u1.test``), the ids of both files indexed together. A repeated (user, item) pair
+    within a file keeps its latest row (by time, then file order). With ``validation``, a random
+    ``validation_fraction`` of the training rows is held out. No user or item is dropped and no negatives are drawn;
+    a test user or item with no training row keeps its index (a model predicts it from biases and the mean)."""
+    rng = np.random.default_rng(seed)
+    parts = [data] if test_data is None else [data, test_data]
+    file_of = np.concatenate([np.full(part.users.size, number) for number, part in enumerate(parts)])
+    user_codes, user_ids = _index_ids(np.concatenate([part.users for part in parts]))
+    item_codes, item_ids = _index_ids(np.concatenate([part.items for part in parts]))
+    num_rows, num_users, num_items = file_of.size, user_ids.size, item_ids.size
+    columns = {}
+    for name in ("timestamps", "ratings"):
+        if all(getattr(part, name) is not None for part in parts):
+            columns[name] = np.concatenate([getattr(part, name) for part in parts])
+    progress(f"indexed {num_users:,} users and {num_items:,} items")
+    # The latest row of each (file, user, item): sort by pair, then time, then row; keep each pair's last.
+    pair = (file_of * num_users + user_codes) * num_items + item_codes
+    when = columns["timestamps"] if "timestamps" in columns else np.zeros(num_rows, dtype=np.int64)
+    order = np.lexsort((np.arange(num_rows), when, pair))
+    last = np.ones(num_rows, dtype=bool)
+    last[:-1] = pair[order][1:] != pair[order][:-1]
+    kept = np.sort(order[last])
+    progress(f"kept the latest of {num_rows - kept.size:,} repeated (user, item) pairs")
+    if test_data is None:
+        shuffled = rng.permutation(kept)
+        num_test = int(np.clip(np.rint(test_fraction * kept.size), 1, kept.size - 1))
+        is_test = np.zeros(num_rows, dtype=bool)
+        is_test[shuffled[:num_test]] = True
+    else:
+        is_test = file_of == 1
+        if not is_test[kept].any() or is_test[kept].all():
+            raise ConversionError(f"{test_data.source.get('path', 'the test file')}: the training or the test file "
+                                  "has no rows; pass both files with rows")
+    is_validation = np.zeros(num_rows, dtype=bool)
+    if validation:
+        training = rng.permutation(kept[~is_test[kept]])
+        is_validation[training[:int(np.rint(validation_fraction * training.size))]] = True
+    by_user = kept[np.argsort(user_codes[kept], kind="stable")]  # rows sorted by user, file order within a user
+
+    def pairs(chosen):
+        rows = by_user[chosen[by_user]]
+        return np.stack([user_codes[rows], item_codes[rows]], 1).astype(np.int32), rows
+
+    train, train_rows = pairs(~(is_test | is_validation))
+    test, test_rows = pairs(is_test)
+    held, validation_rows = pairs(is_validation)
+    extra = {f"{part}_{name}": values[rows] for name, values in columns.items()
+             for part, rows in (("train", train_rows), ("test", test_rows), ("validation", validation_rows))
+             if rows.size}
+    unseen = np.setdiff1d(test[:, 0], train[:, 0]).size
+    summary = {"input_rows": int(num_rows), "duplicates_dropped": int(num_rows - kept.size), "users_dropped": 0,
+               "interactions_of_dropped_users": 0, "items_dropped": 0, "test_users_without_training": int(unseen)}
+    if test_data is None:
+        text = f"random: {test_fraction:g} of all interactions drawn with the seed are test interactions"
+    else:
+        text = f"test file: the rows of {test_data.source.get('path', 'the test file')} are the test interactions"
+    text += f"; then {validation_fraction:g} of the rest drawn as validation" if validation else ""
+    protocol = {"split": text, "name": "random" if test_data is None else "test_file",
+                "duplicates": "repeated (user, item) pairs within a file: the latest row kept, its rating as given",
+                "min_interactions": 1, "validation": bool(validation)}
+    return Split(train=train, test=test, test_negatives=None, user_ids=user_ids, item_ids=item_ids,
+                 titles={**(test_data.titles if test_data is not None else {}), **data.titles}, extra_arrays=extra,
+                 counts=summary, protocol=protocol, validation=held if validation else None)
 
 
 def _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction):
@@ -788,7 +856,7 @@ def _check_negatives_feasible(data, counts, user_ids, num_items, num_negatives):
             + (" (or --min_interactions to drop such users)" if feasible < 1 else ""))
 
 
-def _protocol(split, timed, min_interactions, test_fraction, validation, validation_fraction):
+def _protocol(split, timed, min_interactions, test_fraction, validation, validation_fraction, test_negatives=True):
     """The metadata's description of a split."""
     if split == "leave_one_out":
         text = ("leave-one-out by time: each user's latest interaction is the test item; ties in time go to the row "
@@ -802,7 +870,7 @@ def _protocol(split, timed, min_interactions, test_fraction, validation, validat
                                     if validation else ""))
     protocol = {"split": text, "name": split, "duplicates": "repeated (user, item) pairs dropped, the earliest kept",
                 "min_interactions": min_interactions, "validation": bool(validation)}
-    if split == "leave_one_out":
+    if split == "leave_one_out" and test_negatives:
         protocol["test_negatives"] = "uniform without repeats among items the user never interacted with"
     return protocol
 
@@ -951,7 +1019,12 @@ def parse_args(argv=None):
                         help="'leave_one_out': each user's latest interaction is the test item, ranked among "
                              "--valid_negative sampled negatives (NVIDIA, the NCF paper); 'ratio': a random "
                              "--test_fraction of each user's items (NGCF/LightGCN), 'time_ratio': the latest "
-                             "--test_fraction; the ratio splits are evaluated by full ranking")
+                             "--test_fraction; the ratio splits are evaluated by full ranking; 'random': a random "
+                             "--test_fraction of all interactions, every rating kept as given (fastai's split for "
+                             "rating prediction)")
+    parser.add_argument("--test_path", help="a second file of the --path format whose rows are the test set "
+                                            "(MovieLens u1.test beside u1.base): ratings kept as given, ids indexed "
+                                            "over both files")
     parser.add_argument("--test_fraction", type=float, default=0.2,
                         help="with --split ratio or time_ratio: the share of each user's items held out for test "
                              "(at least one, and at least one left to train)")
@@ -964,7 +1037,8 @@ def parse_args(argv=None):
                         help="with --validation and a ratio split: the share of each user's remaining items held "
                              "out for validation")
     parser.add_argument("--valid_negative", type=int, default=100,
-                        help="test negatives drawn per user (ignored for the NCF files, which carry their own)")
+                        help="test negatives drawn per user with leave_one_out (ignored for the NCF files, which "
+                             "carry their own); 0: none, for rating prediction or full ranking only")
     parser.add_argument("--min_interactions", type=int, default=2,
                         help="drop users with fewer distinct interactions than this (at least 2: one to test, one "
                              "to train)")
@@ -972,8 +1046,10 @@ def parse_args(argv=None):
     parser.add_argument("--force", action="store_true", help="replace an existing --output directory")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     args = parser.parse_args(argv)
-    if args.valid_negative < 1:
-        parser.error("--valid_negative must be at least 1")
+    if args.valid_negative < 0:
+        parser.error("--valid_negative must be 0 (no negatives) or more")
+    if args.test_path and (not args.path or args.split != "leave_one_out"):
+        parser.error("--test_path goes with --path (its training file) and no --split: the test file is the split")
     for flag, value in (("--test_fraction", args.test_fraction), ("--validation_fraction", args.validation_fraction)):
         if not 0 < value < 1:
             parser.error(f"{flag} must be between 0 and 1, got {value}")
@@ -1003,17 +1079,20 @@ def generated_split(shape=None, seed=0, num_negatives=100):
     return split_interactions(generated_interactions(shape, seed), 2, num_negatives, seed, quiet)
 
 
-def load_interactions(args, progress):
-    """Read the input named by the arguments; returns Interactions, or a finished Split for the NCF files."""
+def load_interactions(args, progress, test_file=False):
+    """Read the input named by the arguments (``test_file``: ``--test_path``, in ``--path``'s format); returns
+    Interactions, or a finished Split for the NCF files."""
     columns = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "rating": args.rating_col}
     if args.dataset or args.synthetic:
         data = generated_interactions(args.synthetic, args.seed)
         progress(f"generated {data.users.size:,} synthetic interactions")
         return data
-    path = Path(args.path)
+    path = Path(args.test_path if test_file else args.path)
     if not path.exists() and not _ncf_prefix_exists(path):
-        raise ConversionError(f"{path}: no such file or directory; check --path")
-    fmt = args.format or detect_format(path)
+        raise ConversionError(f"{path}: no such file or directory; check --{'test_path' if test_file else 'path'}")
+    fmt = args.format or detect_format(Path(args.path))
+    if test_file and (path.is_dir() or fmt in ("ncf", "lightgcn")):
+        raise ConversionError(f"{path}: --test_path takes one file of --path's format, not {fmt} files or a folder")
     if path.is_dir() and fmt not in ("ncf", "lightgcn"):
         path = path / {fmt_: name for name, fmt_ in FILE_NAMES.items()}.get(fmt, "")
         if not path.is_file():
@@ -1047,7 +1126,7 @@ def print_summary(metadata, seconds, output):
         f"  training pairs    {metadata['num_train']:,}",
         f"  test users        {metadata['num_test_users']:,}, "
         + (f"{metadata['test_negatives']} negatives each" if metadata["test_negatives"] else
-           f"{metadata.get('num_test', 0):,} test items (full ranking: no sampled negatives)"),
+           f"{metadata.get('num_test', 0):,} test items (no sampled negatives: full ranking or ratings)"),
         f"  split             {metadata['protocol']['split']}",
     ]
     if metadata.get("num_validation"):
@@ -1070,6 +1149,11 @@ def main(argv=None):
                                       "is used as given, so drop --split and --validation")
             split = data
             source = {"format": split.protocol.get("format", "ncf"), "path": str(args.path)}
+        elif args.test_path or args.split == "random":
+            test_data = load_interactions(args, progress, test_file=True) if args.test_path else None
+            split = split_ratings(data, args.seed, progress, test_data, args.test_fraction, args.validation,
+                                  args.validation_fraction)
+            source = {**data.source, **({"test_path": str(args.test_path)} if args.test_path else {})}
         else:
             split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress,
                                        args.split, args.test_fraction, args.validation, args.validation_fraction)

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 
 import convert
+import dataloading
+import evaluation
 from conftest import load_output, run_convert, shared_file
 
 # What the tiny_log fixture must become (original ids): test items by user and the training pairs.
@@ -441,7 +443,7 @@ def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, tiny_log, c
 
 
 def test_bad_flags_are_rejected_by_the_parser(tmp_path, capsys):
-    for args in (["--dataset", "demo", "--output", "x", "--valid_negative", "0"],
+    for args in (["--dataset", "demo", "--output", "x", "--valid_negative", "-1"],
                  ["--dataset", "demo", "--output", "x", "--min_interactions", "1"],
                  ["--synthetic", "0", "5", "5", "--output", "x"]):
         with pytest.raises(SystemExit) as exit_info:
@@ -591,3 +593,88 @@ def test_a_loaded_dataset_carries_its_ratings_and_id_maps(tmp_path, tiny_log):
     assert users == ["10", "11", "12", "14"] and no_titles is None
     assert items == [str(item) for item in range(100, 106)] and titles[2] == "Title, 102"
     assert dataloading.load_dataset_or_demo(None).original_ids("items") == (None, None)  # no files behind the demo
+
+
+def _ratings_file(path, rows):
+    path.write_text("".join(f"{user}\t{item}\t{rating}\t{time}\n" for user, item, rating, time in rows))
+    return path
+
+
+def test_random_split_keeps_every_rating_once_and_the_latest_of_a_repeated_pair(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [(user, item, int(rng.integers(1, 6)), 1000 + index) for index, (user, item) in
+            enumerate((user, item) for user in range(1, 31) for item in rng.choice(np.arange(1, 41), 8, replace=False))]
+    rows.append((rows[0][0], rows[0][1], 1 if rows[0][2] != 1 else 2, 5000))  # the pair again, later: it wins
+    source = _ratings_file(tmp_path / "u.data", rows)
+    splits = {}
+    for seed in (0, 0, 1):
+        output = tmp_path / f"random-{seed}"
+        assert run_convert(["--path", source, "--split", "random", "--test_fraction", "0.25", "--validation",
+                            "--validation_fraction", "0.2", "--seed", seed, "--output", output, "--force"])[0] == 0
+        metadata, arrays = load_output(output)
+        assert "test_negatives" not in arrays and metadata["protocol"]["name"] == "random"
+        users = pd.read_csv(output / "users.csv")["original_id"]
+        items = pd.read_csv(output / "items.csv")["original_id"]
+        found = {}
+        for part in ("train", "test", "validation"):
+            pairs = arrays[part]
+            assert np.all(np.diff(pairs[:, 0]) >= 0)  # sorted by user
+            for (user, item), rating in zip(pairs.tolist(), arrays[f"{part}_ratings"].tolist()):
+                found[(int(users[user]), int(items[item]))] = (part, rating)
+        latest = {(user, item): rating for user, item, rating, _ in rows}
+        assert {pair: rating for pair, (_, rating) in found.items()} == latest  # each pair once, the latest rating
+        assert len(arrays["test"]) == round(0.25 * len(latest))
+        assert len(arrays["validation"]) == round(0.2 * (len(latest) - len(arrays["test"])))
+        splits.setdefault(seed, []).append(arrays["test"].tolist())
+    assert splits[0][0] == splits[0][1] and splits[0][0] != splits[1][0]
+
+
+def test_a_test_file_is_the_test_set_with_ids_indexed_over_both_files(tmp_path):
+    base = _ratings_file(tmp_path / "u1.base", [(1, 10, 5, 1), (1, 11, 3, 2), (2, 10, 4, 3), (2, 10, 2, 9)])
+    test = _ratings_file(tmp_path / "u1.test", [(1, 12, 1, 5), (3, 10, 4, 6), (2, 11, 5, 7)])
+    output = tmp_path / "u1"
+    assert run_convert(["--path", base, "--test_path", test, "--output", output])[0] == 0
+    metadata, arrays = load_output(output)
+    users = pd.read_csv(output / "users.csv")["original_id"].tolist()
+    items = pd.read_csv(output / "items.csv")["original_id"].tolist()
+    assert users == [1, 2, 3] and items == [10, 11, 12]
+
+    def rows(part):
+        return [(users[user], items[item], rating) for (user, item), rating in
+                zip(arrays[part].tolist(), arrays[f"{part}_ratings"].tolist())]
+
+    assert rows("train") == [(1, 10, 5), (1, 11, 3), (2, 10, 2)]  # the repeated (2, 10): its later row
+    assert rows("test") == [(1, 12, 1), (2, 11, 5), (3, 10, 4)]  # sorted by user; user 3 is only in the test file
+    assert metadata["counts"]["test_users_without_training"] == 1 and metadata["protocol"]["name"] == "test_file"
+    dataset = dataloading.load_dataset(output)
+    assert dataset.test.negatives is None and dataset.train_ratings.tolist() == [5, 3, 2]
+
+
+def test_leave_one_out_without_negatives_loads_for_full_ranking_only(tmp_path, tiny_log):
+    source = tmp_path / "log.csv"
+    pd.DataFrame(tiny_log, columns=["user", "item", "rating", "time"]).to_csv(source, index=False)
+    output = tmp_path / "plain"
+    assert run_convert(["--path", source, "--valid_negative", "0", "--output", output])[0] == 0
+    metadata, arrays = load_output(output)
+    assert "test_negatives" not in arrays and metadata["test_negatives"] == 0
+    dataset = dataloading.load_dataset(output)
+    assert evaluation.protocol_problem(dataset, "sampled", 1) is not None
+    assert evaluation.protocol_problem(dataset, "full", 1) is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--split", "ratio"], "--test_path goes with --path"),
+])
+def test_test_path_needs_its_training_file_and_no_split(tmp_path, capsys, flags, message):
+    base = _ratings_file(tmp_path / "u1.base", [(1, 10, 5, 1), (2, 11, 3, 2)])
+    with pytest.raises(SystemExit):
+        convert.main(["--path", str(base), "--test_path", str(base), "--output", str(tmp_path / "out"), *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_test_file_is_one_line(tmp_path, capsys):
+    base = _ratings_file(tmp_path / "u1.base", [(1, 10, 5, 1), (2, 11, 3, 2)])
+    code, err = run_convert(["--path", base, "--test_path", tmp_path / "u1.test", "--output", tmp_path / "out"],
+                            capsys)
+    assert code == 1 and "u1.test: no such file or directory; check --test_path" in err
+    assert not (tmp_path / "out").exists()
