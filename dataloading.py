@@ -514,3 +514,23 @@ class ImplicitBatches:
             # The global batch's samples (every rank's slice), known without asking the other ranks.
             global_positives = min(self.positives_per_batch, self.dataset.num_train - step * self.positives_per_batch)
             yield Batch((users, items, labels, weights), labels.numel(), global_positives * (1 + self.negatives))
+
+
+class RatingBatches:
+    """One epoch of training batches for the rating models, as ``train.fit`` takes them: the training pairs and
+    their ratings in an order drawn from ``seed`` (the epoch's seed), ``batch_size`` at a time; each a
+    ``train.Batch`` whose inputs are (users, items, ratings, None)."""
+
+    def __init__(self, users, items, ratings, batch_size, seed):
+        self.users, self.items, self.ratings, self.batch_size = users, items, ratings.float(), batch_size
+        self.generator = torch.Generator(users.device).manual_seed(seed)
+
+    def __len__(self):
+        return math.ceil(self.users.numel() / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.users.numel(), generator=self.generator, device=self.users.device)
+        for start in range(0, order.numel(), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            yield Batch((self.users[chosen], self.items[chosen], self.ratings[chosen], None), chosen.numel(),
+                        chosen.numel())

@@ -232,6 +232,28 @@ def full_metrics(model, held, seen, num_items, topk, users_per_chunk, autocast, 
             "eval_samples": sums["users"] * num_items}
 
 
+RATING_SUMS = ("squared_error", "absolute_error", "count")
+
+
+@torch.no_grad()
+def rating_metrics(model, users, items, ratings, batch_size, autocast):
+    """RMSE, MAE and MSE of ``model``'s predictions for the pairs (``users``, ``items``) against ``ratings`` (1-d
+    tensors), in batches of ``batch_size``, accumulated in float64; ``eval_samples``, the pairs predicted."""
+    if model is not None:
+        model.eval()
+    sums = torch.zeros(len(RATING_SUMS), dtype=torch.float64, device=users.device)
+    for start in range(0, users.numel(), batch_size):
+        with autocast():
+            predicted = model(users[start:start + batch_size], items[start:start + batch_size])
+        errors = predicted.double() - ratings[start:start + batch_size].double()
+        sums += torch.stack([(errors ** 2).sum(), errors.abs().sum(), torch.tensor(errors.numel(), dtype=torch.float64,
+                                                                                   device=errors.device)])
+    squared, absolute, count = sums.tolist()
+    count = max(count, 1.0)
+    return {"rmse": math.sqrt(squared / count), "mae": absolute / count, "mse": squared / count,
+            "eval_samples": sums[2].item()}
+
+
 # ------------------------------------------------------------------------------------------------ one evaluation
 
 

@@ -1,0 +1,129 @@
+"""Rating models (mf.py): known fits, bounds, frozen and loaded embeddings, the loss, RMSE/MAE known answers."""
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import evaluation
+import train
+from dataloading import RatingBatches
+from mf import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, squared_error_loss
+
+# The tutorial's toy matrix: 5 users x 4 items, zeros unobserved.
+TOY = torch.tensor([[5, 3, 0, 1], [4, 0, 0, 1], [1, 1, 0, 5], [1, 0, 0, 4], [0, 1, 5, 4]], dtype=torch.float32)
+
+
+def _toy_pairs():
+    users, items = TOY.nonzero(as_tuple=True)
+    return users, items, TOY[users, items]
+
+
+def _fit(model, users, items, ratings, epochs, lr, batch_size=4, l2=0.0):
+    """Train through train.fit, selecting on the training MSE (lower is better); returns that MSE."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def evaluate():
+        return evaluation.rating_metrics(model, users, items, ratings, 1024, contextlib.nullcontext)
+
+    best, _ = train.fit(model, optimizer, scaler, model.training_loss(l2=l2),
+                        lambda epoch: RatingBatches(users, items, ratings, batch_size, seed=epoch), evaluate,
+                        train.Selection("mse", higher_is_better=False), epochs=epochs)
+    return best["metrics"]["mse"]
+
+
+@pytest.mark.parametrize("kind, epochs, lr", [("mf", 300, 0.05), ("embnn", 300, 0.01)])
+def test_the_toy_matrix_is_fitted(kind, epochs, lr):
+    torch.manual_seed(0)
+    users, items, ratings = _toy_pairs()
+    settings = {"factors": 3} if kind == "mf" else {"factors": 3, "layers": (16,)}
+    model = RATING_MODELS[kind](5, 4, **settings)
+    if kind == "mf":
+        model.set_mean(ratings.mean())
+    assert _fit(model, users, items, ratings, epochs, lr) < 0.01
+
+
+@pytest.mark.parametrize("kind", ["mf", "biasmf", "dotbias", "embnn", "dot"])
+def test_every_kind_scores_all_items_as_its_forward_pass_and_trains_a_little(kind):
+    torch.manual_seed(0)
+    model = RATING_MODELS[kind](7, 6, factors=4)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()
+        users = torch.tensor([0, 3, 6])
+        every = torch.arange(6).expand(3, -1)
+        assert torch.allclose(model.score_all(users), model(users[:, None].expand_as(every), every), atol=1e-5)
+    users, items, ratings = _toy_pairs()
+    model = RATING_MODELS[kind](5, 4, factors=3)
+    before = evaluation.rating_metrics(model, users, items, ratings, 64, contextlib.nullcontext)["mse"]
+    assert _fit(model, users, items, ratings, 30, 0.05) < before
+
+
+def test_y_range_bounds_every_prediction():
+    for model in (DotBias(5, 4, factors=3, y_range=(1.0, 5.0)), EmbNN(5, 4, factors=3, y_range=(1.0, 5.0))):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(std=50.0)  # far beyond any rating: the sigmoid saturates
+        every_user, every_item = torch.arange(5).repeat_interleave(4), torch.arange(4).repeat(5)
+        predicted = model(every_user, every_item)
+        assert (predicted >= 1.0).all() and (predicted <= 5.0).all()
+        assert predicted.max() > 4.9 and predicted.min() < 1.1  # and reaches both ends
+    with pytest.raises(ValueError, match="y_range"):
+        DotBias(5, 4, y_range=(5.0, 1.0))
+
+
+def test_frozen_embeddings_stay_bit_identical_and_loaded_ones_are_exact():
+    torch.manual_seed(0)
+    users, items, ratings = _toy_pairs()
+    given = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    model = BiasMF(5, 4, factors=3).load_embeddings(users=given).freeze(users=True)
+    assert np.array_equal(model.user_embedding.weight.detach().numpy(), given)
+    items_before = model.item_embedding.weight.detach().clone()
+    _fit(model, users, items, ratings, 20, 0.05)
+    assert np.array_equal(model.user_embedding.weight.detach().numpy(), given)  # to the bit
+    assert not torch.equal(model.item_embedding.weight, items_before)  # the rest did train
+    with pytest.raises(ValueError, match=r"user embeddings of shape \[5, 4\] do not fit the model's \[5, 3\]"):
+        BiasMF(5, 4, factors=3).load_embeddings(users=np.zeros((5, 4)))
+
+
+def test_the_l2_penalty_counts_the_rows_a_batch_looks_up():
+    model = BiasMF(5, 4, factors=3)
+    with torch.no_grad():
+        model.user_embedding.weight.fill_(1.0)
+        model.item_embedding.weight.fill_(2.0)
+        model.user_bias.weight.fill_(0.5)
+        model.item_bias.weight.zero_()
+    inputs = (torch.tensor([0, 0, 1]), torch.tensor([2, 3, 3]), torch.tensor([1.0, 2.0, 3.0]), None)
+    reported, minimised = squared_error_loss(l2=0.1)(model, inputs, contextlib.nullcontext)
+    predictions = 3 * 1.0 * 2.0 + 0.5  # dot + user bias (item bias 0, mean 0)
+    assert math.isclose(reported.item(), sum((predictions - r) ** 2 for r in (1.0, 2.0, 3.0)), rel_tol=1e-6)
+    # Each looked-up row counts once per use: 3 user rows of 3 x 1^2, 3 item rows of 3 x 2^2, 3 user biases 0.25.
+    assert math.isclose(minimised.item() - reported.item(), 0.1 * (3 * 3 + 3 * 12 + 3 * 0.25), rel_tol=1e-6)
+
+
+def test_rating_metrics_known_answers():
+    class Fixed(torch.nn.Module):
+        def forward(self, users, items):
+            return torch.tensor([3.0, 4.0, 1.0, 5.0])[items]
+
+    users, items = torch.zeros(4, dtype=torch.long), torch.arange(4)
+    ratings = torch.tensor([4.0, 4.0, 3.0, 5.0])  # errors -1, 0, -2, 0
+    metrics = evaluation.rating_metrics(Fixed(), users, items, ratings, 3, contextlib.nullcontext)
+    assert metrics["mse"] == pytest.approx(5 / 4) and metrics["rmse"] == pytest.approx(math.sqrt(5 / 4))
+    assert metrics["mae"] == pytest.approx(3 / 4) and metrics["eval_samples"] == 4
+
+
+def test_binary_dot_trains_on_zero_one_data():
+    torch.manual_seed(0)
+    users, items, ratings = _toy_pairs()
+    labels = (ratings >= 4).float()
+    model = Dot(5, 4, factors=3, binary=True)
+    loss = model.training_loss()
+    first, _ = loss(model, (users, items, labels, None), contextlib.nullcontext)
+    assert math.isclose(first.item(), len(labels) * math.log(2), rel_tol=1e-3)  # logits near 0 at the start
+    _fit(model, users, items, labels, 50, 0.1)
+    with torch.no_grad():
+        assert ((model(users, items) > 0).float() == labels).all()
