@@ -36,10 +36,11 @@ class HeldOut:
     offsets: torch.Tensor  # [U + 1] int64: user j's items are items[offsets[j]:offsets[j + 1]]
     items: torch.Tensor  # [T] int64
     negatives: torch.Tensor | None = None  # [U, K] int64, K >= 1; only with one item per user
+    ratings: torch.Tensor | None = None  # [T] float32, each held-out item's rating, when the dataset has ratings
 
     @classmethod
-    def from_pairs(cls, pairs, negatives=None):
-        """From (user, item) rows [T, 2] sorted by user, and optional negatives [U, K] (numpy arrays)."""
+    def from_pairs(cls, pairs, negatives=None, ratings=None):
+        """From (user, item) rows [T, 2] sorted by user, optional negatives [U, K] and ratings [T] (numpy)."""
         users, counts = np.unique(pairs[:, 0], return_counts=True)
         offsets = np.concatenate(([0], np.cumsum(counts)))
 
@@ -47,7 +48,8 @@ class HeldOut:
             return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
 
         return cls(tensor(users), tensor(offsets), tensor(pairs[:, 1]),
-                   None if negatives is None else tensor(negatives))
+                   None if negatives is None else tensor(negatives),
+                   None if ratings is None else torch.from_numpy(np.asarray(ratings, dtype=np.float32)))
 
     @property
     def one_per_user(self):
@@ -55,7 +57,8 @@ class HeldOut:
 
     def to(self, device):
         return HeldOut(self.users.to(device), self.offsets.to(device), self.items.to(device),
-                       None if self.negatives is None else self.negatives.to(device))
+                       None if self.negatives is None else self.negatives.to(device),
+                       None if self.ratings is None else self.ratings.to(device))
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class Dataset:
 
     @classmethod
     def from_arrays(cls, num_users, num_items, train, test, test_negatives, path, train_timestamps=None,
-                    train_ratings=None, validation=None, validation_negatives=None):
+                    train_ratings=None, validation=None, validation_negatives=None, test_ratings=None,
+                    validation_ratings=None):
         """Check the arrays and build the dataset; a DatasetError naming ``path`` otherwise. ``train`` [N, 2] and
         ``test`` [T, 2] are (user, item) rows, the test rows sorted by user; ``test_negatives`` [U, K] (or None,
         for splits with several test items per user) holds each test user's sampled negatives; ``validation`` and
@@ -87,10 +91,12 @@ class Dataset:
         _check_arrays(path, num_users, num_items, train, test, test_negatives)
         if validation is not None:
             _check_arrays(path, num_users, num_items, train, validation, validation_negatives, "validation")
-        for name, side in (("train_timestamps", train_timestamps), ("train_ratings", train_ratings)):
-            if side is not None and side.shape != (train.shape[0],):
-                raise DatasetError(f"{path}: {name} has shape {side.shape}, expected [{train.shape[0]}] (one per "
-                                   "training pair); re-create the dataset with convert.py")
+        for name, side, rows in (("train_timestamps", train_timestamps, train), ("train_ratings", train_ratings, train),
+                                 ("test_ratings", test_ratings, test), ("validation_ratings", validation_ratings,
+                                                                        validation)):
+            if side is not None and (rows is None or side.shape != (rows.shape[0],)):
+                raise DatasetError(f"{path}: {name} has shape {side.shape}, expected one per "
+                                   f"{name.split('_')[0]} pair; re-create the dataset with convert.py")
         if train_timestamps is not None:
             if not np.issubdtype(train_timestamps.dtype, np.integer):
                 raise DatasetError(f"{path}: train_timestamps has shape {train_timestamps.shape} and type "
@@ -100,8 +106,9 @@ class Dataset:
         fingerprint = split_fingerprint(train, test, test_negatives, validation, validation_negatives)
         return cls(num_users, num_items, torch.from_numpy(np.ascontiguousarray(train[:, 0], dtype=np.int64)),
                    torch.from_numpy(np.ascontiguousarray(train[:, 1], dtype=np.int64)),
-                   HeldOut.from_pairs(test, test_negatives), fingerprint, str(path),
-                   None if validation is None else HeldOut.from_pairs(validation, validation_negatives),
+                   HeldOut.from_pairs(test, test_negatives, test_ratings), fingerprint, str(path),
+                   None if validation is None else HeldOut.from_pairs(validation, validation_negatives,
+                                                                      validation_ratings),
                    train_timestamps, train_ratings)
 
     # The leave-one-out test set as earlier versions held it: one item per test user, with its negatives.
@@ -229,6 +236,8 @@ def _load_ours(path):
     # Mapped, not read: only --recency uses the times, and on ML-20M they are 160 MB.
     side = {name: _load_array(path / f"{name}.npy", mmap=True) if (path / f"{name}.npy").is_file() else None
             for name in ("train_timestamps", "train_ratings")}
+    held |= {name: _load_array(path / f"{name}.npy") if (path / f"{name}.npy").is_file() else None
+             for name in ("test_ratings", "validation_ratings")}
     dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side, **held)
     _check_metadata(path, metadata, dataset)
     return dataset
@@ -322,7 +331,8 @@ def dataset_from_split(split, name):
     """A Dataset straight from convert.py's in-memory Split (the built-in demo needs no files)."""
     return Dataset.from_arrays(split.user_ids.size, split.item_ids.size, split.train, split.test,
                                split.test_negatives, name, split.extra_arrays.get("train_timestamps"),
-                               split.extra_arrays.get("train_ratings"), split.validation, split.validation_negatives)
+                               split.extra_arrays.get("train_ratings"), split.validation, split.validation_negatives,
+                               split.extra_arrays.get("test_ratings"), split.extra_arrays.get("validation_ratings"))
 
 
 def _check_arrays(path, num_users, num_items, train, held, negatives, name="test"):

@@ -87,3 +87,25 @@ def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate
     values.update(negative_samples=negatives, batch_size=batch_size, learning_rate=learning_rate, beta1=beta1,
                   beta2=beta2)
     return values, notes, warning
+
+
+RATING_LEARNING_RATE = 5e-3  # fastai's rate for DotProductBias on ML-100k (with fit_one_cycle, 5 epochs)
+
+
+def choose_rating_sizes(num_train, batch_size=None, learning_rate=None, beta1=None, beta2=None):
+    """The rating models' -b, -l, -b1 and -b2, as ``choose_sizes`` returns them: a batch of about 1/1000 of the
+    ratings (a power of two from 64, fastai's batch for ML-100k, to 2^16), fastai's rate 5e-3 and Adam's usual
+    betas."""
+    values, notes, warning = {}, {}, None
+    if batch_size is None:
+        batch_size = int(2 ** min(16, max(6, round(math.log2(max(num_train / 1000, 1))))))
+        notes["batch size"] = (batch_size, f"chosen for {num_train:,} training ratings; set with -b")
+    elif batch_size > num_train:
+        warning = f"warning: --batch_size {batch_size:,} is larger than an epoch ({num_train:,} ratings); using it all"
+        batch_size = num_train
+    if learning_rate is None:
+        learning_rate = RATING_LEARNING_RATE
+        notes["learning rate"] = (learning_rate, "fastai's for these models; set with -l")
+    values.update(batch_size=batch_size, learning_rate=learning_rate, beta1=0.9 if beta1 is None else beta1,
+                  beta2=0.999 if beta2 is None else beta2)
+    return values, notes, warning

@@ -239,7 +239,7 @@ RATING_SUMS = ("squared_error", "absolute_error", "count")
 def rating_metrics(model, users, items, ratings, batch_size, autocast):
     """RMSE, MAE and MSE of ``model``'s predictions for the pairs (``users``, ``items``) against ``ratings`` (1-d
     tensors), in batches of ``batch_size``, accumulated in float64; ``eval_samples``, the pairs predicted."""
-    if model is not None:
+    if isinstance(model, torch.nn.Module):
         model.eval()
     sums = torch.zeros(len(RATING_SUMS), dtype=torch.float64, device=users.device)
     for start in range(0, users.numel(), batch_size):

@@ -1,9 +1,11 @@
-"""Train and evaluate NCF recommenders (GMF, MLP, NeuMF) with NVIDIA DeepLearningExamples-compatible flags.
+"""Train and evaluate NCF recommenders (GMF, MLP, NeuMF) with NVIDIA DeepLearningExamples-compatible flags, and
+rating models (mf, biasmf, dotbias, embnn, dot) on star ratings.
 
     python ncf.py                                         # the built-in demo dataset, on CPU or GPU
     python ncf.py --data data/ml100k                      # batch size and learning rate chosen for the data
     python ncf.py --data data/ml1m -e 20 -b 16384 -l 0.002 --model gmf --checkpoint_dir runs/gmf
     python ncf.py --data data/ml1m --mode test --load_checkpoint_path runs/gmf/best.pt
+    python ncf.py --data data/ml100k-random --model dotbias -e 5 --lr_schedule onecycle    # RMSE of star ratings
     torchrun --nproc_per_node=8 ncf.py --data data/ml20m --amp
 
 Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the best model and the last state (for
@@ -21,9 +23,10 @@ import torch
 import checkpoint
 import dataloading
 import evaluation
+import tasks
 import train
-from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, choose_sizes
-from logger import RunLogger, epoch_line, metric_label, metric_line, summary
+from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, choose_rating_sizes, choose_sizes
+from logger import RunLogger, describe_run, epoch_line, metric_label, metric_line, summary
 
 
 class UsageError(Exception):
@@ -53,8 +56,9 @@ def parse_args(argv=None):
                              "dataset size (printed at start)")
     parser.add_argument("--valid_batch_size", type=int, default=2**20, help="samples per evaluation batch")
     parser.add_argument("-f", "--factors", type=int, default=64, help="GMF embedding size (predictive factors)")
-    parser.add_argument("--layers", nargs="+", type=int, default=[256, 256, 128, 64],
-                        help="MLP layer sizes; the first is the user and item embeddings concatenated (even)")
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help="MLP layer sizes, the first being the user and item embeddings joined (even); default "
+                             "256 256 128 64; for embnn its hidden layers, default 100")
     parser.add_argument("-n", "--negative_samples", type=int, default=None,
                         help="negatives drawn per positive, each epoch; default: chosen from the dataset size "
                              "(printed at start): NVIDIA's 4, up to 16 on small datasets (the built-in demo keeps 4)")
@@ -80,10 +84,14 @@ def parse_args(argv=None):
     parser.add_argument("--weight_decay", type=float, default=0.1,
                         help="decoupled weight decay (AdamW) on all parameters; 0 gives plain Adam as in NVIDIA's "
                              "tool (measured: 0.1 is better on ML-100k and ML-1M, docs/experiments.md)")
-    parser.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant",
+    parser.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default="constant",
                         help="'cosine' lowers the learning rate step by step from -l towards 0 along half a cosine "
-                             "over the -e epochs (a run resumed with the same -e follows the same curve)")
-    parser.add_argument("--dropout", type=float, default=0.5, help="dropout after each MLP layer")
+                             "over the -e epochs (a run resumed with the same -e follows the same curve); 'onecycle' "
+                             "rises from -l/25 to -l over the first quarter, then falls towards 0 (fastai's "
+                             "fit_one_cycle, without its momentum cycle)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout after each MLP layer; default 0.5 (embnn: 0)")
+    tasks.add_rating_arguments(parser)
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
     parser.add_argument("--load_checkpoint_path", help="checkpoint to start training from, or to test in --mode test")
@@ -98,7 +106,9 @@ def parse_args(argv=None):
                         help="deprecated apex option: O1/O2 mean --amp")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deprecated torch.distributed.launch; the LOCAL_RANK variable is used")
-    parser.add_argument("--model", choices=["neumf", "gmf", "mlp"], default="neumf", help="which model to train")
+    parser.add_argument("--model", choices=list(checkpoint.MODELS), default="neumf",
+                        help="which model to train: neumf, gmf or mlp on implicit feedback (HR/NDCG); mf, biasmf, "
+                             "dotbias, embnn or dot on ratings (RMSE; docs/ratings.md)")
     parser.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
     parser.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
     parser.add_argument("--alpha", type=float, default=0.5,
@@ -149,7 +159,7 @@ def parse_args(argv=None):
 
 RULES = {"at least 1": lambda value: value >= 1, "0 or more": lambda value: 0 <= value < math.inf,
          "positive": lambda value: 0 < value < math.inf, "in [0, 1]": lambda value: 0 <= value <= 1,
-         "in [0, 1)": lambda value: 0 <= value < 1}
+         "in [0, 1)": lambda value: 0 <= value < 1, "finite": math.isfinite}
 
 
 def _validate(parser, args):
@@ -163,11 +173,14 @@ def _validate(parser, args):
                ("--learning_rate", args.learning_rate, "positive"), ("--alpha", args.alpha, "in [0, 1]"),
                ("-b1/--beta1", args.beta1, "in [0, 1)"), ("-b2/--beta2", args.beta2, "in [0, 1)"),
                ("--dropout", args.dropout, "in [0, 1)")]
-    checks += [("--layers sizes", size, "at least 1") for size in args.layers]
+    checks += [("--layers sizes", size, "at least 1") for size in args.layers or []]
+    checks += [("--l2", args.l2, "0 or more")] + [("--y_range", value, "finite") for value in args.y_range or []]
     for flag, value, rule in checks:
         if value is not None and not RULES[rule](value):  # None: not given, chosen from the data
             parser.error(f"{flag} must be {rule}, got {value}")
-    if args.layers[0] % 2:
+    if args.y_range and args.y_range[0] >= args.y_range[1]:
+        parser.error(f"--y_range LOW HIGH needs LOW < HIGH, got {args.y_range[0]:g} {args.y_range[1]:g}")
+    if args.layers and args.layers[0] % 2 and args.model != "embnn":
         parser.error(f"--layers: the first size is the user and item embeddings concatenated, so it must be even, "
                      f"got {args.layers[0]}")
     if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
@@ -182,30 +195,20 @@ Config = dataclasses.make_dataclass("Config", [(name, object) for name in vars(p
 
 def resolve_config(args, dataset):
     """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
-    problem = evaluation.protocol_problem(dataset, args.eval_protocol, args.topk)
-    if problem:
-        raise UsageError(problem)
-    values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
-                                          args.batch_size, args.learning_rate, args.beta1, args.beta2)
+    if args.mode == "train":  # --mode test checks its checkpoint's model
+        tasks.check(args.model, dataset, args.eval_protocol, args.topk, args.binary)
+    layers, dropout = tasks.model_defaults(args.model, args.layers, args.dropout)
+    if tasks.is_rating(args.model):
+        values, notes, warning = choose_rating_sizes(dataset.num_train, args.batch_size, args.learning_rate,
+                                                     args.beta1, args.beta2)
+        range_notes, values["y_range"] = tasks.rating_notes(args.model, dataset, args.y_range)
+        notes |= range_notes
+    else:
+        values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
+                                              args.batch_size, args.learning_rate, args.beta1, args.beta2)
     if warning:
         print(warning, file=sys.stderr)
-    return Config(**(vars(args) | values)), notes
-
-
-def describe(config, dataset, runtime, notes):
-    """The data, the model and the chosen settings, as printed at start."""
-    lines = [f"data: {dataset.description()}",
-             f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
-                                         and config.branch_loss else "")
-             + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
-             + (", cosine learning-rate decay" if config.lr_schedule == "cosine" else "")
-             + f", device: {runtime.device}" + (f" x {runtime.world_size} ranks" if runtime.world_size > 1 else "")
-             + (", mixed precision" if config.amp else "")]
-    if dataset.train_weights is not None:
-        lines.append(dataloading.describe_recency(dataset.train_weights, config.recency, config.recency_window))
-    for flag, (value, how) in notes.items():
-        lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")
-    return "\n".join(lines)
+    return Config(**(vars(args) | values | {"layers": layers, "dropout": dropout})), notes
 
 
 def build(config, dataset, device):
@@ -215,6 +218,9 @@ def build(config, dataset, device):
     model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
     model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
                                      config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))
+    if not config.load_checkpoint_path:
+        model = tasks.prepare(model, config.model, dataset, config.user_embeddings, config.item_embeddings,
+                              config.freeze_users, config.freeze_items)
     loss = checkpoint.training_loss(model, settings)
     optimizer = train.make_optimizer(model.to(device), config.optimizer, lr=config.learning_rate,
                                      betas=(config.beta1, config.beta2), eps=config.eps,
@@ -222,19 +228,19 @@ def build(config, dataset, device):
     return model, model_args, optimizer, loss
 
 
-def restore(config, folder, model, model_args, optimizer, scaler, dataset, say):
-    """(first epoch, best so far): from CHECKPOINT_DIR/last.pt under --resume (refused when trained with other
-    settings), else (0, None)."""
+def restore(config, folder, model, model_args, optimizer, scaler, dataset, metric, say):
+    """(first epoch, best so far by ``metric``): from CHECKPOINT_DIR/last.pt under --resume (refused when trained
+    with other settings), else (0, None)."""
     last_path = folder / "last.pt" if folder else None
     if not (config.resume and last_path and last_path.is_file()):
         if config.resume:
             say("no checkpoint to resume from; starting from scratch")
         return 0, None
     resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
-                                dataclasses.asdict(config), f"hr@{config.topk}", [
+                                dataclasses.asdict(config), metric, [
                                     # (key, flag, value of checkpoints older than the flag, whether it applies)
                                     ("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
-                                    ("recency", "--recency", 0.0, True),
+                                    ("recency", "--recency", 0.0, True), ("l2", "--l2", 0.0, True),
                                     ("eval_protocol", "--eval_protocol", "sampled", True),
                                     ("recency_window", "--recency_window", 10.0, bool(config.recency)),
                                     ("branch_loss", "--branch_loss", 0.0, config.model == "neumf")])
@@ -242,16 +248,13 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, say):
     return resumed
 
 
-def evaluator(config, dataset, model, autocast, runtime):
-    """The evaluation of ``model`` (the plain module) that --eval_protocol names, on test and validation sets."""
-    return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, config.valid_batch_size, autocast,
-                                runtime.rank, runtime.world_size, config.compile)
-
-
 def test_mode(config, dataset, runtime, log, autocast, say):
     """--mode test: evaluate a checkpoint once."""
     model = checkpoint.load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
-    metrics = evaluation.timed(evaluator(config, dataset, model.to(runtime.device), autocast, runtime))
+    kind = next(name for name, constructor in checkpoint.MODELS.items() if type(model) is constructor)
+    tasks.check(kind, dataset, config.eval_protocol, config.topk, config.binary)
+    metrics = evaluation.timed(tasks.evaluator(dataclasses.replace(config, model=kind), dataset,
+                                               model.to(runtime.device), autocast, runtime))
     log.write("summary", metrics)
     say(metric_line(metrics))
     return 0
@@ -261,18 +264,16 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
     """Train with train.fit: batches with negatives, the evaluation --eval_protocol names, the best epoch on the
     validation set when there is one (else on the test items); logs, prints and
     keeps best.pt/last.pt. Returns (the best epoch's dict, whether --threshold stopped the run)."""
-    start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, say)
+    chosen_on = tasks.selection(config.model, dataset, config.eval_protocol, config.topk)
+    start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, chosen_on.metric, say)
     train.check_ranks_agree(dataclasses.asdict(config), dataset.fingerprint, start_epoch, runtime)
-    selection = train.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
     saving = folder is not None and runtime.is_main
-    saved_best = checkpoint.prepare_folder(folder, dataset.fingerprint, config.model, selection.metric) if saving \
+    saved_best = checkpoint.prepare_folder(folder, dataset.fingerprint, config.model, chosen_on.metric) if saving \
         else None
     log.forget_epochs_from(start_epoch)  # those a killed run logged after its last checkpoint
     log.write("config", dataclasses.asdict(config) | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
         "world_size": runtime.world_size, "device": str(runtime.device)})
-    positives = (dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
-                                         dataset.num_items) if config.negative_sampling == "exact" else None)
 
     def save(name, record, best):
         checkpoint.save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler,
@@ -281,21 +282,19 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
     def on_epoch(record):
         log.write("epoch", record)
         say(epoch_line(record))
-        if config.threshold is not None and selection.reaches(record[selection.metric], config.threshold):
-            say(f"reached the target {metric_label(selection.metric)} {config.threshold} in epoch {record['epoch']}; "
+        if config.threshold is not None and chosen_on.reaches(record[chosen_on.metric], config.threshold):
+            say(f"reached the target {metric_label(chosen_on.metric)} {config.threshold} in epoch {record['epoch']}; "
                 "stopping")
 
     try:
         return train.fit(
             train.compiled(train.distributed(model, runtime), config.compile), optimizer, scaler, loss,
-            lambda epoch: dataloading.ImplicitBatches(dataset, config.batch_size, config.negative_samples,
-                                                      train.epoch_seed(config.seed, epoch), positives, runtime.rank,
-                                                      runtime.world_size),
-            evaluator(config, dataset, model, autocast, runtime), selection, epochs=config.epochs,
+            tasks.batches(config, dataset, runtime), tasks.evaluator(config, dataset, model, autocast, runtime),
+            chosen_on, epochs=config.epochs,
             autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
-            learning_rate=(lambda progress: train.cosine_rate(config.learning_rate, progress))
-            if config.lr_schedule == "cosine" else None, threshold=config.threshold, on_epoch=on_epoch,
+            learning_rate=train.schedule(config.lr_schedule, config.learning_rate), threshold=config.threshold,
+            on_epoch=on_epoch,
             save=save if saving else None, saved_best=saved_best, patience=config.early_stop,
             show_bar=runtime.is_main and sys.stderr.isatty())
     except train.NonFiniteLoss as error:
@@ -308,7 +307,7 @@ def main(argv=None):
     try:
         with train.process_group_teardown():
             return run(args)
-    except (UsageError, dataloading.DatasetError, checkpoint.CheckpointError, train.DeviceError,
+    except (UsageError, dataloading.DatasetError, checkpoint.CheckpointError, tasks.TaskError, train.DeviceError,
             train.RanksDisagree) as error:
         print(f"ncf.py: error: {error}", file=sys.stderr)
         return 1
@@ -333,7 +332,7 @@ def run(args):
     if config.mode == "test":
         return test_mode(config, dataset, runtime, log, autocast, say)
     torch.manual_seed(config.seed)
-    say(describe(config, dataset, runtime, notes))
+    say(describe_run(config, dataset, runtime, notes))
     model, model_args, optimizer, loss = build(config, dataset, runtime.device)
     best, reached = fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log,
                         say)

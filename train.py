@@ -191,6 +191,23 @@ def cosine_rate(base, progress):
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def one_cycle_rate(base, progress, warmup=0.25, start_divisor=25.0, end_divisor=1e5):
+    """The learning rate at ``progress`` in [0, 1) of a one-cycle run (fastai's ``fit_one_cycle``): from
+    ``base / start_divisor`` up to ``base`` along half a cosine over the ``warmup`` share of the run, then down
+    along half a cosine to ``base / end_divisor``."""
+    if progress < warmup:
+        low, high, phase = base / start_divisor, base, progress / warmup
+    else:
+        low, high, phase = base / end_divisor, base, 1.0 - (progress - warmup) / (1.0 - warmup)
+    return low + (high - low) * 0.5 * (1.0 - math.cos(math.pi * phase))
+
+
+def schedule(name, base):
+    """``train.fit``'s learning_rate(progress) for --lr_schedule ``name`` from ``base``; None for 'constant'."""
+    rates = {"cosine": cosine_rate, "onecycle": one_cycle_rate}
+    return None if name == "constant" else (lambda progress: rates[name](base, progress))
+
+
 def train_epoch(model, optimizer, scaler, autocast, batches, loss, *, grads_accumulated=1, world_size=1,
                 learning_rate=None, position=(0, 1), show_bar=False, description=""):
     """One pass over ``batches``; returns (mean reported loss over every rank's samples as a 0-d tensor, samples of

@@ -30,6 +30,7 @@ import time
 import torch
 
 import ncf
+import tasks
 from bench import common, train_bench
 from bench.common import append_result
 
@@ -108,9 +109,10 @@ def main(argv=None):
     step_seconds = measured["epoch"] / steps
     batch = min(args.batch_size, dataset.num_train * (1 + negatives))
     sizes = ncf.parse_args([])  # train_bench times ncf.py's default NeuMF: count the bytes of that one
-    components, flops = step_costs(batch, dataset.num_users, dataset.num_items, sizes.factors, sizes.layers,
+    layers = tasks.model_defaults("neumf", sizes.layers, sizes.dropout)[0]
+    components, flops = step_costs(batch, dataset.num_users, dataset.num_items, sizes.factors, layers,
                                    2 if args.amp else 4, args.optimizer, branch_heads=args.branch_loss > 0)
-    bandwidth, rate = measure_device(device, batch, sizes.layers, args.amp)
+    bandwidth, rate = measure_device(device, batch, layers, args.amp)
     total = sum(components.values())
     memory_seconds, compute_seconds = total / bandwidth, flops / rate
     floor = max(memory_seconds, compute_seconds)

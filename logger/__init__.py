@@ -47,14 +47,18 @@ class RunLogger:
             os.replace(temporary, self.path)
 
 
-METRIC = re.compile(r"(valid_)?(hr|recall|ndcg|mrr)@(\d+)")
-LABELS = {"hr": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR"}
+METRIC = re.compile(r"(valid_)?(?:(hr|recall|ndcg|mrr)@(\d+)|(rmse|mae|mse))")
+LABELS = {"hr": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "rmse": "RMSE", "mae": "MAE", "mse": "MSE"}
 
 
 def metric_label(key):
-    """How a metric key is printed: ``hr@10`` -> ``HR@10``, ``valid_ndcg@10`` -> ``valid NDCG@10``."""
+    """How a metric key is printed: ``hr@10`` -> ``HR@10``, ``valid_ndcg@10`` -> ``valid NDCG@10``, ``rmse`` ->
+    ``RMSE``."""
     match = METRIC.fullmatch(key)
-    return f"{'valid ' if match[1] else ''}{LABELS[match[2]]}@{match[3]}" if match else key
+    if not match:
+        return key
+    name = f"{LABELS[match[2]]}@{match[3]}" if match[2] else LABELS[match[4]]
+    return f"{'valid ' if match[1] else ''}{name}"
 
 
 def metric_line(metrics, prefix=""):
@@ -62,6 +66,27 @@ def metric_line(metrics, prefix=""):
     ``prefix`` keeps only the test set's ("") or the validation set's ("valid_")."""
     return "  ".join(f"{metric_label(key)} {value:.4f}" for key, value in metrics.items()
                      if (match := METRIC.fullmatch(key)) and (match[1] or "") == prefix)
+
+
+def describe_run(config, dataset, runtime, notes):
+    """The data, the model and the chosen settings (``notes``: {what: (value, how chosen)}), as ncf.py prints them
+    at start."""
+    lines = [f"data: {dataset.description()}",
+             f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
+                                         and config.branch_loss else "")
+             + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
+             + (f", L2 {config.l2:g} on the rows looked up" if config.l2 else "")
+             + {"cosine": ", cosine learning-rate decay", "onecycle": ", one-cycle learning rate"}.get(
+                 config.lr_schedule, "")
+             + f", device: {runtime.device}" + (f" x {runtime.world_size} ranks" if runtime.world_size > 1 else "")
+             + (", mixed precision" if config.amp else "")]
+    if dataset.train_weights is not None:
+        import dataloading  # only --recency's line needs it (and torch): the log tools stay light
+
+        lines.append(dataloading.describe_recency(dataset.train_weights, config.recency, config.recency_window))
+    for flag, (value, how) in notes.items():
+        lines.append(f"{flag}: {value if isinstance(value, str) else format(value, 'g')} ({how})")
+    return "\n".join(lines)
 
 
 def epoch_line(record):

@@ -127,3 +127,109 @@ def test_binary_dot_trains_on_zero_one_data():
     _fit(model, users, items, labels, 50, 0.1)
     with torch.no_grad():
         assert ((model(users, items) > 0).float() == labels).all()
+
+
+# ------------------------------------------------------------------------------------------ through ncf.py
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory):
+    """Ratings from a planted rank-2 taste (1-5 stars, rounded, a little noise), split at random with a validation
+    set: (dataset folder, the RMSE of predicting the training mean for every test rating)."""
+    from conftest import run_convert
+
+    folder = tmp_path_factory.mktemp("rated")
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(60, 2)), rng.normal(size=(40, 2))
+    lines = ["user,item,rating,timestamp"]
+    for user in range(60):
+        for time, item in enumerate(rng.choice(40, 25, replace=False)):
+            stars = np.clip(np.rint(3 + 1.2 * users[user] @ items[item] + rng.normal(scale=0.3)), 1, 5)
+            lines.append(f"{user},{item},{stars:g},{time}")
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    assert run_convert(["--path", folder / "log.csv", "--split", "random", "--validation", "--output",
+                        folder / "data"])[0] == 0
+    dataset = __import__("dataloading").load_dataset(folder / "data")
+    mean = float(np.mean(dataset.train_ratings))
+    return folder / "data", math.sqrt(float(((dataset.test.ratings - mean) ** 2).mean()))
+
+
+def _ncf(data, tmp_path, *flags):
+    import json
+
+    import ncf
+
+    log = tmp_path / "log.json"
+    code = ncf.main(["--data", str(data), "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(log),
+                     *map(str, flags)])
+    return code, [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.parametrize("kind, epochs", [("biasmf", 12), ("dotbias", 12), ("embnn", 30)])
+def test_ncf_trains_rating_models_on_validation_and_beats_the_mean(rated, tmp_path, kind, epochs, capsys):
+    data, mean_rmse = rated
+    code, records = _ncf(data, tmp_path, "--model", kind, "-e", epochs, "-f", "4", "-l", "0.02", "--weight_decay",
+                         "0.01", "--lr_schedule", "onecycle")
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    epochs = [record for record in records if record["type"] == "epoch"]
+    summary = next(record for record in records if record["type"] == "summary")
+    best = min(epochs, key=lambda record: record["valid_rmse"])
+    assert summary["best_epoch"] == best["epoch"] and summary["selected_on"] == "validation"
+    assert summary["best_metrics"]["rmse"] < 0.8 * mean_rmse  # the planted taste was learned
+    assert "one-cycle learning rate" in out and "valid RMSE" in out
+    if kind != "biasmf":
+        assert "y range: 0 to 5.5 (from the ratings' range" in out
+    assert ncf_test_mode(data, tmp_path)["rmse"] == pytest.approx(summary["best_metrics"]["rmse"], rel=1e-6)
+
+
+def ncf_test_mode(data, tmp_path):
+    code, records = _ncf(data, tmp_path, "--mode", "test", "--log_path", tmp_path / "test.json")
+    assert code == 0
+    import json
+
+    return json.loads((tmp_path / "test.json").read_text().splitlines()[-1])
+
+
+def test_frozen_users_from_a_file_survive_training_through_ncf(rated, tmp_path):
+    data, _ = rated
+    given = np.random.default_rng(1).normal(scale=0.1, size=(60, 4)).astype(np.float32)
+    np.save(tmp_path / "users.npy", given)
+    code, _ = _ncf(data, tmp_path, "--model", "mf", "-e", "3", "-f", "4", "--user_embeddings", tmp_path / "users.npy",
+                   "--freeze_users")
+    assert code == 0
+    state = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)["state_dict"]
+    assert np.array_equal(state["user_embedding.weight"].numpy(), given)
+    np.save(tmp_path / "wrong.npy", given[:, :3])
+    code, _ = _ncf(data, tmp_path, "--model", "mf", "-e", "1", "-f", "4", "--user_embeddings", tmp_path / "wrong.npy",
+                   "--checkpoint_dir", tmp_path / "other")
+    assert code == 1
+
+
+def test_a_rating_model_needs_ratings_and_binary_needs_dot(rated, tmp_path, capsys):
+    from conftest import run_convert
+
+    data, _ = rated
+    plain = tmp_path / "plain"
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\n" + "".join(f"{user},{item}\n" for user in range(8) for item in range(user, user + 5)))
+    assert run_convert(["--path", log, "--output", plain, "--valid_negative", "3"])[0] == 0
+    for flags, message in ((["--data", plain, "--model", "dotbias"], "has no training or test ratings"),
+                           (["--data", data, "--model", "gmf", "--binary"], "--binary is SimpleCF's 0/1 variant"),
+                           (["--data", data, "--model", "dot", "--binary"], "are not all 0 or 1")):
+        capsys.readouterr()
+        import ncf
+
+        assert ncf.main([*map(str, flags), "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        ncf.parse_args(["--model", "dotbias", "--y_range", "5", "1"])
+
+
+def test_one_cycle_rises_then_falls():
+    rates = [train.one_cycle_rate(0.01, step / 100) for step in range(100)]
+    peak = int(np.argmax(rates))
+    assert 23 <= peak <= 26 and rates[0] == pytest.approx(0.01 / 25) and rates[-1] < 0.01 / 1000
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1:peak + 1]))
+    assert all(a >= b for a, b in zip(rates[peak:-1], rates[peak + 1:]))
