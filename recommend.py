@@ -5,6 +5,7 @@
     python recommend.py --checkpoint runs/ml100k/best.pt --similar_to "Star Wars (1977)"
     python recommend.py --checkpoint runs/ml100k/best.pt --history 50 181 Fargo  # someone not in training
     python recommend.py --checkpoint runs/ml100k/best.pt --export exports/ml100k  # embeddings, id maps, ONNX
+    python recommend.py --checkpoint runs/dotbias/best.pt --biases                # a rating model's item biases
 
 The dataset is the one the checkpoint was trained on (``--data`` points elsewhere; a checkpoint of another dataset
 is refused by its fingerprint). Users and items are named by their original ids, as in the source file, and items
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 import dataloading
 import evaluation
+import tasks
 import train
 from checkpoint import CheckpointError, check_dataset, load_checkpoint, model_from_checkpoint, training_loss
 
@@ -65,6 +67,12 @@ def parse_args(argv=None):
                       help="top-k items for someone not in training who interacted with these items (ids or "
                            "titles): a user vector fitted to them with every other weight frozen (fold-in)")
     task.add_argument("--history_file", metavar="FILE", help="as --history, the items read from FILE, one per line")
+    task.add_argument("--predict", nargs=2, metavar=("USER", "ITEM"),
+                      help="the model's prediction for one user and item (an id, or a title or part of one): a "
+                           "rating for the rating models, a score and its probability for the implicit ones")
+    task.add_argument("--biases", action="store_true",
+                      help="rating models with biases (biasmf, dotbias): the -k items with the lowest and the highest "
+                           "learned bias, which the model rates down or up whatever the user's taste")
     task.add_argument("--export", metavar="DIR",
                       help="write the embeddings (.npy), id maps (users.csv, items.csv) and the scoring model "
                            "(model.onnx: user and item index tensors in, logits out) to the new folder DIR")
@@ -588,6 +596,30 @@ def show_similar(args, model, items_catalogue):
         print(f"wrote the lists to {args.output}")
 
 
+def predict(args, model, kind, users_catalogue, items_catalogue):
+    """Print the model's prediction for one (user, item) pair."""
+    user, item = users_catalogue.user(args.predict[0]), items_catalogue.item(args.predict[1])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        value = model(torch.tensor([user], device=device), torch.tensor([item], device=device)).float().item()
+    what = (f"predicted rating {value:.3f}" if tasks.is_rating(kind) and not getattr(model, "binary", False)
+            else f"score {value:.4f} (probability {1 / (1 + math.exp(-value)):.3f})")
+    print(f"user {users_catalogue.ids[user]}, item {items_catalogue.label(item)}: {what}")
+
+
+def show_biases(args, model, kind, items_catalogue):
+    """Print the items with the lowest and the highest learned bias."""
+    if getattr(model, "item_bias", None) is None:
+        raise UsageError(f"--biases: a {kind} model has no item biases; train --model biasmf or dotbias")
+    biases = model.item_bias.weight.detach().float().cpu().squeeze(1)
+    order = torch.argsort(biases)
+    for heading, chosen in (("lowest", order[:args.topk]), ("highest", order.flip(0)[:args.topk])):
+        rows = [(rank, items_catalogue.ids[item], biases[item].item(), items_catalogue.title(item))
+                for rank, item in enumerate(chosen.tolist(), 1)]
+        print_list(f"the {args.topk} items with the {heading} bias ({kind})", rows,
+                   ("rank", "item_id", "bias", "title") if items_catalogue.titles else ("rank", "item_id", "bias"))
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -607,7 +639,15 @@ def main(argv=None):
                   f"{'' if args.no_onnx else ', model.onnx'} and export.json to {args.export}{checked}")
         elif args.similar_to:
             show_similar(args, model, items_catalogue)
+        elif args.predict:
+            predict(args, model, checkpoint["model"], users_catalogue, items_catalogue)
+        elif args.biases:
+            show_biases(args, model, checkpoint["model"], items_catalogue)
         elif args.history or args.history_file:
+            if tasks.is_rating(checkpoint["model"]):
+                raise UsageError(f"--history folds in a user from the items they interacted with, which the "
+                                 f"implicit models learn from; a {checkpoint['model']} model would need their "
+                                 "ratings")
             recommend_for_history(args, model, checkpoint, dataset, device, items_catalogue)
         else:
             recommend_for_users(args, model, dataset, device, autocast, users_catalogue, items_catalogue)

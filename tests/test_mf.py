@@ -233,3 +233,34 @@ def test_one_cycle_rises_then_falls():
     assert 23 <= peak <= 26 and rates[0] == pytest.approx(0.01 / 25) and rates[-1] < 0.01 / 1000
     assert all(a <= b for a, b in zip(rates[:peak], rates[1:peak + 1]))
     assert all(a >= b for a, b in zip(rates[peak:-1], rates[peak + 1:]))
+
+
+def test_recommend_predicts_a_rating_and_lists_the_biases(rated, tmp_path, capsys):
+    import recommend
+    from checkpoint import load_model
+    from dataloading import load_dataset
+
+    data, _ = rated
+    assert _ncf(data, tmp_path, "--model", "dotbias", "-e", "3", "-f", "4")[0] == 0
+    checkpoint = tmp_path / "ck" / "best.pt"
+    capsys.readouterr()
+    assert recommend.main(["--checkpoint", str(checkpoint), "--predict", "3", "7"]) == 0
+    out = capsys.readouterr().out
+    model = load_model(checkpoint, load_dataset(data)).eval()
+    users, items = recommend.catalogues(load_dataset(data))
+    with torch.no_grad():
+        expected = model(torch.tensor([users.user("3")]), torch.tensor([items.item("7")])).item()
+    assert out.strip() == f"user 3, item 7: predicted rating {expected:.3f}" and 0 < expected < 5.5
+    assert recommend.main(["--checkpoint", str(checkpoint), "--biases", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "the 3 items with the lowest bias (dotbias)" and lines[5].startswith("the 3 items with the high")
+    lowest, highest = [float(line.split()[2]) for line in lines[2:5]], [float(line.split()[2]) for line in lines[7:10]]
+    bias = model.item_bias.weight.detach().squeeze(1)
+    assert lowest == sorted(lowest) and highest == sorted(highest, reverse=True)
+    assert lowest[0] == pytest.approx(bias.min().item(), abs=1e-4) and highest[0] == pytest.approx(bias.max().item(),
+                                                                                                  abs=1e-4)
+    assert recommend.main(["--checkpoint", str(checkpoint), "--history", "7"]) == 1
+    assert "would need their ratings" in capsys.readouterr().err
+    assert _ncf(data, tmp_path / "mf", "--model", "mf", "-e", "1", "-f", "4")[0] == 0
+    assert recommend.main(["--checkpoint", str(tmp_path / "mf" / "ck" / "best.pt"), "--biases"]) == 1
+    assert "has no item biases" in capsys.readouterr().err
