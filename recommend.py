@@ -73,6 +73,9 @@ def parse_args(argv=None):
     task.add_argument("--biases", action="store_true",
                       help="rating models with biases (biasmf, dotbias): the -k items with the lowest and the highest "
                            "learned bias, which the model rates down or up whatever the user's taste")
+    task.add_argument("--plot_items", metavar="FILE.png",
+                      help="draw the items' vectors on their first two principal components, the 50 most-rated "
+                           "labelled by title (needs matplotlib)")
     task.add_argument("--export", metavar="DIR",
                       help="write the embeddings (.npy), id maps (users.csv, items.csv) and the scoring model "
                            "(model.onnx: user and item index tensors in, logits out) to the new folder DIR")
@@ -620,6 +623,43 @@ def show_biases(args, model, kind, items_catalogue):
                    ("rank", "item_id", "bias", "title") if items_catalogue.titles else ("rank", "item_id", "bias"))
 
 
+def plot_items(path, model, dataset, items_catalogue, labelled=50):
+    """Save a PNG of the item vectors (``item_vectors``, joined when there are several) on their first two principal
+    components, the ``labelled`` most-rated items named; returns the share of variance the two components hold."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot_items needs matplotlib: pip install matplotlib") from None
+    check_writable(path)
+    vectors = torch.cat([table.float().cpu() for table in model.item_vectors().values()], dim=1)
+    centred = vectors - vectors.mean(0)
+    _, singular, basis = torch.linalg.svd(centred, full_matrices=False)
+    points = (centred @ basis[:2].T).numpy()
+    explained = float((singular[:2] ** 2).sum() / (singular ** 2).sum())
+    popular = torch.bincount(dataset.train_items.cpu(), minlength=dataset.num_items).argsort(descending=True)
+    figure, axes = plt.subplots(figsize=(12, 9))
+    axes.scatter(points[:, 0], points[:, 1], s=4, color="lightgray")
+    for item in popular[:labelled].tolist():
+        axes.scatter(points[item, 0], points[item, 1], s=10, color="tab:blue")
+        axes.annotate(items_catalogue.title(item) or items_catalogue.ids[item], points[item], fontsize=7)
+    axes.set_xlabel("first principal component")
+    axes.set_ylabel("second principal component")
+    axes.set_title(f"item vectors ({' and '.join(model.item_vectors())}), {explained:.0%} of their variance")
+    temporary = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    try:
+        figure.savefig(temporary, dpi=80, format="png")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write it ({error.strerror or error})") from None
+    finally:
+        plt.close(figure)
+    return explained
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -643,6 +683,10 @@ def main(argv=None):
             predict(args, model, checkpoint["model"], users_catalogue, items_catalogue)
         elif args.biases:
             show_biases(args, model, checkpoint["model"], items_catalogue)
+        elif args.plot_items:
+            explained = plot_items(args.plot_items, model, dataset, items_catalogue)
+            print(f"wrote {args.plot_items}: the item vectors on their first two principal components "
+                  f"({explained:.0%} of the variance), the 50 most-rated items labelled")
         elif args.history or args.history_file:
             if tasks.is_rating(checkpoint["model"]):
                 raise UsageError(f"--history folds in a user from the items they interacted with, which the "

@@ -264,3 +264,15 @@ def test_recommend_predicts_a_rating_and_lists_the_biases(rated, tmp_path, capsy
     assert _ncf(data, tmp_path / "mf", "--model", "mf", "-e", "1", "-f", "4")[0] == 0
     assert recommend.main(["--checkpoint", str(tmp_path / "mf" / "ck" / "best.pt"), "--biases"]) == 1
     assert "has no item biases" in capsys.readouterr().err
+
+
+def test_plot_items_writes_a_png(rated, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import recommend
+
+    data, _ = rated
+    assert _ncf(data, tmp_path, "--model", "biasmf", "-e", "1", "-f", "4")[0] == 0
+    picture = tmp_path / "items.png"
+    assert recommend.main(["--checkpoint", str(tmp_path / "ck" / "best.pt"), "--plot_items", str(picture)]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "of the variance" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".items.png.tmp-*"))
