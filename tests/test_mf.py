@@ -276,3 +276,20 @@ def test_plot_items_writes_a_png(rated, tmp_path, capsys):
     assert recommend.main(["--checkpoint", str(tmp_path / "ck" / "best.pt"), "--plot_items", str(picture)]) == 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "of the variance" in capsys.readouterr().out
     assert not list(tmp_path.glob(".items.png.tmp-*"))
+
+
+def test_the_demo_has_planted_ratings_and_the_interactions_of_earlier_versions():
+    import convert
+    import dataloading
+
+    split = convert.generated_split()
+    # The ratings take the random draws the uniform stars took, so the interactions, times and the split (and every
+    # implicit model's result on the demo) are those of earlier versions.
+    assert dataloading.dataset_from_split(split, "demo").fingerprint == \
+        "5d4d93643dfa50ed6c67f8df995694834ba5ae7bfcb7efc231d03443f76c385d"
+    ratings, items = split.extra_arrays["train_ratings"], split.train[:, 1]
+    assert set(np.unique(ratings)) <= {1, 2, 3, 4, 5} and 3.3 < ratings.mean() < 3.9
+    counts = np.bincount(items)
+    rated = counts >= 20
+    mean_rating = np.bincount(items, weights=ratings)[rated] / counts[rated]
+    assert np.corrcoef(mean_rating, np.log(counts[rated]))[0, 1] > 0.3  # popular items are rated higher, as planted
