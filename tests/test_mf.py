@@ -293,3 +293,18 @@ def test_the_demo_has_planted_ratings_and_the_interactions_of_earlier_versions()
     rated = counts >= 20
     mean_rating = np.bincount(items, weights=ratings)[rated] / counts[rated]
     assert np.corrcoef(mean_rating, np.log(counts[rated]))[0, 1] > 0.3  # popular items are rated higher, as planted
+
+
+def test_the_folds_benchmark_trains_each_fold_and_reports_the_mean(tmp_path, capsys):
+    from bench import rating_folds
+
+    rng = np.random.default_rng(0)
+    for part, rows in (("base", 400), ("test", 100)):
+        (tmp_path / f"u1.{part}").write_text("".join(
+            f"{rng.integers(1, 21)}\t{rng.integers(1, 31)}\t{rng.integers(1, 6)}\t{index}\n" for index in range(rows)))
+    assert rating_folds.main(["--movielens", str(tmp_path), "--folds", "1", "--", "--model", "biasmf", "-e", "2",
+                              "-f", "2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| ncf.py")).split(" | ")
+    assert row[0] == "| ncf.py --model biasmf -e 2 -f 2" and row[1] == row[2] and 0.5 < float(row[1]) < 3.0
+    with pytest.raises(SystemExit):
+        rating_folds.parse_args(["--movielens", str(tmp_path), "--folds", "2"])
