@@ -373,6 +373,11 @@ def print_list(heading, rows, columns):
                         for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
 
 
+def print_ranked(heading, rows, items_catalogue, value="score"):
+    """``print_list`` of ``ranked_rows``-style rows: rank, item id, ``value``, and the title when there are titles."""
+    print_list(heading, rows, ("rank", "item_id", value) + (("title",) if items_catalogue.titles else ()))
+
+
 def ranked_rows(items_catalogue, scores, items):
     """(rank, item id, score, title) rows of one ranked list, the -inf (excluded) tail dropped."""
     rows = []
@@ -496,8 +501,8 @@ def _export_onnx(model, file, num_users, num_items):
     generator = torch.Generator().manual_seed(0)
     users = torch.randint(num_users, (1000,), generator=generator)
     items = torch.randint(num_items, (1000,), generator=generator)
-    session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(None, {"user": users.numpy(), "item": items.numpy()})[0]
+    runner = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    onnx_logits = runner.run(None, {"user": users.numpy(), "item": items.numpy()})[0]
     with torch.no_grad():
         torch_logits = scoring(users, items).numpy()
     return float(np.abs(onnx_logits - torch_logits).max())
@@ -538,10 +543,8 @@ def recommend_for_users(args, model, dataset, device, autocast, users_catalogue,
     if args.user:
         left_out = "" if seen is None else ", leaving out what the user already interacted with"
         for user_id, user_scores, user_items in zip(user_ids, scores, items):
-            print_list(f"user {user_id}: top {args.topk} of {dataset.num_items:,} items{left_out}",
-                       ranked_rows(items_catalogue, user_scores, user_items),
-                       ("rank", "item_id", "score", "title") if items_catalogue.titles else
-                       ("rank", "item_id", "score"))
+            print_ranked(f"user {user_id}: top {args.topk} of {dataset.num_items:,} items{left_out}",
+                         ranked_rows(items_catalogue, user_scores, user_items), items_catalogue)
     if args.output:
         write_table(args.output, table_columns(user_ids, scores, items, items_catalogue))
         print(f"wrote the top {args.topk} of {len(user_ids):,} users to {args.output}")
@@ -575,9 +578,8 @@ def recommend_for_history(args, model, checkpoint, dataset, device, items_catalo
     seconds = time.perf_counter() - started
     best, items = best.cpu(), items.cpu()
     rows = ranked_rows(items_catalogue, best[0], items[0])
-    print_list(f"a new user with {len(history)} items: top {args.topk} of {dataset.num_items:,} items by fold-in "
-               f"({args.fold_in_steps} steps), answered in {seconds * 1000:.0f} ms", rows,
-               ("rank", "item_id", "score", "title") if items_catalogue.titles else ("rank", "item_id", "score"))
+    print_ranked(f"a new user with {len(history)} items: top {args.topk} of {dataset.num_items:,} items by fold-in "
+                 f"({args.fold_in_steps} steps), answered in {seconds * 1000:.0f} ms", rows, items_catalogue)
     if args.output:
         write_table(args.output, table_columns(["new"], best, items, items_catalogue))
         print(f"wrote the list to {args.output}")
@@ -589,10 +591,8 @@ def show_similar(args, model, items_catalogue):
                                             args.topk)
     best, nearest = best.cpu(), nearest.cpu()
     for query, scores, items in zip(queries, best, nearest):
-        print_list(f"items nearest to {items_catalogue.label(query)} by cosine similarity of {compared}",
-                   ranked_rows(items_catalogue, scores, items),
-                   ("rank", "item_id", "similarity", "title") if items_catalogue.titles else
-                   ("rank", "item_id", "similarity"))
+        print_ranked(f"items nearest to {items_catalogue.label(query)} by cosine similarity of {compared}",
+                     ranked_rows(items_catalogue, scores, items), items_catalogue, value="similarity")
     if args.output:
         write_table(args.output, table_columns([items_catalogue.ids[query] for query in queries], best, nearest,
                                                items_catalogue, owner="query_id", value="similarity"))
@@ -619,8 +619,7 @@ def show_biases(args, model, kind, items_catalogue):
     for heading, chosen in (("lowest", order[:args.topk]), ("highest", order.flip(0)[:args.topk])):
         rows = [(rank, items_catalogue.ids[item], biases[item].item(), items_catalogue.title(item))
                 for rank, item in enumerate(chosen.tolist(), 1)]
-        print_list(f"the {args.topk} items with the {heading} bias ({kind})", rows,
-                   ("rank", "item_id", "bias", "title") if items_catalogue.titles else ("rank", "item_id", "bias"))
+        print_ranked(f"the {args.topk} items with the {heading} bias ({kind})", rows, items_catalogue, value="bias")
 
 
 def plot_items(path, model, dataset, items_catalogue, labelled=50):
