@@ -134,11 +134,11 @@ def parse_args(argv=None):
     parser.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
                         help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
                              "items as NVIDIA does (faster, slightly less accurate)")
-    parser.add_argument("--optimizer", choices=["adam", "row_sparse_adam"], default="adam",
+    parser.add_argument("--optimizer", choices=["adam", "row_sparse_adam", "sgd"], default="adam",
                         help="'adam': AdamW over every parameter (fused); 'row_sparse_adam': embedding rows change "
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
                              "step when the tables are large and the batch small; a different optimizer from 'adam', "
-                             "so check its accuracy on your data")
+                             "so check its accuracy on your data; 'sgd': SGD with momentum -b1 (a rate near 0.1)")
     parser.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES, metavar="MODE",
                         help="compile the training forward pass and evaluation's scoring with torch.compile "
                              "(faster steps after a start-up of a minute or so; on CPU it needs a C++ compiler); "

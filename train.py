@@ -138,11 +138,15 @@ def compiled(function, compile_mode):
 
 
 def make_optimizer(model, name, **settings):
-    """The optimizer over ``model``'s trainable parameters: 'adam' (AdamW, fused) or 'row_sparse_adam' (embedding
-    rows updated only when looked up; see sparse_adam.py). ``settings``: lr, betas, eps, weight_decay."""
+    """The optimizer over ``model``'s trainable parameters: 'adam' (AdamW, fused), 'row_sparse_adam' (embedding
+    rows updated only when looked up; see sparse_adam.py) or 'sgd' (with momentum beta1 and L2-coupled weight
+    decay, as torch.optim.SGD). ``settings``: lr, betas, eps, weight_decay."""
     if name == "row_sparse_adam":
         return sparse_adam.build_optimizer(model, **settings)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(trainable, lr=settings["lr"], momentum=settings["betas"][0],
+                               weight_decay=settings["weight_decay"])
     return torch.optim.AdamW(trainable, **settings, fused=True)
 
 

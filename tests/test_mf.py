@@ -308,3 +308,14 @@ def test_the_folds_benchmark_trains_each_fold_and_reports_the_mean(tmp_path, cap
     assert row[0] == "| ncf.py --model biasmf -e 2 -f 2" and row[1] == row[2] and 0.5 < float(row[1]) < 3.0
     with pytest.raises(SystemExit):
         rating_folds.parse_args(["--movielens", str(tmp_path), "--folds", "2"])
+
+
+def test_sgd_trains_a_rating_model(rated, tmp_path, capsys):
+    data, mean_rmse = rated
+    code, records = _ncf(data, tmp_path, "--model", "biasmf", "-e", "8", "-f", "4", "--optimizer", "sgd", "-l",
+                         "0.002", "--weight_decay", "0")
+    assert code == 0, capsys.readouterr().err
+    epochs = [record for record in records if record["type"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] and epochs[-1]["rmse"] < mean_rmse
+    state = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)["optimizer"]
+    assert "momentum_buffer" in next(iter(state["state"].values()))  # torch.optim.SGD's state
