@@ -89,13 +89,21 @@ def describe_run(config, dataset, runtime, notes):
     return "\n".join(lines)
 
 
+def rate(samples_per_second):
+    """A throughput with a unit that suits it: ``1.23M samples/s`` on a GPU, ``87.4k samples/s`` on a CPU."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if samples_per_second >= scale:
+            return f"{samples_per_second / scale:.{2 if scale > 1e3 else 1}f}{unit} samples/s"
+    return f"{samples_per_second:.0f} samples/s"
+
+
 def epoch_line(record):
     """How an epoch is printed: losses, the test set's metrics, the validation set's, throughput and time."""
     losses = f"loss {record['train_loss']:.4f}" + "".join(
         f"  {label} {record[key]:.4f}" for key, label in (("validation_loss", "val loss"), ("valid_loss", "valid loss"))
         if key in record)
     metrics = "  ".join(part for part in (metric_line(record), metric_line(record, "valid_")) if part)
-    return (f"epoch {record['epoch']:3d}  {losses}  {metrics}  {record['train_throughput'] / 1e6:.2f}M samples/s  "
+    return (f"epoch {record['epoch']:3d}  {losses}  {metrics}  {rate(record['train_throughput'])}  "
             f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
 
 

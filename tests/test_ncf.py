@@ -680,3 +680,14 @@ def test_full_ranking_checks_k_against_the_catalogue_and_sampled_needs_negatives
     capsys.readouterr()
     assert ncf.main(["--data", str(ratio), "--checkpoint_dir", ""]) == 1
     assert "no sampled negatives, which sampled evaluation needs" in one_line_error(capsys)
+
+
+def test_throughput_is_printed_with_a_unit_that_suits_it():
+    from logger import epoch_line, rate
+
+    assert [rate(value) for value in (2.5e9, 107e6, 1.234e6, 87_400, 999.6, 12)] == [
+        "2.50G samples/s", "107.00M samples/s", "1.23M samples/s", "87.4k samples/s", "1000 samples/s",
+        "12 samples/s"]
+    record = {"epoch": 3, "train_loss": 0.5, "hr@10": 0.7, "train_throughput": 150_000, "train_epoch_time": 2.0,
+              "validation_epoch_time": 0.5}
+    assert epoch_line(record) == "epoch   3  loss 0.5000  HR@10 0.7000  150.0k samples/s  2.5 s"
