@@ -222,8 +222,8 @@ def build(config, dataset, device):
         model = tasks.prepare(model, config.model, dataset, config.user_embeddings, config.item_embeddings,
                               config.freeze_users, config.freeze_items)
     loss = checkpoint.training_loss(model, settings)
-    optimizer = train.make_optimizer(model.to(device), config.optimizer, lr=config.learning_rate,
-                                     betas=(config.beta1, config.beta2), eps=config.eps,
+    optimizer = train.make_optimizer(model.to(device), config.optimizer, tasks.undecayed(model, config.model),
+                                     lr=config.learning_rate, betas=(config.beta1, config.beta2), eps=config.eps,
                                      weight_decay=config.weight_decay)
     return model, model_args, optimizer, loss
 

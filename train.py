@@ -137,17 +137,22 @@ def compiled(function, compile_mode):
     return torch.compile(function, mode=compile_mode) if compile_mode else function
 
 
-def make_optimizer(model, name, **settings):
+def make_optimizer(model, name, undecayed=(), **settings):
     """The optimizer over ``model``'s trainable parameters: 'adam' (AdamW, fused), 'row_sparse_adam' (embedding
     rows updated only when looked up; see sparse_adam.py) or 'sgd' (with momentum beta1 and L2-coupled weight
-    decay, as torch.optim.SGD). ``settings``: lr, betas, eps, weight_decay."""
+    decay, as torch.optim.SGD). ``settings``: lr, betas, eps, weight_decay; the parameters in ``undecayed`` (adam
+    and sgd) get no weight decay."""
     if name == "row_sparse_adam":
         return sparse_adam.build_optimizer(model, **settings)
+    skipped = {id(parameter) for parameter in undecayed}
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    groups = [{"params": [parameter for parameter in trainable if id(parameter) not in skipped]},
+              {"params": [parameter for parameter in trainable if id(parameter) in skipped], "weight_decay": 0.0}]
+    groups = [group for group in groups if group["params"]]
     if name == "sgd":
-        return torch.optim.SGD(trainable, lr=settings["lr"], momentum=settings["betas"][0],
+        return torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["betas"][0],
                                weight_decay=settings["weight_decay"])
-    return torch.optim.AdamW(trainable, **settings, fused=True)
+    return torch.optim.AdamW(groups, **settings, fused=True)
 
 
 def distributed(model, runtime):
