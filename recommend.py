@@ -221,11 +221,10 @@ def known_interactions(dataset, device):
     return offsets.to(device), flat.to(device)
 
 
-def top_items(model, users, topk, seen, autocast, device, progress=False):
-    """Yields (users [B], scores [B, k], items [B, k]) chunk by chunk: each user's best k items by the model,
+def top_items(model, users, num_items, topk, seen, autocast, device, progress=False):
+    """Yields (users [B], scores [B, k], items [B, k]) chunk by chunk: each user's best k of the ``num_items``,
     best first, without the items in ``seen`` (an ``interactions_by_user`` pair, or None); an excluded item carries
     the score -inf (when a user has fewer than k candidates left)."""
-    num_items = model_items(model)
     chunk = evaluation.users_per_full_chunk(num_items, device)
     with torch.no_grad(), autocast():
         score = evaluation.all_item_scorer(model)
@@ -238,11 +237,6 @@ def top_items(model, users, topk, seen, autocast, device, progress=False):
             evaluation.exclude_seen(scores, batch, seen)
         best_scores, best_items = evaluation.top_k(scores, topk)
         yield batch.cpu(), best_scores.cpu(), best_items.cpu()
-
-
-def model_items(model):
-    """The number of items a model scores (its item tables' rows)."""
-    return next(len(vectors) for vectors in model.item_vectors().values())
 
 
 def similar_items(model, items, topk):
@@ -536,7 +530,7 @@ def recommend_for_users(args, model, dataset, device, autocast, users_catalogue,
     else:
         indices = resolve_in_file(args.users, read_names(args.users, "user_id"), users_catalogue.user)
     seen = None if args.include_seen else known_interactions(dataset, device)
-    chunks = list(top_items(model, torch.tensor(indices), args.topk, seen, autocast, device,
+    chunks = list(top_items(model, torch.tensor(indices), dataset.num_items, args.topk, seen, autocast, device,
                             progress=args.users is not None))
     users, scores, items = (torch.cat(parts) for parts in zip(*chunks))
     user_ids = [users_catalogue.ids[user] for user in users.tolist()]

@@ -169,3 +169,10 @@ def append_result(script, title, argv, body):
     command = f"python -m bench.{script.removesuffix('.py')} " + shlex.join(sys.argv[1:] if argv is None else argv)
     with open(BENCHMARKS, "a") as handle:
         handle.write(f"\n### {title}, {datetime.date.today()}\n\nCommand: `{command}`  \n{body}\n")
+
+
+def report(script, title, argv, device, lines, append, heading):
+    """Print ``heading; device: ...`` and the table ``lines``; with ``append``, add them to docs/experiments.md."""
+    print(f"{heading}; device: {device}", *lines, sep="\n")
+    if append:
+        append_result(script, title, argv, f"device: {device}\n\n" + "\n".join(lines))

@@ -10,6 +10,7 @@ k), with the overlap of the most popular unseen items as a reference, and the ti
 ranking). ``--append`` adds the table, with the command, device and date, to docs/experiments.md.
 """
 
+import contextlib
 import statistics
 import sys
 import time
@@ -17,7 +18,7 @@ import time
 import torch
 
 import recommend
-from bench.common import ERRORS, append_result, describe_device, parser_for
+from bench.common import ERRORS, describe_device, parser_for, report
 from checkpoint import load_checkpoint, model_from_checkpoint
 from dataloading import load_dataset
 
@@ -43,7 +44,7 @@ def overlaps(model, dataset, users, topk, steps, lr, negatives, seed, l2, loss_f
     seen = recommend.known_interactions(dataset, torch.device("cpu"))
     popularity = torch.bincount(dataset.train_items, minlength=dataset.num_items).float()
     trained = {}
-    for batch, _, items in recommend.top_items(model, users, topk, seen, lambda: torch.autocast("cpu", enabled=False),
+    for batch, _, items in recommend.top_items(model, users, dataset.num_items, topk, seen, contextlib.nullcontext,
                                                torch.device("cpu")):
         trained.update(zip(batch.tolist(), items.tolist()))
     folded, popular, seconds = [], [], []
@@ -82,10 +83,8 @@ def main(argv=None):
     row = (f"| {args.checkpoint} | {len(folded)} | {args.steps}, {args.lr:g}, {negatives}, {args.l2:g} | "
            f"{statistics.mean(folded):.2f} +- {sem:.2f} | {statistics.mean(popular):.2f} | "
            f"{1000 * statistics.median(seconds):.0f} |")
-    print(f"fold-in against training; device: {describe_device(torch.device('cpu'))}", header, row, sep="\n")
-    if args.append:
-        append_result("fold_in_bench.py", "Fold-in against training", argv,
-                      f"device: {describe_device(torch.device('cpu'))}\n\n{header}\n{row}")
+    report("fold_in_bench.py", "Fold-in against training", argv, describe_device(torch.device("cpu")), [header, row],
+           args.append, "fold-in against training")
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 
 import evaluation
 import train
-from bench.common import ERRORS, add_data_arguments, append_result, describe_device, device_and_data
+from bench.common import ERRORS, add_data_arguments, describe_device, device_and_data, report
 from checkpoint import build_model, load_model
 
 
@@ -81,10 +81,8 @@ def main(argv=None):
               "|---|---|---|---|---|---|")
     row = (f"| {name} | {label} | {users:,} x {dataset.num_items:,} | {seconds:.2f} | "
            f"{metrics['eval_samples'] / seconds / 1e6:.1f} | {metrics[f'hr@{args.topk}']:.4f} |")
-    print(f"full-ranking evaluation; device: {describe_device(device)}", header, row, sep="\n")
-    if args.append:
-        append_result("full_eval_bench.py", "Full-ranking evaluation", argv,
-                      f"device: {describe_device(device)}\n\n{header}\n{row}")
+    report("full_eval_bench.py", "Full-ranking evaluation", argv, describe_device(device), [header, row], args.append,
+           "full-ranking evaluation")
     return 0
 
 

@@ -27,7 +27,7 @@ import torch
 
 import convert
 import ncf
-from bench.common import append_result, describe_device
+from bench.common import describe_device, report
 
 
 def parse_args(argv=None):
@@ -110,10 +110,8 @@ def main(argv=None):
     device = describe_device(torch.device("cpu"))
     note = ("ncf.py's rows: the epoch with the lowest test RMSE (the folds have no validation set), so they are "
             "optimistic; Surprise fits a fixed number of epochs.")
-    print(f"MovieLens 100K folds; device: {device}", *lines, note, sep="\n")
-    if args.append:
-        append_result("rating_folds.py", "Rating models on MovieLens 100K's folds", argv,
-                      f"device: {device}\n\n" + "\n".join(lines) + f"\n\n{note}")
+    report("rating_folds.py", "Rating models on MovieLens 100K's folds", argv, device, [*lines, "", note], args.append,
+           "MovieLens 100K folds")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import recommend
-from bench.common import append_result, describe_device, parser_for
+from bench.common import describe_device, parser_for, report
 
 
 def parse_args(argv=None):
@@ -63,10 +63,8 @@ def main(argv=None):
     row = (f"| {args.checkpoint}{', AMP' if args.amp else ''} | {args.topk} | {Path(args.output).suffix} | "
            f"{statistics.median(seconds):.2f} | {cold:.2f} | {size / 1e6:.1f} MB"
            f"{f' ({rows:,} lines)' if rows else ''} |")
-    print(f"recommend.py --users all; device: {device}", header, row, sep="\n")
-    if args.append:
-        append_result("recommend_bench.py", "All-user recommendations to a file", argv,
-                      f"device: {device}\n\n{header}\n{row}")
+    report("recommend_bench.py", "All-user recommendations to a file", argv, device, [header, row], args.append,
+           "recommend.py --users all")
     return 0
 
 
