@@ -23,12 +23,13 @@ import torch
 
 from mf import RATING_MODELS
 from neumf import GMF, MLP, NeuMF
+from reviews import TEXT_MODELS
 
 CHECKPOINT_FORMAT = "ncf-checkpoint-v1"
 
 # Model kind -> constructor. A constructor takes num_users and num_items, then hyper-parameters by name: the
 # configuration's values of those names are its arguments (``model_arguments``).
-MODELS = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP} | RATING_MODELS
+MODELS = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP} | RATING_MODELS | TEXT_MODELS
 
 REQUIRED_KEYS = ("model", "model_args", "state_dict", "fingerprint")
 RESUME_KEYS = ("optimizer", "scaler", "epoch", "best", "config")

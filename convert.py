@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import textdata
 from dataset_format import FORMAT_VERSION, split_fingerprint
 from synthetic import DEMO_SHAPE, synthetic_interactions
 
@@ -56,6 +57,7 @@ class Interactions:
     ratings: np.ndarray | None = None
     titles: dict = field(default_factory=dict)  # original item id -> title
     source: dict = field(default_factory=dict)
+    texts: np.ndarray | None = None  # [N] str: each row's review text ('' for none), when the source has text
     first_data_line: int = 1  # file line of row 0, so errors can name the line
 
 
@@ -74,6 +76,7 @@ class Split:
     protocol: dict = field(default_factory=dict)
     validation: np.ndarray | None = None  # [V, 2] int32, as test, when the split holds a validation set
     validation_negatives: np.ndarray | None = None  # [U, K] int32 with one validation item per user
+    vocabulary: tuple | None = None  # (words, counts) of the review text, when the split keeps text
 
 
 class Progress:
@@ -344,13 +347,28 @@ def _frame_to_interactions(frame, path, columns, fmt, first_data_line):
                                                           first_data_line)
     ratings = None if rating is None else _numeric_column(frame[rating], f"rating (column {rating!r})", path,
                                                           first_data_line, np.float32)
+    text = columns.get("text")
+    text = [text] if isinstance(text, str) else text
+    text = None if text is None else [_resolve_column(name, names, (), "--text_col", path, True) for name in text]
     return Interactions(
         users=_normalise_ids(frame[user]), items=_normalise_ids(frame[item]), timestamps=timestamps, ratings=ratings,
         source={"format": fmt, "path": str(path), "columns": {"user": str(user), "item": str(item),
                                                                "time": None if when is None else str(when),
-                                                               "rating": None if rating is None else str(rating)}},
-        first_data_line=first_data_line,
+                                                               "rating": None if rating is None else str(rating),
+                                                               **({} if text is None else {"text": text})}},
+        first_data_line=first_data_line, texts=None if text is None else _join_text(frame, text),
     )
+
+
+def _join_text(frame, columns):
+    """Each row's text: the given columns joined by a space, missing values as ''."""
+    if not columns:
+        return np.full(len(frame), "", dtype=object)
+    parts = [frame[column].map(lambda value: value if isinstance(value, str) else "") for column in columns]
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + " " + part
+    return joined.to_numpy(dtype=object)
 
 
 def _normalise_ids(series):
@@ -418,7 +436,9 @@ def read_parquet(path, columns):
 def read_amazon(path, columns):
     """Amazon review JSON lines (plain or .gz): ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime``."""
     _check_readable(path)
-    wanted = {"reviewerID", "asin", "overall", "unixReviewTime"} | {str(v) for v in columns.values() if v}
+    text = columns.get("text")
+    wanted = ({"reviewerID", "asin", "overall", "unixReviewTime", "summary", "reviewText"}
+              | {str(v) for key, v in columns.items() if v and key != "text"} | set(text or []))
     rows = []
     try:
         with _open_text(path) as handle:
@@ -438,7 +458,9 @@ def read_amazon(path, columns):
         raise ConversionError(f"{path}: file holds no interactions")
     frame = pd.DataFrame(rows)
     defaults = {"user": columns.get("user") or "reviewerID", "item": columns.get("item") or "asin",
-                "time": columns.get("time") or "unixReviewTime", "rating": columns.get("rating") or "overall"}
+                "time": columns.get("time") or "unixReviewTime", "rating": columns.get("rating") or "overall",
+                # the summary, then the review; a file with neither converts with empty texts
+                "text": text or [name for name in ("summary", "reviewText") if frame[name].notna().any()]}
     for key in ("time", "rating"):
         if frame[defaults[key]].isna().all() and columns.get(key) is None:
             defaults[key] = None
@@ -757,13 +779,16 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress, sp
         else None, validation_negatives=validation_negatives)
 
 
-def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, validation=False, validation_fraction=0.1):
+def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, validation=False, validation_fraction=0.1,
+                  max_words=20000, skip_top=0):
     """The splits of rating prediction, with every rating kept as given: a random ``test_fraction`` of all
     interactions held out (fastai's random split), or, with ``test_data``, that file's rows as the test set
     (MovieLens ``u1.base`` / ``u1.test``), the ids of both files indexed together. A repeated (user, item) pair
     within a file keeps its latest row (by time, then file order). With ``validation``, a random
     ``validation_fraction`` of the training rows is held out. No user or item is dropped and no negatives are drawn;
-    a test user or item with no training row keeps its index (a model predicts it from biases and the mean)."""
+    a test user or item with no training row keeps its index (a model predicts it from biases and the mean). With
+    review text, each part's reviews become word indices over a vocabulary counted on the training reviews alone
+    (``max_words`` and ``skip_top``: ``textdata.build_vocabulary``)."""
     rng = np.random.default_rng(seed)
     parts = [data] if test_data is None else [data, test_data]
     file_of = np.concatenate([np.full(part.users.size, number) for number, part in enumerate(parts)])
@@ -809,6 +834,12 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     extra = {f"{part}_{name}": values[rows] for name, values in columns.items()
              for part, rows in (("train", train_rows), ("test", test_rows), ("validation", validation_rows))
              if rows.size}
+    vocabulary = None
+    if all(part.texts is not None for part in parts):
+        texts = np.concatenate([part.texts for part in parts])
+        vocabulary, text_arrays = _encode_texts(texts, {"train": train_rows, "test": test_rows,
+                                                        "validation": validation_rows}, max_words, skip_top, progress)
+        extra |= text_arrays
     unseen = np.setdiff1d(test[:, 0], train[:, 0]).size
     summary = {"input_rows": int(num_rows), "duplicates_dropped": int(num_rows - kept.size), "users_dropped": 0,
                "interactions_of_dropped_users": 0, "items_dropped": 0, "test_users_without_training": int(unseen)}
@@ -820,9 +851,27 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     protocol = {"split": text, "name": "random" if test_data is None else "test_file",
                 "duplicates": "repeated (user, item) pairs within a file: the latest row kept, its rating as given",
                 "min_interactions": 1, "validation": bool(validation)}
+    if vocabulary is not None:
+        protocol["text"] = {"tokens": "lower case, runs of letters and digits", "vocabulary": "the training reviews'",
+                            "max_words": max_words, "skip_top": skip_top}
     return Split(train=train, test=test, test_negatives=None, user_ids=user_ids, item_ids=item_ids,
                  titles={**(test_data.titles if test_data is not None else {}), **data.titles}, extra_arrays=extra,
-                 counts=summary, protocol=protocol, validation=held if validation else None)
+                 counts=summary, protocol=protocol, validation=held if validation else None, vocabulary=vocabulary)
+
+
+def _encode_texts(texts, rows_of, max_words, skip_top, progress):
+    """((words, counts), {part_text, part_text_offsets: arrays}): the vocabulary of the training reviews, and every
+    part's reviews as word indices over it."""
+    tokens = {part: [textdata.tokenise(texts[row]) for row in rows] for part, rows in rows_of.items() if rows.size}
+    words, counts = textdata.build_vocabulary(tokens["train"], max_words, skip_top)
+    index = {word: number for number, word in enumerate(words)}
+    arrays, empty = {}, 0
+    for part, part_tokens in tokens.items():
+        arrays[f"{part}_text"], arrays[f"{part}_text_offsets"] = textdata.encode(part_tokens, index)
+        empty += int((np.diff(arrays[f"{part}_text_offsets"]) == 0).sum())
+    progress(f"kept {len(words):,} words of the training reviews; {empty:,} of {sum(map(len, tokens.values())):,} "
+             "reviews have none of them")
+    return (words, counts), arrays
 
 
 def _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction):
@@ -950,6 +999,8 @@ def write_dataset(split, output, source, seed, force, progress):
             np.save(staging / f"{name}.npy", array, allow_pickle=False)
         _id_table(split.user_ids).to_csv(staging / "users.csv", index=False)
         _id_table(split.item_ids, split.titles).to_csv(staging / "items.csv", index=False)
+        if split.vocabulary is not None:
+            textdata.write_vocabulary(staging / "vocab.csv", *split.vocabulary)
         metadata = {
             "format_version": FORMAT_VERSION,
             "source": source,
@@ -959,6 +1010,7 @@ def write_dataset(split, output, source, seed, force, progress):
             "num_test_users": int(np.unique(split.test[:, 0]).size),
             "num_test": int(split.test.shape[0]),
             "num_validation": 0 if split.validation is None else int(split.validation.shape[0]),
+            **({} if split.vocabulary is None else {"vocabulary_size": len(split.vocabulary[0])}),
             "test_negatives": 0 if split.test_negatives is None else int(split.test_negatives.shape[1]),
             "protocol": split.protocol,
             "counts": split.counts,
@@ -1011,6 +1063,14 @@ def parse_args(argv=None):
     parser.add_argument("--time_col", help="time column (name or index; numbers or ISO dates); without one, the "
                                            "held-out item is drawn at random with --seed")
     parser.add_argument("--rating_col", help="rating column (name or index), stored alongside; not used as a filter")
+    parser.add_argument("--text_col", nargs="+", metavar="COLUMN",
+                        help="review text column(s), joined by a space (Amazon files: summary and reviewText "
+                             "unless given); kept by the rating splits (--split random, --test_path) as word "
+                             "indices over a vocabulary of the training reviews (vocab.csv)")
+    parser.add_argument("--max_words", type=int, default=20000,
+                        help="vocabulary size: the most common words of the training reviews kept")
+    parser.add_argument("--skip_top", type=int, default=0,
+                        help="leave this many of the most common words (the, and, ...) out of the vocabulary first")
     parser.add_argument("--sep", default="auto", help="column separator for delimited files ('tab', ',', ';', "
                                                       "'::', ...); 'auto' detects it")
     parser.add_argument("--header", choices=["auto", "yes", "no"], default="auto",
@@ -1048,6 +1108,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.valid_negative < 0:
         parser.error("--valid_negative must be 0 (no negatives) or more")
+    if args.max_words < 1 or args.skip_top < 0:
+        parser.error(f"--max_words must be at least 1 and --skip_top 0 or more, got {args.max_words} and "
+                     f"{args.skip_top}")
     if args.test_path and (not args.path or args.split != "leave_one_out"):
         parser.error("--test_path goes with --path (its training file) and no --split: the test file is the split")
     for flag, value in (("--test_fraction", args.test_fraction), ("--validation_fraction", args.validation_fraction)):
@@ -1082,7 +1145,8 @@ def generated_split(shape=None, seed=0, num_negatives=100):
 def load_interactions(args, progress, test_file=False):
     """Read the input named by the arguments (``test_file``: ``--test_path``, in ``--path``'s format); returns
     Interactions, or a finished Split for the NCF files."""
-    columns = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "rating": args.rating_col}
+    columns = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "rating": args.rating_col,
+               "text": args.text_col}
     if args.dataset or args.synthetic:
         data = generated_interactions(args.synthetic, args.seed)
         progress(f"generated {data.users.size:,} synthetic interactions")
@@ -1131,6 +1195,9 @@ def print_summary(metadata, seconds, output):
     ]
     if metadata.get("num_validation"):
         lines.insert(-1, f"  validation        {metadata['num_validation']:,} held-out items")
+    if "vocabulary_size" in metadata:
+        lines.insert(-1, f"  review text       {metadata['vocabulary_size']:,} words in vocab.csv, from the training "
+                         "reviews")
     if counts.get("given_negatives_equal_to_test_item"):
         lines.append(f"  note              {counts['given_negatives_equal_to_test_item']} given negatives equal the "
                      "user's test item; evaluation ignores them")
@@ -1152,9 +1219,11 @@ def main(argv=None):
         elif args.test_path or args.split == "random":
             test_data = load_interactions(args, progress, test_file=True) if args.test_path else None
             split = split_ratings(data, args.seed, progress, test_data, args.test_fraction, args.validation,
-                                  args.validation_fraction)
+                                  args.validation_fraction, args.max_words, args.skip_top)
             source = {**data.source, **({"test_path": str(args.test_path)} if args.test_path else {})}
         else:
+            if data.texts is not None:
+                progress("review text is kept by the rating splits only (--split random or --test_path); left out")
             split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress,
                                        args.split, args.test_fraction, args.validation, args.validation_fraction)
             source = data.source

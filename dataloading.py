@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dataset_format import split_fingerprint
+from textdata import Ragged, read_vocabulary
 from train import Batch
 
 
@@ -37,10 +38,12 @@ class HeldOut:
     items: torch.Tensor  # [T] int64
     negatives: torch.Tensor | None = None  # [U, K] int64, K >= 1; only with one item per user
     ratings: torch.Tensor | None = None  # [T] float32, each held-out item's rating, when the dataset has ratings
+    text: Ragged | None = None  # each held-out item's review as word indices, when the dataset has review text
 
     @classmethod
-    def from_pairs(cls, pairs, negatives=None, ratings=None):
-        """From (user, item) rows [T, 2] sorted by user, optional negatives [U, K] and ratings [T] (numpy)."""
+    def from_pairs(cls, pairs, negatives=None, ratings=None, text=None):
+        """From (user, item) rows [T, 2] sorted by user, optional negatives [U, K] and ratings [T] (numpy), and
+        the rows' reviews (a ``textdata.Ragged``)."""
         users, counts = np.unique(pairs[:, 0], return_counts=True)
         offsets = np.concatenate(([0], np.cumsum(counts)))
 
@@ -49,7 +52,7 @@ class HeldOut:
 
         return cls(tensor(users), tensor(offsets), tensor(pairs[:, 1]),
                    None if negatives is None else tensor(negatives),
-                   None if ratings is None else torch.from_numpy(np.asarray(ratings, dtype=np.float32)))
+                   None if ratings is None else torch.from_numpy(np.asarray(ratings, dtype=np.float32)), text)
 
     @property
     def one_per_user(self):
@@ -58,7 +61,8 @@ class HeldOut:
     def to(self, device):
         return HeldOut(self.users.to(device), self.offsets.to(device), self.items.to(device),
                        None if self.negatives is None else self.negatives.to(device),
-                       None if self.ratings is None else self.ratings.to(device))
+                       None if self.ratings is None else self.ratings.to(device),
+                       None if self.text is None else self.text.to(device))
 
 
 @dataclass(frozen=True)
@@ -79,15 +83,18 @@ class Dataset:
     train_timestamps: np.ndarray | None = None  # [N] int64
     train_ratings: np.ndarray | None = None  # [N] float
     train_weights: torch.Tensor | None = None  # [N] float32, each positive's loss weight (--recency); None: all 1
+    train_text: Ragged | None = None  # each training pair's review as word indices, when the dataset has text
+    vocabulary: tuple | None = None  # (words, counts) of vocab.csv: what the word indices mean
 
     @classmethod
     def from_arrays(cls, num_users, num_items, train, test, test_negatives, path, train_timestamps=None,
                     train_ratings=None, validation=None, validation_negatives=None, test_ratings=None,
-                    validation_ratings=None):
+                    validation_ratings=None, texts=None, vocabulary=None):
         """Check the arrays and build the dataset; a DatasetError naming ``path`` otherwise. ``train`` [N, 2] and
         ``test`` [T, 2] are (user, item) rows, the test rows sorted by user; ``test_negatives`` [U, K] (or None,
         for splits with several test items per user) holds each test user's sampled negatives; ``validation`` and
-        ``validation_negatives`` the same for a validation set. The fingerprint is computed from the arrays."""
+        ``validation_negatives`` the same for a validation set; ``texts`` {part: Ragged} the reviews of the
+        parts' rows, with their ``vocabulary``. The fingerprint is computed from the arrays."""
         _check_arrays(path, num_users, num_items, train, test, test_negatives)
         if validation is not None:
             _check_arrays(path, num_users, num_items, train, validation, validation_negatives, "validation")
@@ -103,13 +110,18 @@ class Dataset:
                                    f"{train_timestamps.dtype}, expected [{train.shape[0]}] integers (one per training "
                                    "pair); re-create the dataset with convert.py")
             train_timestamps = train_timestamps.astype(np.int64, copy=False)
+        texts = texts or {}
+        for part, rows in (("train", train), ("test", test), ("validation", validation)):
+            if part in texts and (rows is None or len(texts[part]) != rows.shape[0]):
+                raise DatasetError(f"{path}: {part}_text_offsets.npy holds {len(texts[part]):,} reviews, expected "
+                                   f"one per {part} pair; re-create the dataset with convert.py")
         fingerprint = split_fingerprint(train, test, test_negatives, validation, validation_negatives)
         return cls(num_users, num_items, torch.from_numpy(np.ascontiguousarray(train[:, 0], dtype=np.int64)),
                    torch.from_numpy(np.ascontiguousarray(train[:, 1], dtype=np.int64)),
-                   HeldOut.from_pairs(test, test_negatives, test_ratings), fingerprint, str(path),
+                   HeldOut.from_pairs(test, test_negatives, test_ratings, texts.get("test")), fingerprint, str(path),
                    None if validation is None else HeldOut.from_pairs(validation, validation_negatives,
-                                                                      validation_ratings),
-                   train_timestamps, train_ratings)
+                                                                      validation_ratings, texts.get("validation")),
+                   train_timestamps, train_ratings, train_text=texts.get("train"), vocabulary=vocabulary)
 
     # The leave-one-out test set as earlier versions held it: one item per test user, with its negatives.
     @property
@@ -147,7 +159,8 @@ class Dataset:
         return dataclasses.replace(self, train_users=self.train_users.to(device),
                                    train_items=self.train_items.to(device), test=self.test.to(device),
                                    validation=None if self.validation is None else self.validation.to(device),
-                                   train_weights=weights)
+                                   train_weights=weights,
+                                   train_text=None if self.train_text is None else self.train_text.to(device))
 
     def with_weights(self, weights):
         """The same dataset with each training pair's loss weight (``weights`` [N] float32, host or device)."""
@@ -238,9 +251,29 @@ def _load_ours(path):
             for name in ("train_timestamps", "train_ratings")}
     held |= {name: _load_array(path / f"{name}.npy") if (path / f"{name}.npy").is_file() else None
              for name in ("test_ratings", "validation_ratings")}
-    dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side, **held)
+    dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side, **held,
+                                  **_load_texts(path))
     _check_metadata(path, metadata, dataset)
     return dataset
+
+
+def _load_texts(path):
+    """{texts, vocabulary} of a dataset with review text (vocab.csv and the parts' ragged arrays); {} without."""
+    if not (path / "vocab.csv").is_file():
+        return {}
+    try:
+        vocabulary = read_vocabulary(path / "vocab.csv")
+    except ValueError as error:
+        raise DatasetError(f"{error}; re-create the dataset with convert.py") from None
+    texts = {}
+    for part in ("train", "test", "validation"):
+        if (path / f"{part}_text.npy").is_file():
+            values, offsets = _load_array(path / f"{part}_text.npy"), _load_array(path / f"{part}_text_offsets.npy")
+            try:
+                texts[part] = Ragged.from_arrays(values, offsets, len(vocabulary[0]), str(path / f"{part}_text.npy"))
+            except ValueError as error:
+                raise DatasetError(f"{error}; re-create the dataset with convert.py") from None
+    return {"texts": texts, "vocabulary": vocabulary}
 
 
 def _check_metadata(path, metadata, dataset):
@@ -529,10 +562,12 @@ class ImplicitBatches:
 class RatingBatches:
     """One epoch of training batches for the rating models, as ``train.fit`` takes them: the training pairs and
     their ratings in an order drawn from ``seed`` (the epoch's seed), ``batch_size`` at a time; each a
-    ``train.Batch`` whose inputs are (users, items, ratings, None)."""
+    ``train.Batch`` whose inputs are (users, items, ratings, None), followed, with ``text`` (a
+    ``textdata.Ragged`` of the pairs' reviews), by the batch's words and bag offsets for ``nn.EmbeddingBag``."""
 
-    def __init__(self, users, items, ratings, batch_size, seed):
+    def __init__(self, users, items, ratings, batch_size, seed, text=None):
         self.users, self.items, self.ratings, self.batch_size = users, items, ratings.float(), batch_size
+        self.text = text
         self.generator = torch.Generator(users.device).manual_seed(seed)
 
     def __len__(self):
@@ -542,5 +577,6 @@ class RatingBatches:
         order = torch.randperm(self.users.numel(), generator=self.generator, device=self.users.device)
         for start in range(0, order.numel(), self.batch_size):
             chosen = order[start:start + self.batch_size]
-            yield Batch((self.users[chosen], self.items[chosen], self.ratings[chosen], None), chosen.numel(),
+            side = () if self.text is None else self.text.take(chosen)
+            yield Batch((self.users[chosen], self.items[chosen], self.ratings[chosen], None, *side), chosen.numel(),
                         chosen.numel())

@@ -1,4 +1,5 @@
-"""Defaults that depend on the data: what ncf.py uses for -n, -b, -l and Adam's betas when they are not given.
+"""Defaults that depend on the data and the model: what ncf.py uses for -n, -b, -l, Adam's betas, the weight decay
+and the schedule when they are not given.
 
 Each is measured (bench/grids and docs/experiments.md hold the sweeps behind them); ncf.py prints what it chose.
 
@@ -10,7 +11,16 @@ Each is measured (bench/grids and docs/experiments.md hold the sweeps behind the
 import math
 
 DEFAULT_EPOCHS = 20
+RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at its end (ML-100k, docs/ratings.md)
 DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6875 HR@10): 10 take 60-136 s on 2 CPU cores, 20 took 3-4 minutes
+
+IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/experiments.md)
+
+
+def choose_epochs(rating, demo):
+    """Default -e: 5 for the rating models (one cycle), 10 for the built-in demo, else 20."""
+    return RATING_EPOCHS if rating else DEMO_EPOCHS if demo else DEFAULT_EPOCHS
+
 
 DEMO_NEGATIVES = 4  # the demo keeps NVIDIA's default: with the 14 of the rule below it took 7 minutes on 2 cores
 
@@ -52,7 +62,8 @@ def choose_betas(batch_size):
     return (0.25, 0.5) if batch_size >= LARGE_BATCH else (0.9, 0.999)
 
 
-def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate=None, beta1=None, beta2=None):
+def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate=None, beta1=None, beta2=None,
+                 weight_decay=None, lr_schedule=None):
     """The run's -n, -b, -l, -b1 and -b2: each as given, else chosen for ``num_train`` training pairs (``demo``: the
     built-in demo keeps NVIDIA's 4 negatives). Returns (values by flag name, notes {what: (value, how chosen)} to
     print, a warning or None); a batch larger than an epoch is clamped to one."""
@@ -85,17 +96,21 @@ def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate
         beta2 = default_betas[1] if beta2 is None else beta2
         notes["Adam betas"] = (f"{beta1:g}, {beta2:g}", "chosen for the batch size; set with -b1/-b2")
     values.update(negative_samples=negatives, batch_size=batch_size, learning_rate=learning_rate, beta1=beta1,
-                  beta2=beta2)
+                  beta2=beta2, weight_decay=IMPLICIT_WEIGHT_DECAY if weight_decay is None else weight_decay,
+                  lr_schedule=lr_schedule or "constant")
     return values, notes, warning
 
 
 RATING_LEARNING_RATE = 5e-3  # fastai's rate for DotProductBias on ML-100k (with fit_one_cycle, 5 epochs)
+RATING_WEIGHT_DECAY = {"embnn": 0.1}  # the factorisations: 0.2; chosen on ML-100k's validation ratings, 3 seeds
 
 
-def choose_rating_sizes(num_train, batch_size=None, learning_rate=None, beta1=None, beta2=None):
-    """The rating models' -b, -l, -b1 and -b2, as ``choose_sizes`` returns them: a batch of about 1/1000 of the
-    ratings (a power of two from 64, fastai's batch for ML-100k, to 2^16), fastai's rate 5e-3 and Adam's usual
-    betas."""
+def choose_rating_sizes(num_train, model, batch_size=None, learning_rate=None, beta1=None, beta2=None,
+                        weight_decay=None, lr_schedule=None):
+    """The rating models' -b, -l, -b1, -b2, --weight_decay and --lr_schedule, as ``choose_sizes`` returns them: a
+    batch of about 1/1000 of the ratings (a power of two from 64, fastai's batch for ML-100k, to 2^16), fastai's
+    rate 5e-3 along its one-cycle schedule, its Adam betas (0.9, 0.99), and weight decay 0.2 (0.1 for embnn), each
+    chosen on ML-100k's validation ratings (docs/ratings.md)."""
     values, notes, warning = {}, {}, None
     if batch_size is None:
         batch_size = int(2 ** min(16, max(6, round(math.log2(max(num_train / 1000, 1))))))
@@ -106,6 +121,15 @@ def choose_rating_sizes(num_train, batch_size=None, learning_rate=None, beta1=No
     if learning_rate is None:
         learning_rate = RATING_LEARNING_RATE
         notes["learning rate"] = (learning_rate, "fastai's for these models; set with -l")
-    values.update(batch_size=batch_size, learning_rate=learning_rate, beta1=0.9 if beta1 is None else beta1,
-                  beta2=0.999 if beta2 is None else beta2)
+    if lr_schedule is None:
+        lr_schedule = "onecycle"
+        notes["schedule"] = ("onecycle", "fastai's fit_one_cycle; set with --lr_schedule")
+    if weight_decay is None:
+        weight_decay = RATING_WEIGHT_DECAY.get(model, 0.2)
+        notes["weight decay"] = (weight_decay, f"chosen for {model} on ML-100k; set with --weight_decay")
+    if beta1 is None or beta2 is None:
+        beta1, beta2 = 0.9 if beta1 is None else beta1, 0.99 if beta2 is None else beta2
+        notes["Adam betas"] = (f"{beta1:g}, {beta2:g}", "fastai's; set with -b1/-b2")
+    values.update(batch_size=batch_size, learning_rate=learning_rate, beta1=beta1, beta2=beta2,
+                  weight_decay=weight_decay, lr_schedule=lr_schedule)
     return values, notes, warning

@@ -236,15 +236,18 @@ RATING_SUMS = ("squared_error", "absolute_error", "count")
 
 
 @torch.no_grad()
-def rating_metrics(model, users, items, ratings, batch_size, autocast):
+def rating_metrics(model, users, items, ratings, batch_size, autocast, text=None):
     """RMSE, MAE and MSE of ``model``'s predictions for the pairs (``users``, ``items``) against ``ratings`` (1-d
-    tensors), in batches of ``batch_size``, accumulated in float64; ``eval_samples``, the pairs predicted."""
+    tensors), in batches of ``batch_size``, accumulated in float64; ``eval_samples``, the pairs predicted. With
+    ``text`` (a ``textdata.Ragged`` of the pairs' reviews), the model is given each batch's words as well."""
     if isinstance(model, torch.nn.Module):
         model.eval()
     sums = torch.zeros(len(RATING_SUMS), dtype=torch.float64, device=users.device)
     for start in range(0, users.numel(), batch_size):
+        rows = torch.arange(start, min(start + batch_size, users.numel()), device=users.device)
+        side = () if text is None else text.take(rows)
         with autocast():
-            predicted = model(users[start:start + batch_size], items[start:start + batch_size])
+            predicted = model(users[rows], items[rows], *side)
         errors = predicted.double() - ratings[start:start + batch_size].double()
         sums += torch.stack([(errors ** 2).sum(), errors.abs().sum(), torch.tensor(errors.numel(), dtype=torch.float64,
                                                                                    device=errors.device)])

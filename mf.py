@@ -26,14 +26,15 @@ from torch import nn
 
 def squared_error_loss(l2=0.0):
     """The training loss of the rating models (``train.fit``'s loss function): the summed squared error of the
-    predictions against a batch's (users, items, ratings, weights), in float32, each sample counted ``weights``
-    times (once when None); to minimise, plus ``l2`` times the squared norms of the embedding rows the batch looked
-    up (the course's L2 on the rows used, rather than weight decay over every row)."""
+    predictions against a batch's (users, items, ratings, weights, then what else the model reads), in float32,
+    each sample counted ``weights`` times (once when None); to minimise, plus ``l2`` times the squared norms of the
+    embedding rows the batch looked up (the course's L2 on the rows used, rather than weight decay over every
+    row)."""
 
     def loss(model, inputs, autocast):
-        users, items, ratings, weights = inputs
+        users, items, ratings, weights, *side = inputs  # side: what else the model reads (a review's words)
         with autocast():
-            predictions = model(users, items)
+            predictions = model(users, items, *side)
         errors = (predictions.float() - ratings) ** 2
         total = errors.sum() if weights is None else (errors * weights).sum()
         if not l2:

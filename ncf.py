@@ -5,7 +5,7 @@ rating models (mf, biasmf, dotbias, embnn, dot) on star ratings.
     python ncf.py --data data/ml100k                      # batch size and learning rate chosen for the data
     python ncf.py --data data/ml1m -e 20 -b 16384 -l 0.002 --model gmf --checkpoint_dir runs/gmf
     python ncf.py --data data/ml1m --mode test --load_checkpoint_path runs/gmf/best.pt
-    python ncf.py --data data/ml100k-random --model dotbias -e 5 --lr_schedule onecycle    # RMSE of star ratings
+    python ncf.py --data data/ml100k-random --model dotbias    # RMSE of star ratings (5 epochs, one cycle)
     torchrun --nproc_per_node=8 ncf.py --data data/ml20m --amp
 
 Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the best model and the last state (for
@@ -25,7 +25,7 @@ import dataloading
 import evaluation
 import tasks
 import train
-from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, choose_rating_sizes, choose_sizes
+from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS, choose_epochs, choose_rating_sizes, choose_sizes
 from logger import RunLogger, describe_run, epoch_line, metric_label, metric_line, summary
 
 
@@ -50,7 +50,7 @@ def parse_args(argv=None):
                                        "the built-in synthetic demo dataset is generated in memory")
     parser.add_argument("-e", "--epochs", type=int, default=None,
                         help=f"number of training epochs; default {DEFAULT_EPOCHS} ({DEMO_EPOCHS} for the built-in "
-                             f"demo, whose best epoch comes by the 9th)")
+                             f"demo, whose best epoch comes by the 9th; {RATING_EPOCHS} for the rating models)")
     parser.add_argument("-b", "--batch_size", type=int, default=None,
                         help="samples (positives and negatives) per optimizer step; default: chosen from the "
                              "dataset size (printed at start)")
@@ -79,16 +79,18 @@ def parse_args(argv=None):
     parser.add_argument("-b1", "--beta1", type=float, default=None,
                         help="Adam beta1; default: NVIDIA's 0.25 for batches of 2^18 or more, else 0.9 (printed)")
     parser.add_argument("-b2", "--beta2", type=float, default=None,
-                        help="Adam beta2; default: NVIDIA's 0.5 for batches of 2^18 or more, else 0.999 (printed)")
+                        help="Adam beta2; default: NVIDIA's 0.5 for batches of 2^18 or more, else 0.999; 0.99 for the "
+                             "rating models (printed)")
     parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
-    parser.add_argument("--weight_decay", type=float, default=0.1,
+    parser.add_argument("--weight_decay", type=float, default=None,
                         help="decoupled weight decay (AdamW) on all parameters; 0 gives plain Adam as in NVIDIA's "
-                             "tool (measured: 0.1 is better on ML-100k and ML-1M, docs/experiments.md)")
-    parser.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default="constant",
+                             "tool; default 0.1 (measured better on ML-100k and ML-1M, docs/experiments.md); for the "
+                             "rating models 0.2 (embnn 0.1), their biases spared (printed)")
+    parser.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default=None,
                         help="'cosine' lowers the learning rate step by step from -l towards 0 along half a cosine "
                              "over the -e epochs (a run resumed with the same -e follows the same curve); 'onecycle' "
                              "rises from -l/25 to -l over the first quarter, then falls towards 0 (fastai's "
-                             "fit_one_cycle, without its momentum cycle)")
+                             "fit_one_cycle, without its momentum cycle); default constant (rating models: onecycle)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout after each MLP layer; default 0.5 (embnn: 0)")
     tasks.add_rating_arguments(parser)
@@ -108,7 +110,8 @@ def parse_args(argv=None):
                         help="set by the deprecated torch.distributed.launch; the LOCAL_RANK variable is used")
     parser.add_argument("--model", choices=list(checkpoint.MODELS), default="neumf",
                         help="which model to train: neumf, gmf or mlp on implicit feedback (HR/NDCG); mf, biasmf, "
-                             "dotbias, embnn or dot on ratings (RMSE; docs/ratings.md)")
+                             "dotbias, embnn or dot on ratings (RMSE; docs/ratings.md); textrating, textprofile, "
+                             "textitem or textmf on reviews with text (docs/reviews.md)")
     parser.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
     parser.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
     parser.add_argument("--alpha", type=float, default=0.5,
@@ -151,7 +154,7 @@ def parse_args(argv=None):
                         help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = DEMO_EPOCHS if args.data is None else DEFAULT_EPOCHS
+        args.epochs = choose_epochs(not tasks.is_implicit(args.model), demo=args.data is None)
     _validate(parser, args)
     args.amp = args.amp or args.opt_level in ("O1", "O2")
     return args
@@ -198,14 +201,13 @@ def resolve_config(args, dataset):
     if args.mode == "train":  # --mode test checks its checkpoint's model
         tasks.check(args.model, dataset, args.eval_protocol, args.topk, args.binary)
     layers, dropout = tasks.model_defaults(args.model, args.layers, args.dropout)
-    if tasks.is_rating(args.model):
-        values, notes, warning = choose_rating_sizes(dataset.num_train, args.batch_size, args.learning_rate,
-                                                     args.beta1, args.beta2)
+    given = (args.batch_size, args.learning_rate, args.beta1, args.beta2, args.weight_decay, args.lr_schedule)
+    if not tasks.is_implicit(args.model):
+        values, notes, warning = choose_rating_sizes(dataset.num_train, args.model, *given)
         range_notes, values["y_range"] = tasks.rating_notes(args.model, dataset, args.y_range)
         notes |= range_notes
     else:
-        values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples,
-                                              args.batch_size, args.learning_rate, args.beta1, args.beta2)
+        values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples, *given)
     if warning:
         print(warning, file=sys.stderr)
     return Config(**(vars(args) | values | {"layers": layers, "dropout": dropout})), notes
@@ -214,7 +216,7 @@ def resolve_config(args, dataset):
 def build(config, dataset, device):
     """(model, its constructor arguments, optimizer, loss function): fresh, from --load_checkpoint_path, or NeuMF
     from pre-trained GMF and MLP (output layers mixed by --alpha). The model says which loss trains it."""
-    settings = dataclasses.asdict(config)
+    settings = dataclasses.asdict(config) | tasks.data_settings(dataset)
     model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
     model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
                                      config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))

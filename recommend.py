@@ -76,6 +76,9 @@ def parse_args(argv=None):
     task.add_argument("--plot_items", metavar="FILE.png",
                       help="draw the items' vectors on their first two principal components, the 50 most-rated "
                            "labelled by title (needs matplotlib)")
+    task.add_argument("--words", nargs="+", metavar="ITEM",
+                      help="review-text models (textitem, textmf): the -k vocabulary words nearest (cosine) to "
+                           "each ITEM's text vector, with their counts in the training reviews")
     task.add_argument("--export", metavar="DIR",
                       help="write the embeddings (.npy), id maps (users.csv, items.csv) and the scoring model "
                            "(model.onnx: user and item index tensors in, logits out) to the new folder DIR")
@@ -604,8 +607,26 @@ def predict(args, model, kind, users_catalogue, items_catalogue):
     print(f"user {users_catalogue.ids[user]}, item {items_catalogue.label(item)}: {what}")
 
 
+def show_words(args, model, kind, dataset, items_catalogue):
+    """Print the vocabulary words nearest to each item's text vector."""
+    if not hasattr(model, "item_words"):
+        raise UsageError(f"--words: a {kind} model has no item vectors in the word space; train --model textitem or "
+                         "textmf")
+    words, counts = dataset.vocabulary
+    queries = [items_catalogue.item(name) for name in args.words]
+    with torch.no_grad():
+        similarity = model.item_words(torch.tensor(queries, device=next(model.parameters()).device)).float().cpu()
+    best, nearest = similarity.topk(min(args.topk, len(words)), dim=1)
+    for query, scores, chosen in zip(queries, best, nearest):
+        rows = [(rank, words[word], score, int(counts[word]))
+                for rank, (score, word) in enumerate(zip(scores.tolist(), chosen.tolist()), 1)]
+        print_list(f"words nearest to item {items_catalogue.label(query)} ({kind}, cosine with its text vector)",
+                   rows, ("rank", "word", "similarity", "count"))
+
+
 def show_biases(args, model, kind, items_catalogue):
     """Print the items with the lowest and the highest learned bias."""
+    model = getattr(model, "rating", model)  # textmf: its biasmf
     if getattr(model, "item_bias", None) is None:
         raise UsageError(f"--biases: a {kind} model has no item biases; train --model biasmf or dotbias")
     biases = model.item_bias.weight.detach().float().cpu().squeeze(1)
@@ -653,6 +674,21 @@ def plot_items(path, model, dataset, items_catalogue, labelled=50):
     return explained
 
 
+def check_task(args, model, kind):
+    """A UsageError when ``model`` cannot do what ``args`` ask: the review-text models other than textmf rank no
+    items for users; only the models with item vectors compare or draw items."""
+    offers = ((["--words"] if hasattr(model, "item_words") else [])
+              + (["--similar_to", "--plot_items"] if hasattr(model, "item_vectors") else []))
+    asked = next((flag for flag in ("--words", "--similar_to", "--plot_items")
+                  if getattr(args, flag[2:])), None)
+    if hasattr(model, "score_all") or hasattr(model, "all_item_scorer") or asked in offers:
+        return
+    why = ("reads a review to predict its rating: a diagnostic of what the words tell, not a recommender"
+           if tasks.reads_review(kind) else "learns item vectors from review words and predicts no rating")
+    raise UsageError(f"a {kind} model {why}; " + (f"it offers {', '.join(offers)}" if offers else
+                                                  "recommend.py has nothing to show for it"))
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -663,6 +699,7 @@ def main(argv=None):
         if args.topk > dataset.num_items - (0 if args.similar_to is None else 1):
             raise UsageError(f"-k/--topk {args.topk} is larger than the catalogue ({dataset.num_items:,} items); "
                              "pass a smaller -k")
+        check_task(args, model, checkpoint["model"])
         if args.export:
             description, difference = export(model, checkpoint["model"], checkpoint["model_args"], users_catalogue,
                                              items_catalogue, args.export, onnx=not args.no_onnx)
@@ -670,6 +707,8 @@ def main(argv=None):
                        f"; ONNX against PyTorch over 1,000 pairs: largest difference {difference:.1e}")
             print(f"exported {len(description['files'])} arrays, users.csv, items.csv"
                   f"{'' if args.no_onnx else ', model.onnx'} and export.json to {args.export}{checked}")
+        elif args.words:
+            show_words(args, model, checkpoint["model"], dataset, items_catalogue)
         elif args.similar_to:
             show_similar(args, model, items_catalogue)
         elif args.predict:

@@ -1,15 +1,15 @@
 """Rating models on MovieLens 100K's five folds (u1-u5), beside Surprise's SVD and SVD++ on the same splits.
 
-    python -m bench.rating_folds --movielens ml-100k -- --model biasmf -e 5 --lr_schedule onecycle
-    python -m bench.rating_folds --movielens ml-100k --folds 1 --surprise -- --model dotbias -e 5 --append
+    python -m bench.rating_folds --movielens ml-100k -- --model dotbias
+    python -m bench.rating_folds --movielens ml-100k --folds 1 --surprise -- --model biasmf -e 5 --append
 
 Converts ``uN.base`` / ``uN.test`` of the ``--movielens`` folder with ``convert.py --test_path`` (into a temporary
-folder), trains ``ncf.py`` with the flags after ``--`` on each fold, and reports each fold's test RMSE and MAE (at
-the epoch chosen on the test ratings, as the folds have no validation set: said in the table), the mean over the
-folds and the training time of a fold. With ``--surprise``, Surprise's SVD and SVD++ (an optional dependency:
-``pip install scikit-surprise``) are fitted with their default settings to the same training ratings and scored
-on the same test ratings, so the comparison is one run on one machine. ``--append`` adds the table to
-docs/experiments.md.
+folder), trains ``ncf.py`` with the flags after ``--`` on each fold, and reports each fold's test RMSE and MAE
+after its last epoch (the folds have no validation set, so the number of epochs is fixed beforehand rather than
+chosen on the test ratings), the mean over the folds and the training time of a fold. With ``--surprise``,
+Surprise's SVD and SVD++ (an optional dependency: ``pip install -r requirements-compare.txt``) are fitted with their
+default settings to the same training ratings and scored on the same test ratings, so the comparison is one run on
+one machine. ``--append`` adds the table to docs/experiments.md.
 """
 
 import argparse
@@ -62,8 +62,8 @@ def run_fold(folder, fold, flags, workspace):
     seconds = time.perf_counter() - started
     if code:
         raise SystemExit(code)
-    summary = [json.loads(line) for line in log.read_text().splitlines()][-1]["best_metrics"]
-    return summary["rmse"], summary["mae"], seconds
+    last = [entry for entry in map(json.loads, log.read_text().splitlines()) if entry["type"] == "epoch"][-1]
+    return last["rmse"], last["mae"], seconds
 
 
 def surprise_fold(folder, fold, algorithm):
@@ -108,8 +108,8 @@ def main(argv=None):
         lines.append(f"| {name} | " + " | ".join(f"{value:.4f}" for value in rmse)
                      + f" | {rmse.mean():.4f} | {mae.mean():.4f} | {statistics.median(seconds):.1f} |")
     device = describe_device(torch.device("cpu"))
-    note = ("ncf.py's rows: the epoch with the lowest test RMSE (the folds have no validation set), so they are "
-            "optimistic; Surprise fits a fixed number of epochs.")
+    note = ("ncf.py's rows: the last epoch's figures (the folds have no validation set, so no epoch is chosen on "
+            "them); Surprise fits its fixed number of epochs.")
     report("rating_folds.py", "Rating models on MovieLens 100K's folds", argv, device, [*lines, "", note], args.append,
            "MovieLens 100K folds")
     return 0

@@ -47,8 +47,9 @@ class RunLogger:
             os.replace(temporary, self.path)
 
 
-METRIC = re.compile(r"(valid_)?(?:(hr|recall|ndcg|mrr)@(\d+)|(rmse|mae|mse))")
-LABELS = {"hr": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "rmse": "RMSE", "mae": "MAE", "mse": "MSE"}
+METRIC = re.compile(r"(valid_)?(?:(hr|recall|ndcg|mrr)@(\d+)|(rmse|mae|mse|text_loss))")
+LABELS = {"hr": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "rmse": "RMSE", "mae": "MAE", "mse": "MSE",
+          "text_loss": "text loss"}
 
 
 def metric_label(key):

@@ -183,6 +183,26 @@ def test_ncf_trains_rating_models_on_validation_and_beats_the_mean(rated, tmp_pa
     assert ncf_test_mode(data, tmp_path)["rmse"] == pytest.approx(summary["best_metrics"]["rmse"], rel=1e-6)
 
 
+def test_rating_models_have_their_own_defaults_and_implicit_models_keep_theirs(rated):
+    import dataloading
+    import defaults
+    import ncf
+
+    ratings = dataloading.load_dataset(rated[0])
+    for kind, decay in (("dotbias", 0.2), ("biasmf", 0.2), ("embnn", 0.1)):
+        config, notes = ncf.resolve_config(ncf.parse_args(["--data", str(rated[0]), "--model", kind]), ratings)
+        assert (config.epochs, config.lr_schedule, config.weight_decay, config.beta2) == (5, "onecycle", decay, 0.99)
+        assert {"schedule", "weight decay", "Adam betas"} <= set(notes)
+    given = ncf.parse_args(["--data", str(rated[0]), "--model", "mf", "-e", "9", "--lr_schedule", "constant",
+                            "--weight_decay", "0", "-b2", "0.9"])
+    config, notes = ncf.resolve_config(given, ratings)
+    assert (config.epochs, config.lr_schedule, config.weight_decay, config.beta2) == (9, "constant", 0.0, 0.9)
+    assert not {"schedule", "weight decay"} & set(notes)
+    implicit, _, _ = defaults.choose_sizes(100_000, demo=False)
+    assert (implicit["lr_schedule"], implicit["weight_decay"], implicit["beta2"]) == ("constant", 0.1, 0.999)
+    assert ncf.parse_args(["--data", "x"]).epochs == 20
+
+
 def ncf_test_mode(data, tmp_path):
     code, records = _ncf(data, tmp_path, "--mode", "test", "--log_path", tmp_path / "test.json")
     assert code == 0

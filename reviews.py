@@ -1,0 +1,247 @@
+"""Review-text models: what the words of reviews add to star ratings (Amazon review data).
+
+Pure ``nn.Module``s, like mf.py. Every model takes (users, items, words, offsets): a batch's pairs and their reviews
+as ``nn.EmbeddingBag`` takes them (the words joined, ``offsets`` each review's start; ``textdata.Ragged.take``).
+
+- ``textrating``: a rating from the review's words alone (their embeddings averaged, then a linear layer).
+- ``textprofile``: the same with the user's and the item's embeddings beside the words.
+- ``textitem``: item vectors close (cosine) to the words of their reviews, far from randomly drawn words; no rating.
+- ``textmf``: ``mf`` or ``biasmf`` (``text_base``) trained with ``textitem``'s text loss as well, weighted by
+  ``text_weight``, through a linear map from its item factors to the word space; it predicts from user and item.
+
+``textrating`` and ``textprofile`` read the held-out review to predict its rating: a review is written after the
+item is consumed, so they are diagnostics of how much the words tell, not recommenders. ``textmf`` uses text only
+as a training signal and predicts from user and item alone, as any rating model.
+
+The text loss is word2vec's negative sampling with items in place of context words: for each word of a review,
+``-log sigmoid(s(item, word)) - sum over k drawn words of log sigmoid(-s(item, drawn))``, s a scaled cosine (the
+scale learned), the drawn words from the training counts to the power 0.75; a review's loss is the mean over its
+words, and a review without known words adds nothing.
+"""
+
+import torch
+from torch import nn
+
+from mf import MF, BiasMF, _check, _table, squared_error_loss
+
+TEXT_BASES = ("mf", "biasmf")
+
+
+def _bag(num_words, factors):
+    bag = nn.EmbeddingBag(num_words, factors, mode="mean")
+    nn.init.normal_(bag.weight, std=0.01)
+    return bag
+
+
+class WordSampler(nn.Module):
+    """Draws negative words in proportion to their training counts to the power 0.75 (``set_counts``)."""
+
+    def __init__(self, num_words):
+        super().__init__()
+        self.register_buffer("weights", torch.ones(num_words))
+
+    def set_counts(self, counts):
+        counts = torch.as_tensor(counts, dtype=torch.float32)
+        if counts.shape != self.weights.shape or (counts < 0).any() or counts.sum() <= 0:
+            raise ValueError(f"word counts must be {self.weights.numel()} non-negative numbers, not all 0.")
+        self.weights.copy_(counts ** 0.75)
+        return self
+
+    def draw(self, shape, generator=None):
+        drawn = torch.multinomial(self.weights, int(torch.tensor(shape).prod()), replacement=True,
+                                  generator=generator)
+        return drawn.view(*shape)
+
+
+class Draws:
+    """The random generator of a training loss's negative words, made on the device of the first batch (seed 0;
+    the run's seed still varies the initialisation and the order)."""
+
+    def __init__(self, seed=0):
+        self.seed, self.generator = seed, None
+
+    def __call__(self, device):
+        if self.generator is None or self.generator.device != device:
+            self.generator = torch.Generator(device).manual_seed(self.seed)
+        return self.generator
+
+
+def review_index(offsets, total):
+    """[total] the review each joined word belongs to, and [B] each review's length."""
+    lengths = torch.diff(offsets, append=torch.tensor([total], device=offsets.device))
+    return torch.repeat_interleave(torch.arange(offsets.numel(), device=offsets.device), lengths,
+                                   output_size=total), lengths
+
+
+def text_loss(item_vectors, word_table, scale, words, offsets, sampler, negatives, generator=None):
+    """(summed per-review mean loss, reviews with words): the negative-sampling loss of each review's words against
+    its item's vector (``item_vectors`` [B, D], one per review), with ``negatives`` words drawn per word."""
+    if words.numel() == 0:
+        return item_vectors.sum() * 0.0, 0
+    owner, lengths = review_index(offsets, words.numel())
+    items = nn.functional.normalize(item_vectors.float(), dim=-1)[owner]  # [W, D]
+    positive = (items * nn.functional.normalize(word_table(words).float(), dim=-1)).sum(-1) * scale
+    drawn = sampler.draw((words.numel(), negatives), generator) if negatives else None
+    per_word = -nn.functional.logsigmoid(positive)
+    if drawn is not None:
+        negative = torch.einsum("wd,wkd->wk", items, nn.functional.normalize(word_table(drawn).float(), dim=-1))
+        per_word = per_word - nn.functional.logsigmoid(-negative * scale).sum(-1)
+    per_review = torch.zeros(offsets.numel(), device=words.device).index_add_(0, owner, per_word)
+    has_words = lengths > 0
+    return (per_review[has_words] / lengths[has_words]).sum(), int(has_words.sum())
+
+
+class TextRating(nn.Module):
+    """A rating from the review's words: their embeddings averaged, a linear layer, plus the training mean."""
+
+    reads_review = True
+
+    def __init__(self, num_users, num_items, num_words, factors=64):
+        _check(num_users, num_items, factors)
+        super().__init__()
+        self.words = _bag(num_words, factors)
+        self.output = nn.Linear(factors, 1)
+        self.register_buffer("mean", torch.zeros(()))
+
+    def set_mean(self, value):
+        self.mean.fill_(float(value))
+        return self
+
+    def features(self, users, items, words, offsets):
+        return self.words(words, offsets)
+
+    def forward(self, users, items, words, offsets):
+        return self.output(self.features(users, items, words, offsets)).squeeze(-1) + self.mean
+
+    def training_loss(self, l2=0.0):
+        return squared_error_loss(l2)
+
+    def looked_up(self, users, items):
+        return []
+
+
+class TextProfile(TextRating):
+    """``textrating`` with the user's and the item's embeddings joined to the averaged words before the layer."""
+
+    def __init__(self, num_users, num_items, num_words, factors=64):
+        super().__init__(num_users, num_items, num_words, factors)
+        self.user_embedding, self.item_embedding = _table(num_users, factors), _table(num_items, factors)
+        self.output = nn.Linear(3 * factors, 1)
+
+    def features(self, users, items, words, offsets):
+        return torch.cat([self.user_embedding(users), self.item_embedding(items), self.words(words, offsets)], -1)
+
+    def looked_up(self, users, items):
+        return [(self.user_embedding, users), (self.item_embedding, items)]
+
+    def item_vectors(self):
+        return {"item factors": self.item_embedding.weight.detach()}
+
+
+class TextItem(nn.Module):
+    """Item vectors trained to sit close to the words of their reviews (the text loss alone); no rating."""
+
+    def __init__(self, num_users, num_items, num_words, factors=64, word_negatives=5):
+        _check(num_users, num_items, factors)
+        if word_negatives < 1:
+            raise ValueError(f"word_negatives must be at least 1, got {word_negatives}.")
+        super().__init__()
+        self.item_embedding = _table(num_items, factors, std=0.1)
+        self.word_embedding = _table(num_words, factors, std=0.1)
+        self.scale = nn.Parameter(torch.tensor(5.0))
+        self.sampler = WordSampler(num_words)
+        self.word_negatives = word_negatives
+
+    def item_text_vectors(self, items=None):
+        """[n, D] the vectors compared with the words: every item's, or those of ``items``."""
+        return self.item_embedding.weight if items is None else self.item_embedding(items)
+
+    def item_words(self, items):
+        """[n, num_words] the cosine of each of ``items``' text vectors with every word's embedding."""
+        vectors = nn.functional.normalize(self.item_text_vectors(items).float(), dim=-1)
+        return vectors @ nn.functional.normalize(self.word_embedding.weight.float(), dim=-1).T
+
+    def text_loss(self, items, words, offsets, generator=None):
+        return text_loss(self.item_text_vectors(items), self.word_embedding, self.scale, words, offsets,
+                         self.sampler, self.word_negatives, generator)
+
+    def training_loss(self):
+        draws = Draws()
+
+        def loss(model, inputs, autocast):
+            _, items, _, _, words, offsets = inputs
+            total, _ = model.text_loss(items, words, offsets, draws(words.device))
+            return total, total
+
+        return loss
+
+    def looked_up(self, users, items):
+        return [(self.item_embedding, items)]
+
+    def item_vectors(self):
+        return {"item text vectors": self.item_embedding.weight.detach()}
+
+
+class TextMF(nn.Module):
+    """``mf`` or ``biasmf`` (``base``) whose item factors, through a linear map to the word space, are also trained
+    with the text loss, weighted by ``text_weight``. Predicts from user and item alone."""
+
+    def __init__(self, num_users, num_items, num_words, factors=64, text_base="biasmf", text_weight=0.1,
+                 word_negatives=5):
+        if text_base not in TEXT_BASES:
+            raise ValueError(f"text_base must be one of {TEXT_BASES}, got {text_base!r}.")
+        if text_weight < 0 or word_negatives < 1:
+            raise ValueError(f"text_weight must be 0 or more and word_negatives at least 1, got {text_weight} and "
+                             f"{word_negatives}.")
+        super().__init__()
+        self.rating = {"mf": MF, "biasmf": BiasMF}[text_base](num_users, num_items, factors)
+        self.to_words = nn.Linear(factors, factors, bias=False)
+        self.word_embedding = _table(num_words, factors, std=0.1)
+        self.scale = nn.Parameter(torch.tensor(5.0))
+        self.sampler = WordSampler(num_words)
+        self.text_weight, self.word_negatives = float(text_weight), word_negatives
+
+    def set_mean(self, value):
+        self.rating.set_mean(value)
+        return self
+
+    def forward(self, users, items, words=None, offsets=None):
+        return self.rating(users, items)
+
+    def score_all(self, users):
+        return self.rating.score_all(users)
+
+    def item_text_vectors(self, items=None):
+        table = self.rating.item_embedding
+        return self.to_words(table.weight if items is None else table(items))
+
+    item_words = TextItem.item_words
+
+    def text_loss(self, items, words, offsets, generator=None):
+        return text_loss(self.item_text_vectors(items), self.word_embedding, self.scale, words, offsets,
+                         self.sampler, self.word_negatives, generator)
+
+    def training_loss(self, l2=0.0):
+        draws, ratings_loss = Draws(), squared_error_loss(l2)
+
+        def loss(model, inputs, autocast):
+            users, items, ratings, weights, words, offsets = inputs
+            squared, minimised = ratings_loss(model.rating, (users, items, ratings, weights), autocast)
+            if not model.text_weight:
+                return squared, minimised
+            text, _ = model.text_loss(items, words, offsets, draws(words.device))
+            return squared, minimised + model.text_weight * text
+
+        return loss
+
+    def looked_up(self, users, items):
+        return self.rating.looked_up(users, items)
+
+    def item_vectors(self):
+        return self.rating.item_vectors()
+
+    def user_parameter_names(self):
+        return [f"rating.{name}" for name in self.rating.user_parameter_names()]
+
+
+TEXT_MODELS = {"textrating": TextRating, "textprofile": TextProfile, "textitem": TextItem, "textmf": TextMF}
