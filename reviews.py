@@ -13,10 +13,11 @@ as ``nn.EmbeddingBag`` takes them (the words joined, ``offsets`` each review's s
 item is consumed, so they are diagnostics of how much the words tell, not recommenders. ``textmf`` uses text only
 as a training signal and predicts from user and item alone, as any rating model.
 
-The text loss is word2vec's negative sampling with items in place of context words: for each word of a review,
-``-log sigmoid(s(item, word)) - sum over k drawn words of log sigmoid(-s(item, drawn))``, s a scaled cosine (the
-scale learned), the drawn words from the training counts to the power 0.75; a review's loss is the mean over its
-words, and a review without known words adds nothing.
+The text loss is word2vec's negative sampling with items in place of context words: a review adds
+``-mean over its words of log sigmoid(s(item, word)) - sum over k drawn words of log sigmoid(-s(item, drawn))``,
+s a scaled cosine (the scale learned), the k words drawn for the review from the training counts to the power 0.75
+(the same expected loss as k drawn per word, at a fraction of the lookups); a review without known words adds
+nothing.
 """
 
 import torch
@@ -74,21 +75,21 @@ def review_index(offsets, total):
 
 
 def text_loss(item_vectors, word_table, scale, words, offsets, sampler, negatives, generator=None):
-    """(summed per-review mean loss, reviews with words): the negative-sampling loss of each review's words against
-    its item's vector (``item_vectors`` [B, D], one per review), with ``negatives`` words drawn per word."""
+    """(summed loss of the reviews, how many have words): the negative-sampling loss of each review's words against
+    its item's vector (``item_vectors`` [B, D], one per review), ``negatives`` words drawn per review."""
     if words.numel() == 0:
         return item_vectors.sum() * 0.0, 0
     owner, lengths = review_index(offsets, words.numel())
-    items = nn.functional.normalize(item_vectors.float(), dim=-1)[owner]  # [W, D]
-    positive = (items * nn.functional.normalize(word_table(words).float(), dim=-1)).sum(-1) * scale
-    drawn = sampler.draw((words.numel(), negatives), generator) if negatives else None
-    per_word = -nn.functional.logsigmoid(positive)
-    if drawn is not None:
-        negative = torch.einsum("wd,wkd->wk", items, nn.functional.normalize(word_table(drawn).float(), dim=-1))
-        per_word = per_word - nn.functional.logsigmoid(-negative * scale).sum(-1)
-    per_review = torch.zeros(offsets.numel(), device=words.device).index_add_(0, owner, per_word)
+    items = nn.functional.normalize(item_vectors.float(), dim=-1)  # [B, D]
+    positive = (items[owner] * nn.functional.normalize(word_table(words).float(), dim=-1)).sum(-1) * scale
+    per_review = torch.zeros(offsets.numel(), device=words.device).index_add_(
+        0, owner, -nn.functional.logsigmoid(positive))
     has_words = lengths > 0
-    return (per_review[has_words] / lengths[has_words]).sum(), int(has_words.sum())
+    per_review = per_review[has_words] / lengths[has_words]
+    drawn = sampler.draw((int(has_words.sum()), negatives), generator)
+    negative = torch.einsum("bd,bkd->bk", items[has_words],
+                            nn.functional.normalize(word_table(drawn).float(), dim=-1)) * scale
+    return (per_review - nn.functional.logsigmoid(-negative).sum(-1)).sum(), int(has_words.sum())
 
 
 class TextRating(nn.Module):

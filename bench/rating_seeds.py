@@ -150,7 +150,10 @@ def main(argv=None):
             print("rating_seeds.py: error: --surprise needs scikit-surprise: pip install -r requirements-compare.txt",
                   file=sys.stderr)
             return 1
-    rows = {"the training mean": []} | {f"ncf.py {flags}": [] for flags in args.run}
+    label = {flags: f"ncf.py {flags}" + (" (reads the test review: a diagnostic)" if
+                                          set(shlex.split(flags)) & {"textrating", "textprofile"} else "")
+             for flags in args.run}
+    rows = {"the training mean": []} | {label[flags]: [] for flags in args.run}
     rows |= {f"Surprise {algorithm} (defaults)": [] for algorithm in args.surprise or []}
     with tempfile.TemporaryDirectory() as workspace:
         workspace = Path(workspace)
@@ -159,7 +162,7 @@ def main(argv=None):
             convert_split(args.path, seed, shlex.split(args.convert), folder)
             rows["the training mean"].append(run_mean(folder))
             for flags in args.run:
-                rows[f"ncf.py {flags}"].append(run_ncf(folder, seed, shlex.split(flags), workspace))
+                rows[label[flags]].append(run_ncf(folder, seed, shlex.split(flags), workspace))
             for algorithm in args.surprise or []:
                 rows[f"Surprise {algorithm} (defaults)"].append(run_surprise(folder, seed, algorithm))
             print(f"seed {seed} done", file=sys.stderr, flush=True)

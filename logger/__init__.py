@@ -75,6 +75,8 @@ def describe_run(config, dataset, runtime, notes):
     lines = [f"data: {dataset.description()}",
              f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
                                          and config.branch_loss else "")
+             + (" (reads the held-out review to predict its rating: a diagnostic, not a recommender)"
+                if config.model in ("textrating", "textprofile") else "")
              + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
              + (f", L2 {config.l2:g} on the rows looked up" if config.l2 else "")
              + {"cosine": ", cosine learning-rate decay", "onecycle": ", one-cycle learning rate"}.get(
