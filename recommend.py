@@ -403,7 +403,8 @@ def table_columns(owners, scores, items, items_catalogue, owner="user_id", value
 
 
 def export(model, kind, model_args, users, items, folder, onnx):
-    """Write ``folder`` (new, or empty) whole or not at all: each embedding table and the output layer as .npy,
+    """Write ``folder`` (new, or empty) whole or not at all: each embedding and bias table, the output layer and a
+    rating model's global mean as .npy,
     users.csv and items.csv, model.onnx when ``onnx``, and export.json describing them. Returns the description
     and the largest difference between the ONNX model's scores and PyTorch's (None without onnxruntime)."""
     folder = Path(folder)
@@ -418,8 +419,9 @@ def export(model, kind, model_args, users, items, folder, onnx):
         staging.mkdir()
         files = {}
         for name, parameter in model.state_dict().items():
-            if "embedding" in name or name.startswith("output."):
-                file = (name.removesuffix(".weight") if "embedding" in name else name).replace(".", "_") + ".npy"
+            if "embedding" in name or "_bias." in name or name.startswith("output.") or name.endswith("mean"):
+                tables = "embedding" in name or "_bias." in name
+                file = (name.removesuffix(".weight") if tables else name).replace(".", "_") + ".npy"
                 np.save(staging / file, parameter.detach().float().cpu().numpy(), allow_pickle=False)
                 files[file] = {"parameter": name, "shape": list(parameter.shape)}
         for catalogue, file in ((users, "users.csv"), (items, "items.csv")):
@@ -427,7 +429,9 @@ def export(model, kind, model_args, users, items, folder, onnx):
         difference = _export_onnx(model, staging / "model.onnx", len(users), len(items)) if onnx else None
         description = {"model": kind, "model_args": model_args, "files": files,
                        "onnx": "model.onnx: inputs user and item (int64 [N], indices as in users.csv and "
-                               "items.csv), output logit (float32 [N]); sigmoid(logit) is the probability"
+                               "items.csv), output " + ("the predicted rating (float32 [N])" if tasks.is_rating(kind)
+                                                        and not model_args.get("binary") else
+                                                        "logit (float32 [N]); sigmoid(logit) is the probability")
                        if onnx else None, "gmf_score": _gmf_formula(kind)}
         (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n")
         if folder.exists():

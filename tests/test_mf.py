@@ -354,3 +354,26 @@ def test_weight_decay_leaves_the_rating_models_biases_alone_and_the_implicit_mod
         free = {names[id(p)] for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
         assert free == expected
         assert sum(len(group["params"]) for group in optimizer.param_groups) == len(names)
+
+
+def test_a_rating_models_export_holds_its_biases_and_mean_and_reproduces_its_ratings(rated, tmp_path):
+    import json
+
+    import recommend
+
+    data, _ = rated
+    code, _ = _ncf(data, tmp_path, "--model", "biasmf", "-e", "2", "-f", "4")
+    assert code == 0
+    assert recommend.main(["--checkpoint", str(tmp_path / "ck" / "best.pt"), "--export", str(tmp_path / "out"),
+                           "--no_onnx"]) == 0
+    arrays = {name: np.load(tmp_path / "out" / f"{name}.npy") for name in (
+        "user_embedding", "item_embedding", "user_bias", "item_bias", "mean")}
+    from checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "ck" / "best.pt"), "best.pt")
+    users, items = np.array([0, 5, 59]), np.array([3, 0, 39])
+    expected = model(torch.from_numpy(users), torch.from_numpy(items)).detach().numpy()
+    rebuilt = ((arrays["user_embedding"][users] * arrays["item_embedding"][items]).sum(1)
+               + arrays["user_bias"][users, 0] + arrays["item_bias"][items, 0] + arrays["mean"])
+    np.testing.assert_allclose(rebuilt, expected, rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["files"]["mean.npy"]["shape"] == []
