@@ -18,6 +18,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
@@ -183,3 +184,148 @@ def _size(count):
         return f"{count} B"
     exponent = min(int(math.log(count, 1024)), 4)
     return f"{count / 1024 ** exponent:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[exponent - 1]}"
+
+
+# ------------------------------------------------------------------------------------------------ sharded tables
+
+
+class LookedUp(nn.Module):
+    """Stands in for one ``nn.Embedding`` of a model whose tables are sharded: returns the rows that the sharded
+    collection looked up for the batch (``ShardedTables.forward`` sets them before calling the model)."""
+
+    def __init__(self, rows, width):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.rows = rows, width, None
+
+    def forward(self, indices):
+        if self.rows is None or self.rows.shape[0] != indices.numel():
+            raise RuntimeError("a sharded table was read outside ShardedTables.forward, or with other indices")
+        return self.rows.view(*indices.shape, self.embedding_dim)
+
+
+class ShardedTables(nn.Module):
+    """``model`` with its embedding tables moved into one TorchRec EmbeddingBagCollection (a table per
+    ``nn.Embedding``, one id per sample: a lookup), ready for ``DistributedModelParallel`` to shard them; the rest
+    of the model (``self.model``) stays as it is and is replicated. ``forward(users, items, ...)`` looks every table
+    up in one collective call, then runs the model's own forward, so it equals the unsharded model's."""
+
+    def __init__(self, model, device):
+        super().__init__()
+        require_torchrec()
+        from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
+        self.layout = embedding_tables(model)
+        configs = [EmbeddingBagConfig(name=_key(table), embedding_dim=table.width, num_embeddings=table.rows,
+                                      feature_names=[_key(table)]) for table in self.layout]
+        self.tables = EmbeddingBagCollection(tables=configs, device=device)
+        self.initial = {}  # the model's starting tables, which ``shard`` copies into the shards
+        for table in self.layout:
+            parent, _, attribute = table.name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            self.initial[table.name] = getattr(owner, attribute).weight.detach().to(device)
+            setattr(owner, attribute, LookedUp(table.rows, table.width))
+        self.model = model
+
+    def forward(self, users, items, *args, **kwargs):
+        from torchrec import KeyedJaggedTensor
+
+        ids = [users.reshape(-1) if "user" in table.name.rsplit(".", 1)[-1] else items.reshape(-1)
+               for table in self.layout]
+        features = KeyedJaggedTensor.from_lengths_sync(
+            keys=[_key(table) for table in self.layout], values=torch.cat(ids),
+            lengths=torch.ones(len(ids) * users.numel(), dtype=torch.int64, device=users.device))
+        pooled = self.tables(features)
+        pooled = (pooled.wait() if hasattr(pooled, "wait") else pooled).to_dict()
+        for table in self.layout:
+            self.model.get_submodule(table.name).rows = pooled[_key(table)]
+        return self.model(users, items, *args, **kwargs)
+
+
+def shard(model, sharding, device, optimizer="sgd", learning_rate=0.01, process_group=None):
+    """``model`` with its tables sharded over the process group's ranks (``sharding``: SHARDING_TYPES), the rest
+    replicated (DDP), as ``torchrec.distributed.DistributedModelParallel``; the tables start from the model's own
+    weights (the same on every rank when built from the same seed) and train with TorchRec's fused ``optimizer``
+    ('sgd', 'adagrad' or 'rowwise_adagrad' on CPU; 'adam' needs CUDA) inside the backward pass. Returns (the
+    distributed model, its plan); ``dense_parameters`` gives what a dense optimizer should train."""
+    require_torchrec()
+    import torch.distributed as dist
+    from torchrec import optim as torchrec_optim
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    if sharding not in SHARDING_TYPES:
+        raise ShardingError(f"sharding must be one of {', '.join(SHARDING_TYPES)}, got {sharding!r}")
+    if sharding == "row_wise" and device.type != "cuda":
+        raise ShardingError("row_wise sharding needs CUDA devices in TorchRec; use table_wise or column_wise on CPU")
+    if optimizer == "adam" and device.type != "cuda":
+        raise ShardingError("TorchRec's fused Adam for the tables needs CUDA; on CPU use sgd or adagrad")
+    classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam,
+               "rowwise_adagrad": torchrec_optim.RowWiseAdagrad}
+    wrapped = ShardedTables(model, device)
+    apply_optimizer_in_backward(classes[optimizer], wrapped.tables.parameters(), {"lr": learning_rate})
+    constraints = {_key(table): ParameterConstraints(
+        sharding_types=None if sharding == "auto" else [sharding], compute_kernels=["fused"])
+        for table in wrapped.layout}
+    group = process_group or dist.GroupMember.WORLD
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchRec's advice on declared topologies and storage reservations
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=dist.get_world_size(group),
+                                                             compute_device=device.type), constraints=constraints)
+        plan = planner.collective_plan(wrapped, [EmbeddingBagCollectionSharder()], group)
+        distributed = DistributedModelParallel(wrapped, device=device, plan=plan)
+    load_tables(distributed, {table.name: wrapped.initial.pop(table.name) for table in wrapped.layout})
+    return distributed, plan
+
+
+def _table_key(name):
+    return f"tables.embedding_bags.{name.replace('.', '__')}.weight"
+
+
+def load_tables(distributed, weights):
+    """Copy full tables ({table name: [rows, width]}) into this rank's shards of them."""
+    state = distributed.module.state_dict() if hasattr(distributed, "module") else distributed.state_dict()
+    with torch.no_grad():
+        for name, full in weights.items():
+            for piece in state[_table_key(name)].local_shards():
+                (row, column), (rows, columns) = piece.metadata.shard_offsets, piece.metadata.shard_sizes
+                piece.tensor.copy_(full[row:row + rows, column:column + columns])
+
+
+def local_table_bytes(distributed):
+    """Bytes of table weights this rank holds (its local shards), measured from the sharded modules."""
+    state = distributed.module.state_dict() if hasattr(distributed, "module") else distributed.state_dict()
+    return sum(piece.tensor.numel() * piece.tensor.element_size() for key, value in state.items()
+               if key.startswith("tables.") and hasattr(value, "local_shards") for piece in value.local_shards())
+
+
+def dense_parameters(distributed):
+    """The parameters outside the sharded tables: what the dense optimizer trains."""
+    return [parameter for name, parameter in distributed.named_parameters()
+            if ".tables." not in f".{name}" and parameter.requires_grad]
+
+
+def full_state_dict(distributed):
+    """The unsharded model's state dict (its own keys) with every table gathered whole, on every rank (all must
+    call it): what today's single-file checkpoints, recommend.py and --mode test read. For tables that fit in one
+    process's memory."""
+    import torch.distributed as dist
+
+    wrapped = distributed.module if hasattr(distributed, "module") else distributed
+    state = wrapped.state_dict()
+    mine = {table.name: [(tuple(piece.metadata.shard_offsets), piece.tensor.detach().clone())
+                         for piece in state[_table_key(table.name)].local_shards()] for table in wrapped.layout}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    full = {}
+    for table in wrapped.layout:
+        weight = torch.empty(table.rows, table.width)
+        for pieces in everyone:
+            for (row, column), piece in pieces[table.name]:
+                weight[row:row + piece.shape[0], column:column + piece.shape[1]] = piece
+        full[f"{table.name}.weight"] = weight
+    dense = {key.removeprefix("model."): value.detach().clone() for key, value in state.items()
+             if key.startswith("model.")}
+    return dense | full

@@ -1,0 +1,71 @@
+"""Checks of sharded embedding tables, run by tests/test_sharding.py under torchrun with two Gloo ranks:
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/shard_worker.py OUT.json table_wise neumf
+
+Rank 0 writes OUT.json: the largest forward difference from the unsharded model given the same weights, before
+and after one SGD step on each rank's own batch (the unsharded model stepped on the mean gradient of both
+batches, as DDP averages), each rank's table bytes measured from its shards, and whether the gathered state dict
+reproduces the sharded model.
+"""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sharding  # noqa: E402
+from checkpoint import build_model  # noqa: E402
+
+LEARNING_RATE = 0.5
+
+
+def batch(rank, size=16):
+    generator = torch.Generator().manual_seed(100 + rank)
+    return torch.randint(0, 40, (size,), generator=generator), torch.randint(0, 60, (size,), generator=generator)
+
+
+def main(out, kind, model_kind):
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = build_model(model_kind, 40, 60, factors=8, layers=[16, 8], dropout=0.0)
+    reference = copy.deepcopy(model)
+    distributed, _ = sharding.shard(model, kind, torch.device("cpu"), optimizer="sgd", learning_rate=LEARNING_RATE)
+    users, items = batch(rank)
+    difference = {"before": (distributed(users, items) - reference(users, items)).abs().max().item()}
+
+    # One step: the tables by TorchRec's fused SGD, the rest by SGD on DDP's gradients; both average over the ranks'
+    # batches, so the unsharded model steps on the mean of the two batches' gradients.
+    dense = torch.optim.SGD(sharding.dense_parameters(distributed), lr=LEARNING_RATE)
+    distributed(users, items).sum().backward()
+    dense.step()
+    for other in range(world):
+        reference(*batch(other)).sum().backward()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            if parameter.grad is not None:
+                parameter -= LEARNING_RATE * parameter.grad / world
+    difference["after"] = (distributed(users, items) - reference(users, items)).abs().max().item()
+
+    local = sharding.local_table_bytes(distributed)
+    per_rank = [None] * world
+    dist.all_gather_object(per_rank, local)
+    rebuilt = build_model(model_kind, 40, 60, factors=8, layers=[16, 8], dropout=0.0)
+    rebuilt.load_state_dict(sharding.full_state_dict(distributed))
+    gathered = (rebuilt(users, items) - distributed(users, items)).abs().max().item()
+    if rank == 0:
+        total = sum(module.weight.numel() * 4 for module in reference.modules()
+                    if isinstance(module, torch.nn.Embedding))
+        Path(out).write_text(json.dumps({"difference": difference, "bytes_per_rank": per_rank, "total": total,
+                                         "gathered_difference": gathered}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
