@@ -15,7 +15,6 @@ import csv
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,7 +106,3 @@ class Ragged:
     def to(self, device):
         return Ragged(self.values.to(device), self.offsets.to(device))
 
-
-def save_ragged(folder, part, values, offsets):
-    np.save(Path(folder) / f"{part}_text.npy", values, allow_pickle=False)
-    np.save(Path(folder) / f"{part}_text_offsets.npy", offsets, allow_pickle=False)
