@@ -68,7 +68,7 @@ def build_model(kind, num_users, num_items, **settings):
 def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, metrics, best, config, fingerprint):
     """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file;
     a failed write (a full disk) removes its temporary file and raises a CheckpointError."""
-    model = getattr(model, "module", model)
+    model = getattr(model, "shadow", None) or getattr(model, "module", model)  # a sharded model saves its copy
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "metrics": metrics,
@@ -181,6 +181,16 @@ def initial_model(kind, model_args, dataset, load_path=None, pretrained=None):
             raise CheckpointError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
         model.load_pretrained(gmf, mlp, alpha)
     return model
+
+
+def resume_fields(config):
+    """The settings a run resumed under ``config`` (a mapping) must share with its checkpoint, as ``resume`` takes
+    them: (key, flag, value of checkpoints older than the flag, whether it applies)."""
+    return [("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
+            ("recency", "--recency", 0.0, True), ("l2", "--l2", 0.0, True),
+            ("eval_protocol", "--eval_protocol", "sampled", True),
+            ("recency_window", "--recency_window", 10.0, bool(config["recency"])),
+            ("branch_loss", "--branch_loss", 0.0, config["model"] == "neumf")]
 
 
 def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields):

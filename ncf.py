@@ -23,6 +23,7 @@ import torch
 import checkpoint
 import dataloading
 import evaluation
+import sharding
 import tasks
 import train
 from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS, choose_epochs, choose_rating_sizes, choose_sizes
@@ -94,6 +95,7 @@ def parse_args(argv=None):
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout after each MLP layer; default 0.5 (embnn: 0)")
     tasks.add_rating_arguments(parser)
+    sharding.add_arguments(parser)
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
     parser.add_argument("--load_checkpoint_path", help="checkpoint to start training from, or to test in --mode test")
@@ -224,9 +226,11 @@ def build(config, dataset, device):
         model = tasks.prepare(model, config.model, dataset, config.user_embeddings, config.item_embeddings,
                               config.freeze_users, config.freeze_items)
     loss = checkpoint.training_loss(model, settings)
-    optimizer = train.make_optimizer(model.to(device), config.optimizer, tasks.undecayed(model, config.model),
-                                     lr=config.learning_rate, betas=(config.beta1, config.beta2), eps=config.eps,
-                                     weight_decay=config.weight_decay)
+    model = sharding.for_training(model.to(device), config, device)  # --embedding_sharding: tables across ranks
+    dense = sharding.dense_module(model)
+    optimizer = sharding.with_tables(model, train.make_optimizer(
+        dense, config.optimizer, tasks.undecayed(dense, config.model), lr=config.learning_rate,
+        betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay))
     return model, model_args, optimizer, loss
 
 
@@ -238,14 +242,9 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, metri
         if config.resume:
             say("no checkpoint to resume from; starting from scratch")
         return 0, None
-    resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
-                                dataclasses.asdict(config), metric, [
-                                    # (key, flag, value of checkpoints older than the flag, whether it applies)
-                                    ("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
-                                    ("recency", "--recency", 0.0, True), ("l2", "--l2", 0.0, True),
-                                    ("eval_protocol", "--eval_protocol", "sampled", True),
-                                    ("recency_window", "--recency_window", 10.0, bool(config.recency)),
-                                    ("branch_loss", "--branch_loss", 0.0, config.model == "neumf")])
+    settings = dataclasses.asdict(config)
+    resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args, settings,
+                                metric, checkpoint.resume_fields(settings))
     say(f"resuming from {last_path} after epoch {resumed[0] - 1}")
     return resumed
 
@@ -288,10 +287,12 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
             say(f"reached the target {metric_label(chosen_on.metric)} {config.threshold} in epoch {record['epoch']}; "
                 "stopping")
 
+    evaluate = sharding.evaluator(model, lambda plain: tasks.evaluator(config, dataset, plain, autocast, runtime),
+                                  lambda: checkpoint.build_model(config.model, **model_args).to(runtime.device))
     try:
         return train.fit(
             train.compiled(train.distributed(model, runtime), config.compile), optimizer, scaler, loss,
-            tasks.batches(config, dataset, runtime), tasks.evaluator(config, dataset, model, autocast, runtime),
+            tasks.batches(config, dataset, runtime), evaluate,
             chosen_on, epochs=config.epochs,
             autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,

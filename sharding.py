@@ -21,11 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparse_adam import CombinedOptimizer
+from tasks import TaskError
+
 SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
 BYTES_PER_WEIGHT = 4  # float32 tables
 
 
-class ShardingError(Exception):
+class ShardingError(TaskError):
     """A plan that cannot be made (TorchRec missing, a budget too small): one line saying what to do."""
 
 
@@ -132,7 +135,8 @@ def shards(plan, tables):
     """[(table name, sharding type, rank, rows, columns)] of every shard in ``plan``."""
     by_key = {_key(table): table for table in tables}
     found = []
-    for key, parameter in plan.plan[""].items():
+    tables_plan = plan.plan.get("tables") or plan.plan[""]  # a ShardedTables' collection, or a bare one
+    for key, parameter in tables_plan.items():
         table = by_key[key]
         if parameter.sharding_spec is None:  # data_parallel: a whole copy on every rank
             found += [(table.name, parameter.sharding_type, rank, table.rows, table.width)
@@ -329,3 +333,107 @@ def full_state_dict(distributed):
     dense = {key.removeprefix("model."): value.detach().clone() for key, value in state.items()
              if key.startswith("model.")}
     return dense | full
+
+
+# ------------------------------------------------------------------------------------------------ ncf.py's runs
+
+
+TABLE_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+
+
+def add_arguments(parser):
+    """ncf.py's flags for sharded tables."""
+    group = parser.add_argument_group("embedding tables sharded across ranks (TorchRec under torchrun; docs/scale.md)")
+    group.add_argument("--embedding_sharding", choices=("none",) + SHARDING_TYPES, default="none",
+                       help="'none': every rank holds every table (DDP); else the tables are sharded across the "
+                            "ranks by TorchRec, whole tables (table_wise), column blocks (column_wise), row blocks "
+                            "(row_wise, CUDA only) or as its planner chooses (auto), the rest of the model DDP")
+    group.add_argument("--table_optimizer", choices=TABLE_OPTIMIZERS, default=None,
+                       help="the fused optimizer of sharded tables, stepped inside the backward pass; default adam "
+                            "on CUDA (as the dense part, without weight decay), adagrad on CPU (FBGEMM's CPU kernels "
+                            "have no Adam)")
+    group.add_argument("--table_lr", type=float, default=None,
+                       help="its learning rate; default -l for adam, 0.05 for adagrad and sgd")
+
+
+def is_sharded(model):
+    return getattr(model, "shards_tables", False)
+
+
+def for_training(model, config, device, say=print):
+    """``model`` as it is under --embedding_sharding none; else its tables sharded across torchrun's ranks (the plan
+    printed), ready for ``train.fit``. A ShardingError when the run cannot shard."""
+    import torch.distributed as dist
+
+    if config.embedding_sharding == "none":
+        return model
+    require_torchrec()
+    if not dist.is_initialized():
+        raise ShardingError("--embedding_sharding shards tables across the ranks of a torchrun job; launch with "
+                            "torchrun --nproc_per_node=N ncf.py ...")
+    if config.resume:
+        raise ShardingError("--resume is not available with --embedding_sharding yet; start the run afresh")
+    optimizer = config.table_optimizer or ("adam" if device.type == "cuda" else "adagrad")
+    rate = config.table_lr or (config.learning_rate if optimizer == "adam" else 0.05)
+    distributed, plan = shard(model, config.embedding_sharding, device, optimizer, rate)
+    distributed.shards_tables, distributed.table_rate = True, rate
+    wrapped = distributed.module
+    if dist.get_rank() == 0:
+        say(f"embedding tables ({optimizer}, rate {rate:g}): " + "; ".join(
+            describe_plan(plan, wrapped.layout, dist.get_world_size())))
+    return distributed
+
+
+def dense_module(model):
+    """What the dense optimizer trains: the model, or a sharded model's part outside its tables."""
+    return model.module.model if is_sharded(model) else model
+
+
+class TablesAndDense(CombinedOptimizer):
+    """The dense optimizer and the tables' fused one, stepped as one. The fused optimizer updates the tables in the
+    backward pass; ``step`` hands it its rate scaled as the schedule scales the dense rate (used from the next
+    step). The training loop sees the dense optimizer's parameter groups; the tables' state is held in the shards
+    and is not part of ``state_dict`` (single-file checkpoints hold the dense state only)."""
+
+    def __init__(self, dense, tables, table_rate):
+        super().__init__(dense=dense, tables=tables)
+        self.table_rate, self.dense_rate = table_rate, dense.param_groups[0]["lr"]
+
+    @property
+    def param_groups(self):
+        return self.optimizers["dense"].param_groups
+
+    def step(self, closure=None):
+        scale = self.optimizers["dense"].param_groups[0]["lr"] / self.dense_rate
+        for group in self.optimizers["tables"].param_groups:
+            group["lr"] = self.table_rate * scale
+        super().step()
+
+    def state_dict(self):
+        return {"dense": self.optimizers["dense"].state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizers["dense"].load_state_dict(state["dense"])
+
+
+def with_tables(model, optimizer):
+    """``optimizer``, joined with a sharded model's table optimizer."""
+    if not is_sharded(model):
+        return optimizer
+    return TablesAndDense(optimizer, model.fused_optimizer, model.table_rate)
+
+
+def evaluator(model, make, rebuild):
+    """``make(model)`` (an evaluation function) for a plain model; for a sharded one, the evaluation of an unsharded
+    copy (``rebuild()``) refreshed with the gathered tables before each evaluation, kept as ``model.shadow`` (what
+    checkpoints save)."""
+    if not is_sharded(model):
+        return make(model)
+    model.shadow = rebuild()
+    evaluate = make(model.shadow)
+
+    def refreshed():
+        model.shadow.load_state_dict(full_state_dict(model))
+        return evaluate()
+
+    return refreshed

@@ -157,7 +157,7 @@ def make_optimizer(model, name, undecayed=(), **settings):
 
 def distributed(model, runtime):
     """``model`` wrapped for data-parallel training when there are several ranks, else itself."""
-    if runtime.world_size == 1:
+    if runtime.world_size == 1 or getattr(model, "shards_tables", False):  # sharded tables: DDP inside already
         return model
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)

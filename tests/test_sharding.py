@@ -108,3 +108,62 @@ def test_sharded_tables_on_two_gloo_ranks_equal_the_unsharded_model(tmp_path, ki
     assert sum(result["bytes_per_rank"]) == result["total"]
     if model == "neumf":
         assert result["bytes_per_rank"] == [result["total"] // 2] * 2
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Users interact with every item of their own taste group (the latest held out), ranked among the items of
+    the other groups: a model that learned the groups ranks the held-out item first."""
+    from conftest import run_convert
+
+    folder = tmp_path_factory.mktemp("planted")
+    lines = ["user,item,timestamp"]
+    for user in range(48):
+        group = user % 4
+        lines += [f"{user},{group * 8 + item},{time}" for time, item in enumerate((user * 3 + k) % 8 for k in range(8))]
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--valid_negative", "24"])[0] == 0
+    return folder / "data"
+
+
+def _summary(log):
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()][-1]
+
+
+@needs_torchrec
+@pytest.mark.slow
+def test_ncf_trains_with_sharded_tables_as_well_as_with_ddp_and_its_best_checkpoint_is_todays(planted, tmp_path):
+    from test_distributed import launch
+
+    runs = {}
+    for name, flags in (("ddp", []), ("sharded", ["--embedding_sharding", "table_wise"])):
+        result = launch("--data", planted, "-e", "12", "-b", "256", "-l", "0.01", "--checkpoint_dir", tmp_path / name,
+                        *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = _summary(tmp_path / name / "log.json")
+    assert "table_wise on rank 0" in result.stdout  # the plan is printed
+    assert runs["ddp"]["best_accuracy"] >= 0.9
+    assert abs(runs["sharded"]["best_accuracy"] - runs["ddp"]["best_accuracy"]) <= 0.02
+    # best.pt of a sharded run is today's single-file checkpoint: --mode test in one process reproduces the run.
+    import ncf
+
+    assert ncf.main(["--data", str(planted), "--mode", "test", "--load_checkpoint_path",
+                     str(tmp_path / "sharded" / "best.pt"), "--log_path", str(tmp_path / "test.json")]) == 0
+    assert _summary(tmp_path / "test.json")["hr@10"] == pytest.approx(runs["sharded"]["best_accuracy"], abs=1e-9)
+
+
+@needs_torchrec
+@pytest.mark.slow
+def test_sharding_refuses_what_it_cannot_do_in_one_line(planted, tmp_path, capsys):
+    from test_distributed import launch
+
+    import ncf
+
+    assert ncf.main(["--data", str(planted), "--embedding_sharding", "table_wise", "--checkpoint_dir", ""]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "torchrun" in error and len(error.splitlines()) == 1
+    result = launch("--data", planted, "-e", "1", "--checkpoint_dir", tmp_path, "--embedding_sharding", "table_wise",
+                    "--resume")
+    assert result.returncode != 0 and "--resume is not available with --embedding_sharding" in result.stderr
