@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reviews import TEXT_MODELS
 from sparse_adam import CombinedOptimizer
 from tasks import TaskError
 
@@ -209,16 +210,21 @@ class LookedUp(nn.Module):
 
 class ShardedTables(nn.Module):
     """``model`` with its embedding tables moved into one TorchRec EmbeddingBagCollection (a table per
-    ``nn.Embedding``, one id per sample: a lookup), ready for ``DistributedModelParallel`` to shard them; the rest
-    of the model (``self.model``) stays as it is and is replicated. ``forward(users, items, ...)`` looks every table
-    up in one collective call, then runs the model's own forward, so it equals the unsharded model's."""
+    ``nn.Embedding`` whose width is a multiple of 4, one id per sample: a lookup), ready for
+    ``DistributedModelParallel`` to shard them; the rest of the model (``self.model``) stays as it is and is
+    replicated. ``forward(users, items, ...)`` looks every table up in one collective call, then runs the model's
+    own forward, so it equals the unsharded model's."""
 
     def __init__(self, model, device):
         super().__init__()
         require_torchrec()
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
-        self.layout = embedding_tables(model)
+        # FBGEMM's kernels take tables of a width divisible by 4: the others (biases, one column) stay in the model,
+        # replicated and trained as the rest of it.
+        self.layout = [table for table in embedding_tables(model) if table.width % 4 == 0]
+        if not self.layout:
+            raise ShardingError(f"a {type(model).__name__} model has no table of a width divisible by 4 to shard")
         configs = [EmbeddingBagConfig(name=_key(table), embedding_dim=table.width, num_embeddings=table.rows,
                                       feature_names=[_key(table)]) for table in self.layout]
         self.tables = EmbeddingBagCollection(tables=configs, device=device)
@@ -373,6 +379,9 @@ def for_training(model, config, device, say=print):
                             "torchrun --nproc_per_node=N ncf.py ...")
     if config.resume:
         raise ShardingError("--resume is not available with --embedding_sharding yet; start the run afresh")
+    if config.model in TEXT_MODELS:  # their word tables are looked up by review words, not by user or item
+        raise ShardingError(f"--embedding_sharding shards user and item tables; --model {config.model} also looks up "
+                            "words, which it does not shard yet: train it without --embedding_sharding")
     optimizer = config.table_optimizer or ("adam" if device.type == "cuda" else "adagrad")
     rate = config.table_lr or (config.learning_rate if optimizer == "adam" else 0.05)
     distributed, plan = shard(model, config.embedding_sharding, device, optimizer, rate)
