@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import sharding
 from mf import RATING_MODELS
 from neumf import GMF, MLP, NeuMF
 from reviews import TEXT_MODELS
@@ -65,9 +66,15 @@ def build_model(kind, num_users, num_items, **settings):
     return MODELS[kind](**model_arguments(kind, num_users, num_items, settings))
 
 
-def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, metrics, best, config, fingerprint):
+def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, metrics, best, config, fingerprint,
+                    write=True):
     """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file;
-    a failed write (a full disk) removes its temporary file and raises a CheckpointError."""
+    a failed write (a full disk) removes its temporary file and raises a CheckpointError. A sharded model's
+    ``last.pt`` also has every rank write its shards (``sharding.save_shards``; all ranks call this, and only
+    those with ``write`` write the file)."""
+    sharding.save_shards(model, path, epoch)
+    if not write:
+        return
     model = getattr(model, "shadow", None) or getattr(model, "module", model)  # a sharded model saves its copy
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": model.state_dict(),
@@ -190,15 +197,20 @@ def resume_fields(config):
             ("recency", "--recency", 0.0, True), ("l2", "--l2", 0.0, True),
             ("eval_protocol", "--eval_protocol", "sampled", True),
             ("recency_window", "--recency_window", 10.0, bool(config["recency"])),
-            ("branch_loss", "--branch_loss", 0.0, config["model"] == "neumf")]
+            ("branch_loss", "--branch_loss", 0.0, config["model"] == "neumf"),
+            ("embedding_sharding", "--embedding_sharding", "none", True)]
 
 
-def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields):
-    """Load the state of ``path`` (last.pt) into model, optimizer and scaler, after ``check_resumable``; returns
-    (the epoch to continue from, the run's best so far as ``train.fit`` takes it)."""
+def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields=None):
+    """Load the state of ``path`` (last.pt) into model, optimizer and scaler, after ``check_resumable`` of
+    ``fields`` (default ``resume_fields(config)``); returns (the epoch to continue from, the run's best so far as
+    ``train.fit`` takes it)."""
     state = load_checkpoint(path, dataset, for_resume=True)
-    check_resumable(state, path, kind, model_args, config, fields)
-    model.load_state_dict(state["state_dict"])
+    check_resumable(state, path, kind, model_args, config, resume_fields(config) if fields is None else fields)
+    if sharding.is_sharded(model):  # its tables and their optimizer state are in each rank's shards
+        sharding.load_shards(model, path, state["epoch"])
+    else:
+        model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     best = state["best"]

@@ -242,9 +242,8 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, metri
         if config.resume:
             say("no checkpoint to resume from; starting from scratch")
         return 0, None
-    settings = dataclasses.asdict(config)
-    resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args, settings,
-                                metric, checkpoint.resume_fields(settings))
+    resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
+                                dataclasses.asdict(config), metric)
     say(f"resuming from {last_path} after epoch {resumed[0] - 1}")
     return resumed
 
@@ -276,9 +275,10 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
         "world_size": runtime.world_size, "device": str(runtime.device)})
 
-    def save(name, record, best):
+    def save(name, record, best):  # (on every rank of a sharded run, whose ranks each write their shards)
         checkpoint.save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler,
-                                   record["epoch"], record, best, dataclasses.asdict(config), dataset.fingerprint)
+                                   record["epoch"], record, best, dataclasses.asdict(config), dataset.fingerprint,
+                                   write=saving)
 
     def on_epoch(record):
         log.write("epoch", record)
@@ -297,8 +297,8 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
             autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
             learning_rate=train.schedule(config.lr_schedule, config.learning_rate), threshold=config.threshold,
-            on_epoch=on_epoch,
-            save=save if saving else None, saved_best=saved_best, patience=config.early_stop,
+            on_epoch=on_epoch, save=save if saving or (folder and sharding.is_sharded(model)) else None,
+            saved_best=saved_best, patience=config.early_stop,
             show_bar=runtime.is_main and sys.stderr.isatty())
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "

@@ -377,8 +377,6 @@ def for_training(model, config, device, say=print):
     if not dist.is_initialized():
         raise ShardingError("--embedding_sharding shards tables across the ranks of a torchrun job; launch with "
                             "torchrun --nproc_per_node=N ncf.py ...")
-    if config.resume:
-        raise ShardingError("--resume is not available with --embedding_sharding yet; start the run afresh")
     if config.model in TEXT_MODELS:  # their word tables are looked up by review words, not by user or item
         raise ShardingError(f"--embedding_sharding shards user and item tables; --model {config.model} also looks up "
                             "words, which it does not shard yet: train it without --embedding_sharding")
@@ -446,3 +444,49 @@ def evaluator(model, make, rebuild):
         return evaluate()
 
     return refreshed
+
+
+def save_shards(model, path, epoch):
+    """For a sharded model's ``last.pt``: every rank writes its shards of the model and of the tables' optimizer
+    state with torch.distributed.checkpoint to ``last.dcp`` beside it (all ranks must call it; a new folder renamed
+    into place, so a crash leaves the previous one). Nothing for other models or files."""
+    import shutil
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    if not is_sharded(model) or path.name != "last.pt":
+        return
+    final, fresh = path.with_suffix(".dcp"), path.with_suffix(".dcp.new")
+    if dist.get_rank() == 0:
+        shutil.rmtree(fresh, ignore_errors=True)
+    dist.barrier()
+    dcp.save({"model": model.state_dict(), "tables_optimizer": model.fused_optimizer.state_dict(),
+              "epoch": torch.tensor(epoch)}, checkpoint_id=str(fresh))
+    if dist.get_rank() == 0:
+        old = path.with_suffix(".dcp.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        fresh.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_shards(model, path, epoch):
+    """Load ``last.dcp`` beside ``path`` (``save_shards``) into a sharded model and its tables' optimizer, checking
+    it was written for the same ``epoch`` as ``path``."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = path.with_suffix(".dcp")
+    if not folder.is_dir():
+        raise ShardingError(f"{path}: was written without the per-rank shards of a sharded run ({folder.name}); "
+                            "start the run afresh, or resume it without --embedding_sharding")
+    state = {"model": model.state_dict(), "tables_optimizer": model.fused_optimizer.state_dict(),
+             "epoch": torch.tensor(-1)}
+    dcp.load(state, checkpoint_id=str(folder))
+    if int(state["epoch"]) != epoch:
+        raise ShardingError(f"{folder}: holds epoch {int(state['epoch'])}, but {path.name} epoch {epoch} (a run "
+                            "stopped while saving); start the run afresh")
+    model.load_state_dict(state["model"])
+    model.fused_optimizer.load_state_dict(state["tables_optimizer"])

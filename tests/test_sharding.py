@@ -164,9 +164,11 @@ def test_sharding_refuses_what_it_cannot_do_in_one_line(planted, tmp_path, capsy
     assert ncf.main(["--data", str(planted), "--embedding_sharding", "table_wise", "--checkpoint_dir", ""]) == 1
     error = capsys.readouterr().err.strip()
     assert "torchrun" in error and len(error.splitlines()) == 1
-    result = launch("--data", planted, "-e", "1", "--checkpoint_dir", tmp_path, "--embedding_sharding", "table_wise",
+    # A sharded run's checkpoint folder needs the shards to resume from: a last.pt of an unsharded run does not do.
+    assert launch("--data", planted, "-e", "1", "--checkpoint_dir", tmp_path).returncode == 0
+    result = launch("--data", planted, "-e", "2", "--checkpoint_dir", tmp_path, "--embedding_sharding", "table_wise",
                     "--resume")
-    assert result.returncode != 0 and "--resume is not available with --embedding_sharding" in result.stderr
+    assert result.returncode != 0 and "--embedding_sharding" in result.stderr
 
 
 @needs_torchrec
@@ -186,3 +188,28 @@ def test_a_rating_model_trains_with_sharded_tables(tmp_path):
     # The factor tables are sharded; the one-column bias tables (FBGEMM needs widths divisible by 4) stay replicated.
     assert "user_embedding" in result.stdout and "user_bias" not in result.stdout
     assert _summary(tmp_path / "run" / "log.json")["best_metrics"]["rmse"] < 2
+
+
+@needs_torchrec
+@pytest.mark.slow
+def test_a_sharded_run_stopped_and_resumed_equals_an_uninterrupted_one(planted, tmp_path):
+    import json
+
+    from test_distributed import launch
+
+    flags = ["--data", planted, "-b", "128", "-l", "0.01", "--embedding_sharding", "table_wise"]
+    assert launch(*flags, "-e", "4", "--checkpoint_dir", tmp_path / "whole").returncode == 0
+    assert launch(*flags, "-e", "2", "--checkpoint_dir", tmp_path / "parts").returncode == 0
+    assert (tmp_path / "parts" / "last.dcp").is_dir()  # every rank's shards of the tables and their optimizer
+    resumed = launch(*flags, "-e", "4", "--checkpoint_dir", tmp_path / "parts", "--resume")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
+
+    def epochs(folder):
+        return {record["epoch"]: record for record in map(json.loads, (folder / "log.json").read_text().splitlines())
+                if record["type"] == "epoch"}
+
+    whole, parts = epochs(tmp_path / "whole"), epochs(tmp_path / "parts")
+    assert sorted(parts) == [0, 1, 2, 3]
+    for epoch in (2, 3):
+        for key in ("train_loss", "hr@10", "ndcg@10"):
+            assert parts[epoch][key] == pytest.approx(whole[epoch][key], rel=1e-6, abs=1e-9), (epoch, key)
