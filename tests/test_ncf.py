@@ -559,10 +559,10 @@ def test_topk_at_or_above_the_candidates_is_refused(planted, capsys):
 def test_a_kill_between_the_log_and_the_checkpoint_leaves_each_epoch_logged_once(planted, tmp_path, monkeypatch):
     save = checkpoint.save_checkpoint
 
-    def killed_saving_epoch_2(path, *args):
+    def killed_saving_epoch_2(path, *args, **kwargs):
         if args[5] == 2 and path.name == "last.pt":  # the epoch's record is logged, its checkpoint not yet written
             raise KeyboardInterrupt
-        return save(path, *args)
+        return save(path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", killed_saving_epoch_2)
     with pytest.raises(KeyboardInterrupt):
