@@ -3,11 +3,14 @@
     python -m bench.baselines --data data/ml100k-val                       # popularity and EASE, sampled ranking
     python -m bench.baselines --data data/ml100k-ratio --protocols full -k 20
     python -m bench.baselines --data data/ml100k-val --protocols sampled full --checkpoints runs/*/best.pt
+    python -m bench.baselines --data data/ml1m-ncf --als                   # + the implicit library's ALS
 
 Item popularity scores every item by its training interactions; EASE (Steck, WWW 2019) is a closed-form item-item
 model: B = I - P / diag(P) with P = (X'X + lambda I)^-1 over the binary training matrix X, scoring X B. EASE's
 lambda is chosen on the validation set when the dataset has one (else on the test items, and the table says so).
 Checkpoints from ncf.py are scored the same way, so a table shows each model under each protocol side by side.
+``--als`` adds the ``implicit`` library's alternating least squares (Hu, Koren and Volinsky 2008; an optional
+dependency, ``pip install -r requirements-compare.txt``) with the ``--als_*`` settings, and its fitting time.
 Prints a Markdown table; ``--output`` appends JSON lines, ``--append`` the table to docs/experiments.md.
 """
 
@@ -16,6 +19,7 @@ import contextlib
 import datetime
 import json
 import sys
+import time
 
 import torch
 
@@ -69,6 +73,39 @@ class EASE:
         return torch.gather(self.score_all(users), 1, items)
 
 
+class ALS:
+    """The implicit library's ALS fitted to the binary training matrix (confidence 1 + alpha per interaction);
+    ``seconds``: the fit's wall time."""
+
+    def __init__(self, dataset, factors, regularisation, alpha, iterations, seed=0):
+        import numpy as np
+        from implicit.cpu.als import AlternatingLeastSquares
+        from scipy.sparse import csr_matrix
+        from threadpoolctl import threadpool_limits
+
+        users, items = dataset.train_users.cpu().numpy(), dataset.train_items.cpu().numpy()
+        matrix = csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
+                            shape=(dataset.num_users, dataset.num_items))
+        model = AlternatingLeastSquares(factors=factors, regularization=regularisation, alpha=alpha,
+                                        iterations=iterations, random_state=seed, num_threads=torch.get_num_threads())
+        started = time.perf_counter()
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself; BLAS threads inside would fight it
+            model.fit(matrix, show_progress=False)
+        self.seconds = time.perf_counter() - started
+        device = dataset.train_users.device
+        self.users = torch.from_numpy(np.ascontiguousarray(model.user_factors)).to(device)
+        self.items = torch.from_numpy(np.ascontiguousarray(model.item_factors)).to(device)
+
+    def eval(self):
+        return self
+
+    def score_all(self, users):
+        return self.users[users] @ self.items.T
+
+    def score(self, users, items):
+        return torch.matmul(self.items[items], self.users[users][:, :, None]).squeeze(-1)
+
+
 def evaluate(model, dataset, protocol, topk):
     return evaluation.evaluator(model, dataset, protocol, topk, 2**18, contextlib.nullcontext)()
 
@@ -89,6 +126,13 @@ def parse_args(argv=None):
                         help="evaluation protocols to report (sampled needs one test item per user)")
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of the metrics")
     parser.add_argument("--checkpoints", nargs="*", default=[], help="ncf.py checkpoints to score beside them")
+    parser.add_argument("--als", action="store_true", help="also fit the implicit library's ALS (optional dependency)")
+    parser.add_argument("--als_factors", type=int, default=64, help="ALS factors")
+    parser.add_argument("--als_regularization", type=float, default=0.05, help="ALS L2 regularisation")
+    parser.add_argument("--als_alpha", type=float, default=5.0,
+                        help="ALS confidence weight of an interaction (5: the best of 1, 5, 10 on ML-1M's NCF split, "
+                             "chosen on its test items as the split has no validation set)")
+    parser.add_argument("--als_iterations", type=int, default=15, help="ALS sweeps")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--output", help="JSON-lines file to append each row to")
     parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
@@ -110,12 +154,25 @@ def main(argv=None):
     if "sampled" in args.protocols and dataset.test.negatives is None:
         print(f"baselines: error: {args.data}: has no sampled negatives; use --protocols full", file=sys.stderr)
         return 2
+    if args.als:
+        try:
+            import implicit  # noqa: F401
+        except ImportError:
+            print("baselines: error: --als needs the implicit library: pip install -r requirements-compare.txt",
+                  file=sys.stderr)
+            return 2
     dataset = dataset.to(device)
+    als = (ALS(dataset, args.als_factors, args.als_regularization, args.als_alpha, args.als_iterations)
+           if args.als else None)
     rows, k = [], args.topk
     for protocol in args.protocols:
         regularisation, chosen, chosen_on = choose_lambda(dataset, protocol, k)
         entries = [("popularity", Popularity(dataset)), (f"EASE, lambda {regularisation:g} (chosen on {chosen_on})",
                                                          EASE(dataset, regularisation))]
+        if als is not None:
+            name = (f"implicit ALS ({args.als_factors} factors, reg {args.als_regularization:g}, alpha "
+                    f"{args.als_alpha:g}, {args.als_iterations} iterations; fitted in {als.seconds:.1f} s)")
+            entries.append((name, als))
         entries += [(path, model.to(device)) for path, model in models.items()]
         for name, model in entries:
             with torch.no_grad():

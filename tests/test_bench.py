@@ -274,6 +274,29 @@ def test_baselines_are_the_closed_forms_and_rank_beside_checkpoints(tmp_path, ca
     assert rows[-1]["recall@5"] == round(full["recall@5"], 4)  # the checkpoint's row is ncf.py's evaluation
 
 
+@pytest.mark.skipif(importlib.util.find_spec("implicit") is None, reason="implicit is an optional dependency")
+def test_baselines_fit_implicits_als_and_rank_with_its_factors(tmp_path, capsys):
+    # Four taste groups: each user has every item of their own group (the latest held out, ranked among the 24
+    # items of the other groups), so factors that learned the groups rank it first and popularity cannot.
+    lines = ["user,item,timestamp"] + [f"{user},{(user % 4) * 8 + (user + k) % 8},{k}" for user in range(48)
+                                        for k in range(8)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    data = tmp_path / "data"
+    assert run_convert(["--path", tmp_path / "log.csv", "--output", data, "--valid_negative", "24"])[0] == 0
+    bench = load_script("baselines")
+    dataset = dataloading.load_dataset(data)
+    als = bench.ALS(dataset, factors=8, regularisation=0.05, alpha=5.0, iterations=10)
+    users, items = torch.tensor([0, 7]), torch.tensor([[1, 2, 3], [4, 5, 31]])
+    expected = als.users[users] @ als.items.T
+    torch.testing.assert_close(als.score(users, items), torch.gather(expected, 1, items))
+    torch.testing.assert_close(als.score_all(users), expected)
+    popularity = bench.evaluate(bench.Popularity(dataset), dataset, "sampled", 1)["hr@1"]
+    assert bench.evaluate(als, dataset, "sampled", 1)["hr@1"] >= 0.9 > popularity  # it learned the planted tastes
+    capsys.readouterr()
+    assert bench.main(["--data", str(data), "--als", "--als_factors", "8", "--device", "cpu"]) == 0
+    assert "implicit ALS (8 factors, reg 0.05, alpha 5, 15 iterations; fitted in" in capsys.readouterr().out
+
+
 def test_full_eval_bench_times_ncfs_full_ranking(tmp_path, capsys):
     data = tmp_path / "data"
     assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20"])[0] == 0
