@@ -11,6 +11,12 @@ module plans it for any model of this tool, every ``nn.Embedding`` of the model 
 
 Planning needs no devices and no process group: the topology is declared (ranks, memory per rank), so a plan for
 64 GPUs is made and checked on a laptop.
+
+Under torchrun, ``shard`` moves a model's tables into a sharded TorchRec collection (``ShardedTables``: the model's
+own forward unchanged, the rest of it data-parallel), and ncf.py's ``--embedding_sharding`` trains it:
+``for_training`` (the plan printed), ``with_tables`` (the tables' fused optimizer beside the dense one),
+``evaluator`` (an unsharded copy refreshed with the gathered tables, which checkpoints save) and
+``save_shards``/``load_shards`` (every rank's shards in ``last.dcp`` for ``--resume``).
 """
 
 import logging
