@@ -94,6 +94,20 @@ def _key(table):
     return table.name.replace(".", "__")
 
 
+def _constraints(tables, sharding, device):
+    """The planner's constraints for ``tables``: ``sharding`` (any type for 'auto'), each table in device memory
+    (the fused kernel: the budget is the budget, no caching in host memory); a ShardingError for a sharding that
+    is not one, or row_wise off CUDA."""
+    from torchrec.distributed.planner.types import ParameterConstraints
+
+    if sharding not in SHARDING_TYPES:
+        raise ShardingError(f"sharding must be one of {', '.join(SHARDING_TYPES)}, got {sharding!r}")
+    if sharding == "row_wise" and device != "cuda":
+        raise ShardingError("row_wise sharding needs CUDA devices in TorchRec; use table_wise or column_wise on CPU")
+    return {_key(table): ParameterConstraints(sharding_types=None if sharding == "auto" else [sharding],
+                                              compute_kernels=["fused"]) for table in tables}
+
+
 OPTIMIZERS = ("adam", "rowwise_adagrad", "sgd")  # optimizer state per weight: 2, 1 per row, 0
 
 
@@ -107,19 +121,13 @@ def plan_tables(tables, world_size, sharding="auto", memory_per_rank=None, devic
     require_torchrec()
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+    from torchrec.distributed.planner.types import PlannerError
 
-    if sharding not in SHARDING_TYPES:
-        raise ShardingError(f"sharding must be one of {', '.join(SHARDING_TYPES)}, got {sharding!r}")
     if optimizer not in OPTIMIZERS:
         raise ShardingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if world_size < 1:
         raise ShardingError(f"world_size must be at least 1, got {world_size}")
-    if sharding == "row_wise" and device != "cuda":
-        raise ShardingError("row_wise sharding needs CUDA devices in TorchRec; use table_wise or column_wise on CPU")
-    kernel = "fused"  # in device memory: the budget is the budget (no caching in host memory)
-    constraints = {_key(table): ParameterConstraints(
-        sharding_types=None if sharding == "auto" else [sharding], compute_kernels=[kernel]) for table in tables}
+    constraints = _constraints(tables, sharding, device)
     topology = Topology(world_size=world_size, compute_device=device, local_world_size=ranks_per_host,
                         **({} if memory_per_rank is None else {"hbm_cap": int(memory_per_rank),
                                                                 "ddr_cap": int(memory_per_rank)}))
@@ -269,22 +277,17 @@ def shard(model, sharding, device, optimizer="sgd", learning_rate=0.01, process_
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-    if sharding not in SHARDING_TYPES:
-        raise ShardingError(f"sharding must be one of {', '.join(SHARDING_TYPES)}, got {sharding!r}")
-    if sharding == "row_wise" and device.type != "cuda":
-        raise ShardingError("row_wise sharding needs CUDA devices in TorchRec; use table_wise or column_wise on CPU")
+    constraints = _constraints(embedding_tables(model), sharding, device.type)
     if optimizer == "adam" and device.type != "cuda":
         raise ShardingError("TorchRec's fused Adam for the tables needs CUDA; on CPU use sgd or adagrad")
     classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam,
                "rowwise_adagrad": torchrec_optim.RowWiseAdagrad}
     wrapped = ShardedTables(model, device)
     apply_optimizer_in_backward(classes[optimizer], wrapped.tables.parameters(), {"lr": learning_rate})
-    constraints = {_key(table): ParameterConstraints(
-        sharding_types=None if sharding == "auto" else [sharding], compute_kernels=["fused"])
-        for table in wrapped.layout}
+    sharded = {_key(table) for table in wrapped.layout}  # (the tables of a width FBGEMM takes)
+    constraints = {key: value for key, value in constraints.items() if key in sharded}
     group = process_group or dist.GroupMember.WORLD
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchRec's advice on declared topologies and storage reservations
