@@ -73,15 +73,16 @@ def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, met
     ``last.pt`` also has every rank write its shards (``sharding.save_shards``; all ranks call this, and only
     those with ``write`` write the file)."""
     sharding.save_shards(model, path, epoch)
-    if not write:
-        return
-    model = getattr(model, "shadow", None) or getattr(model, "module", model)  # a sharded model saves its copy
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "metrics": metrics,
-        "best": best, "config": config, "fingerprint": fingerprint,
-    }
     path = Path(path)
+    with sharding.state_to_save(model, path, write) as state_dict:
+        if write:
+            _write(path, {
+                "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": state_dict,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "metrics": metrics, "best": best, "config": config, "fingerprint": fingerprint})
+
+
+def _write(path, checkpoint):
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         torch.save(checkpoint, temporary)

@@ -59,7 +59,8 @@ def sampled_sums(model, held, topk, users_per_batch, autocast, rank=0, world_siz
     all-reduce them and divide once.
 
     ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py); ``score``
-    replaces it (a compiled form of it, say).
+    replaces it (a compiled form of it, say). A model whose scoring is a collective (``model.lockstep``: sharded
+    tables) is called as many times on every rank: a rank with fewer users scores a spare batch it does not count.
     """
     held = getattr(held, "test", held)  # a Dataset stands for its test set
     mask = candidate_mask(held.items, held.negatives) if mask is None else mask
@@ -67,7 +68,11 @@ def sampled_sums(model, held, topk, users_per_batch, autocast, rank=0, world_siz
     num_users = held.users.numel()
     share = math.ceil(num_users / world_size)
     totals = torch.zeros(5, dtype=torch.float64, device=held.users.device)
-    for start in range(rank * share, min(num_users, (rank + 1) * share), users_per_batch):
+    starts = range(rank * share, min(num_users, (rank + 1) * share), users_per_batch)
+    if getattr(model, "lockstep", False):
+        for _ in range(math.ceil(share / users_per_batch) - len(starts)):  # rank 0's count of batches, the most
+            score(held.users[:1], torch.cat([held.items[:1, None], held.negatives[:1]], dim=1))
+    for start in starts:
         stop = min(start + users_per_batch, (rank + 1) * share, num_users)
         users = held.users[start:stop]
         items = torch.cat([held.items[start:stop, None], held.negatives[start:stop]], dim=1)

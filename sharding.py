@@ -15,21 +15,26 @@ Planning needs no devices and no process group: the topology is declared (ranks,
 Under torchrun, ``shard`` moves a model's tables into a sharded TorchRec collection (``ShardedTables``: the model's
 own forward unchanged, the rest of it data-parallel), and ncf.py's ``--embedding_sharding`` trains it:
 ``for_training`` (the plan printed), ``with_tables`` (the tables' fused optimizer beside the dense one),
-``evaluator`` (an unsharded copy refreshed with the gathered tables, which checkpoints save) and
-``save_shards``/``load_shards`` (every rank's shards in ``last.dcp`` for ``--resume``).
+``evaluator`` (an unsharded copy refreshed with the gathered tables, which checkpoints save; under
+``--export_full``, for tables no process can hold whole, the sharded model itself through ``ShardedView``, and
+checkpoints gathered one table at a time by ``state_to_save``) and ``save_shards``/``load_shards`` (every rank's
+shards in ``last.dcp`` for ``--resume``).
 """
 
+import contextlib
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from reviews import TEXT_MODELS
 from sparse_adam import CombinedOptimizer
-from tasks import TaskError
+from tasks import TaskError, is_rating
 
 SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
 BYTES_PER_WEIGHT = 4  # float32 tables
@@ -369,6 +374,11 @@ def add_arguments(parser):
                             "have no Adam)")
     group.add_argument("--table_lr", type=float, default=None,
                        help="its learning rate; default -l for adam, 0.05 for adagrad and sgd")
+    group.add_argument("--export_full", action="store_true",
+                       help="for tables too large for one process: evaluate through the sharded tables (the sampled "
+                            "protocol; no whole copy of the model on any rank) and write best.pt and last.pt in the "
+                            "usual single-file format by gathering one table at a time onto rank 0, staged on disk "
+                            "beside them; without it every rank keeps a whole copy for evaluation and checkpoints")
 
 
 def is_sharded(model):
@@ -381,6 +391,9 @@ def for_training(model, config, device, say=print):
     import torch.distributed as dist
 
     if config.embedding_sharding == "none":
+        if config.export_full:
+            raise ShardingError("--export_full writes the checkpoints of sharded tables; add --embedding_sharding, "
+                                "or drop --export_full")
         return model
     require_torchrec()
     if not dist.is_initialized():
@@ -389,10 +402,13 @@ def for_training(model, config, device, say=print):
     if config.model in TEXT_MODELS:  # their word tables are looked up by review words, not by user or item
         raise ShardingError(f"--embedding_sharding shards user and item tables; --model {config.model} also looks up "
                             "words, which it does not shard yet: train it without --embedding_sharding")
+    if config.export_full and config.eval_protocol == "full" and not is_rating(config.model):
+        raise ShardingError("--export_full evaluates through the sharded tables, which rank sampled candidates only: "
+                            "use --eval_protocol sampled, or drop --export_full when the tables fit in one process")
     optimizer = config.table_optimizer or ("adam" if device.type == "cuda" else "adagrad")
     rate = config.table_lr or (config.learning_rate if optimizer == "adam" else 0.05)
     distributed, plan = shard(model, config.embedding_sharding, device, optimizer, rate)
-    distributed.shards_tables, distributed.table_rate = True, rate
+    distributed.shards_tables, distributed.table_rate, distributed.export_full = True, rate, config.export_full
     wrapped = distributed.module
     if dist.get_rank() == 0:
         say(f"embedding tables ({optimizer}, rate {rate:g}): " + "; ".join(
@@ -442,9 +458,11 @@ def with_tables(model, optimizer):
 def evaluator(model, make, rebuild):
     """``make(model)`` (an evaluation function) for a plain model; for a sharded one, the evaluation of an unsharded
     copy (``rebuild()``) refreshed with the gathered tables before each evaluation, kept as ``model.shadow`` (what
-    checkpoints save)."""
+    checkpoints save), or under --export_full the evaluation of the sharded model itself (``ShardedView``)."""
     if not is_sharded(model):
         return make(model)
+    if model.export_full:
+        return make(ShardedView(model))
     model.shadow = rebuild()
     evaluate = make(model.shadow)
 
@@ -453,6 +471,75 @@ def evaluator(model, make, rebuild):
         return evaluate()
 
     return refreshed
+
+
+class ShardedView:
+    """A sharded model as evaluation sees an unsharded one: ``view(users, items)`` predicts pairs and
+    ``score(users [B], items [B, C])`` gives each user's candidates' logits, both through the sharded lookup (a
+    collective: every rank calls it as often as the others, hence ``lockstep``, which the sampled evaluation
+    honours). ``score_all`` would need the whole item table on one rank, and is refused."""
+
+    lockstep = True
+
+    def __init__(self, distributed):
+        self.distributed = distributed
+        self.binary = getattr(distributed.module.model, "binary", False)
+
+    @torch.no_grad()
+    def __call__(self, users, items, *args):
+        return self.distributed(users, items, *args)
+
+    @torch.no_grad()
+    def score(self, users, items):
+        return self.distributed(users[:, None].expand_as(items).reshape(-1), items.reshape(-1)).view(items.shape)
+
+    def score_all(self, users):
+        raise ShardingError("ranking every item needs the whole item table on one rank: use --eval_protocol sampled "
+                            "with --export_full")
+
+    def eval(self):
+        self.distributed.eval()
+        return self
+
+
+@contextlib.contextmanager
+def state_to_save(model, path, write=True):
+    """The state dict a single-file checkpoint at ``path`` holds (None where ``write`` is false): the model's own,
+    a sharded model's unsharded copy, or under --export_full its tables gathered onto the writing rank (rank 0) one
+    table at a time, each staged in a file beside ``path`` (memory-mapped, removed on leaving the block), so that no
+    process holds more than one table's pieces at once. Every rank of a sharded run enters it together."""
+    if not is_sharded(model):
+        yield getattr(model, "module", model).state_dict() if write else None
+        return
+    if not model.export_full:
+        yield model.shadow.state_dict() if write else None
+        return
+    import torch.distributed as dist
+
+    wrapped = model.module
+    state = wrapped.state_dict()
+    staged, full = [], {}
+    try:
+        for number, table in enumerate(wrapped.layout):
+            mine = [(tuple(piece.metadata.shard_offsets), piece.tensor.detach().cpu())
+                    for piece in state[_table_key(table.name)].local_shards()]
+            everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+            dist.gather_object(mine, everyone, dst=0)
+            if not write:
+                continue
+            staged.append(path.with_name(f".{path.name}.table{number}.tmp-{os.getpid()}"))
+            weight = np.memmap(staged[-1], dtype=np.float32, mode="w+", shape=(table.rows, table.width))
+            for pieces in everyone:
+                for (row, column), piece in pieces:
+                    weight[row:row + piece.shape[0], column:column + piece.shape[1]] = piece.float().numpy()
+            del everyone, pieces
+            full[f"{table.name}.weight"] = torch.from_numpy(weight)
+        yield ({key.removeprefix("model."): value.detach().cpu() for key, value in state.items()
+                if key.startswith("model.")} | full) if write else None
+    finally:
+        full.clear()
+        for file in staged:
+            file.unlink(missing_ok=True)
 
 
 def save_shards(model, path, epoch):

@@ -85,6 +85,26 @@ def test_sharded_evaluation_equals_one_process(synthetic, world_size):
     assert shards[2].item() == pytest.approx(whole[2].item(), rel=1e-5)  # loss: float32 batch sums, regrouped
 
 
+    class Lockstep:  # scoring that is a collective (sharded tables): every rank must call it as often
+        lockstep = True
+
+        def __init__(self):
+            self.calls = 0
+
+        def eval(self):
+            return self
+
+        def score(self, users, items):
+            self.calls += 1
+            return model.score(users, items)
+
+    counted = [Lockstep() for _ in range(world_size)]
+    together = sum(evaluation.sampled_sums(counted[rank], dataset, 10, 97, autocast, rank, world_size)
+                   for rank in range(world_size))
+    assert len({one.calls for one in counted}) == 1  # spare batches on the ranks with fewer users
+    assert torch.equal(together, shards)  # ...which are not counted
+
+
 @pytest.mark.slow  # torchrun with two CPU processes: `python -m pytest -m slow` (and CI) runs it
 def test_two_ranks_train_and_only_rank_zero_writes(synthetic, tmp_path):
     result = launch("--data", synthetic, *QUICK, "--checkpoint_dir", tmp_path / "ck")

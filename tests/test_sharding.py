@@ -126,6 +126,13 @@ def planted(tmp_path_factory):
     return folder / "data"
 
 
+def _epochs(folder):
+    import json
+
+    return {record["epoch"]: record for record in map(json.loads, (folder / "log.json").read_text().splitlines())
+            if record["type"] == "epoch"}
+
+
 def _summary(log):
     import json
 
@@ -137,21 +144,32 @@ def _summary(log):
 def test_ncf_trains_with_sharded_tables_as_well_as_with_ddp_and_its_best_checkpoint_is_todays(planted, tmp_path):
     from test_distributed import launch
 
-    runs = {}
-    for name, flags in (("ddp", []), ("sharded", ["--embedding_sharding", "table_wise"])):
+    runs, results = {}, {}
+    # (--valid_batch_size 250: 10 users a batch, so that the ranks' 24 users each make batches of 10, 10 and 4)
+    for name, flags in (("ddp", []), ("sharded", ["--embedding_sharding", "table_wise"]),
+                        ("streamed", ["--embedding_sharding", "table_wise", "--export_full"])):
         result = launch("--data", planted, "-e", "12", "-b", "256", "-l", "0.01", "--checkpoint_dir", tmp_path / name,
-                        *flags)
+                        "--valid_batch_size", "250", *flags)
         assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = _summary(tmp_path / name / "log.json")
-    assert "table_wise on rank 0" in result.stdout  # the plan is printed
+        runs[name], results[name] = _summary(tmp_path / name / "log.json"), result
+    assert "table_wise on rank 0" in results["sharded"].stdout  # the plan is printed
     assert runs["ddp"]["best_accuracy"] >= 0.9
     assert abs(runs["sharded"]["best_accuracy"] - runs["ddp"]["best_accuracy"]) <= 0.02
-    # best.pt of a sharded run is today's single-file checkpoint: --mode test in one process reproduces the run.
+    # --export_full evaluates through the sharded tables, not a gathered copy: the same numbers, epoch by epoch.
+    for epoch, record in _epochs(tmp_path / "streamed").items():
+        for key in ("train_loss", "hr@10", "ndcg@10", "validation_loss"):
+            assert record[key] == pytest.approx(_epochs(tmp_path / "sharded")[epoch][key], rel=1e-5), (epoch, key)
+    # best.pt of a sharded run is today's single-file checkpoint, written whole or table by table (nothing left
+    # staged beside it): --mode test in one process reproduces the run.
     import ncf
 
-    assert ncf.main(["--data", str(planted), "--mode", "test", "--load_checkpoint_path",
-                     str(tmp_path / "sharded" / "best.pt"), "--log_path", str(tmp_path / "test.json")]) == 0
-    assert _summary(tmp_path / "test.json")["hr@10"] == pytest.approx(runs["sharded"]["best_accuracy"], abs=1e-9)
+    assert not list((tmp_path / "streamed").glob(".*"))
+    for name in ("sharded", "streamed"):
+        assert ncf.main(["--data", str(planted), "--mode", "test", "--load_checkpoint_path",
+                         str(tmp_path / name / "best.pt"), "--log_path", str(tmp_path / f"{name}.json")]) == 0
+        assert _summary(tmp_path / f"{name}.json")["hr@10"] == pytest.approx(runs[name]["best_accuracy"], abs=1e-9)
+    assert (torch.load(tmp_path / "streamed" / "best.pt", weights_only=True)["state_dict"].keys()
+            == torch.load(tmp_path / "sharded" / "best.pt", weights_only=True)["state_dict"].keys())
 
 
 @needs_torchrec
@@ -193,8 +211,6 @@ def test_a_rating_model_trains_with_sharded_tables(tmp_path):
 @needs_torchrec
 @pytest.mark.slow
 def test_a_sharded_run_stopped_and_resumed_equals_an_uninterrupted_one(planted, tmp_path):
-    import json
-
     from test_distributed import launch
 
     flags = ["--data", planted, "-b", "128", "-l", "0.01", "--embedding_sharding", "table_wise"]
@@ -204,11 +220,7 @@ def test_a_sharded_run_stopped_and_resumed_equals_an_uninterrupted_one(planted, 
     resumed = launch(*flags, "-e", "4", "--checkpoint_dir", tmp_path / "parts", "--resume")
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
 
-    def epochs(folder):
-        return {record["epoch"]: record for record in map(json.loads, (folder / "log.json").read_text().splitlines())
-                if record["type"] == "epoch"}
-
-    whole, parts = epochs(tmp_path / "whole"), epochs(tmp_path / "parts")
+    whole, parts = _epochs(tmp_path / "whole"), _epochs(tmp_path / "parts")
     assert sorted(parts) == [0, 1, 2, 3]
     for epoch in (2, 3):
         for key in ("train_loss", "hr@10", "ndcg@10"):
