@@ -4,13 +4,15 @@
     python -m bench.profile_step --synthetic 138493 26744 20000000 --batch_size 1048576 --amp   # ML-20M shape
 
 Runs ``ncf.train_epoch`` exactly as ncf.py does, on the first ``--steps`` batches' worth of training pairs: once to
-warm up (and compile, with ``--compile``), once under ``torch.profiler``. Prints the wall time per step, the time
+warm up (and compile, with ``--compile``), ``--repeats`` times timed, once under ``torch.profiler``. Prints the
+wall time per step (the fastest pass, and the median), the time
 per step of drawing the batches alone (order, negatives, labels: no model), and the ``--top`` operators or kernels
 by their own time (kernels on a GPU, operators on a CPU), per step.
 """
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import time
 
@@ -18,6 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import dataloading
+import logger
 import train
 from bench import common, train_bench
 
@@ -28,6 +31,9 @@ def parse_args(argv=None):
     common.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
     parser.add_argument("--steps", type=int, default=20, help="steps profiled")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed passes over the steps: the fastest is reported (a shared machine's neighbours "
+                             "only ever slow a pass down), with the median beside it")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
     parser.add_argument("--top", type=int, default=25, help="operators listed")
     return parser.parse_args(argv)
@@ -63,11 +69,14 @@ def main(argv=None):
         run.epoch(dataset, number, train_model)
 
     epoch(0)  # warm-up, and compilation
-    synchronize(device)
-    started = time.perf_counter()
-    epoch(1)
-    synchronize(device)
-    step_ms = (time.perf_counter() - started) / steps * 1e3
+    passes = []
+    for repeat in range(args.repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        epoch(1 + repeat)
+        synchronize(device)
+        passes.append((time.perf_counter() - started) / steps * 1e3)
+    step_ms, median_ms = min(passes), statistics.median(passes)
     generator = torch.Generator(device).manual_seed(1)
     started = time.perf_counter()
     for _batch in dataloading.epoch_batches(dataset, run.config.batch_size, run.config.negative_samples, generator,
@@ -77,7 +86,7 @@ def main(argv=None):
     batches_ms = (time.perf_counter() - started) / steps * 1e3
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
-        epoch(2)
+        epoch(1 + args.repeats)
         synchronize(device)
     averages = profiler.key_averages()
     sort = "self_cpu_time_total"
@@ -89,7 +98,8 @@ def main(argv=None):
     label = common.run_label(run.config.amp, run.config.compile, run.config.model, run.config.branch_loss)
     print(f"{args.model}, batch {run.config.batch_size:,}{label}, "
           f"optimizer {run.config.optimizer}, data: {name}; device: {common.describe_device(device)}")
-    print(f"{steps} steps: {step_ms:.3f} ms a step ({run.config.batch_size / step_ms / 1e3:.1f}M samples/s); "
+    print(f"{steps} steps: {step_ms:.3f} ms a step at the fastest of {args.repeats} passes (median {median_ms:.3f}; "
+          f"{logger.rate(run.config.batch_size / step_ms * 1e3)}); "
           f"drawing the batches alone {batches_ms:.3f} ms a step; "
           f"{'device' if device.type == 'cuda' else 'CPU'} self time {total_us / steps / 1e3:.3f} ms a step")
     print("| operator or kernel | calls a step | ms a step | share |")

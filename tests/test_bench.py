@@ -164,6 +164,34 @@ def test_floor_counts_bytes_and_flops_and_compares_the_measured_step(capsys):
     assert ratio == pytest.approx(step_ms / floor_ms, rel=0.02, abs=0.06)
 
 
+@pytest.mark.slow  # four ncf.py processes
+def test_time_to_hr_on_the_wall_clock_times_whole_processes_and_tables_the_median_run(tmp_path, capsys):
+    pytest.importorskip("implicit")
+    bench = load_script("time_to_hr")
+    flags = ["--synthetic", "300", "200", "6000", "--runs", "2", "--target", "0.0", "--also", "--model gmf -e 1",
+             "--als", "--plot", str(tmp_path / "curves.png"), "--", "--model", "gmf", "-e", "3"]
+    assert bench.main(flags) == 0
+    output = capsys.readouterr().out
+    assert "start-up, loading and evaluation included" in output
+    command, also, als = table_rows(output, "`--model gmf -e 3`", "`--model gmf -e 1`",
+                                    "implicit ALS (bench.baselines settings)")
+    # Target 0: reached at the first epoch's line, which comes after the process's start-up (a second or more).
+    each = [float(value) for value in command[2].split(", ")]
+    assert len(each) == 2 and all(value > 0.5 for value in each) and float(command[3]) == pytest.approx(
+        sum(each) / 2, abs=0.051)
+    epochs = table_rows(output, "epoch 0", "epoch 1", "epoch 2")
+    assert [row[0] for row in epochs] == ["epoch 0", "epoch 1", "epoch 2", "epoch 0"]  # the -e 3 run, the -e 1 run
+    seconds = [float(row[5]) for row in epochs[:3]]
+    assert seconds == sorted(seconds) and seconds[0] == pytest.approx(max(each), abs=0.051)  # (the median of 2: the
+    # slower run, whose curve is tabled)
+    assert max(float(row[4].split(" / ")[0]) for row in epochs[:3]) == pytest.approx(float(command[4]), abs=1e-4)
+    sweeps = table_rows(output, *(f"{count} sweeps" for count in (1, 2, 4, 8, 15)))
+    assert len(sweeps) == 5 and all(0 <= float(row[4].split(" / ")[0]) <= 1 for row in sweeps)
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+    # Without --runs, --als has nothing to stand beside: one line.
+    assert bench.main(["--als", "--", "-e", "1"]) == 2
+
+
 def test_profile_step_ranks_operators_by_their_time(capsys):
     bench = load_script("profile_step")
     assert bench.main(["--synthetic", "150", "300", "4000", "--batch_size", "500", "--steps", "3", "--top", "8",

@@ -156,7 +156,7 @@ def test_recency_ranks_count_later_pairs_of_the_same_user():
     np.testing.assert_allclose(weights, [4.0, 1 + 3 * np.exp(-0.5), 1 + 3 * np.exp(-1.0), 1.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8, 0.3])  # 0.5: 8-bit draws; 0.1, 0.3: 16-bit
 def test_dropout_drops_the_right_share_and_keeps_the_mean(p):
     from neumf import Dropout
 
@@ -187,6 +187,31 @@ def test_fused_relu_dropout_equals_relu_then_dropout_with_gradients(device, p):
     assert torch.equal(fused, expected) and torch.equal(fused_grad, expected_grad)
     assert 0 < (fused == 0).double().mean().item() < 1
     assert torch.equal(relu_dropout(x, p, training=False), torch.relu(x))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+def test_training_tower_per_distinct_user_and_item_equals_the_joined_first_layer(kind):
+    # A training batch's first layer is applied per distinct user and item, then gathered (train mode); the joined
+    # embeddings through the whole layer (eval mode; no dropout to tell the modes apart) give the same outputs and
+    # the same gradients for every parameter.
+    torch.manual_seed(0)
+    model = build_model(kind, 30, 40, factors=8, layers=[16, 12, 6], dropout=0.0).double()
+    users, items = torch.randint(0, 30, (200,)), torch.randint(0, 40, (200,))  # repeated users and items
+    mlp = model.mlp if kind == "neumf" else model
+    joined = torch.cat([mlp.user_embedding(users), mlp.item_embedding(items)], dim=-1)
+    torch.testing.assert_close(mlp.distinct_first_layer(users, items), mlp.linears[0](joined))
+    results = []
+    for training in (True, False):
+        model.zero_grad()
+        output = model.train(training)(users, items)
+        (output ** 2).sum().backward()
+        results.append((output.detach(), {name: p.grad.clone() for name, p in model.named_parameters()
+                                          if p.grad is not None}))  # (NeuMF's branch outputs take no part)
+    (distinct_output, distinct_grads), (joined_output, joined_grads) = results
+    torch.testing.assert_close(distinct_output, joined_output)
+    assert distinct_grads.keys() == joined_grads.keys()
+    for name in distinct_grads:
+        torch.testing.assert_close(distinct_grads[name], joined_grads[name], msg=name)
 
 
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
