@@ -99,8 +99,9 @@ class Run:
         train.seed_dropout(self.config.seed, number)
         batches = dataloading.ImplicitBatches(dataset, self.config.batch_size, self.config.negative_samples,
                                               train.epoch_seed(self.config.seed, number), self.positives)
-        loss, samples = train.train_epoch(train_model or self.model, self.optimizer, self.scaler, self.autocast,
-                                          batches, self.loss, grads_accumulated=self.config.grads_accumulated)
+        model = self.model if train_model is None else train_model  # (a compiled module has no truth value)
+        loss, samples = train.train_epoch(model, self.optimizer, self.scaler, self.autocast, batches, self.loss,
+                                          grads_accumulated=self.config.grads_accumulated)
         return float(loss), samples
 
     def evaluator(self, dataset):

@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_arguments(parser)
+    parser.add_argument("--demo", action="store_true",
+                        help="(with --runs) time `python ncf.py` on its built-in demo, the README's first command")
     parser.add_argument("--target", type=float, help="HR@10 whose first reaching is timed")
     parser.add_argument("--append", action="store_true", help="append the result to docs/experiments.md")
     parser.add_argument("--runs", type=int, default=None,
@@ -94,9 +96,15 @@ def curve_table(records, target):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.runs is None and (args.also or args.als or args.plot):
-        print("time_to_hr.py: error: --also, --als and --plot compare wall-clock runs: add --runs N", file=sys.stderr)
+    if args.runs is None and (args.also or args.als or args.plot or args.demo):
+        print("time_to_hr.py: error: --demo, --also, --als and --plot go with wall-clock runs: add --runs N",
+              file=sys.stderr)
         return 2
+    if args.demo and (args.data or args.als):
+        print("time_to_hr.py: error: --demo runs ncf.py on its built-in data: drop --data and --als", file=sys.stderr)
+        return 2
+    if args.demo:
+        return wall_clock(args, None, argv)
     with tempfile.TemporaryDirectory() as folder:
         data = args.data
         if data is None:
@@ -136,12 +144,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def launch(data, flags):
-    """``python ncf.py`` on ``data`` with ``flags`` as a process of its own; returns (exit code, its output, the
-    epochs as (epoch, HR@k, NDCG@k, wall seconds from the launch to the epoch's line), the whole run's seconds)."""
+    """``python ncf.py`` on ``data`` (None: its built-in demo) with ``flags`` as a process of its own; returns (exit
+    code, its output, the epochs as (epoch, HR@k, NDCG@k, wall seconds from the launch to the epoch's line), the
+    whole run's seconds)."""
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "log.json"
-        command = [sys.executable, str(ROOT / "ncf.py"), "--data", str(data), *flags, "--checkpoint_dir", "",
-                   "--log_path", str(log_path)]
+        command = [sys.executable, str(ROOT / "ncf.py"), *(["--data", str(data)] if data else []), *flags,
+                   "--checkpoint_dir", "", "--log_path", str(log_path)]
         started = time.perf_counter()
         job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -222,7 +231,8 @@ def wall_clock(args, data, argv):
                   for count, hr, ndcg, seconds in curve]
         curves["implicit ALS"] = [(seconds, hr) for _, hr, _, seconds in curve]
     threads = torch.get_num_threads()
-    header = (f"data: {args.data or 'synthetic'}; target HR@10 {args.target}; wall seconds from launching "
+    data_name = "the built-in demo" if args.demo else args.data or "synthetic"
+    header = (f"data: {data_name}; target HR@10 {args.target}; wall seconds from launching "
               f"`python ncf.py` (start-up, loading and evaluation included); device: {os.cpu_count()} CPUs "
               f"({threads} torch threads), PyTorch {torch.__version__}")
     print(header, *lines, sep="\n")
