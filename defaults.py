@@ -12,7 +12,7 @@ import math
 
 DEFAULT_EPOCHS = 20
 RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at its end (ML-100k, docs/ratings.md)
-DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6875 HR@10): 10 take 60-136 s on 2 CPU cores, 20 took 3-4 minutes
+DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6885 HR@10): 10 take 56-68 s on 2 CPU cores, 20 took 3-4 minutes
 
 IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/experiments.md)
 

@@ -179,6 +179,8 @@ def reached(epochs, target):
 def als_curve(data, sweeps=(1, 2, 4, 8, 15)):
     """The implicit library's ALS fitted for each number of ``sweeps``: [(sweeps, HR@10, NDCG@10, seconds)], the
     seconds counting data loading, the fit and the evaluation."""
+    import implicit.cpu.als  # noqa: F401  (imported once, outside the timed fits)
+
     import dataloading
     from bench import baselines
 
