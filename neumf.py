@@ -234,15 +234,15 @@ class MLP(nn.Module):
         return [self.user_embedding.embedding_dim * 2] + [linear.out_features for linear in self.linears]
 
     def features(self, users, items):
-        if self.training and self.linears and isinstance(self.user_embedding, nn.Embedding):
+        linears = self.linears
+        if self.training and linears and isinstance(self.user_embedding, nn.Embedding):  # (not sharded tables)
             hidden = relu_dropout(self.distinct_first_layer(users, items), self.dropout, True)
-            for linear in self.linears[1:]:
-                hidden = relu_dropout(linear(hidden), self.dropout, True)
-            return hidden
-        joined = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)  # [..., layers[0]]
-        for linear in self.linears:  # the tower, each ReLU and Dropout fused into one step
-            joined = relu_dropout(linear(joined), self.dropout, self.training)
-        return joined  # [..., layers[-1]]
+            linears = linears[1:]
+        else:
+            hidden = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)  # [..., layers[0]]
+        for linear in linears:  # the tower, each ReLU and Dropout fused into one step
+            hidden = relu_dropout(linear(hidden), self.dropout, self.training)
+        return hidden  # [..., layers[-1]]
 
     def distinct_first_layer(self, users, items):
         """The first tower layer on the joined embeddings, before its ReLU, as a training batch needs it: the layer

@@ -200,12 +200,19 @@ def test_a_rating_model_trains_with_sharded_tables(tmp_path):
                                     for item in range(0, 40, 3)]
     (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
     assert run_convert(["--path", tmp_path / "r.csv", "--split", "random", "--output", tmp_path / "data"])[0] == 0
+    # (--export_full: evaluated through the sharded lookup, every rank predicting every held-out pair in step)
     result = launch("--data", tmp_path / "data", "--model", "biasmf", "-e", "2", "--checkpoint_dir", tmp_path / "run",
-                    "--embedding_sharding", "table_wise")
+                    "--embedding_sharding", "table_wise", "--export_full")
     assert result.returncode == 0, result.stderr[-2000:]
     # The factor tables are sharded; the one-column bias tables (FBGEMM needs widths divisible by 4) stay replicated.
     assert "user_embedding" in result.stdout and "user_bias" not in result.stdout
     assert _summary(tmp_path / "run" / "log.json")["best_metrics"]["rmse"] < 2
+    import ncf
+
+    assert ncf.main(["--data", str(tmp_path / "data"), "--mode", "test", "--load_checkpoint_path",
+                     str(tmp_path / "run" / "best.pt"), "--log_path", str(tmp_path / "test.json")]) == 0
+    assert _summary(tmp_path / "test.json")["rmse"] == pytest.approx(
+        _summary(tmp_path / "run" / "log.json")["best_metrics"]["rmse"], rel=1e-5)
 
 
 @needs_torchrec
