@@ -339,20 +339,31 @@ def full_state_dict(distributed):
 
     wrapped = distributed.module if hasattr(distributed, "module") else distributed
     state = wrapped.state_dict()
-    mine = {table.name: [(tuple(piece.metadata.shard_offsets), piece.tensor.detach().clone())
-                         for piece in state[_table_key(table.name)].local_shards()] for table in wrapped.layout}
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    full = {}
-    for table in wrapped.layout:
-        weight = torch.empty(table.rows, table.width)
-        for pieces in everyone:
-            for (row, column), piece in pieces[table.name]:
-                weight[row:row + piece.shape[0], column:column + piece.shape[1]] = piece
-        full[f"{table.name}.weight"] = weight
-    dense = {key.removeprefix("model."): value.detach().clone() for key, value in state.items()
-             if key.startswith("model.")}
-    return dense | full
+    dist.all_gather_object(everyone, {table.name: _local_pieces(state, table) for table in wrapped.layout})
+    return _dense_state(state) | {
+        f"{table.name}.weight": _assemble(torch.empty(table.rows, table.width), [mine[table.name] for mine in everyone])
+        for table in wrapped.layout}
+
+
+def _local_pieces(state, table):
+    """This rank's pieces of ``table`` in a sharded state dict: [((first row, first column), tensor)]."""
+    return [(tuple(piece.metadata.shard_offsets), piece.tensor.detach().cpu().clone())
+            for piece in state[_table_key(table.name)].local_shards()]
+
+
+def _assemble(weight, pieces_by_rank):
+    """Write every rank's pieces (``_local_pieces``) of a table into ``weight`` [rows, width]; returns it."""
+    for pieces in pieces_by_rank:
+        for (row, column), piece in pieces:
+            weight[row:row + piece.shape[0], column:column + piece.shape[1]] = piece
+    return weight
+
+
+def _dense_state(state):
+    """The entries of a sharded state dict outside the tables, under the unsharded model's own keys."""
+    return {key.removeprefix("model."): value.detach().cpu().clone() for key, value in state.items()
+            if key.startswith("model.")}
 
 
 # ------------------------------------------------------------------------------------------------ ncf.py's runs
@@ -521,21 +532,15 @@ def state_to_save(model, path, write=True):
     staged, full = [], {}
     try:
         for number, table in enumerate(wrapped.layout):
-            mine = [(tuple(piece.metadata.shard_offsets), piece.tensor.detach().cpu())
-                    for piece in state[_table_key(table.name)].local_shards()]
             everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-            dist.gather_object(mine, everyone, dst=0)
+            dist.gather_object(_local_pieces(state, table), everyone, dst=0)
             if not write:
                 continue
             staged.append(path.with_name(f".{path.name}.table{number}.tmp-{os.getpid()}"))
             weight = np.memmap(staged[-1], dtype=np.float32, mode="w+", shape=(table.rows, table.width))
-            for pieces in everyone:
-                for (row, column), piece in pieces:
-                    weight[row:row + piece.shape[0], column:column + piece.shape[1]] = piece.float().numpy()
-            del everyone, pieces
-            full[f"{table.name}.weight"] = torch.from_numpy(weight)
-        yield ({key.removeprefix("model."): value.detach().cpu() for key, value in state.items()
-                if key.startswith("model.")} | full) if write else None
+            full[f"{table.name}.weight"] = _assemble(torch.from_numpy(weight), everyone)
+            del everyone  # (this table's pieces, before the next one's arrive)
+        yield (_dense_state(state) | full) if write else None
     finally:
         full.clear()
         for file in staged:
