@@ -172,6 +172,14 @@ def test_ncf_trains_with_sharded_tables_as_well_as_with_ddp_and_its_best_checkpo
             == torch.load(tmp_path / "sharded" / "best.pt", weights_only=True)["state_dict"].keys())
 
 
+def test_export_full_without_sharded_tables_is_a_one_line_error(planted, capsys):
+    import ncf
+
+    assert ncf.main(["--data", str(planted), "--export_full", "--checkpoint_dir", ""]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "--embedding_sharding" in error and len(error.splitlines()) == 1
+
+
 @needs_torchrec
 @pytest.mark.slow
 def test_sharding_refuses_what_it_cannot_do_in_one_line(planted, tmp_path, capsys):
