@@ -53,6 +53,22 @@ def choose_learning_rate(batch_size):
     return max(0.001, 0.0045 * math.sqrt(batch_size / 2**20))
 
 
+SMALL_DATA = 500_000  # training pairs below which the MLP tower is the smaller one
+NVIDIA_LAYERS = [256, 256, 128, 64]
+SMALL_LAYERS = [128, 128, 64, 32]
+
+
+def choose_layers(num_train):
+    """Default MLP tower (--layers) of NeuMF and MLP: NVIDIA's 256 256 128 64, halved in every width below 500,000
+    training pairs.
+
+    On ML-100k's validation split (NeuMF defaults, seeds 0-2; docs/speed.md) the half-width tower ranks as well as
+    NVIDIA's (validation HR@10 0.7130 +- 0.0031 against 0.7116 +- 0.0049) at about a third of the time a step: a
+    small dataset does not need the larger tower, and the defaults on a laptop CPU go from minutes to about one.
+    ML-1M and larger keep NVIDIA's, measured there."""
+    return list(SMALL_LAYERS if num_train < SMALL_DATA else NVIDIA_LAYERS)
+
+
 LARGE_BATCH = 2**18
 
 

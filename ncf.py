@@ -59,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("-f", "--factors", type=int, default=64, help="GMF embedding size (predictive factors)")
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="MLP layer sizes, the first being the user and item embeddings joined (even); default "
-                             "256 256 128 64; for embnn its hidden layers, default 100")
+                             f"{tasks.LAYERS_DEFAULT}; for embnn its hidden layers, default 100")
     parser.add_argument("-n", "--negative_samples", type=int, default=None,
                         help="negatives drawn per positive, each epoch; default: chosen from the dataset size "
                              "(printed at start): NVIDIA's 4, up to 16 on small datasets (the built-in demo keeps 4)")
@@ -202,7 +202,7 @@ def resolve_config(args, dataset):
     """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
     if args.mode == "train":  # --mode test checks its checkpoint's model
         tasks.check(args.model, dataset, args.eval_protocol, args.topk, args.binary)
-    layers, dropout = tasks.model_defaults(args.model, args.layers, args.dropout)
+    layers, dropout, layer_notes = tasks.model_defaults(args.model, args.layers, args.dropout, dataset.num_train)
     given = (args.batch_size, args.learning_rate, args.beta1, args.beta2, args.weight_decay, args.lr_schedule)
     if not tasks.is_implicit(args.model):
         values, notes, warning = choose_rating_sizes(dataset.num_train, args.model, *given)
@@ -210,6 +210,7 @@ def resolve_config(args, dataset):
         notes |= range_notes
     else:
         values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples, *given)
+    notes |= layer_notes
     if warning:
         print(warning, file=sys.stderr)
     return Config(**(vars(args) | values | {"layers": layers, "dropout": dropout})), notes

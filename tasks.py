@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 import dataloading
+import defaults
 import evaluation
 import train
 from mf import RATING_MODELS
 from reviews import TEXT_BASES, TEXT_MODELS
 
 # Per-family defaults of the flags whose default is None (a flag given on the command line always wins).
-MODEL_DEFAULTS = {"layers": [256, 256, 128, 64], "dropout": 0.5}
+MODEL_DEFAULTS = {"layers": defaults.NVIDIA_LAYERS, "dropout": 0.5}
 RATING_DEFAULTS = {"embnn": {"layers": [100], "dropout": 0.0}}
 
 
@@ -77,10 +78,20 @@ def data_settings(dataset):
     return {} if dataset.vocabulary is None else {"num_words": max(len(dataset.vocabulary[0]), 1)}
 
 
-def model_defaults(kind, layers, dropout):
-    """--layers and --dropout as given, else the family's default (NeuMF's tower; EmbNN's one layer of 100)."""
-    chosen = MODEL_DEFAULTS | RATING_DEFAULTS.get(kind, {})
-    return (chosen["layers"] if layers is None else layers), (chosen["dropout"] if dropout is None else dropout)
+LAYERS_DEFAULT = (f"NVIDIA's {' '.join(map(str, defaults.NVIDIA_LAYERS))}, halved to "
+                  f"{' '.join(map(str, defaults.SMALL_LAYERS))} below {defaults.SMALL_DATA:,} training pairs "
+                  "(printed at start)")
+
+
+def model_defaults(kind, layers, dropout, num_train=None):
+    """--layers and --dropout as given, else the family's default (NeuMF's and MLP's tower chosen for ``num_train``
+    training pairs, NVIDIA's when None; EmbNN's one layer of 100), and notes {what: (value, how chosen)} to print."""
+    chosen, notes = MODEL_DEFAULTS | RATING_DEFAULTS.get(kind, {}), {}
+    if layers is None and kind in ("mlp", "neumf") and num_train is not None:
+        layers = defaults.choose_layers(num_train)
+        notes["MLP layers"] = (" ".join(map(str, layers)), f"chosen for {num_train:,} training pairs; set with "
+                               "--layers")
+    return (chosen["layers"] if layers is None else layers), (chosen["dropout"] if dropout is None else dropout), notes
 
 
 def check(kind, dataset, protocol, topk, binary=False):

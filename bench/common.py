@@ -43,6 +43,8 @@ def add_run_arguments(parser):
     parser.add_argument("--compile", nargs="?", const="default", choices=train.COMPILE_MODES, metavar="MODE",
                         help="torch.compile in this mode, as ncf.py --compile (the warm-up absorbs compiling)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("-f", "--factors", type=int, help="GMF embedding size, as ncf.py (default: ncf.py's)")
+    parser.add_argument("--layers", nargs="+", type=int, help="MLP layer sizes, as ncf.py (default: ncf.py's)")
 
 
 def run_flags(args):
@@ -51,6 +53,8 @@ def run_flags(args):
     return (["--optimizer", args.optimizer, "--branch_loss", str(args.branch_loss)] + (["--amp"] if args.amp else [])
             + (["--compile", args.compile] if args.compile else [])
             + (["-n", str(args.negative_samples)] if args.negative_samples is not None else [])
+            + (["-f", str(args.factors)] if args.factors else [])
+            + (["--layers", *map(str, args.layers)] if args.layers else [])
             + (["--data", args.data] if args.data else []))
 
 

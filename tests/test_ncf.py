@@ -280,6 +280,15 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
     assert "negatives per positive" not in notes and given_config.negative_samples == 2
     # Epochs: 20, the demo 10 (its best epoch comes by the 9th); a given -e is used for either.
     assert (demo.epochs, given.epochs) == (10, 20)
+    # The MLP tower: NVIDIA's from ML-1M's size up, halved below 500,000 pairs; --layers as given, and only the
+    # models with a tower get one chosen.
+    assert "MLP layers: 128 128 64 32 (chosen for 336 training pairs" in out
+    assert demo_config.layers == [128, 128, 64, 32]
+    for flags, layers in ((["--layers", "64", "32"], [64, 32]), (["--model", "gmf"], [256, 256, 128, 64])):
+        config, notes = ncf.resolve_config(ncf.parse_args(["--data", str(planted), *flags]), dataset)
+        assert "MLP layers" not in notes and config.layers == layers
+    assert [defaults.choose_layers(n) for n in (20_000_000, 994_169, 500_000, 499_999, 99_057)] == \
+        [[256, 256, 128, 64]] * 3 + [[128, 128, 64, 32]] * 2
     assert ncf.parse_args(["-e", "3"]).epochs == 3 and ncf.parse_args(["--data", "x", "-e", "30"]).epochs == 30
 
 
