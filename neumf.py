@@ -78,10 +78,11 @@ class _RowGather(torch.autograd.Function):
 
 def lookup(table, ids):
     """``table(ids)`` for an embedding module, or the rows ``ids`` of a 2-D tensor: in CPU training through
-    ``_RowGather``'s faster backward (a plain ``nn.Embedding`` only: sparse gradients, ``max_norm`` and sharded
-    tables keep their own lookup), elsewhere as it is."""
+    ``_RowGather``'s faster backward (a plain ``nn.Embedding`` only: sparse gradients, ``max_norm``, sharded tables
+    and tables with hooks, as row-sparse Adam's, keep their own lookup), elsewhere as it is."""
     if isinstance(table, nn.Embedding):
-        if table.sparse or table.max_norm is not None or table.padding_idx is not None:
+        if (table.sparse or table.max_norm is not None or table.padding_idx is not None or table._forward_hooks
+                or table._forward_pre_hooks or not table.weight.requires_grad):
             return table(ids)
         table = table.weight
     elif isinstance(table, nn.Module):  # a sharded table
