@@ -12,7 +12,7 @@ import math
 
 DEFAULT_EPOCHS = 20
 RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at its end (ML-100k, docs/ratings.md)
-DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6885 HR@10): 10 take 56-68 s on 2 CPU cores, 20 took 3-4 minutes
+DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6840 HR@10): 10 take 30-35 s on 2 CPU cores
 
 IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/experiments.md)
 
@@ -64,7 +64,8 @@ def choose_layers(num_train):
 
     On ML-100k's validation split (NeuMF defaults, seeds 0-2; docs/speed.md) the half-width tower ranks as well as
     NVIDIA's (validation HR@10 0.7130 +- 0.0031 against 0.7116 +- 0.0049) at about a third of the time a step: a
-    small dataset does not need the larger tower, and the defaults on a laptop CPU go from minutes to about one.
+    small dataset does not need the larger tower, and ML-100k's defaults take under two minutes on 2 CPU cores
+    instead of about four.
     ML-1M and larger keep NVIDIA's, measured there."""
     return list(SMALL_LAYERS if num_train < SMALL_DATA else NVIDIA_LAYERS)
 
