@@ -65,8 +65,7 @@ def choose_layers(num_train):
     On ML-100k's validation split (NeuMF defaults, seeds 0-2; docs/speed.md) the half-width tower ranks as well as
     NVIDIA's (validation HR@10 0.7130 +- 0.0031 against 0.7116 +- 0.0049) at about a third of the time a step: a
     small dataset does not need the larger tower, and ML-100k's defaults take under two minutes on 2 CPU cores
-    instead of about four.
-    ML-1M and larger keep NVIDIA's, measured there."""
+    instead of about four. ML-1M and larger keep NVIDIA's: the smaller tower was not measured there."""
     return list(SMALL_LAYERS if num_train < SMALL_DATA else NVIDIA_LAYERS)
 
 
