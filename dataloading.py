@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -486,10 +487,11 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
     weight (a negative takes its positive's) when the dataset has ``train_weights``, else None.
 
     ``batch_size`` counts samples (positives and negatives together, as in NVIDIA's tool). Positives are shuffled and
-    split into chunks of ``batch_size / (1 + n)``; each chunk is followed by its ``n`` negatives per positive. The
-    last chunk may be smaller. With several ranks, each takes its own slice of every global batch: ``generator``
-    (which orders the positives) must then be seeded alike on every rank, and ``negative_generator`` (default
-    ``generator``) differently, so that each rank draws its own negatives.
+    split into chunks of ``batch_size / (1 + n)``; each chunk is followed by its ``n`` negatives per positive, in
+    ``n`` blocks laid out as the chunk, so that a batch's users are ``1 + n`` copies of the chunk's
+    (``ImplicitInputs``). The last chunk may be smaller. With several ranks, each takes its own slice of every global
+    batch: ``generator`` (which orders the positives) must then be seeded alike on every rank, and
+    ``negative_generator`` (default ``generator``) differently, so that each rank draws its own negatives.
 
     Negatives are drawn for a block of consecutive batches at once (about ``block_samples`` samples): drawing per
     batch costs some 150 small kernel launches per step, which dominated small-batch training (measured 5.8 ms per
@@ -531,6 +533,18 @@ def epoch_batches(dataset, batch_size, negatives_per_positive, generator, positi
             offset = stop
 
 
+class ImplicitInputs(NamedTuple):
+    """One implicit-feedback training batch as the loss functions take it. ``users``, ``items``, ``labels`` and
+    ``weights`` as ``epoch_batches`` yields them; ``groups`` says how the batch repeats its users: ``users`` is
+    ``groups`` back-to-back copies of its first ``len(users) / groups`` entries (one block for the positives and one
+    per negative drawn for each), so a model may look each user up once and broadcast it (1: no such promise)."""
+    users: torch.Tensor
+    items: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor | None
+    groups: int = 1
+
+
 class ImplicitBatches:
     """One epoch of training batches for the implicit models, as ``train.fit`` takes them: ``len()`` batches, each
     a ``train.Batch`` whose inputs are (users, items, labels, weights) from ``epoch_batches``.
@@ -556,7 +570,8 @@ class ImplicitBatches:
         for step, (users, items, labels, weights) in enumerate(batches):
             # The global batch's samples (every rank's slice), known without asking the other ranks.
             global_positives = min(self.positives_per_batch, self.dataset.num_train - step * self.positives_per_batch)
-            yield Batch((users, items, labels, weights), labels.numel(), global_positives * (1 + self.negatives))
+            yield Batch(ImplicitInputs(users, items, labels, weights, 1 + self.negatives), labels.numel(),
+                        global_positives * (1 + self.negatives))
 
 
 class RatingBatches:

@@ -23,12 +23,28 @@ def binary_cross_entropy(logits, labels, weights=None):
 
 def implicit_loss(model, inputs, autocast):
     """The training loss of GMF, MLP and the paper's NeuMF (``train.fit``'s loss function): summed BCE of
-    ``model(users, items)`` over a batch's (users, items, labels, weights); reported and minimised alike."""
-    users, items, labels, weights = inputs
+    ``model(users, items)`` over a batch's (users, items, labels, weights[, groups]); reported and minimised alike.
+    ``groups`` (``dataloading.ImplicitInputs``) tells the model how the batch repeats its users."""
+    users, items, labels, weights, *groups = inputs
     with autocast():
-        logits = model(users, items)
+        logits = model(users, items, **_grouping(groups))
     loss = binary_cross_entropy(logits, labels, weights)
     return loss, loss
+
+
+def _grouping(groups):
+    """The keyword arguments that pass a batch's ``groups`` to a model: none for a plain batch."""
+    return {"groups": groups[0]} if groups and groups[0] > 1 else {}
+
+
+def _shared_users(users, groups, table):
+    """The first ``len(users) / groups`` users when ``users`` is ``groups`` repeats of them (a training batch from
+    ``dataloading.ImplicitInputs``: each positive's negatives share its user) and ``table`` is a plain embedding, so
+    that each user row is looked up once and broadcast over the groups; else None (a sharded table has looked up
+    every sample's row already)."""
+    if groups == 1 or not isinstance(table, nn.Embedding):
+        return None
+    return users[:users.shape[0] // groups]
 
 
 def _check_sizes(num_users, num_items, factors=None, layers=None, dropout=0.0):
@@ -188,11 +204,28 @@ class GMF(nn.Module):
         self.output = nn.Linear(factors, 1)
         _lecun_uniform_(self.output)
 
-    def features(self, users, items):
-        return lookup(self.user_embedding, users) * lookup(self.item_embedding, items)  # [..., factors]
+    def features(self, users, items, groups=1):
+        """[..., factors]: the two embeddings' element-wise product. With ``groups`` > 1 (a training batch whose
+        users repeat in that many blocks: ``_shared_users``) each user row is looked up once and broadcast over the
+        blocks; the same values."""
+        shared = _shared_users(users, groups, self.user_embedding)
+        if shared is None:
+            return lookup(self.user_embedding, users) * lookup(self.item_embedding, items)
+        item_rows = lookup(self.item_embedding, items)
+        width = item_rows.shape[-1]
+        return (item_rows.view(groups, -1, width) * lookup(self.user_embedding, shared)).view(-1, width)
 
-    def forward(self, users, items):
-        return self.output(self.features(users, items)).squeeze(-1)
+    def forward(self, users, items, groups=1):
+        """Logits of users and items [B]; ``groups`` as ``features``. Over a grouped batch the output layer's
+        weights are folded into the looked-up user rows (``sum_f (w_f u_f) v_f``), so the product and its
+        gradients take two passes over the batch instead of four; the same values up to rounding."""
+        shared = _shared_users(users, groups, self.user_embedding)
+        if shared is None:
+            return self.output(self.features(users, items)).squeeze(-1)
+        scaled = lookup(self.user_embedding, shared) * self.output.weight[0]  # [B / groups, factors]
+        item_rows = lookup(self.item_embedding, items)
+        logits = (item_rows.view(groups, -1, item_rows.shape[-1]) * scaled).sum(-1)
+        return logits.view(-1) + self.output.bias
 
     def training_loss(self):
         """The loss function ``train.fit`` trains this model with."""
@@ -267,10 +300,12 @@ class MLP(nn.Module):
         """The ``layers`` this MLP was built with: the joined embeddings' width, then each tower layer's."""
         return [self.user_embedding.embedding_dim * 2] + [linear.out_features for linear in self.linears]
 
-    def features(self, users, items):
+    def features(self, users, items, groups=1):
+        """[..., layers[-1]]: the tower's output. ``groups`` as ``GMF.features`` (in training, the first layer's
+        user half is then applied to the users of one block)."""
         linears = self.linears
         if self.training and linears and isinstance(self.user_embedding, nn.Embedding):  # (not sharded tables)
-            hidden = relu_dropout(self.distinct_first_layer(users, items), self.dropout, True)
+            hidden = relu_dropout(self.distinct_first_layer(users, items, groups), self.dropout, True)
             linears = linears[1:]
         else:
             hidden = torch.cat([lookup(self.user_embedding, users), lookup(self.item_embedding, items)], dim=-1)
@@ -278,22 +313,27 @@ class MLP(nn.Module):
             hidden = relu_dropout(linear(hidden), self.dropout, self.training)
         return hidden  # [..., layers[-1]]
 
-    def distinct_first_layer(self, users, items):
+    def distinct_first_layer(self, users, items, groups=1):
         """The first tower layer on the joined embeddings, before its ReLU, as a training batch needs it: the layer
         is split into its user and item halves, each applied once per distinct user or item of the batch, and the
         two gathered back per sample and added. A batch repeats its users and items (ML-100k's 4,096 samples hold
         at most 943 users), so this is up to several times fewer multiply-adds than applying the layer per sample,
-        in the forward and the backward pass alike; the result is the same up to rounding."""
+        in the forward and the backward pass alike; the result is the same up to rounding. With ``groups`` > 1
+        (``_shared_users``) the user half is gathered for one block of users and broadcast over the blocks."""
         first, width = self.linears[0], self.user_embedding.embedding_dim
-        user_ids, user_rows = torch.unique(users, return_inverse=True)
+        shared = _shared_users(users, groups, self.user_embedding)
+        user_ids, user_rows = torch.unique(users if shared is None else shared, return_inverse=True)
         item_ids, item_rows = torch.unique(items, return_inverse=True)
         user_part = nn.functional.linear(lookup(self.user_embedding, user_ids), first.weight[:, :width], first.bias)
         item_part = nn.functional.linear(lookup(self.item_embedding, item_ids), first.weight[:, width:])
         # (gathered as lookups, whose backward sums the rows' gradients far faster on a CPU than indexing's)
-        return lookup(user_part, user_rows) + lookup(item_part, item_rows)
+        user_hidden, item_hidden = lookup(user_part, user_rows), lookup(item_part, item_rows)
+        if shared is None:
+            return user_hidden + item_hidden
+        return (item_hidden.view(groups, -1, item_hidden.shape[-1]) + user_hidden).view(item_hidden.shape)
 
-    def forward(self, users, items):
-        return self.output(self.features(users, items)).squeeze(-1)
+    def forward(self, users, items, groups=1):
+        return self.output(self.features(users, items, groups)).squeeze(-1)
 
     def training_loss(self):
         """The loss function ``train.fit`` trains this model with."""
@@ -408,10 +448,11 @@ class NeuMF(nn.Module):
         self.mlp.output.requires_grad_(enabled)
         return self
 
-    def forward(self, users, items, branches=False):
+    def forward(self, users, items, branches=False, groups=1):
         """NeuMF's logits; with ``branches``, also each branch's own logits through its own output layer (the GMF
-        and MLP models inside NeuMF), as a tuple (joint, gmf, mlp). The features are computed once for all three."""
-        gmf, mlp = self.gmf.features(users, items), self.mlp.features(users, items)
+        and MLP models inside NeuMF), as a tuple (joint, gmf, mlp). The features are computed once for all three.
+        ``groups`` as ``GMF.features``."""
+        gmf, mlp = self.gmf.features(users, items, groups), self.mlp.features(users, items, groups)
         joint = self.output(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
         if not branches:
             return joint
@@ -432,9 +473,9 @@ class NeuMF(nn.Module):
             return implicit_loss
 
         def loss_with_branches(model, inputs, autocast):
-            users, items, labels, weights = inputs
+            users, items, labels, weights, *groups = inputs
             with autocast():
-                joint, gmf, mlp = model(users, items, branches=True)
+                joint, gmf, mlp = model(users, items, branches=True, **_grouping(groups))
             own = binary_cross_entropy(joint, labels, weights)
             return own, own + branch_loss * (binary_cross_entropy(gmf, labels, weights)
                                              + binary_cross_entropy(mlp, labels, weights))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import convert
 import dataloading
 import evaluation
 from checkpoint import build_model
@@ -144,6 +145,45 @@ def test_epoch_batches_cover_every_positive_once_with_n_negatives():
             assert batch_weights.tolist() == [by_pair[pair] for pair in pairs] * 3
             seen += pairs
     assert sorted(seen) == sorted(map(tuple, train.tolist()))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_implicit_batches_repeat_their_users_in_as_many_blocks_as_they_say(world_size):
+    # ImplicitInputs.groups is a promise the models rely on: users is `groups` copies of its first len / groups.
+    dataset = dataloading.dataset_from_split(convert.generated_split((40, 60, 400), seed=3, num_negatives=5), "toy")
+    for rank in range(world_size):
+        batches = list(dataloading.ImplicitBatches(dataset, 64, 3, seed=5, rank=rank, world_size=world_size))
+        assert len(batches) > 3 and batches[-1].samples < batches[0].samples  # a smaller last batch too
+        for batch in batches:
+            users, items, labels, _, groups = batch.inputs
+            assert groups == 4 and users.numel() == items.numel() == labels.numel() == batch.samples
+            blocks = users.view(groups, -1)
+            assert torch.equal(blocks, blocks[:1].expand_as(blocks))
+            assert labels.view(groups, -1)[0].eq(1).all() and labels.view(groups, -1)[1:].eq(0).all()
+
+
+@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
+def test_grouped_batches_give_the_plain_forward_pass_values_and_gradients(kind):
+    # Told that the users repeat in blocks, the models look each user up once and broadcast it: outputs and
+    # every gradient equal the plain pass's, dropout included (the same draws, in train mode).
+    torch.manual_seed(0)
+    model = build_model(kind, 30, 40, factors=8, layers=[16, 12, 6], dropout=0.5).double().train()
+    groups, block = 5, 23
+    users, items = torch.randint(0, 30, (block,)).repeat(groups), torch.randint(0, 40, (groups * block,))
+    upstream = torch.randn(groups * block, dtype=torch.double)
+    results = []
+    for grouping in ({}, {"groups": groups}):
+        model.zero_grad()
+        torch.manual_seed(7)
+        output = model(users, items, **grouping)
+        (output * upstream).sum().backward()
+        results.append((output.detach(), {name: p.grad.clone() for name, p in model.named_parameters()
+                                          if p.grad is not None}))
+    (plain, plain_grads), (grouped, grouped_grads) = results
+    torch.testing.assert_close(grouped, plain)
+    assert grouped_grads.keys() == plain_grads.keys() and len(plain_grads) >= 4
+    for name in plain_grads:
+        torch.testing.assert_close(grouped_grads[name], plain_grads[name], msg=name)
 
 
 def test_recency_ranks_count_later_pairs_of_the_same_user():
