@@ -3,7 +3,7 @@
     python -m bench.time_to_hr                                         # CPU-sized default: the demo shape
     python -m bench.time_to_hr --synthetic 138493 26744 20000000 --target 0.839 -- -b 1048576 --amp -e 10
     python -m bench.time_to_hr --data data/ml1m-ncf --target 0.716 --runs 3 --also "" --als --plot ml1m.png \
-        -- --model gmf -e 6 -b 8192 -l 0.008 --lr_schedule cosine -n 4
+        -- --model gmf -e 6 -b 4096 -l 0.004 -n 16 --lr_schedule cosine
 
 Generates the synthetic set (``--synthetic U I N``, as ``convert.py --synthetic`` would) into a temporary
 directory, or uses ``--data``, then runs ``ncf.py`` with the flags after ``--`` (defaults otherwise) and no
