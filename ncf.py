@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("-b", "--batch_size", type=int, default=None,
                         help="samples (positives and negatives) per optimizer step; default: chosen from the "
                              "dataset size (printed at start)")
-    parser.add_argument("--valid_batch_size", type=int, default=2**20, help="samples per evaluation batch")
+    parser.add_argument("--valid_batch_size", type=int, help="samples per evaluation batch (default 2^20; CPU: 2^14)")
     parser.add_argument("-f", "--factors", type=int, default=64, help="GMF embedding size (predictive factors)")
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="MLP layer sizes, the first being the user and item embeddings joined (even); default "

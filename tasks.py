@@ -199,11 +199,12 @@ def batches(config, dataset, runtime):
 def evaluator(config, dataset, model, autocast, runtime):
     """The evaluation of ``model`` (the plain module): its metrics on the test set, and on the validation set
     (``valid_`` prefixed) when there is one."""
+    batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
     if config.model == "textitem":
-        return text_evaluator(config, dataset, model, autocast)
+        return text_evaluator(dataset, model, autocast, batch_size)
     if not is_rating(config.model):
-        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, config.valid_batch_size,
-                                    autocast, runtime.rank, runtime.world_size, config.compile)
+        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, batch_size, autocast,
+                                    runtime.rank, runtime.world_size, config.compile)
     sets = [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
     # SimpleCF's binary variant outputs logits: its errors are those of the probabilities against the 0/1 labels.
     predict = (lambda users, items: torch.sigmoid(model(users, items))) if getattr(model, "binary", False) else model
@@ -213,7 +214,7 @@ def evaluator(config, dataset, model, autocast, runtime):
         model.eval()
         for prefix, held in sets:
             users = torch.repeat_interleave(held.users, held.offsets.diff())
-            result = evaluation.rating_metrics(predict, users, held.items, held.ratings, config.valid_batch_size,
+            result = evaluation.rating_metrics(predict, users, held.items, held.ratings, batch_size,
                                                autocast, held.text if config.model in READS_REVIEW else None)
             scored += result.pop("eval_samples")
             metrics.update({prefix + key: value for key, value in result.items()})
@@ -222,7 +223,7 @@ def evaluator(config, dataset, model, autocast, runtime):
     return evaluate
 
 
-def text_evaluator(config, dataset, model, autocast):
+def text_evaluator(dataset, model, autocast, batch_size):
     """``textitem``'s evaluation: the mean text loss of the held-out reviews (``text_loss``, and ``valid_text_loss``
     with a validation set), its negative words drawn the same way at every evaluation."""
     sets = [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
@@ -235,8 +236,8 @@ def text_evaluator(config, dataset, model, autocast):
             generator = torch.Generator(users.device).manual_seed(0)
             total, reviews = 0.0, 0
             with torch.no_grad():
-                for start in range(0, users.numel(), config.valid_batch_size):
-                    rows = torch.arange(start, min(start + config.valid_batch_size, users.numel()),
+                for start in range(0, users.numel(), batch_size):
+                    rows = torch.arange(start, min(start + batch_size, users.numel()),
                                         device=users.device)
                     with autocast():
                         loss, count = model.text_loss(held.items[rows], *held.text.take(rows), generator)

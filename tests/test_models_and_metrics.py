@@ -324,3 +324,18 @@ def test_linear_relu_equals_the_plain_ops():
     x, weight, bias = torch.randn(300, 24), torch.randn(16, 24), torch.randn(16)
     with torch.no_grad():
         assert torch.allclose(linear_relu(x, weight, bias), torch.relu(x @ weight.T + bias), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_batches_default_by_device_and_do_not_change_the_metrics():
+    # --valid_batch_size left out: 2^14 samples a batch on a CPU, NVIDIA's 2^20 elsewhere; any batching gives the
+    # same metrics, a last partial batch included.
+    assert evaluation.default_batch_samples("cpu") == 2**14 and evaluation.default_batch_samples("cuda") == 2**20
+    dataset = dataloading.dataset_from_split(convert.generated_split((40, 60, 400), seed=3, num_negatives=5), "toy")
+    model = build_model("neumf", dataset.num_users, dataset.num_items, factors=8, layers=[16, 8], dropout=0.0).eval()
+    chosen = evaluation.evaluator(model, dataset, "sampled", 3, None, lambda: torch.autocast("cpu", enabled=False))()
+    for batch_samples in (2**14, 25):  # 25: 4 users of 6 candidates a batch, the last batch partial
+        metrics = evaluation.evaluator(model, dataset, "sampled", 3, batch_samples,
+                                       lambda: torch.autocast("cpu", enabled=False))()
+        assert metrics.keys() == chosen.keys() and chosen["eval_samples"] == 40 * 6
+        for key in chosen:
+            assert metrics[key] == pytest.approx(chosen[key], abs=1e-6), key
