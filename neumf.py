@@ -217,8 +217,8 @@ class GMF(nn.Module):
 
     def forward(self, users, items, groups=1):
         """Logits of users and items [B]; ``groups`` as ``features``. Over a grouped batch the output layer's
-        weights are folded into the looked-up user rows (``sum_f (w_f u_f) v_f``), so the product and its
-        gradients take two passes over the batch instead of four; the same values up to rounding."""
+        weights are folded into the looked-up user rows (``sum_f (w_f u_f) v_f``), so the batch-sized work is one
+        product and one sum, with no [B, factors] features through a linear layer; the same values up to rounding."""
         shared = _shared_users(users, groups, self.user_embedding)
         if shared is None:
             return self.output(self.features(users, items)).squeeze(-1)
