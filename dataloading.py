@@ -547,7 +547,8 @@ class ImplicitInputs(NamedTuple):
 
 class ImplicitBatches:
     """One epoch of training batches for the implicit models, as ``train.fit`` takes them: ``len()`` batches, each
-    a ``train.Batch`` whose inputs are (users, items, labels, weights) from ``epoch_batches``.
+    a ``train.Batch`` whose inputs are ``ImplicitInputs``: (users, items, labels, weights) from ``epoch_batches``, and
+    the 1 + n blocks its users repeat in.
 
     ``seed`` is the epoch's seed (``train.epoch_seed``): the order of the positives comes from it alike on every
     rank (each rank takes its slice of every global batch), the negatives from it and the rank.
