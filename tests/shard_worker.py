@@ -19,6 +19,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sharding  # noqa: E402
+import train  # noqa: E402
 from checkpoint import build_model  # noqa: E402
 
 LEARNING_RATE = 0.5
@@ -31,6 +32,13 @@ def batch(rank, size=16):
 
 def main(out, kind, model_kind):
     dist.init_process_group("gloo")
+    # Every rank waits for the others before Gloo is torn down, as ncf.py does: a rank that left while the other was
+    # still in its last collective (the sharded lookups are collectives) made that one abort at exit.
+    with train.process_group_teardown():
+        check(out, kind, model_kind)
+
+
+def check(out, kind, model_kind):
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -64,7 +72,6 @@ def main(out, kind, model_kind):
                     if isinstance(module, torch.nn.Embedding))
         Path(out).write_text(json.dumps({"difference": difference, "bytes_per_rank": per_rank, "total": total,
                                          "gathered_difference": gathered}))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
