@@ -199,7 +199,8 @@ def resume_fields(config):
             ("eval_protocol", "--eval_protocol", "sampled", True),
             ("recency_window", "--recency_window", 10.0, bool(config["recency"])),
             ("branch_loss", "--branch_loss", 0.0, config["model"] == "neumf"),
-            ("embedding_sharding", "--embedding_sharding", "none", True)]
+            ("embedding_sharding", "--embedding_sharding", "none", True),
+            ("lr_schedule", "--lr_schedule", None, True)]
 
 
 def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields=None):

@@ -97,15 +97,18 @@ class Run:
     scaler: object
     positives: object
 
-    def epoch(self, dataset, number, train_model=None):
-        """Train one epoch as ncf.py does (seeded by its number); returns (mean loss, samples), waiting for the
-        device."""
+    def epoch(self, dataset, number, train_model=None, epochs=None):
+        """Train one epoch as ncf.py does (seeded by its number, the rate set by the config's --lr_schedule for a run
+        of ``epochs``, default its -e); returns (mean loss, samples), waiting for the device."""
         train.seed_dropout(self.config.seed, number)
         batches = dataloading.ImplicitBatches(dataset, self.config.batch_size, self.config.negative_samples,
                                               train.epoch_seed(self.config.seed, number), self.positives)
         model = self.model if train_model is None else train_model  # (a compiled module has no truth value)
         loss, samples = train.train_epoch(model, self.optimizer, self.scaler, self.autocast, batches, self.loss,
-                                          grads_accumulated=self.config.grads_accumulated)
+                                          grads_accumulated=self.config.grads_accumulated,
+                                          learning_rate=train.schedule(self.config.lr_schedule,
+                                                                       self.config.learning_rate),
+                                          position=(number, epochs or self.config.epochs))
         return float(loss), samples
 
     def evaluator(self, dataset):

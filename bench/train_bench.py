@@ -53,7 +53,7 @@ def measure(dataset, device, batch_size, args):
     train_seconds, eval_seconds, hrs = [], [], []
     for epoch in range(args.epochs):
         started = time.perf_counter()
-        _, samples = run.epoch(dataset, epoch, train_model)
+        _, samples = run.epoch(dataset, epoch, train_model, epochs=args.epochs)
         train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         metrics = evaluate()

@@ -197,7 +197,7 @@ def test_recency_ranks_count_later_pairs_of_the_same_user():
     np.testing.assert_allclose(weights, [4.0, 1 + 3 * np.exp(-0.5), 1 + 3 * np.exp(-1.0), 1.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.8, 0.3])  # 0.5: 8-bit draws; 0.1, 0.3: 16-bit
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.75, 0.125, 0.0625, 1 / 256, 0.1, 0.8, 0.3])  # 1, 2, 4, 4, 4, 8 bits; 16
 def test_dropout_drops_the_right_share_and_keeps_the_mean(p):
     from neumf import Dropout
 
@@ -209,6 +209,24 @@ def test_dropout_drops_the_right_share_and_keeps_the_mean(p):
     assert abs(y.mean().item() - 1.0) < 0.03  # inverted dropout keeps the expectation
     assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1.0 / (1.0 - p)))
     assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.0625])
+def test_dropout_masks_are_independent_across_elements_and_calls(p):
+    # The CPU masks take 1, 2 or 4 bits an element from shared random words: neighbours within a byte, the same bit
+    # of the next byte or word, and two calls must still be independent draws (every pair of outcomes at the
+    # product of its rates), for sizes that end mid-byte too.
+    from neumf import _keep_mask
+
+    torch.manual_seed(1)
+    for shape in [(1_000_003,), (997, 1001)]:
+        mask = _keep_mask(torch.empty(shape), p).reshape(-1).double()
+        assert mask.shape[0] == math.prod(shape) and abs(mask.mean().item() - (1 - p)) < 0.003
+        for lag in (1, 2, 3, 8, 64):
+            both = (mask[:-lag] * mask[lag:]).mean().item()
+            assert abs(both - (1 - p) ** 2) < 0.004, (shape, lag, both)
+    first, second = (_keep_mask(torch.empty(500_000), p).double() for _ in range(2))
+    assert abs((first * second).mean().item() - (1 - p) ** 2) < 0.004
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

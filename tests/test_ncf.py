@@ -39,9 +39,9 @@ def planted(tmp_path_factory):
 def train(data, tmp_path, *extra):
     """Run ncf.main in-process with quick settings; returns (exit code, log records)."""
     log = tmp_path / "log.json"
-    args = ["--data", str(data), "-e", "25", "-b", "64", "-n", "4", "-l", "0.01", "--dropout", "0", "-f", "8",
-            "--layers", "16", "16", "8", "-k", "1", "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(log),
-            *map(str, extra)]
+    args = ["--data", str(data), "-e", "25", "-b", "64", "-n", "4", "-l", "0.01", "--lr_schedule", "constant",
+            "--dropout", "0", "-f", "8", "--layers", "16", "16", "8", "-k", "1", "--checkpoint_dir",
+            str(tmp_path / "ck"), "--log_path", str(log), *map(str, extra)]
     code = ncf.main(args)
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return code, records
@@ -146,6 +146,15 @@ def test_resume_with_other_negatives_is_refused(planted, tmp_path, capsys):
     assert train(planted, tmp_path, "-e", "1")[0] == 0  # -n 4
     assert train(planted, tmp_path, "-e", "2", "--resume", "-n", "8")[0] == 1
     assert "was trained with -n 4; resume with the same" in capsys.readouterr().err
+
+
+def test_resume_with_another_schedule_is_refused(planted, tmp_path, capsys):
+    # (a checkpoint of a run begun at a constant rate, resumed under a default that has become cosine, is refused)
+    assert train(planted, tmp_path, "-e", "1")[0] == 0  # --lr_schedule constant
+    assert train(planted, tmp_path, "-e", "2", "--resume", "--lr_schedule", "cosine")[0] == 1
+    assert "was trained with --lr_schedule constant; resume with the same" in capsys.readouterr().err
+    code, records = train(planted, tmp_path, "-e", "2", "--resume")
+    assert code == 0 and records[0]["lr_schedule"] == "constant"
 
 
 def test_resume_with_another_branch_loss_is_refused(planted, tmp_path, capsys):
@@ -289,6 +298,16 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
         assert "MLP layers" not in notes and config.layers == layers
     assert [defaults.choose_layers(n) for n in (20_000_000, 994_169, 500_000, 499_999, 99_057)] == \
         [[256, 256, 128, 64]] * 3 + [[128, 128, 64, 32]] * 2
+    # The schedule: cosine from 0.002 below 500,000 pairs, the demo aside; elsewhere, or with another schedule given,
+    # the constant rate of the batch-size rule; a given -l starts the cosine where it says.
+    schedules = [defaults.choose_schedule(n) for n in (994_169, 500_000, 499_999, 99_057)]
+    assert schedules == ["constant"] * 2 + ["cosine"] * 2
+    assert (demo_config.lr_schedule, demo_config.learning_rate) == ("constant", 0.001)
+    assert (given_config.lr_schedule, given_config.learning_rate) == ("cosine", 0.002)
+    for flags, expected in ((["--lr_schedule", "constant"], ("constant", 0.001)),
+                            (["--lr_schedule", "onecycle"], ("onecycle", 0.001)), (["-l", "0.003"], ("cosine", 0.003))):
+        config, notes = ncf.resolve_config(ncf.parse_args(["--data", str(planted), *flags]), dataset)
+        assert (config.lr_schedule, config.learning_rate) == expected and ("schedule" in notes) == ("-l" in flags)
     assert ncf.parse_args(["-e", "3"]).epochs == 3 and ncf.parse_args(["--data", "x", "-e", "30"]).epochs == 30
 
 

@@ -43,7 +43,8 @@ def trained(tmp_path_factory):
     assert run_convert(["--path", raw / "u.data", "--output", data, "--valid_negative", "10"])[0] == 0
     checkpoints = {}
     for kind in ("gmf", "neumf"):
-        assert ncf.main(["--data", str(data), "--model", kind, "-e", "12", "-b", "256", "-l", "0.01", "-f", "8",
+        assert ncf.main(["--data", str(data), "--model", kind, "-e", "12", "-b", "256", "-l", "0.01", "--lr_schedule",
+                         "constant", "-f", "8",
                          "--layers", "16", "8", "--checkpoint_dir", str(folder / kind)]) == 0
         checkpoints[kind] = folder / kind / "best.pt"
     return folder, checkpoints, dataloading.load_dataset(data)
@@ -155,7 +156,9 @@ def test_an_ambiguous_or_unknown_title_is_one_line_that_says_what_to_do(trained,
 @pytest.mark.parametrize("kind", ["gmf", "neumf"])
 def test_fold_in_is_deterministic_leaves_the_model_alone_and_finds_the_users_taste(trained, kind, capsys):
     _, checkpoints, dataset = trained
-    model = load_model(checkpoints[kind], dataset).eval()
+    # The model after all its epochs (last.pt): HR@10 among 11 candidates is at its top from the first epochs on, so
+    # best.pt holds a barely trained NeuMF whose tastes are too faint for a fold-in to find reliably (2-3 seeds of 5).
+    model = load_model(checkpoints[kind].with_name("last.pt"), dataset).eval()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     trainable = [parameter.requires_grad for parameter in model.parameters()]
     history = torch.tensor([0, 2, 4, 6, 8])  # items 1, 3, 5, 7, 9: the odd users' taste
