@@ -14,7 +14,7 @@ import math
 
 DEFAULT_EPOCHS = 20
 RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at its end (ML-100k, docs/ratings.md)
-DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6825 HR@10): 10 take about 31 s on 2 CPU cores
+DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6880 HR@10): 10 take 31-42 s on 2 CPU cores
 
 IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/experiments.md)
 

@@ -64,7 +64,7 @@ def parse_args(argv=None):
                         help="negatives drawn per positive, each epoch; default: chosen from the dataset size "
                              "(printed at start): NVIDIA's 4, up to 16 on small datasets (the built-in demo keeps 4)")
     parser.add_argument("-l", "--learning_rate", type=float, default=None,
-                        help="Adam learning rate; default: chosen with the batch size (printed at start)")
+                        help="Adam learning rate; default: chosen with the batch size and schedule (printed at start)")
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
     parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (negatives, order, initialisation)")
     parser.add_argument("-t", "--threshold", type=float, default=None,
@@ -88,10 +88,10 @@ def parse_args(argv=None):
                              "tool; default 0.1 (measured better on ML-100k and ML-1M, docs/experiments.md); for the "
                              "rating models 0.2 (embnn 0.1), their biases spared (printed)")
     parser.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default=None,
-                        help="'cosine' lowers the learning rate step by step from -l towards 0 along half a cosine "
-                             "over the -e epochs (a run resumed with the same -e follows the same curve); 'onecycle' "
-                             "rises from -l/25 to -l over the first quarter, then falls towards 0 (fastai's "
-                             "fit_one_cycle, without its momentum cycle); default constant (rating models: onecycle)")
+                        help="'cosine' lowers the rate from -l towards 0 along half a cosine over the -e epochs (a "
+                             "run resumed with the same -e follows it); 'onecycle' rises from -l/25 to -l in the first "
+                             "quarter, falls towards 0 (fastai's fit_one_cycle, no momentum cycle); default cosine "
+                             "below 500,000 training pairs (not the demo), else constant; rating models onecycle")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout after each MLP layer; default 0.5 (embnn: 0)")
     tasks.add_rating_arguments(parser)
