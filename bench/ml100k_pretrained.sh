@@ -34,11 +34,11 @@ for seed in $seeds; do
     out=$runs/seed$seed
     mkdir -p "$out"
     step "$seed" gmf --model gmf -e 40 -b 1024 -l 0.0005 -n 16 --weight_decay 0.05 --lr_schedule cosine
-    step "$seed" mlp --model mlp -e 30 -b 1024 -l 0.001 -n 8 --dropout 0.5 --layers 256 256 128 64
+    step "$seed" mlp --model mlp -e 30 -b 1024 -l 0.001 -n 8 --dropout 0.5 --layers 256 256 128 64 --lr_schedule constant
     $python -m bench.alpha_sweep --data "$data" --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt" \
         > "$out/alpha.txt" 2>&1
     step "$seed" neumf --model neumf -e 5 -b 1024 -l 0.00002 -n 8 --dropout 0.5 --alpha 0.8 --layers 256 256 128 64 \
-        --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt"
+        --lr_schedule constant --pretrain_gmf "$out/gmf/best.pt" --pretrain_mlp "$out/mlp/best.pt"
 done
 for seed in $seeds; do
     out=$runs/seed$seed
