@@ -67,8 +67,8 @@ def read_log(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-QUICK = ["-e", "4", "-b", "2048", "-n", "4", "-l", "0.005", "-b1", "0.9", "-b2", "0.999", "--layers", "64", "32", "16",
-         "-f", "16", "--dropout", "0"]
+QUICK = ["-e", "4", "-b", "2048", "-n", "4", "-l", "0.005", "--lr_schedule", "constant", "-b1", "0.9", "-b2", "0.999",
+         "--layers", "64", "32", "16", "-f", "16", "--dropout", "0"]
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 7, 50])
