@@ -109,19 +109,18 @@ def lookup(table, ids):
 
 
 def _keep_mask(x, p):
-    """A mask of x's shape: 1 (or True) where an element is kept, with probability 1 - p, else 0 (False).
+    """A mask of CPU tensor x's shape: 1 (or True) where an element is kept, with probability 1 - p, else 0 (False).
 
-    On CPU it is cut from the bits of random 64-bit integers rather than drawn as a float per element, as
-    ``nn.Dropout``'s Bernoulli draws it (40% of a NeuMF training step on 2 cores: 4.5 ms for a 1024 x 256
-    activation). A drop probability that is a multiple of 1 / 2^k for k = 1, 2, 4 or 8 takes k bits an element,
-    exactly (NeuMF's 0.5 one bit: a 64th of the draws); any other is rounded to a multiple of 1/65536 and takes 16.
+    (Other devices use ``F.dropout``'s fused kernel.) It is cut from the bits of random 64-bit integers rather than
+    drawn as a float per element, as ``nn.Dropout``'s Bernoulli draws it (40% of a NeuMF training step on 2 cores:
+    4.5 ms for a 1024 x 256 activation). A drop probability that is a multiple of 1 / 2^k for k = 1, 2, 4 or 8
+    takes k bits an element, exactly (NeuMF's 0.5 one bit: a 64th of the draws); any other is rounded to a multiple
+    of 1/65536 and takes 16.
     Parts of 1, 2 or 4 bits are split out of 32-bit words by shifts, and that mask comes back in x's dtype, so
     that applying it is a plain product: the whole ReLU-dropout at 4,096 x 128 and p = 0.5 takes 0.31-0.35 ms
     against 1.02-1.26 ms with a bool mask of 8-bit parts (one thread).
     """
     count = x.numel()
-    if x.device.type != "cpu":
-        return (torch.rand_like(x, dtype=torch.float32) >= p).to(x.dtype)
     bits = next((k for k in (1, 2, 4, 8) if p * 2**k == round(p * 2**k)), 16)
     words = torch.randint(-2**63, 2**63 - 1, ((count * bits + 63) // 64,), dtype=torch.int64)
     if bits >= 8:  # whole bytes or 16-bit words, compared as they are: a bool mask (casting it costs more)
