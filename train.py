@@ -18,6 +18,7 @@ autocast context factory and one ``GradScaler`` (``mixed_precision``), no precis
 """
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -98,15 +99,29 @@ def setup_devices(choice="auto"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
     return Runtime(device, rank, world_size)
+
+
+def init_process_group(backend, **options):
+    """``dist.init_process_group``, with the modules that bind the default group into default arguments
+    (``group=group.WORLD``) imported first, so that they bind None. Imported later (DDP and TorchRec import them on
+    first use), they kept the group, and with it Gloo's worker threads, alive into interpreter shutdown; a worker
+    still releasing a finished collective's tensors then could not take the GIL and aborted the process ("terminate
+    called without an active exception")."""
+    import torch.distributed.nn.functional  # noqa: F401
+    import torch.distributed.optim.zero_redundancy_optimizer  # noqa: F401
+
+    dist.init_process_group(backend, **options)
 
 
 @contextlib.contextmanager
 def process_group_teardown():
     """Tear the process group (if any) down when the block ends; after a normal end, every rank first waits for the
     others, since a rank that tore down Gloo while another was still in its last collective made that one abort at
-    exit ("terminate called without an active exception")."""
+    exit ("terminate called without an active exception"). Then the group itself is freed here, not at interpreter
+    shutdown: the collection frees the models (and DDP's reducer) that hold it, and freeing it joins Gloo's worker
+    threads (see ``init_process_group``)."""
     try:
         yield
         if dist.is_initialized():
@@ -114,6 +129,7 @@ def process_group_teardown():
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+            gc.collect()
 
 
 def mixed_precision(enabled, device):

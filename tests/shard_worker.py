@@ -4,8 +4,8 @@
 
 Rank 0 writes OUT.json: the largest forward difference from the unsharded model given the same weights, before
 and after one SGD step on each rank's own batch (the unsharded model stepped on the mean gradient of both
-batches, as DDP averages), each rank's table bytes measured from its shards, and whether the gathered state dict
-reproduces the sharded model.
+batches, as DDP averages), each rank's table bytes measured from its shards, whether the gathered state dict
+reproduces the sharded model, and its thread count before the process group and after its teardown.
 """
 
 import copy
@@ -30,12 +30,24 @@ def batch(rank, size=16):
     return torch.randint(0, 40, (size,), generator=generator), torch.randint(0, 60, (size,), generator=generator)
 
 
+def thread_count():
+    """This process's threads (Linux), or None where /proc does not list them."""
+    tasks = Path("/proc/self/task")
+    return len(list(tasks.iterdir())) if tasks.is_dir() else None
+
+
 def main(out, kind, model_kind):
-    dist.init_process_group("gloo")
+    before = thread_count()
+    train.init_process_group("gloo")
+    rank = dist.get_rank()
     # Every rank waits for the others before Gloo is torn down, as ncf.py does: a rank that left while the other was
     # still in its last collective (the sharded lookups are collectives) made that one abort at exit.
     with train.process_group_teardown():
         check(out, kind, model_kind)
+    if rank == 0:  # Gloo's threads are gone before interpreter shutdown, where one that remained could abort it
+        result = json.loads(Path(out).read_text())
+        result["threads"] = {"before": before, "after": thread_count()}
+        Path(out).write_text(json.dumps(result))
 
 
 def check(out, kind, model_kind):

@@ -5,11 +5,11 @@ import copy
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as multiprocessing
 from torch import nn
 
 import sparse_adam
+import train
 from neumf import GMF, NeuMF
 
 SETTINGS = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
@@ -109,7 +109,12 @@ def test_state_of_another_optimizer_is_refused():
 
 
 def _rank_steps(rank, world_size, init_file, users, items, weights, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    train.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    with train.process_group_teardown():  # as ncf.py ends: the ranks wait for each other, then Gloo is freed
+        _steps_of_rank(rank, world_size, users, items, weights, result_file)
+
+
+def _steps_of_rank(rank, world_size, users, items, weights, result_file):
     torch.manual_seed(0)
     model = GMF(7, 9, factors=3)
     optimizer = sparse_adam.build_optimizer(model, **SETTINGS, fused=False)  # before DDP sees the tables
@@ -123,8 +128,6 @@ def _rank_steps(rank, world_size, init_file, users, items, weights, result_file)
         optimizer.zero_grad()
     if rank == 0:
         torch.save(model.module.state_dict(), result_file)
-    dist.barrier()  # as ncf.py does: a rank leaving Gloo while the other still talks to it can abort at exit
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow  # two Gloo processes: `python -m pytest -m slow` (and CI) runs it
