@@ -11,6 +11,7 @@ reproduces the sharded model, and its thread count before the process group and 
 import copy
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,10 +31,17 @@ def batch(rank, size=16):
     return torch.randint(0, 40, (size,), generator=generator), torch.randint(0, 60, (size,), generator=generator)
 
 
-def thread_count():
-    """This process's threads (Linux), or None where /proc does not list them."""
+def thread_count(at_most=None, wait=5.0):
+    """This process's threads (Linux), or None where /proc does not list them; with ``at_most``, the count once it
+    is at most that or after ``wait`` seconds, whichever comes first (a joined thread can stay listed for a moment
+    while the kernel finishes its exit)."""
     tasks = Path("/proc/self/task")
-    return len(list(tasks.iterdir())) if tasks.is_dir() else None
+    if not tasks.is_dir():
+        return None
+    deadline = time.monotonic() + wait
+    while (count := len(list(tasks.iterdir()))) > (at_most or count) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
 
 
 def main(out, kind, model_kind):
@@ -46,7 +54,7 @@ def main(out, kind, model_kind):
         check(out, kind, model_kind)
     if rank == 0:  # Gloo's threads are gone before interpreter shutdown, where one that remained could abort it
         result = json.loads(Path(out).read_text())
-        result["threads"] = {"before": before, "after": thread_count()}
+        result["threads"] = {"before": before, "after": thread_count(at_most=before)}
         Path(out).write_text(json.dumps(result))
 
 
