@@ -5,7 +5,7 @@ Each is measured (bench/grids and docs/experiments.md hold the sweeps behind the
 
     negatives = choose_negatives(num_train)
     batch_size = choose_batch_size(num_train, negatives)
-    schedule = choose_schedule(num_train, demo)
+    schedule = choose_schedule(num_train, num_items, demo)
     learning_rate = choose_learning_rate(batch_size, small_cosine=schedule == "cosine")
     betas = choose_betas(batch_size)
 """
@@ -49,19 +49,24 @@ def choose_batch_size(num_train, negatives_per_positive):
     return int(2 ** min(20, max(10, round(math.log2(max(samples / 512, 1))))))
 
 
-SMALL_DATA_RATE = 0.002  # where the cosine schedule starts below SMALL_DATA training pairs
+SMALL_DATA_RATE = 0.002  # where the cosine schedule starts on small, dense data (choose_schedule)
+DENSE_PAIRS_PER_ITEM = 25  # training pairs per item from which small data counts as dense
 
 
-def choose_schedule(num_train, demo=False):
-    """Default --lr_schedule: 'cosine' below SMALL_DATA training pairs (the built-in demo aside), else 'constant'.
+def choose_schedule(num_train, num_items, demo=False):
+    """Default --lr_schedule: 'cosine' on small, dense data (below SMALL_DATA training pairs, at least
+    DENSE_PAIRS_PER_ITEM of them per item; the built-in demo aside), else 'constant'.
 
-    On ML-100k the NeuMF defaults with a cosine decay from 0.002 (``SMALL_DATA_RATE``) keep the constant 0.001's
-    HR@10 (seeds 0-2: test 0.6971 against 0.6903 with the same dropout draws, 0.6957 with those of before;
-    validation 0.7112 against 0.7084) and pass 0.69 sooner: at the 11th epoch for seed 0 instead of the 18th
-    (docs/speed.md). The demo keeps its constant rate, chosen on its own
-    validation split; ML-1M and larger keep theirs: the schedule was not measured there as a default. On Last.fm
-    (89,058 pairs) it ranks as well on validation but lower on test than the constant rate (docs/training.md)."""
-    return "cosine" if num_train < SMALL_DATA and not demo else "constant"
+    On ML-100k (59 pairs per item) the NeuMF defaults with a cosine decay from 0.002 (``SMALL_DATA_RATE``) keep the
+    constant 0.001's HR@10 (seeds 0-2: test 0.6971 against 0.6903 with the same dropout draws, 0.6957 with those of
+    before; validation 0.7112 against 0.7084) and pass 0.69 sooner: at the 11th epoch for seed 0 instead of the 18th
+    (docs/speed.md). On three sparse catalogues it was no gain (validation split, seeds 0-2, docs/training.md):
+    Last.fm (5 pairs per item) and Amazon's Musical Instruments 5-core (8) rank alike on validation, Last.fm lower on
+    test; Amazon's Gift Cards 5-core (14) ranks lower on validation (0.4061 against 0.4440). The threshold lies
+    between 14 and 59. The demo keeps its constant rate, chosen on its own validation split; ML-1M and larger keep
+    theirs: the schedule was not measured there as a default."""
+    dense = num_train >= DENSE_PAIRS_PER_ITEM * num_items
+    return "cosine" if num_train < SMALL_DATA and dense and not demo else "constant"
 
 
 def choose_learning_rate(batch_size, small_cosine=False):
@@ -96,11 +101,12 @@ def choose_betas(batch_size):
     return (0.25, 0.5) if batch_size >= LARGE_BATCH else (0.9, 0.999)
 
 
-def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate=None, beta1=None, beta2=None,
-                 weight_decay=None, lr_schedule=None):
-    """The run's -n, -b, -l, -b1 and -b2: each as given, else chosen for ``num_train`` training pairs (``demo``: the
-    built-in demo keeps NVIDIA's 4 negatives). Returns (values by flag name, notes {what: (value, how chosen)} to
-    print, a warning or None); a batch larger than an epoch is clamped to one."""
+def choose_sizes(num_train, num_items, demo, negatives=None, batch_size=None, learning_rate=None, beta1=None,
+                 beta2=None, weight_decay=None, lr_schedule=None):
+    """The run's -n, -b, -l, -b1, -b2, weight decay and schedule: each as given, else chosen for ``num_train``
+    training pairs over ``num_items`` items (``demo``: the built-in demo keeps NVIDIA's 4 negatives). Returns
+    (values by flag name, notes {what: (value, how chosen)} to print, a warning or None); a batch larger than an
+    epoch is clamped to one."""
     values, notes, warning = {}, {}, None
     if negatives is None:
         if demo:  # the built-in demo: a quick first run
@@ -120,13 +126,14 @@ def choose_sizes(num_train, demo, negatives=None, batch_size=None, learning_rate
     else:
         notes["batch size"] = (batch_size, "given")
     if lr_schedule is None:
-        lr_schedule = choose_schedule(num_train, demo)
+        lr_schedule = choose_schedule(num_train, num_items, demo)
         if lr_schedule != "constant":
-            notes["schedule"] = (lr_schedule, f"chosen for {num_train:,} training pairs; set with --lr_schedule")
+            notes["schedule"] = (lr_schedule, f"chosen for {num_train:,} training pairs, "
+                                              f"{num_train / num_items:.0f} per item; set with --lr_schedule")
     if learning_rate is None:
-        small_cosine = lr_schedule == "cosine" and choose_schedule(num_train, demo) == "cosine"
+        small_cosine = lr_schedule == "cosine" and choose_schedule(num_train, num_items, demo) == "cosine"
         learning_rate = choose_learning_rate(batch_size, small_cosine)
-        how = "the cosine schedule's start on small data" if small_cosine else "chosen for the batch size"
+        how = "the cosine schedule's start on small, dense data" if small_cosine else "chosen for the batch size"
         notes["learning rate"] = (learning_rate, f"{how}; set with -l")
     else:
         notes["learning rate"] = (learning_rate, "given")

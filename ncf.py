@@ -88,10 +88,10 @@ def parse_args(argv=None):
                              "tool; default 0.1 (measured better on ML-100k and ML-1M, docs/experiments.md); for the "
                              "rating models 0.2 (embnn 0.1), their biases spared (printed)")
     parser.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default=None,
-                        help="'cosine' lowers the rate from -l towards 0 along half a cosine over the -e epochs (a "
-                             "run resumed with the same -e follows it); 'onecycle' rises from -l/25 to -l in the first "
-                             "quarter, falls towards 0 (fastai's fit_one_cycle, no momentum cycle); default cosine "
-                             "below 500,000 training pairs (not the demo), else constant; rating models onecycle")
+                        help="'cosine' lowers the rate from -l towards 0 along half a cosine over -e epochs (resuming "
+                             "with the same -e follows it); 'onecycle' rises from -l/25 to -l in the first quarter, "
+                             "then falls towards 0 (fastai's fit_one_cycle); default cosine below 500,000 training "
+                             "pairs with at least 25 per item (not the demo), else constant; rating models onecycle")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout after each MLP layer; default 0.5 (embnn: 0)")
     tasks.add_rating_arguments(parser)
@@ -209,7 +209,8 @@ def resolve_config(args, dataset):
         range_notes, values["y_range"] = tasks.rating_notes(args.model, dataset, args.y_range)
         notes |= range_notes
     else:
-        values, notes, warning = choose_sizes(dataset.num_train, args.data is None, args.negative_samples, *given)
+        values, notes, warning = choose_sizes(dataset.num_train, dataset.num_items, args.data is None,
+                                               args.negative_samples, *given)
     notes |= layer_notes
     if warning:
         print(warning, file=sys.stderr)
@@ -293,8 +294,7 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
     try:
         return train.fit(
             train.compiled(train.distributed(model, runtime), config.compile), optimizer, scaler, loss,
-            tasks.batches(config, dataset, runtime), evaluate,
-            chosen_on, epochs=config.epochs,
+            tasks.batches(config, dataset, runtime), evaluate, chosen_on, epochs=config.epochs,
             autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
             learning_rate=train.schedule(config.lr_schedule, config.learning_rate), threshold=config.threshold,

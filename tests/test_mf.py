@@ -198,7 +198,7 @@ def test_rating_models_have_their_own_defaults_and_implicit_models_keep_theirs(r
     config, notes = ncf.resolve_config(given, ratings)
     assert (config.epochs, config.lr_schedule, config.weight_decay, config.beta2) == (9, "constant", 0.0, 0.9)
     assert not {"schedule", "weight decay"} & set(notes)
-    implicit, _, _ = defaults.choose_sizes(1_000_000, demo=False)
+    implicit, _, _ = defaults.choose_sizes(1_000_000, 3_000, demo=False)
     assert (implicit["lr_schedule"], implicit["weight_decay"], implicit["beta2"]) == ("constant", 0.1, 0.999)
     assert ncf.parse_args(["--data", "x"]).epochs == 20
 

@@ -298,16 +298,27 @@ def test_defaults_are_chosen_from_the_data_and_printed(planted, tmp_path, capsys
         assert "MLP layers" not in notes and config.layers == layers
     assert [defaults.choose_layers(n) for n in (20_000_000, 994_169, 500_000, 499_999, 99_057)] == \
         [[256, 256, 128, 64]] * 3 + [[128, 128, 64, 32]] * 2
-    # The schedule: cosine from 0.002 below 500,000 pairs, the demo aside; elsewhere, or with another schedule given,
-    # the constant rate of the batch-size rule; a given -l starts the cosine where it says.
-    schedules = [defaults.choose_schedule(n) for n in (994_169, 500_000, 499_999, 99_057)]
-    assert schedules == ["constant"] * 2 + ["cosine"] * 2
+    # The schedule: cosine from 0.002 on small, dense data (below 500,000 pairs, at least 25 of them per item), the
+    # demo aside; elsewhere, or with another schedule given, the constant rate of the batch-size rule; a given -l
+    # starts the cosine where it says.
+    ml100k, lastfm = (99_057, 1_682), (89_058, 17_626)
+    sizes = [(994_169, 3_706), (500_000, 1_000), (499_999, 1_000), ml100k, lastfm, (250, 10), (249, 10)]
+    assert [defaults.choose_schedule(*size) for size in sizes] == \
+        ["constant", "constant", "cosine", "cosine", "constant", "cosine", "constant"]
+    assert defaults.choose_schedule(*ml100k, demo=True) == "constant"
+    for given, expected in (({}, ("cosine", 0.002)), ({"lr_schedule": "constant"}, ("constant", 0.001)),
+                            ({"lr_schedule": "onecycle"}, ("onecycle", 0.001)),
+                            ({"learning_rate": 0.003}, ("cosine", 0.003))):
+        values, notes, _ = defaults.choose_sizes(*ml100k, False, **given)
+        assert (values["lr_schedule"], values["learning_rate"]) == expected
+        assert ("schedule" in notes) == ("lr_schedule" not in given)
+    assert notes["schedule"][1].startswith("chosen for 99,057 training pairs, 59 per item")
+    # The planted data (336 pairs over 32 items) is sparse: there, and for the demo, the constant rate of the rule.
     assert (demo_config.lr_schedule, demo_config.learning_rate) == ("constant", 0.001)
-    assert (given_config.lr_schedule, given_config.learning_rate) == ("cosine", 0.002)
-    for flags, expected in ((["--lr_schedule", "constant"], ("constant", 0.001)),
-                            (["--lr_schedule", "onecycle"], ("onecycle", 0.001)), (["-l", "0.003"], ("cosine", 0.003))):
+    assert (given_config.lr_schedule, given_config.learning_rate) == ("constant", 0.001)
+    for flags, expected in ((["--lr_schedule", "cosine"], ("cosine", 0.001)), (["-l", "0.003"], ("constant", 0.003))):
         config, notes = ncf.resolve_config(ncf.parse_args(["--data", str(planted), *flags]), dataset)
-        assert (config.lr_schedule, config.learning_rate) == expected and ("schedule" in notes) == ("-l" in flags)
+        assert (config.lr_schedule, config.learning_rate) == expected and "schedule" not in notes
     assert ncf.parse_args(["-e", "3"]).epochs == 3 and ncf.parse_args(["--data", "x", "-e", "30"]).epochs == 30
 
 
