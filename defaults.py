@@ -125,13 +125,14 @@ def choose_sizes(num_train, num_items, demo, negatives=None, batch_size=None, le
         notes["batch size"] = (batch_size, "clamped to one epoch")
     else:
         notes["batch size"] = (batch_size, "given")
+    default_schedule = choose_schedule(num_train, num_items, demo)
     if lr_schedule is None:
-        lr_schedule = choose_schedule(num_train, num_items, demo)
+        lr_schedule = default_schedule
         if lr_schedule != "constant":
             notes["schedule"] = (lr_schedule, f"chosen for {num_train:,} training pairs, "
                                               f"{num_train / num_items:.0f} per item; set with --lr_schedule")
     if learning_rate is None:
-        small_cosine = lr_schedule == "cosine" and choose_schedule(num_train, num_items, demo) == "cosine"
+        small_cosine = lr_schedule == default_schedule == "cosine"
         learning_rate = choose_learning_rate(batch_size, small_cosine)
         how = "the cosine schedule's start on small, dense data" if small_cosine else "chosen for the batch size"
         notes["learning rate"] = (learning_rate, f"{how}; set with -l")

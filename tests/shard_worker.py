@@ -39,8 +39,10 @@ def thread_count(at_most=None, wait=5.0):
     if not tasks.is_dir():
         return None
     deadline = time.monotonic() + wait
-    while (count := len(list(tasks.iterdir()))) > (at_most or count) and time.monotonic() < deadline:
+    count = len(list(tasks.iterdir()))
+    while at_most is not None and count > at_most and time.monotonic() < deadline:
         time.sleep(0.01)
+        count = len(list(tasks.iterdir()))
     return count
 
 
