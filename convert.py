@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import textdata
-from dataset_format import FORMAT_VERSION, split_fingerprint
-from synthetic import DEMO_SHAPE, synthetic_interactions
+from ncflib import textdata
+from ncflib.data.layout import FORMAT_VERSION, split_fingerprint
+from ncflib.data.synthetic import DEMO_SHAPE, synthetic_interactions
 
 FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf", "lightgcn")
 # Column names recognised in files with a header when --user_col/--item_col/... are not given, in order of preference.

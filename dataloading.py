@@ -20,9 +20,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from dataset_format import split_fingerprint
-from textdata import Ragged, read_vocabulary
-from train import Batch
+from ncflib.data.layout import split_fingerprint
+from ncflib.textdata import Ragged, read_vocabulary
 
 
 class DatasetError(Exception):
@@ -433,6 +432,14 @@ def describe_recency(weights, weight, window):
 # ------------------------------------------------------------------------------------------------------ training
 
 
+class Batch(NamedTuple):
+    """One training batch as the training loop takes it, whatever the family."""
+
+    inputs: tuple  # what the loss function takes
+    samples: int  # samples in this rank's part of the batch
+    global_samples: int  # samples in the whole batch, every rank's part together
+
+
 class PositiveSet:
     """Membership test for the training positives, used to draw exact negatives.
 
@@ -547,7 +554,7 @@ class ImplicitInputs(NamedTuple):
 
 class ImplicitBatches:
     """One epoch of training batches for the implicit models, as ``train.fit`` takes them: ``len()`` batches, each
-    a ``train.Batch`` whose inputs are ``ImplicitInputs``: (users, items, labels, weights) from ``epoch_batches``, and
+    a ``Batch`` whose inputs are ``ImplicitInputs``: (users, items, labels, weights) from ``epoch_batches``, and
     the 1 + n blocks its users repeat in.
 
     ``seed`` is the epoch's seed (``train.epoch_seed``): the order of the positives comes from it alike on every
@@ -578,7 +585,7 @@ class ImplicitBatches:
 class RatingBatches:
     """One epoch of training batches for the rating models, as ``train.fit`` takes them: the training pairs and
     their ratings in an order drawn from ``seed`` (the epoch's seed), ``batch_size`` at a time; each a
-    ``train.Batch`` whose inputs are (users, items, ratings, None), followed, with ``text`` (a
+    ``Batch`` whose inputs are (users, items, ratings, None), followed, with ``text`` (a
     ``textdata.Ragged`` of the pairs' reviews), by the batch's words and bag offsets for ``nn.EmbeddingBag``."""
 
     def __init__(self, users, items, ratings, batch_size, seed, text=None):

@@ -20,14 +20,11 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
 import dataloading
-import evaluation
-import sharding
-import tasks
-import train
-from defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS, choose_epochs, choose_rating_sizes, choose_sizes
 from logger import RunLogger, describe_run, epoch_line, metric_label, metric_line, summary
+from ncflib import checkpoint, evaluation, sharding, tasks
+from ncflib import training as train
+from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS, choose_epochs, choose_rating_sizes, choose_sizes
 
 
 class UsageError(Exception):

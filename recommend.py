@@ -30,10 +30,9 @@ import torch
 from tqdm import tqdm
 
 import dataloading
-import evaluation
-import tasks
-import train
-from checkpoint import CheckpointError, check_dataset, load_checkpoint, model_from_checkpoint, training_loss
+from ncflib import evaluation, tasks
+from ncflib import training as train
+from ncflib.checkpoint import CheckpointError, check_dataset, load_checkpoint, model_from_checkpoint, training_loss
 
 OUTPUT_FORMATS = (".parquet", ".csv", ".jsonl")
 # Fold-in settings, chosen on ML-100k with bench/fold_in_bench.py (100 training users folded in from their own

@@ -17,11 +17,11 @@ import sys
 import torch
 
 import dataloading
-import evaluation
-import train
 from bench import common
 from bench.common import append_result
-from checkpoint import load_model
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.checkpoint import load_model
 from neumf import NeuMF
 
 

@@ -24,11 +24,11 @@ import time
 import torch
 
 import dataloading
-import evaluation
-import train
 from bench.common import ERRORS, append_result, describe_device
-from checkpoint import load_model
 from logger import metric_label
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.checkpoint import load_model
 
 LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 

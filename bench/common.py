@@ -15,10 +15,10 @@ import torch
 
 import convert
 import dataloading
-import evaluation
 import ncf
-import train
-from checkpoint import CheckpointError
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.checkpoint import CheckpointError
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 ERRORS = (ncf.UsageError, convert.ConversionError, dataloading.DatasetError, CheckpointError, train.DeviceError)

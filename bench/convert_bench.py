@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_ratings_csv(path, users, items, rows, seed):
     """A MovieLens-20M-format ratings.csv (userId,movieId,rating,timestamp) from the synthetic generator."""
-    from synthetic import synthetic_interactions
+    from ncflib.data.synthetic import synthetic_interactions
 
     data = synthetic_interactions(users, items, rows, seed=seed)
     table = pa.table({"userId": data["user"], "movieId": data["item"], "rating": data["rating"],

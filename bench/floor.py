@@ -30,9 +30,9 @@ import time
 import torch
 
 import ncf
-import tasks
 from bench import common, train_bench
 from bench.common import append_result
+from ncflib import tasks
 
 
 def parse_args(argv=None):

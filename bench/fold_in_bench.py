@@ -19,8 +19,8 @@ import torch
 
 import recommend
 from bench.common import ERRORS, describe_device, parser_for, report
-from checkpoint import load_checkpoint, model_from_checkpoint
 from dataloading import load_dataset
+from ncflib.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def parse_args(argv=None):

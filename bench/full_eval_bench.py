@@ -17,10 +17,10 @@ import time
 
 import torch
 
-import evaluation
-import train
 from bench.common import ERRORS, add_data_arguments, describe_device, device_and_data, report
-from checkpoint import build_model, load_model
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.checkpoint import build_model, load_model
 
 
 def parse_args(argv=None):

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-import train
 from bench import common
 from bench.common import append_result
-from checkpoint import CheckpointError, build_model, load_checkpoint, model_from_checkpoint
+from ncflib import training as train
+from ncflib.checkpoint import CheckpointError, build_model, load_checkpoint, model_from_checkpoint
 
 
 def parse_args(argv=None):

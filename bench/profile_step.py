@@ -21,8 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import dataloading
 import logger
-import train
 from bench import common, train_bench
+from ncflib import training as train
 
 
 def parse_args(argv=None):

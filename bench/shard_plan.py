@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-import sharding
 from bench.common import report
+from ncflib import sharding
 from neumf import NeuMF
 
 GMF_WIDTH, MLP_LAYERS = 64, [256, 256, 128, 64]

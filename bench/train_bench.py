@@ -16,7 +16,6 @@ import time
 
 import torch
 
-import train
 from bench.common import (
     add_run_arguments,
     append_result,
@@ -29,6 +28,7 @@ from bench.common import (
     run_flags,
     run_label,
 )
+from ncflib import training as train
 
 
 def parse_args(argv=None):

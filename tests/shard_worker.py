@@ -19,9 +19,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sharding  # noqa: E402
-import train  # noqa: E402
-from checkpoint import build_model  # noqa: E402
+from ncflib import sharding  # noqa: E402
+from ncflib import training as train  # noqa: E402
+from ncflib.checkpoint import build_model  # noqa: E402
 
 LEARNING_RATE = 0.5
 

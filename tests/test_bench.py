@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import dataloading
-import evaluation
 import ncf
 from conftest import run_convert
+from ncflib import checkpoint, evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 

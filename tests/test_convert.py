@@ -14,8 +14,8 @@ import pytest
 
 import convert
 import dataloading
-import evaluation
 from conftest import load_output, run_convert, shared_file
+from ncflib import evaluation
 
 # What the tiny_log fixture must become (original ids): test items by user and the training pairs.
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import dataloading
-import evaluation
 import ncf
-import train
-from checkpoint import build_model
 from conftest import run_convert
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.checkpoint import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

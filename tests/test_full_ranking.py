@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import evaluation
 from dataloading import HeldOut
+from ncflib import evaluation
 
 
 class FixedScores:

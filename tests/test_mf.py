@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import evaluation
-import train
 from dataloading import RatingBatches
-from mf import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, squared_error_loss
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.ratings import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, squared_error_loss
 
 # The tutorial's toy matrix: 5 users x 4 items, zeros unobserved.
 TOY = torch.tensor([[5, 3, 0, 1], [4, 0, 0, 1], [1, 1, 0, 5], [1, 0, 0, 4], [0, 1, 5, 4]], dtype=torch.float32)
@@ -185,8 +185,8 @@ def test_ncf_trains_rating_models_on_validation_and_beats_the_mean(rated, tmp_pa
 
 def test_rating_models_have_their_own_defaults_and_implicit_models_keep_theirs(rated):
     import dataloading
-    import defaults
     import ncf
+    from ncflib import defaults
 
     ratings = dataloading.load_dataset(rated[0])
     for kind, decay in (("dotbias", 0.2), ("biasmf", 0.2), ("embnn", 0.1)):
@@ -257,8 +257,8 @@ def test_one_cycle_rises_then_falls():
 
 def test_recommend_predicts_a_rating_and_lists_the_biases(rated, tmp_path, capsys):
     import recommend
-    from checkpoint import load_model
     from dataloading import load_dataset
+    from ncflib.checkpoint import load_model
 
     data, _ = rated
     assert _ncf(data, tmp_path, "--model", "dotbias", "-e", "3", "-f", "4")[0] == 0
@@ -342,8 +342,8 @@ def test_sgd_trains_a_rating_model(rated, tmp_path, capsys):
 
 
 def test_weight_decay_leaves_the_rating_models_biases_alone_and_the_implicit_models_as_they_were():
-    import tasks
-    from checkpoint import build_model
+    from ncflib import tasks
+    from ncflib.checkpoint import build_model
 
     for kind, expected in (("dotbias", {"user_bias.weight", "item_bias.weight"}),
                            ("embnn", {"tower.0.bias", "tower.2.bias"}), ("neumf", set())):
@@ -368,7 +368,7 @@ def test_a_rating_models_export_holds_its_biases_and_mean_and_reproduces_its_rat
                            "--no_onnx"]) == 0
     arrays = {name: np.load(tmp_path / "out" / f"{name}.npy") for name in (
         "user_embedding", "item_embedding", "user_bias", "item_bias", "mean")}
-    from checkpoint import load_checkpoint, model_from_checkpoint
+    from ncflib.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(tmp_path / "ck" / "best.pt"), "best.pt")
     users, items = np.array([0, 5, 59]), np.array([3, 0, 39])

@@ -10,8 +10,8 @@ from torch import nn
 
 import convert
 import dataloading
-import evaluation
-from checkpoint import build_model
+from ncflib import evaluation
+from ncflib.checkpoint import build_model
 from neumf import GMF, MLP, NeuMF, linear_relu, lookup
 
 MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),

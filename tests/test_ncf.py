@@ -8,13 +8,11 @@ import pytest
 import torch
 import yaml
 
-import checkpoint
 import dataloading
-import defaults
-import evaluation
 import ncf
 from conftest import run_convert
-from train import mixed_precision
+from ncflib import checkpoint, defaults, evaluation
+from ncflib.training import mixed_precision
 
 GROUPS, ITEMS_PER_GROUP, USERS_PER_GROUP = 4, 8, 12
 

@@ -11,8 +11,8 @@ import torch
 import dataloading
 import ncf
 import recommend
-from checkpoint import load_model
 from conftest import run_convert, shared_file
+from ncflib.checkpoint import load_model
 
 NUM_USERS, NUM_ITEMS = 48, 30
 TITLES = {1: "Star Wars (1977)", 2: "Star Trek: The Motion Picture (1979)", 3: "Return of the Jedi (1983)",

@@ -10,9 +10,9 @@ import torch
 import dataloading
 import ncf
 import recommend
-import textdata
 from conftest import run_convert, shared_file
-from reviews import TextMF, TextRating, text_loss
+from ncflib import textdata
+from ncflib.reviews import TextMF, TextRating, text_loss
 
 GROUPS, ITEMS_PER_GROUP, WORDS_PER_GROUP = 4, 6, 10
 

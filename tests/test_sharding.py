@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-import sharding
+from ncflib import sharding
 from neumf import NeuMF
 
 MIB = 2**20

@@ -8,8 +8,8 @@ import torch
 import torch.multiprocessing as multiprocessing
 from torch import nn
 
-import sparse_adam
-import train
+from ncflib import sparse_adam
+from ncflib import training as train
 from neumf import GMF, NeuMF
 
 SETTINGS = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)

@@ -6,7 +6,8 @@ import contextlib
 import pytest
 import torch
 
-import train
+import dataloading
+from ncflib import training as train
 
 
 def regression_loss(model, inputs, autocast):
@@ -19,11 +20,11 @@ def regression_loss(model, inputs, autocast):
 
 
 def batches_of(features, targets, sizes):
-    """train.Batch objects cutting (features, targets) into consecutive batches of the given sizes."""
+    """dataloading.Batch objects cutting (features, targets) into consecutive batches of the given sizes."""
     batches, start = [], 0
     for size in sizes:
         stop = start + size
-        batches.append(train.Batch((features[start:stop], targets[start:stop]), size, size))
+        batches.append(dataloading.Batch((features[start:stop], targets[start:stop]), size, size))
         start = stop
     return batches
 
@@ -75,7 +76,7 @@ def test_fit_selects_on_the_named_metric_in_its_direction_and_stops_at_the_thres
 
 def test_a_non_finite_loss_stops_the_fit():
     model = torch.nn.Linear(1, 1)
-    batches = [train.Batch((torch.tensor([[float("inf")]]), torch.tensor([1.0])), 1, 1)]
+    batches = [dataloading.Batch((torch.tensor([[float("inf")]]), torch.tensor([1.0])), 1, 1)]
     with pytest.raises(train.NonFiniteLoss, match="in epoch 0"):
         train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu", enabled=False),
                   regression_loss, lambda epoch: batches, lambda: {"rmse": 0.0}, train.Selection("rmse", False),
@@ -92,7 +93,7 @@ def test_selection_directions():
 def test_early_stopping_waits_patience_epochs_after_the_best():
     curve = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.5, 0.6])
     model = torch.nn.Linear(1, 1)
-    batches = [train.Batch((torch.zeros(1, 1), torch.zeros(1)), 1, 1)]
+    batches = [dataloading.Batch((torch.zeros(1, 1), torch.zeros(1)), 1, 1)]
     records = []
     best, reached = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.amp.GradScaler(
         "cpu", enabled=False), regression_loss, lambda epoch: batches, lambda: {"valid_hr@10": next(curve)},

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 import dataloading
-import defaults
-import evaluation
-import train
-from mf import RATING_MODELS
-from reviews import TEXT_BASES, TEXT_MODELS
+from ncflib import defaults, evaluation
+from ncflib import training as train
+from ncflib.ratings import RATING_MODELS
+from ncflib.reviews import TEXT_BASES, TEXT_MODELS
 
 # Per-family defaults of the flags whose default is None (a flag given on the command line always wins).
 MODEL_DEFAULTS = {"layers": defaults.NVIDIA_LAYERS, "dropout": 0.5}

@@ -23,7 +23,7 @@ nothing.
 import torch
 from torch import nn
 
-from mf import MF, BiasMF, _check, _table, squared_error_loss
+from ncflib.ratings import MF, BiasMF, _check, _table, squared_error_loss
 
 TEXT_BASES = ("mf", "biasmf")
 

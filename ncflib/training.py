@@ -6,8 +6,8 @@ evaluation returning metrics by name, and selects the best epoch on one named me
     selection = Selection("accuracy")                    # or Selection("loss", higher_is_better=False)
     result = fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, epochs=20)
 
-- ``batches_of_epoch(epoch)``: the epoch's batches, with ``len()``; each a ``Batch`` (its inputs, this rank's
-  sample count, and the global batch's sample count over every rank).
+- ``batches_of_epoch(epoch)``: the epoch's batches, with ``len()``; each a ``dataloading.Batch`` (its inputs, this
+  rank's sample count, and the global batch's sample count over every rank).
 - ``loss(model, inputs, autocast)``: (loss sum to report, loss sum to minimise), both 0-d tensors summed over the
   batch's samples; they differ when a model trains on more terms than it reports (auxiliary losses).
 - ``evaluate()``: a dict of floats keyed by logged name; ``eval_samples`` in it (candidates scored) gives the
@@ -25,21 +25,14 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import sparse_adam
+from ncflib import sparse_adam
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-
-
-class Batch(NamedTuple):
-    inputs: tuple  # what the loss function takes
-    samples: int  # samples in this rank's part of the batch
-    global_samples: int  # samples in the whole batch, every rank's part together
 
 
 class NonFiniteLoss(Exception):

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-import sharding
-from mf import RATING_MODELS
+from ncflib import sharding
+from ncflib.ratings import RATING_MODELS
+from ncflib.reviews import TEXT_MODELS
 from neumf import GMF, MLP, NeuMF
-from reviews import TEXT_MODELS
 
 CHECKPOINT_FORMAT = "ncf-checkpoint-v1"
 

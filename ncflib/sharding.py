@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from reviews import TEXT_MODELS
-from sparse_adam import CombinedOptimizer
-from tasks import TaskError, is_rating
+from ncflib.reviews import TEXT_MODELS
+from ncflib.sparse_adam import CombinedOptimizer
+from ncflib.tasks import TaskError, is_rating
 
 SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
 BYTES_PER_WEIGHT = 4  # float32 tables
