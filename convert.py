@@ -32,6 +32,7 @@ import pandas as pd
 from ncflib import textdata
 from ncflib.data.layout import FORMAT_VERSION, split_fingerprint
 from ncflib.data.synthetic import DEMO_SHAPE, synthetic_interactions
+from ncflib.errors import ConversionError
 
 FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf", "lightgcn")
 # Column names recognised in files with a header when --user_col/--item_col/... are not given, in order of preference.
@@ -41,10 +42,6 @@ TIME_NAMES = ("timestamp", "time", "unixreviewtime", "ts", "datetime", "date")
 RATING_NAMES = ("rating", "weight", "overall", "score", "count")
 NCF_SUFFIXES = (".train.rating", ".test.rating", ".test.negative")
 FILE_NAMES = {"u.data": "movielens-100k", "ratings.dat": "movielens-1m", "ratings.csv": "movielens-20m"}
-
-
-class ConversionError(Exception):
-    """Bad input: the message is one line that names the file and the problem."""
 
 
 @dataclass

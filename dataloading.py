@@ -21,11 +21,8 @@ import numpy as np
 import torch
 
 from ncflib.data.layout import split_fingerprint
+from ncflib.errors import DatasetError
 from ncflib.textdata import Ragged, read_vocabulary
-
-
-class DatasetError(Exception):
-    """A --data directory that cannot be used: the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Train and evaluate NCF recommenders (GMF, MLP, NeuMF) with NVIDIA DeepLearningExamples-compatible flags, and
-rating models (mf, biasmf, dotbias, embnn, dot) on star ratings.
+the other model families of ``ncflib.families`` (star ratings, review text).
 
     python ncf.py                                         # the built-in demo dataset, on CPU or GPU
     python ncf.py --data data/ml100k                      # batch size and learning rate chosen for the data
@@ -14,6 +14,7 @@ Reports HR@k and NDCG@k every epoch, writes JSON lines to --log_path, keeps the 
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 from pathlib import Path
@@ -22,13 +23,11 @@ import torch
 
 import dataloading
 from logger import RunLogger, describe_run, epoch_line, metric_label, metric_line, summary
-from ncflib import checkpoint, evaluation, sharding, tasks
+from ncflib import checkpoint, evaluation, families, sharding
 from ncflib import training as train
-from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS, choose_epochs, choose_rating_sizes, choose_sizes
-
-
-class UsageError(Exception):
-    """A problem the user can fix (bad flag, missing or mismatched checkpoint): reported in one line."""
+from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS
+from ncflib.errors import UsageError
+from ncflib.placement import placement_for
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,7 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("-f", "--factors", type=int, default=64, help="GMF embedding size (predictive factors)")
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="MLP layer sizes, the first being the user and item embeddings joined (even); default "
-                             f"{tasks.LAYERS_DEFAULT}; for embnn its hidden layers, default 100")
+                             "NVIDIA's 256 256 128 64, halved below 500,000 training pairs (printed at start); for "
+                             "embnn its hidden layers, default 100")
     parser.add_argument("-n", "--negative_samples", type=int, default=None,
                         help="negatives drawn per positive, each epoch; default: chosen from the dataset size "
                              "(printed at start): NVIDIA's 4, up to 16 on small datasets (the built-in demo keeps 4)")
@@ -91,7 +91,8 @@ def parse_args(argv=None):
                              "pairs with at least 25 per item (not the demo), else constant; rating models onecycle")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout after each MLP layer; default 0.5 (embnn: 0)")
-    tasks.add_rating_arguments(parser)
+    for family in families.all_families():
+        family.add_arguments(parser)
     sharding.add_arguments(parser)
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
@@ -107,35 +108,9 @@ def parse_args(argv=None):
                         help="deprecated apex option: O1/O2 mean --amp")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deprecated torch.distributed.launch; the LOCAL_RANK variable is used")
-    parser.add_argument("--model", choices=list(checkpoint.MODELS), default="neumf",
-                        help="which model to train: neumf, gmf or mlp on implicit feedback (HR/NDCG); mf, biasmf, "
-                             "dotbias, embnn or dot on ratings (RMSE; docs/ratings.md); textrating, textprofile, "
-                             "textitem or textmf on reviews with text (docs/reviews.md)")
-    parser.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
-    parser.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="weight of the GMF output layer when mixing pre-trained output layers (the paper's "
-                             "0.5; 0.8 did better on ML-1M, where GMF is the stronger branch: bench/alpha_sweep.py "
-                             "scores each alpha before fine-tuning)")
-    parser.add_argument("--branch_loss", type=float, default=1.0, metavar="WEIGHT",
-                        help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every training "
-                             "pair through its own output layer, and those two losses, times WEIGHT, are added to "
-                             "NeuMF's, so each branch learns to be a model of its own, as pre-training makes it, in "
-                             "one run (docs/experiments.md); 0 trains NeuMF's joint output alone, as the paper and "
-                             "NVIDIA do")
-    parser.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
-                        help="weight each user's recent training pairs up: a pair's loss (and its negatives') counts "
-                             "1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the user's training "
-                             "pairs are later; the test item is each user's latest, and recent tastes predict it "
-                             "best (ML-100k, GMF: HR@10 0.695 -> 0.723 with 8; docs/experiments.md). Needs the "
-                             "dataset's timestamps (convert.py keeps them); 0: off, every pair counts once, as in the "
-                             "paper and NVIDIA's tool")
-    parser.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
-                        help="with --recency: how many of a user's latest pairs get most of the extra weight (the "
-                             "extra falls by e each PAIRS pairs further back)")
-    parser.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
-                        help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
-                             "items as NVIDIA does (faster, slightly less accurate)")
+    parser.add_argument("--model", choices=families.model_kinds(), default="neumf",
+                        help="which model to train: " + "; ".join(family.description
+                                                                  for family in families.all_families()))
     parser.add_argument("--optimizer", choices=["adam", "row_sparse_adam", "sgd"], default="adam",
                         help="'adam': AdamW over every parameter (fused); 'row_sparse_adam': embedding rows change "
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
@@ -153,7 +128,7 @@ def parse_args(argv=None):
                         help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = choose_epochs(not tasks.is_implicit(args.model), demo=args.data is None)
+        args.epochs = families.family_of(args.model).default_epochs(demo=args.data is None)
     _validate(parser, args)
     args.amp = args.amp or args.opt_level in ("O1", "O2")
     return args
@@ -169,71 +144,61 @@ def _validate(parser, args):
     checks = [(flag, getattr(args, name), "at least 1") for flag, name in (
         ("--epochs", "epochs"), ("--valid_batch_size", "valid_batch_size"), ("--factors", "factors"),
         ("--topk", "topk"), ("--grads_accumulated", "grads_accumulated"), ("--batch_size", "batch_size"))]
-    checks += [("--negative_samples", args.negative_samples, "0 or more"), ("--branch_loss", args.branch_loss,
-               "0 or more"), ("--recency", args.recency, "0 or more"), ("--weight_decay", args.weight_decay,
-               "0 or more"), ("--recency_window", args.recency_window, "positive"), ("--eps", args.eps, "positive"),
-               ("--learning_rate", args.learning_rate, "positive"), ("--alpha", args.alpha, "in [0, 1]"),
+    checks += [("--negative_samples", args.negative_samples, "0 or more"), ("--weight_decay", args.weight_decay,
+               "0 or more"), ("--eps", args.eps, "positive"), ("--learning_rate", args.learning_rate, "positive"),
                ("-b1/--beta1", args.beta1, "in [0, 1)"), ("-b2/--beta2", args.beta2, "in [0, 1)"),
                ("--dropout", args.dropout, "in [0, 1)")]
     checks += [("--layers sizes", size, "at least 1") for size in args.layers or []]
-    checks += [("--l2", args.l2, "0 or more")] + [("--y_range", value, "finite") for value in args.y_range or []]
+    checks += [check for family in families.all_families() for check in family.flag_checks(args)]
     for flag, value, rule in checks:
         if value is not None and not RULES[rule](value):  # None: not given, chosen from the data
             parser.error(f"{flag} must be {rule}, got {value}")
-    if args.y_range and args.y_range[0] >= args.y_range[1]:
-        parser.error(f"--y_range LOW HIGH needs LOW < HIGH, got {args.y_range[0]:g} {args.y_range[1]:g}")
-    if args.layers and args.layers[0] % 2 and args.model != "embnn":
-        parser.error(f"--layers: the first size is the user and item embeddings concatenated, so it must be even, "
-                     f"got {args.layers[0]}")
-    if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
-        parser.error("--pretrain_gmf and --pretrain_mlp go together")
-    if args.pretrain_gmf and args.model != "neumf":
-        parser.error("--pretrain_gmf/--pretrain_mlp initialise --model neumf")
+    for family in families.all_families():  # each checks its own flags against --model
+        problem = family.flag_problem(args.model, args)
+        if problem:
+            parser.error(problem)
 
 
-# A field per flag; resolve_config fills in what ncf.py chooses (-n, -b, -l, betas); nothing changes it afterwards.
-Config = dataclasses.make_dataclass("Config", [(name, object) for name in vars(parse_args([]))], frozen=True)
+@functools.cache
+def config_type(names):
+    """The frozen dataclass with a field per flag name (the registered families' flags included)."""
+    return dataclasses.make_dataclass("Config", [(name, object) for name in names], frozen=True)
 
 
 def resolve_config(args, dataset):
-    """The run's Config from the parsed flags and the data, and notes {what: (value, how chosen)} to print."""
+    """The run's Config (a field per flag; nothing changes it afterwards) from the parsed flags and the settings
+    the model's family chooses from the data (-n, -b, -l, betas, ...), and notes {what: (value, how chosen)} to
+    print."""
+    family = families.family_of(args.model)
     if args.mode == "train":  # --mode test checks its checkpoint's model
-        tasks.check(args.model, dataset, args.eval_protocol, args.topk, args.binary)
-    layers, dropout, layer_notes = tasks.model_defaults(args.model, args.layers, args.dropout, dataset.num_train)
-    given = (args.batch_size, args.learning_rate, args.beta1, args.beta2, args.weight_decay, args.lr_schedule)
-    if not tasks.is_implicit(args.model):
-        values, notes, warning = choose_rating_sizes(dataset.num_train, args.model, *given)
-        range_notes, values["y_range"] = tasks.rating_notes(args.model, dataset, args.y_range)
-        notes |= range_notes
-    else:
-        values, notes, warning = choose_sizes(dataset.num_train, dataset.num_items, args.data is None,
-                                               args.negative_samples, *given)
-    notes |= layer_notes
+        family.check(args.model, dataset, args)
+    values, notes, warning = family.choose(args.model, args, dataset)
     if warning:
         print(warning, file=sys.stderr)
-    return Config(**(vars(args) | values | {"layers": layers, "dropout": dropout})), notes
+    fields = vars(args) | values
+    return config_type(tuple(fields))(**fields), notes
 
 
-def build(config, dataset, device):
-    """(model, its constructor arguments, optimizer, loss function): fresh, from --load_checkpoint_path, or NeuMF
-    from pre-trained GMF and MLP (output layers mixed by --alpha). The model says which loss trains it."""
-    settings = dataclasses.asdict(config) | tasks.data_settings(dataset)
+def build(config, dataset, device, placement):
+    """(model, its constructor arguments, optimizer, loss function): fresh and readied by its family (NeuMF from
+    pre-trained GMF and MLP, a rating model from the mean), or from --load_checkpoint_path; placed by ``placement``
+    (--embedding_sharding). The model says which loss trains it."""
+    family = families.family_of(config.model)
+    settings = dataclasses.asdict(config) | family.data_settings(dataset)
     model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
-    model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path,
-                                     config.pretrain_gmf and (config.pretrain_gmf, config.pretrain_mlp, config.alpha))
+    model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path)
     if not config.load_checkpoint_path:
-        model = tasks.prepare(model, config.model, dataset, config.user_embeddings, config.item_embeddings,
-                              config.freeze_users, config.freeze_items)
+        model = family.prepare(model, config.model, dataset, config)
     loss = checkpoint.training_loss(model, settings)
-    model = sharding.for_training(model.to(device), config, device)  # --embedding_sharding: tables across ranks
-    dense = sharding.dense_module(model)
-    optimizer = sharding.with_tables(model, train.make_optimizer(
-        dense, config.optimizer, tasks.undecayed(dense, config.model), lr=config.learning_rate,
+    model = placement.place(model.to(device))
+    dense = placement.dense_module(model)
+    optimizer = placement.optimizer(model, train.make_optimizer(
+        dense, config.optimizer, family.undecayed(dense), lr=config.learning_rate,
         betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay))
     return model, model_args, optimizer, loss
 
 
-def restore(config, folder, model, model_args, optimizer, scaler, dataset, metric, say):
+def restore(config, folder, model, model_args, optimizer, scaler, dataset, metric, placement, say):
     """(first epoch, best so far by ``metric``): from CHECKPOINT_DIR/last.pt under --resume (refused when trained
     with other settings), else (0, None)."""
     last_path = folder / "last.pt" if folder else None
@@ -242,29 +207,34 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, metri
             say("no checkpoint to resume from; starting from scratch")
         return 0, None
     resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
-                                dataclasses.asdict(config), metric)
+                                dataclasses.asdict(config), metric, placement=placement)
     say(f"resuming from {last_path} after epoch {resumed[0] - 1}")
     return resumed
 
 
 def test_mode(config, dataset, runtime, log, autocast, say):
-    """--mode test: evaluate a checkpoint once."""
+    """--mode test: evaluate a checkpoint once, as its model's family evaluates it."""
     model = checkpoint.load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
-    kind = next(name for name, constructor in checkpoint.MODELS.items() if type(model) is constructor)
-    tasks.check(kind, dataset, config.eval_protocol, config.topk, config.binary)
-    metrics = evaluation.timed(tasks.evaluator(dataclasses.replace(config, model=kind), dataset,
-                                               model.to(runtime.device), autocast, runtime))
+    kind = families.kind_of(model)
+    family = families.family_of(kind)
+    config = dataclasses.replace(config, model=kind)
+    family.check(kind, dataset, config)
+    metrics = evaluation.timed(family.evaluator(kind, config, dataset, model.to(runtime.device), autocast, runtime))
     log.write("summary", metrics)
     say(metric_line(metrics))
     return 0
 
 
-def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log, say):
-    """Train with train.fit: batches with negatives, the evaluation --eval_protocol names, the best epoch on the
-    validation set when there is one (else on the test items); logs, prints and
-    keeps best.pt/last.pt. Returns (the best epoch's dict, whether --threshold stopped the run)."""
-    chosen_on = tasks.selection(config.model, dataset, config.eval_protocol, config.topk)
-    start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, chosen_on.metric, say)
+def fit(config, dataset, runtime, built, scaler, autocast, placement, folder, log, say):
+    """Train ``built`` (``build``'s model, arguments, optimizer and loss) with train.fit on the batches, evaluation
+    and selection metric of its family (the best epoch chosen on the validation set when there is one, else on the
+    test items); logs, prints and keeps best.pt/last.pt. Returns (the best epoch's dict, whether --threshold
+    stopped the run)."""
+    model, model_args, optimizer, loss = built
+    family = families.family_of(config.model)
+    chosen_on = family.selection(config.model, dataset, config)
+    start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, chosen_on.metric,
+                                placement, say)
     train.check_ranks_agree(dataclasses.asdict(config), dataset.fingerprint, start_epoch, runtime)
     saving = folder is not None and runtime.is_main
     saved_best = checkpoint.prepare_folder(folder, dataset.fingerprint, config.model, chosen_on.metric) if saving \
@@ -277,7 +247,7 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
     def save(name, record, best):  # (on every rank of a sharded run, whose ranks each write their shards)
         checkpoint.save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler,
                                    record["epoch"], record, best, dataclasses.asdict(config), dataset.fingerprint,
-                                   write=saving)
+                                   write=saving, placement=placement)
 
     def on_epoch(record):
         log.write("epoch", record)
@@ -286,18 +256,18 @@ def fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, au
             say(f"reached the target {metric_label(chosen_on.metric)} {config.threshold} in epoch {record['epoch']}; "
                 "stopping")
 
-    evaluate = sharding.evaluator(model, lambda plain: tasks.evaluator(config, dataset, plain, autocast, runtime),
-                                  lambda: checkpoint.build_model(config.model, **model_args).to(runtime.device))
+    evaluate = placement.evaluator(
+        model, lambda plain: family.evaluator(config.model, config, dataset, plain, autocast, runtime),
+        lambda: checkpoint.build_model(config.model, **model_args).to(runtime.device))
     try:
         return train.fit(
-            train.compiled(train.distributed(model, runtime), config.compile), optimizer, scaler, loss,
-            tasks.batches(config, dataset, runtime), evaluate, chosen_on, epochs=config.epochs,
+            train.compiled(placement.distributed(model, runtime), config.compile), optimizer, scaler, loss,
+            family.batches(config.model, config, dataset, runtime), evaluate, chosen_on, epochs=config.epochs,
             autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
             learning_rate=train.schedule(config.lr_schedule, config.learning_rate), threshold=config.threshold,
-            on_epoch=on_epoch, save=save if saving or (folder and sharding.is_sharded(model)) else None,
-            saved_best=saved_best, patience=config.early_stop,
-            show_bar=runtime.is_main and sys.stderr.isatty())
+            on_epoch=on_epoch, save=save if saving or (folder and placement.sharded) else None,
+            saved_best=saved_best, patience=config.early_stop, show_bar=runtime.is_main and sys.stderr.isatty())
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
                          "is kept") from None
@@ -308,8 +278,7 @@ def main(argv=None):
     try:
         with train.process_group_teardown():
             return run(args)
-    except (UsageError, dataloading.DatasetError, checkpoint.CheckpointError, tasks.TaskError, train.DeviceError,
-            train.RanksDisagree) as error:
+    except UsageError as error:
         print(f"ncf.py: error: {error}", file=sys.stderr)
         return 1
 
@@ -333,10 +302,13 @@ def run(args):
     if config.mode == "test":
         return test_mode(config, dataset, runtime, log, autocast, say)
     torch.manual_seed(config.seed)
-    say(describe_run(config, dataset, runtime, notes))
-    model, model_args, optimizer, loss = build(config, dataset, runtime.device)
-    best, reached = fit(config, dataset, runtime, model, model_args, optimizer, scaler, loss, autocast, folder, log,
-                        say)
+    family = families.family_of(config.model)
+    say(describe_run(config, dataset, runtime, notes, family.describe(config.model, config)))
+    placement = placement_for(config.embedding_sharding, config.export_full, family, config.model,
+                              config.eval_protocol, table_optimizer=config.table_optimizer, table_lr=config.table_lr,
+                              learning_rate=config.learning_rate, device=runtime.device, say=say)
+    built = build(config, dataset, runtime.device, placement)
+    best, reached = fit(config, dataset, runtime, built, scaler, autocast, placement, folder, log, say)
     record, lines = summary(best, config.topk, reached, dataset.validation is not None)
     log.write("summary", record)
     say(lines)

@@ -30,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 import dataloading
-from ncflib import evaluation, tasks
+from ncflib import evaluation, families
 from ncflib import training as train
-from ncflib.checkpoint import CheckpointError, check_dataset, load_checkpoint, model_from_checkpoint, training_loss
+from ncflib.checkpoint import check_dataset, load_checkpoint, model_from_checkpoint, training_loss
+from ncflib.errors import UsageError
 
 OUTPUT_FORMATS = (".parquet", ".csv", ".jsonl")
 # Fold-in settings, chosen on ML-100k with bench/fold_in_bench.py (100 training users folded in from their own
@@ -41,10 +42,6 @@ OUTPUT_FORMATS = (".parquet", ".csv", ".jsonl")
 # and every item as a weighted negative (7.71 of 10, against at most 6.94 in eval mode with sampled negatives).
 FOLD_IN_STEPS, FOLD_IN_LEARNING_RATE, FOLD_IN_NEGATIVES, FOLD_IN_L2 = 50, 0.05, 4, 20.0
 FOLD_IN_EVERY_ITEM = 2**16  # up to this many items a fold-in step weighs every item, not a sample
-
-
-class UsageError(Exception):
-    """Input this tool cannot use: the message is one line naming the flag, id, file or row, and what to do."""
 
 
 def parse_args(argv=None):
@@ -414,6 +411,7 @@ def export(model, kind, model_args, users, items, folder, onnx):
     if onnx:
         _check_onnx_packages()
     staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    family = families.family_of(kind)
     try:
         staging.mkdir()
         files = {}
@@ -428,10 +426,8 @@ def export(model, kind, model_args, users, items, folder, onnx):
         difference = _export_onnx(model, staging / "model.onnx", len(users), len(items)) if onnx else None
         description = {"model": kind, "model_args": model_args, "files": files,
                        "onnx": "model.onnx: inputs user and item (int64 [N], indices as in users.csv and "
-                               "items.csv), output " + ("the predicted rating (float32 [N])" if tasks.is_rating(kind)
-                                                        and not model_args.get("binary") else
-                                                        "logit (float32 [N]); sigmoid(logit) is the probability")
-                       if onnx else None, "gmf_score": _gmf_formula(kind)}
+                               "items.csv), output " + family.export_output(kind, model) if onnx else None,
+                       "gmf_score": family.export_formula(kind)}
         (staging / "export.json").write_text(json.dumps(description, indent=2) + "\n")
         if folder.exists():
             folder.rmdir()
@@ -442,15 +438,6 @@ def export(model, kind, model_args, users, items, folder, onnx):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return description, difference
-
-
-def _gmf_formula(kind):
-    if kind == "gmf":
-        return "logit = (user_embedding[u] * item_embedding[i]) @ output_weight[0] + output_bias[0]"
-    if kind == "neumf":
-        return ("GMF branch: (gmf_user_embedding[u] * gmf_item_embedding[i]) @ output_weight[0, :factors]; the "
-                "logit adds the MLP branch (see model.onnx) and output_bias[0]")
-    return None
 
 
 def _write_id_map(file, catalogue):
@@ -600,21 +587,17 @@ def show_similar(args, model, items_catalogue):
 
 
 def predict(args, model, kind, users_catalogue, items_catalogue):
-    """Print the model's prediction for one (user, item) pair."""
+    """Print the model's prediction for one (user, item) pair, as its family states it."""
     user, item = users_catalogue.user(args.predict[0]), items_catalogue.item(args.predict[1])
     device = next(model.parameters()).device
     with torch.no_grad():
         value = model(torch.tensor([user], device=device), torch.tensor([item], device=device)).float().item()
-    what = (f"predicted rating {value:.3f}" if tasks.is_rating(kind) and not getattr(model, "binary", False)
-            else f"score {value:.4f} (probability {1 / (1 + math.exp(-value)):.3f})")
+    what = families.family_of(kind).prediction(kind, model, value)
     print(f"user {users_catalogue.ids[user]}, item {items_catalogue.label(item)}: {what}")
 
 
 def show_words(args, model, kind, dataset, items_catalogue):
     """Print the vocabulary words nearest to each item's text vector."""
-    if not hasattr(model, "item_words"):
-        raise UsageError(f"--words: a {kind} model has no item vectors in the word space; train --model textitem or "
-                         "textmf")
     words, counts = dataset.vocabulary
     queries = [items_catalogue.item(name) for name in args.words]
     with torch.no_grad():
@@ -629,10 +612,7 @@ def show_words(args, model, kind, dataset, items_catalogue):
 
 def show_biases(args, model, kind, items_catalogue):
     """Print the items with the lowest and the highest learned bias."""
-    model = getattr(model, "rating", model)  # textmf: its biasmf
-    if getattr(model, "item_bias", None) is None:
-        raise UsageError(f"--biases: a {kind} model has no item biases; train --model biasmf or dotbias")
-    biases = model.item_bias.weight.detach().float().cpu().squeeze(1)
+    biases = model.item_biases().float().cpu()
     order = torch.argsort(biases)
     for heading, chosen in (("lowest", order[:args.topk]), ("highest", order.flip(0)[:args.topk])):
         rows = [(rank, items_catalogue.ids[item], biases[item].item(), items_catalogue.title(item))
@@ -677,19 +657,36 @@ def plot_items(path, model, dataset, items_catalogue, labelled=50):
     return explained
 
 
-def check_task(args, model, kind):
-    """A UsageError when ``model`` cannot do what ``args`` ask: the review-text models other than textmf rank no
-    items for users; only the models with item vectors compare or draw items."""
-    offers = ((["--words"] if hasattr(model, "item_words") else [])
-              + (["--similar_to", "--plot_items"] if hasattr(model, "item_vectors") else []))
-    asked = next((flag for flag in ("--words", "--similar_to", "--plot_items")
-                  if getattr(args, flag[2:])), None)
-    if hasattr(model, "score_all") or hasattr(model, "all_item_scorer") or asked in offers:
+# The flag that asks for each of recommend.py's tasks, in the order main() tries them.
+TASK_FLAGS = {"export": "--export", "words": "--words", "similar": "--similar_to", "predict": "--predict",
+              "biases": "--biases", "plot": "--plot_items", "fold_in": "--history", "top_k": "--user"}
+MISSING = {"words": "--words: a {kind} model has no item vectors in the word space; train --model textitem or textmf",
+           "biases": "--biases: a {kind} model has no item biases; train --model biasmf or dotbias",
+           "fold_in": "--history folds in a user from the items they interacted with, which the implicit models "
+                      "learn from; a {kind} model would need their ratings",
+           "similar": "--similar_to: a {kind} model has no item vectors to compare",
+           "plot": "--plot_items: a {kind} model has no item vectors to draw"}
+
+
+def asked_task(args):
+    """Which of the tasks (``families.RECOMMEND_TASKS``) the flags ask for."""
+    flags = {"export": args.export, "words": args.words, "similar": args.similar_to, "predict": args.predict,
+             "biases": args.biases, "plot": args.plot_items, "fold_in": args.history or args.history_file}
+    return next((task for task, given in flags.items() if given), "top_k")
+
+
+def check_task(task, model, kind):
+    """A UsageError when a ``kind`` model cannot do ``task``, as its family says: a model that ranks no items
+    (the review-text diagnostics) says why and what it does offer."""
+    family = families.family_of(kind)
+    offered = family.tasks(kind, model)
+    if task in offered:
         return
-    why = ("reads a review to predict its rating: a diagnostic of what the words tell, not a recommender"
-           if tasks.reads_review(kind) else "learns item vectors from review words and predicts no rating")
-    raise UsageError(f"a {kind} model {why}; " + (f"it offers {', '.join(offers)}" if offers else
-                                                  "recommend.py has nothing to show for it"))
+    if "top_k" not in offered:
+        flags = [TASK_FLAGS[name] for name in ("words", "similar", "plot") if name in offered]
+        raise UsageError(f"a {kind} model {family.refusal(kind)}; " + (
+            f"it offers {', '.join(flags)}" if flags else "recommend.py has nothing to show for it"))
+    raise UsageError(MISSING[task].format(kind=kind))
 
 
 def main(argv=None):
@@ -702,7 +699,7 @@ def main(argv=None):
         if args.topk > dataset.num_items - (0 if args.similar_to is None else 1):
             raise UsageError(f"-k/--topk {args.topk} is larger than the catalogue ({dataset.num_items:,} items); "
                              "pass a smaller -k")
-        check_task(args, model, checkpoint["model"])
+        check_task(asked_task(args), model, checkpoint["model"])
         if args.export:
             description, difference = export(model, checkpoint["model"], checkpoint["model_args"], users_catalogue,
                                              items_catalogue, args.export, onnx=not args.no_onnx)
@@ -723,14 +720,10 @@ def main(argv=None):
             print(f"wrote {args.plot_items}: the item vectors on their first two principal components "
                   f"({explained:.0%} of the variance), the 50 most-rated items labelled")
         elif args.history or args.history_file:
-            if tasks.is_rating(checkpoint["model"]):
-                raise UsageError(f"--history folds in a user from the items they interacted with, which the "
-                                 f"implicit models learn from; a {checkpoint['model']} model would need their "
-                                 "ratings")
             recommend_for_history(args, model, checkpoint, dataset, device, items_catalogue)
         else:
             recommend_for_users(args, model, dataset, device, autocast, users_catalogue, items_catalogue)
-    except (UsageError, dataloading.DatasetError, CheckpointError) as error:
+    except UsageError as error:
         print(f"recommend.py: error: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `recommend.py ... | head`: the reader has all it wanted

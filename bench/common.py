@@ -18,10 +18,11 @@ import dataloading
 import ncf
 from ncflib import evaluation
 from ncflib import training as train
-from ncflib.checkpoint import CheckpointError
+from ncflib.errors import UsageError
+from ncflib.placement import LOCAL
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
-ERRORS = (ncf.UsageError, convert.ConversionError, dataloading.DatasetError, CheckpointError, train.DeviceError)
+ERRORS = (UsageError,)
 
 
 def add_data_arguments(parser):
@@ -122,7 +123,7 @@ def prepare_run(dataset, device, flags):
     """A Run of ncf.py with ``flags`` on ``dataset`` (already on ``device``), its model initialised with seed 0."""
     config, _ = ncf.resolve_config(ncf.parse_args([*flags, "--checkpoint_dir", "", "--device", device.type]), dataset)
     torch.manual_seed(0)
-    model, _, optimizer, loss = ncf.build(config, dataset, device)
+    model, _, optimizer, loss = ncf.build(config, dataset, device, LOCAL)
     autocast, scaler = train.mixed_precision(config.amp, device)
     positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
                                         dataset.num_items)

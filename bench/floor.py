@@ -32,7 +32,7 @@ import torch
 import ncf
 from bench import common, train_bench
 from bench.common import append_result
-from ncflib import tasks
+from ncflib import defaults
 
 
 def parse_args(argv=None):
@@ -109,7 +109,7 @@ def main(argv=None):
     step_seconds = measured["epoch"] / steps
     batch = min(args.batch_size, dataset.num_train * (1 + negatives))
     sizes = ncf.parse_args([])  # train_bench times ncf.py's default NeuMF: count the bytes of that one
-    layers = tasks.model_defaults("neumf", sizes.layers, sizes.dropout, dataset.num_train)[0]
+    layers = sizes.layers or defaults.choose_layers(dataset.num_train)
     components, flops = step_costs(batch, dataset.num_users, dataset.num_items, sizes.factors, layers,
                                    2 if args.amp else 4, args.optimizer, branch_heads=args.branch_loss > 0)
     bandwidth, rate = measure_device(device, batch, layers, args.amp)

@@ -69,14 +69,11 @@ def metric_line(metrics, prefix=""):
                      if (match := METRIC.fullmatch(key)) and (match[1] or "") == prefix)
 
 
-def describe_run(config, dataset, runtime, notes):
-    """The data, the model and the chosen settings (``notes``: {what: (value, how chosen)}), as ncf.py prints them
-    at start."""
+def describe_run(config, dataset, runtime, notes, model_note=""):
+    """The data, the model (``model_note`` after its name: what its family says of it) and the chosen settings
+    (``notes``: {what: (value, how chosen)}), as ncf.py prints them at start."""
     lines = [f"data: {dataset.description()}",
-             f"model: {config.model}" + (f" (branch losses x {config.branch_loss:g})" if config.model == "neumf"
-                                         and config.branch_loss else "")
-             + (" (reads the held-out review to predict its rating: a diagnostic, not a recommender)"
-                if config.model in ("textrating", "textprofile") else "")
+             f"model: {config.model}{model_note}"
              + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
              + (f", L2 {config.l2:g} on the rows looked up" if config.l2 else "")
              + {"cosine": ", cosine learning-rate decay", "onecycle": ", one-cycle learning rate"}.get(

@@ -21,37 +21,23 @@ from pathlib import Path
 
 import torch
 
-from ncflib import sharding
-from ncflib.ratings import RATING_MODELS
-from ncflib.reviews import TEXT_MODELS
-from neumf import GMF, MLP, NeuMF
+from ncflib import families
+from ncflib.errors import CheckpointError, TaskError
+from ncflib.placement import LOCAL
 
 CHECKPOINT_FORMAT = "ncf-checkpoint-v1"
-
-# Model kind -> constructor. A constructor takes num_users and num_items, then hyper-parameters by name: the
-# configuration's values of those names are its arguments (``model_arguments``).
-MODELS = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP} | RATING_MODELS | TEXT_MODELS
 
 REQUIRED_KEYS = ("model", "model_args", "state_dict", "fingerprint")
 RESUME_KEYS = ("optimizer", "scaler", "epoch", "best", "config")
 
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used here: the message is one line naming the file and what to do."""
-
-
-def _hyper_parameters(kind):
-    if kind not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {kind!r}.")
-    return [name for name in inspect.signature(MODELS[kind]).parameters if name not in ("num_users", "num_items")]
-
-
 def model_arguments(kind, num_users, num_items, settings):
-    """The constructor arguments of a ``kind`` model: the counts, and from ``settings`` (a mapping such as the
-    configuration) the hyper-parameters its constructor names. Lists stay lists, as a checkpoint stores them."""
+    """The constructor arguments of a ``kind`` model (a model constructor takes num_users and num_items, then
+    hyper-parameters by name): the counts, and from ``settings`` (a mapping such as the configuration) the
+    hyper-parameters its constructor names. Lists stay lists, as a checkpoint stores them."""
     return {"num_users": num_users, "num_items": num_items,
             **{name: list(settings[name]) if isinstance(settings[name], tuple) else settings[name]
-               for name in _hyper_parameters(kind) if name in settings}}
+               for name in families.hyper_parameters(kind) if name in settings}}
 
 
 def training_loss(model, settings):
@@ -63,18 +49,18 @@ def training_loss(model, settings):
 
 def build_model(kind, num_users, num_items, **settings):
     """A fresh ``kind`` model; ``settings`` may hold hyper-parameters of other kinds too, which are ignored."""
-    return MODELS[kind](**model_arguments(kind, num_users, num_items, settings))
+    return families.constructor(kind)(**model_arguments(kind, num_users, num_items, settings))
 
 
 def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, metrics, best, config, fingerprint,
-                    write=True):
+                    write=True, placement=LOCAL):
     """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file;
-    a failed write (a full disk) removes its temporary file and raises a CheckpointError. A sharded model's
-    ``last.pt`` also has every rank write its shards (``sharding.save_shards``; all ranks call this, and only
-    those with ``write`` write the file)."""
-    sharding.save_shards(model, path, epoch)
+    a failed write (a full disk) removes its temporary file and raises a CheckpointError. The model's
+    ``placement`` gives the state to save and writes what the file does not hold (a sharded run's every rank
+    writes its shards: then all ranks call this, and only those with ``write`` write the file)."""
     path = Path(path)
-    with sharding.state_to_save(model, path, write) as state_dict:
+    placement.save_shards(model, path, epoch)
+    with placement.state_to_save(model, path, write) as state_dict:
         if write:
             _write(path, {
                 "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": state_dict,
@@ -130,9 +116,9 @@ def load_checkpoint(path, dataset=None, for_resume=False):
     missing = [key for key in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, without {', '.join(missing)}")
-    if not isinstance(checkpoint["model_args"], dict) or checkpoint["model"] not in MODELS:
+    if not isinstance(checkpoint["model_args"], dict) or checkpoint["model"] not in families.model_kinds():
         raise CheckpointError(f"{path}: holds an unknown model {str(checkpoint['model'])[:40]!r} (this tool knows "
-                              f"{', '.join(sorted(MODELS))})")
+                              f"{', '.join(sorted(families.model_kinds()))})")
     if dataset is not None:
         check_dataset(checkpoint, dataset, path)
     return checkpoint
@@ -152,8 +138,8 @@ def model_from_checkpoint(checkpoint, path="checkpoint"):
     weights do not make that model."""
     kind, model_args = checkpoint["model"], checkpoint["model_args"]
     try:
-        model = MODELS[kind](**model_args)
-    except (TypeError, ValueError) as error:
+        model = families.constructor(kind)(**model_args)
+    except (TypeError, ValueError, TaskError) as error:
         raise CheckpointError(f"{path}: its {kind} arguments {str(model_args)[:80]} are not valid ({error})") \
             from None
     try:
@@ -172,9 +158,8 @@ def load_model(path, dataset=None, kind=None):
     return model_from_checkpoint(checkpoint, path)
 
 
-def initial_model(kind, model_args, dataset, load_path=None, pretrained=None):
-    """The model a run starts from: fresh, the weights of ``load_path`` (a checkpoint of the same model), or, with
-    ``pretrained`` = (GMF checkpoint, MLP checkpoint, alpha), NeuMF built from the two trained models."""
+def initial_model(kind, model_args, dataset, load_path=None):
+    """The model a run starts from: fresh, or with the weights of ``load_path`` (a checkpoint of the same model)."""
     model = build_model(kind, **model_args)
     if load_path:
         checkpoint = load_checkpoint(load_path, dataset)
@@ -182,37 +167,26 @@ def initial_model(kind, model_args, dataset, load_path=None, pretrained=None):
             raise CheckpointError(f"{load_path}: holds a {checkpoint['model']} with {checkpoint['model_args']}, "
                                   "which differs from the flags given")
         model.load_state_dict(checkpoint["state_dict"])
-    if pretrained:
-        gmf_path, mlp_path, alpha = pretrained
-        gmf, mlp = (load_model(path, dataset, expected) for path, expected in ((gmf_path, "gmf"), (mlp_path, "mlp")))
-        if gmf.user_embedding.embedding_dim != model_args["factors"] or mlp.layer_sizes != list(model_args["layers"]):
-            raise CheckpointError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
-        model.load_pretrained(gmf, mlp, alpha)
     return model
 
 
 def resume_fields(config):
     """The settings a run resumed under ``config`` (a mapping) must share with its checkpoint, as ``resume`` takes
-    them: (key, flag, value of checkpoints older than the flag, whether it applies)."""
-    return [("optimizer", "--optimizer", "adam", True), ("negative_samples", "-n", None, True),
-            ("recency", "--recency", 0.0, True), ("l2", "--l2", 0.0, True),
-            ("eval_protocol", "--eval_protocol", "sampled", True),
-            ("recency_window", "--recency_window", 10.0, bool(config["recency"])),
-            ("branch_loss", "--branch_loss", 0.0, config["model"] == "neumf"),
+    them: (key, flag, value of checkpoints older than the flag, whether it applies); those of every run, then its
+    model family's."""
+    return [("optimizer", "--optimizer", "adam", True), ("eval_protocol", "--eval_protocol", "sampled", True),
             ("embedding_sharding", "--embedding_sharding", "none", True),
-            ("lr_schedule", "--lr_schedule", None, True)]
+            ("lr_schedule", "--lr_schedule", None, True)] + \
+        families.family_of(config["model"]).resume_fields(config["model"], config)
 
 
-def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields=None):
-    """Load the state of ``path`` (last.pt) into model, optimizer and scaler, after ``check_resumable`` of
-    ``fields`` (default ``resume_fields(config)``); returns (the epoch to continue from, the run's best so far as
-    ``train.fit`` takes it)."""
+def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields=None, placement=LOCAL):
+    """Load the state of ``path`` (last.pt) into model (through its ``placement``), optimizer and scaler, after
+    ``check_resumable`` of ``fields`` (default ``resume_fields(config)``); returns (the epoch to continue from, the
+    run's best so far as ``train.fit`` takes it)."""
     state = load_checkpoint(path, dataset, for_resume=True)
     check_resumable(state, path, kind, model_args, config, resume_fields(config) if fields is None else fields)
-    if sharding.is_sharded(model):  # its tables and their optimizer state are in each rank's shards
-        sharding.load_shards(model, path, state["epoch"])
-    else:
-        model.load_state_dict(state["state_dict"])
+    placement.load(model, path, state)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     best = state["best"]

@@ -17,11 +17,7 @@ RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at i
 DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6880 HR@10): 10 take 31-42 s on 2 CPU cores
 
 IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/experiments.md)
-
-
-def choose_epochs(rating, demo):
-    """Default -e: 5 for the rating models (one cycle), 10 for the built-in demo, else 20."""
-    return RATING_EPOCHS if rating else DEMO_EPOCHS if demo else DEFAULT_EPOCHS
+IMPLICIT_DROPOUT = 0.5  # NVIDIA's, after each MLP layer
 
 
 DEMO_NEGATIVES = 4  # the demo keeps NVIDIA's default: with the 14 of the rule below it took 7 minutes on 2 cores
@@ -150,15 +146,14 @@ def choose_sizes(num_train, num_items, demo, negatives=None, batch_size=None, le
 
 
 RATING_LEARNING_RATE = 5e-3  # fastai's rate for DotProductBias on ML-100k (with fit_one_cycle, 5 epochs)
-RATING_WEIGHT_DECAY = {"embnn": 0.1}  # the factorisations: 0.2; chosen on ML-100k's validation ratings, 3 seeds
 
 
-def choose_rating_sizes(num_train, model, batch_size=None, learning_rate=None, beta1=None, beta2=None,
-                        weight_decay=None, lr_schedule=None):
+def choose_rating_sizes(num_train, model, default_weight_decay, batch_size=None, learning_rate=None, beta1=None,
+                        beta2=None, weight_decay=None, lr_schedule=None):
     """The rating models' -b, -l, -b1, -b2, --weight_decay and --lr_schedule, as ``choose_sizes`` returns them: a
     batch of about 1/1000 of the ratings (a power of two from 64, fastai's batch for ML-100k, to 2^16), fastai's
-    rate 5e-3 along its one-cycle schedule, its Adam betas (0.9, 0.99), and weight decay 0.2 (0.1 for embnn), each
-    chosen on ML-100k's validation ratings (docs/ratings.md)."""
+    rate 5e-3 along its one-cycle schedule, its Adam betas (0.9, 0.99), and the model's ``default_weight_decay``,
+    each chosen on ML-100k's validation ratings (docs/ratings.md)."""
     values, notes, warning = {}, {}, None
     if batch_size is None:
         batch_size = int(2 ** min(16, max(6, round(math.log2(max(num_train / 1000, 1))))))
@@ -173,7 +168,7 @@ def choose_rating_sizes(num_train, model, batch_size=None, learning_rate=None, b
         lr_schedule = "onecycle"
         notes["schedule"] = ("onecycle", "fastai's fit_one_cycle; set with --lr_schedule")
     if weight_decay is None:
-        weight_decay = RATING_WEIGHT_DECAY.get(model, 0.2)
+        weight_decay = default_weight_decay
         notes["weight decay"] = (weight_decay, f"chosen for {model} on ML-100k; set with --weight_decay")
     if beta1 is None or beta2 is None:
         beta1, beta2 = 0.9 if beta1 is None else beta1, 0.99 if beta2 is None else beta2

@@ -18,10 +18,20 @@ tensors of the same shape and returns predicted ratings of that shape (for ``Dot
 Embeddings start from N(0, 0.01) and biases from 0, as fastai's.
 """
 
+import inspect
 import math
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import nn
+
+import dataloading
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.defaults import IMPLICIT_DROPOUT, NVIDIA_LAYERS, RATING_EPOCHS, choose_rating_sizes
+from ncflib.errors import TaskError
+from ncflib.families import Family
 
 
 def squared_error_loss(l2=0.0):
@@ -87,6 +97,8 @@ class Factorisation(nn.Module):
     """What the rating models share: a user and an item table of ``factors`` columns, optional biases, and the
     means to start the tables from given embeddings and to freeze them."""
 
+    binary = False  # outputs ratings; Dot(binary=True) outputs logits
+
     def __init__(self, num_users, num_items, factors, biases):
         super().__init__()
         self.user_embedding = _table(num_users, factors)
@@ -142,6 +154,10 @@ class Factorisation(nn.Module):
     def item_vectors(self):
         """{what it is: [num_items, D]}: the item representations ``recommend.py --similar_to`` compares."""
         return {"item factors": self.item_embedding.weight.detach()}
+
+    def item_biases(self):
+        """[num_items] the learned item biases, or None for a model without them."""
+        return None if self.item_bias is None else self.item_bias.weight.detach().squeeze(1)
 
     def user_parameter_names(self):
         """The parameters with one row per user: what a fold-in fits for a new user."""
@@ -240,3 +256,179 @@ class EmbNN(Factorisation):
 
 
 RATING_MODELS = {"mf": MF, "biasmf": BiasMF, "dotbias": DotBias, "embnn": EmbNN, "dot": Dot}
+
+
+# ------------------------------------------------------------------------------------------------ the family
+
+
+@runtime_checkable
+class StartsFromMean(Protocol):
+    """A model whose predictions start from the training ratings' mean."""
+
+    def set_mean(self, value: float): ...
+
+
+@runtime_checkable
+class HasTables(Protocol):
+    """A model whose user and item tables can start from given arrays and be frozen."""
+
+    def load_embeddings(self, users=None, items=None): ...
+
+    def freeze(self, users=False, items=False): ...
+
+
+def is_bias(name):
+    """Whether a parameter is a bias (spared weight decay, as fastai's ``wd_bn_bias=False``)."""
+    return name.endswith("bias") or "_bias." in name or name == "scale"
+
+
+class RatingFamily(Family):
+    """Star-rating models (``RATING_MODELS``): batches of (user, item, rating), squared error (or SimpleCF's BCE),
+    RMSE/MAE/MSE on the held-out ratings, lower being better. ``FAMILY`` is the registry's object."""
+
+    name = "ratings"
+    models = RATING_MODELS
+    description = "mf, biasmf, dotbias, embnn or dot on ratings (RMSE; docs/ratings.md)"
+    weight_decay = {EmbNN: 0.1}  # the factorisations: 0.2; chosen on ML-100k's validation ratings, 3 seeds
+    model_defaults = {EmbNN: {"layers": [100], "dropout": 0.0}}
+    ranks_items = False  # measured on held-out ratings
+
+    def add_arguments(self, parser):
+        group = parser.add_argument_group("rating models (mf, biasmf, dotbias, embnn, dot)")
+        group.add_argument("--y_range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                           help="dotbias and embnn: the range their sigmoid scales predictions into; default from "
+                                "the training ratings, 1 below the lowest to 0.5 above the highest (0 to 5.5 for 1-5 "
+                                "stars)")
+        group.add_argument("--l2", type=float, default=0.0,
+                           help="rating models: L2 penalty times the squared norms of the embedding rows each batch "
+                                "looks up (a course's regularisation; --weight_decay acts on every row)")
+        group.add_argument("--binary", action="store_true", help="--model dot on 0/1 data: a logit trained with BCE")
+        group.add_argument("--user_embeddings", metavar="FILE.npy",
+                           help="rating models: start the user table from this array (users x factors; e.g. from "
+                                "recommend.py --export)")
+        group.add_argument("--item_embeddings", metavar="FILE.npy", help="the same for the item table")
+        group.add_argument("--freeze_users", action="store_true", help="keep the user table as it starts")
+        group.add_argument("--freeze_items", action="store_true", help="keep the item table as it starts")
+
+    def flag_checks(self, args):
+        return [("--l2", args.l2, "0 or more")] + [("--y_range", value, "finite") for value in args.y_range or []]
+
+    def flag_problem(self, kind, args):
+        if args.y_range and args.y_range[0] >= args.y_range[1]:
+            return f"--y_range LOW HIGH needs LOW < HIGH, got {args.y_range[0]:g} {args.y_range[1]:g}"
+        return None
+
+    def default_epochs(self, demo):
+        return RATING_EPOCHS
+
+    def choose(self, kind, args, dataset):
+        constructor = self.models[kind]
+        given = (args.batch_size, args.learning_rate, args.beta1, args.beta2, args.weight_decay, args.lr_schedule)
+        values, notes, warning = choose_rating_sizes(dataset.num_train, kind, self.weight_decay.get(constructor, 0.2),
+                                                     *given)
+        chosen = {"layers": NVIDIA_LAYERS, "dropout": IMPLICIT_DROPOUT} | self.model_defaults.get(constructor, {})
+        values["layers"] = chosen["layers"] if args.layers is None else args.layers
+        values["dropout"] = chosen["dropout"] if args.dropout is None else args.dropout
+        values["y_range"] = args.y_range
+        if "y_range" in inspect.signature(constructor).parameters:
+            notes |= self._y_range(dataset, args.y_range, values)
+        return values, notes, warning
+
+    @staticmethod
+    def _y_range(dataset, y_range, values):
+        """{what: (value, how chosen)}: the y range of the sigmoid models, from the data unless given (fastai's
+        0-5.5 for 1-5 stars: a little beyond both ends, which a sigmoid never reaches); sets values["y_range"]."""
+        if y_range is not None:
+            return {"y range": (f"{y_range[0]:g} to {y_range[1]:g}", "given")}
+        ratings = np.asarray(dataset.train_ratings)
+        low, high = float(ratings.min()) - 1.0, float(ratings.max()) + 0.5
+        values["y_range"] = [low, high]
+        return {"y range": (f"{low:g} to {high:g}", "from the ratings' range, fastai's margins; set with --y_range")}
+
+    def check(self, kind, dataset, config):
+        missing = [name for name, values in (("training", dataset.train_ratings), ("test", dataset.test.ratings))
+                   if values is None]
+        if missing:
+            raise TaskError(f"{dataset.path}: has no {' or '.join(missing)} ratings, which --model {kind} predicts; "
+                            "convert a source with a rating column (MovieLens files have one), e.g. with convert.py "
+                            "--split random or --test_path")
+        if config.binary and not np.isin(np.asarray(dataset.train_ratings), (0, 1)).all():
+            raise TaskError(f"{dataset.path}: --binary trains on 0/1 labels, and these ratings are not all 0 or 1")
+
+    def prepare(self, model, kind, dataset, config):
+        """The training ratings' mean for the models that start from it, tables loaded from .npy files (read
+        without pickle) and frozen as asked."""
+        if isinstance(model, StartsFromMean):
+            model.set_mean(float(np.asarray(dataset.train_ratings, dtype=np.float64).mean()))
+        tables = {}
+        for name, file in (("users", config.user_embeddings), ("items", config.item_embeddings)):
+            if file:
+                try:
+                    tables[name] = np.load(file, allow_pickle=False)
+                except (OSError, ValueError) as error:
+                    raise TaskError(f"{file}: not a readable .npy array ({str(error)[:80]})") from None
+        if not isinstance(model, HasTables):
+            if tables or config.freeze_users or config.freeze_items:
+                raise TaskError(f"--user_embeddings, --item_embeddings and --freeze_users/--freeze_items are for the "
+                                f"rating models with embedding tables ({', '.join(RATING_MODELS)}), not --model "
+                                f"{kind}")
+            return model
+        try:
+            model.load_embeddings(**tables)
+        except ValueError as error:
+            raise TaskError(f"--{'user' if 'user' in str(error) else 'item'}_embeddings: {error}") from None
+        return model.freeze(users=config.freeze_users, items=config.freeze_items)
+
+    def undecayed(self, model):
+        return [parameter for name, parameter in model.named_parameters() if is_bias(name)]
+
+    def batches(self, kind, config, dataset, runtime, text=None):
+        ratings = (torch.zeros(dataset.num_train) if dataset.train_ratings is None else
+                   torch.from_numpy(np.array(dataset.train_ratings, dtype=np.float32))).to(runtime.device)
+        return lambda epoch: dataloading.RatingBatches(dataset.train_users, dataset.train_items, ratings,
+                                                       config.batch_size, train.epoch_seed(config.seed, epoch), text)
+
+    def evaluator(self, kind, config, dataset, model, autocast, runtime, reads_review=False):
+        """RMSE, MAE and MSE of the held-out ratings (``valid_``-prefixed for the validation set); ``reads_review``:
+        the model reads each held-out pair's review."""
+        batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
+        # SimpleCF's binary variant outputs logits: its errors are those of the probabilities against the 0/1 labels.
+        predict = (lambda users, items: torch.sigmoid(model(users, items))) if model.binary else model
+
+        def evaluate():
+            metrics, scored = {}, 0.0
+            model.eval()
+            for prefix, held in held_out_sets(dataset):
+                users = torch.repeat_interleave(held.users, held.offsets.diff())
+                result = evaluation.rating_metrics(predict, users, held.items, held.ratings, batch_size, autocast,
+                                                   held.text if reads_review else None)
+                scored += result.pop("eval_samples")
+                metrics.update({prefix + key: value for key, value in result.items()})
+            return metrics | {"eval_samples": scored}
+
+        return evaluate
+
+    def selection(self, kind, dataset, config):
+        return train.Selection(f"{'valid_' if dataset.validation is not None else ''}rmse", higher_is_better=False)
+
+    def resume_fields(self, kind, config):
+        return [("l2", "--l2", 0.0, True)]
+
+    def refusal(self, kind):
+        return "predicts no ratings for every item"
+
+    def prediction(self, kind, model, value):
+        if model.binary:
+            return f"score {value:.4f} (probability {1 / (1 + math.exp(-value)):.3f})"
+        return f"predicted rating {value:.3f}"
+
+    def export_output(self, kind, model):
+        return super().export_output(kind, model) if model.binary else "the predicted rating (float32 [N])"
+
+
+def held_out_sets(dataset):
+    """[(metric prefix, HeldOut)]: the test set, then the validation set when the dataset has one."""
+    return [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
+
+
+FAMILY = RatingFamily()

@@ -23,7 +23,10 @@ nothing.
 import torch
 from torch import nn
 
-from ncflib.ratings import MF, BiasMF, _check, _table, squared_error_loss
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.errors import TaskError
+from ncflib.ratings import MF, BiasMF, RatingFamily, _check, _table, held_out_sets, squared_error_loss
 
 TEXT_BASES = ("mf", "biasmf")
 
@@ -95,7 +98,9 @@ def text_loss(item_vectors, word_table, scale, words, offsets, sampler, negative
 class TextRating(nn.Module):
     """A rating from the review's words: their embeddings averaged, a linear layer, plus the training mean."""
 
-    reads_review = True
+    rates = True  # predicts a rating (measured by RMSE); textitem predicts none
+    reads_review = True  # reads the held-out review itself: a diagnostic, not a recommender
+    binary = False
 
     def __init__(self, num_users, num_items, num_words, factors=64):
         _check(num_users, num_items, factors)
@@ -142,6 +147,8 @@ class TextProfile(TextRating):
 class TextItem(nn.Module):
     """Item vectors trained to sit close to the words of their reviews (the text loss alone); no rating."""
 
+    rates, reads_review = False, False
+
     def __init__(self, num_users, num_items, num_words, factors=64, word_negatives=5):
         _check(num_users, num_items, factors)
         if word_negatives < 1:
@@ -186,6 +193,8 @@ class TextItem(nn.Module):
 class TextMF(nn.Module):
     """``mf`` or ``biasmf`` (``base``) whose item factors, through a linear map to the word space, are also trained
     with the text loss, weighted by ``text_weight``. Predicts from user and item alone."""
+
+    rates, reads_review, binary = True, False, False
 
     def __init__(self, num_users, num_items, num_words, factors=64, text_base="biasmf", text_weight=0.1,
                  word_negatives=5):
@@ -244,5 +253,108 @@ class TextMF(nn.Module):
     def user_parameter_names(self):
         return [f"rating.{name}" for name in self.rating.user_parameter_names()]
 
+    def item_biases(self):
+        return self.rating.item_biases()
+
 
 TEXT_MODELS = {"textrating": TextRating, "textprofile": TextProfile, "textitem": TextItem, "textmf": TextMF}
+
+
+# ------------------------------------------------------------------------------------------------ the family
+
+
+class TextFamily(RatingFamily):
+    """The review-text models (``TEXT_MODELS``): the rating family's batches with each pair's review; the models that
+    rate are measured as rating models (RMSE), ``textitem`` by its text loss on the held-out reviews, lower being
+    better. ``FAMILY`` is the registry's object."""
+
+    name = "reviews"
+    models = TEXT_MODELS
+    description = "textrating, textprofile, textitem or textmf on reviews with text (docs/reviews.md)"
+    weight_decay, model_defaults = {}, {}
+    shards_tables = False  # their word tables are looked up by review words, not by user or item
+
+    def add_arguments(self, parser):
+        group = parser.add_argument_group("review-text models (textrating, textprofile, textitem, textmf)")
+        group.add_argument("--word_negatives", type=int, default=5,
+                           help="textitem and textmf: words drawn against each word of a review in the text loss")
+        group.add_argument("--text_weight", type=float, default=0.1,
+                           help="textmf: the weight of the text loss beside the squared error (0: its base alone)")
+        group.add_argument("--text_base", choices=TEXT_BASES, default="biasmf",
+                           help="textmf: the rating model under it")
+
+    def flag_checks(self, args):
+        return []
+
+    def flag_problem(self, kind, args):
+        return None
+
+    def describe(self, kind, config):
+        if self.models[kind].reads_review:
+            return " (reads the held-out review to predict its rating: a diagnostic, not a recommender)"
+        return ""
+
+    def check(self, kind, dataset, config):
+        if dataset.train_text is None:
+            raise TaskError(f"{dataset.path}: has no review text, which --model {kind} learns from; convert reviews "
+                            "with text (Amazon JSON lines, or --text_col) with convert.py --split random")
+        if not dataset.vocabulary[0] or dataset.train_text.values.numel() == 0:
+            raise TaskError(f"{dataset.path}: its training reviews have no words (the source had no review text, or "
+                            f"--skip_top left none), so --model {kind} has nothing to learn from")
+        if self.models[kind].rates:
+            super().check(kind, dataset, config)
+
+    def data_settings(self, dataset):
+        return {"num_words": max(len(dataset.vocabulary[0]), 1)}
+
+    def prepare(self, model, kind, dataset, config):
+        if isinstance(getattr(model, "sampler", None), WordSampler):
+            model.sampler.set_counts(dataset.vocabulary[1])
+        return super().prepare(model, kind, dataset, config)
+
+    def batches(self, kind, config, dataset, runtime, text=None):
+        return super().batches(kind, config, dataset, runtime, dataset.train_text)
+
+    def evaluator(self, kind, config, dataset, model, autocast, runtime, reads_review=False):
+        if self.models[kind].rates:
+            return super().evaluator(kind, config, dataset, model, autocast, runtime, self.models[kind].reads_review)
+        return text_evaluator(dataset, model, autocast,
+                              config.valid_batch_size or evaluation.default_batch_samples(runtime.device))
+
+    def selection(self, kind, dataset, config):
+        if self.models[kind].rates:
+            return super().selection(kind, dataset, config)
+        return train.Selection(f"{'valid_' if dataset.validation is not None else ''}text_loss",
+                               higher_is_better=False)
+
+    def refusal(self, kind):
+        if self.models[kind].reads_review:
+            return "reads a review to predict its rating: a diagnostic of what the words tell, not a recommender"
+        return "learns item vectors from review words and predicts no rating"
+
+
+def text_evaluator(dataset, model, autocast, batch_size):
+    """``textitem``'s evaluation: the mean text loss of the held-out reviews (``text_loss``, and ``valid_text_loss``
+    with a validation set), its negative words drawn the same way at every evaluation."""
+
+    def evaluate():
+        metrics, scored = {}, 0
+        model.eval()
+        for prefix, held in held_out_sets(dataset):
+            users = torch.repeat_interleave(held.users, held.offsets.diff())
+            generator = torch.Generator(users.device).manual_seed(0)
+            total, reviews = 0.0, 0
+            with torch.no_grad():
+                for start in range(0, users.numel(), batch_size):
+                    rows = torch.arange(start, min(start + batch_size, users.numel()), device=users.device)
+                    with autocast():
+                        loss, count = model.text_loss(held.items[rows], *held.text.take(rows), generator)
+                    total, reviews = total + float(loss), reviews + count
+            metrics[prefix + "text_loss"] = total / max(reviews, 1)
+            scored += users.numel()
+        return metrics | {"eval_samples": scored}
+
+    return evaluate
+
+
+FAMILY = TextFamily()

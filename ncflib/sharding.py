@@ -13,12 +13,8 @@ Planning needs no devices and no process group: the topology is declared (ranks,
 64 GPUs is made and checked on a laptop.
 
 Under torchrun, ``shard`` moves a model's tables into a sharded TorchRec collection (``ShardedTables``: the model's
-own forward unchanged, the rest of it data-parallel), and ncf.py's ``--embedding_sharding`` trains it:
-``for_training`` (the plan printed), ``with_tables`` (the tables' fused optimizer beside the dense one),
-``evaluator`` (an unsharded copy refreshed with the gathered tables, which checkpoints save; under
-``--export_full``, for tables no process can hold whole, the sharded model itself through ``ShardedView``, and
-checkpoints gathered one table at a time by ``state_to_save``) and ``save_shards``/``load_shards`` (every rank's
-shards in ``last.dcp`` for ``--resume``).
+own forward unchanged, the rest of it data-parallel), and ``ShardedPlacement`` is what ncf.py's
+``--embedding_sharding`` trains with (``ncflib.placement`` is the seam: the run asks it once).
 """
 
 import contextlib
@@ -32,16 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ncflib.reviews import TEXT_MODELS
+from ncflib.errors import ShardingError
+from ncflib.placement import Placement
 from ncflib.sparse_adam import CombinedOptimizer
-from ncflib.tasks import TaskError, is_rating
 
 SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
 BYTES_PER_WEIGHT = 4  # float32 tables
-
-
-class ShardingError(TaskError):
-    """A plan that cannot be made (TorchRec missing, a budget too small): one line saying what to do."""
 
 
 def require_torchrec():
@@ -392,46 +384,6 @@ def add_arguments(parser):
                             "beside them; without it every rank keeps a whole copy for evaluation and checkpoints")
 
 
-def is_sharded(model):
-    return getattr(model, "shards_tables", False)
-
-
-def for_training(model, config, device, say=print):
-    """``model`` as it is under --embedding_sharding none; else its tables sharded across torchrun's ranks (the plan
-    printed), ready for ``train.fit``. A ShardingError when the run cannot shard."""
-    import torch.distributed as dist
-
-    if config.embedding_sharding == "none":
-        if config.export_full:
-            raise ShardingError("--export_full writes the checkpoints of sharded tables; add --embedding_sharding, "
-                                "or drop --export_full")
-        return model
-    require_torchrec()
-    if not dist.is_initialized():
-        raise ShardingError("--embedding_sharding shards tables across the ranks of a torchrun job; launch with "
-                            "torchrun --nproc_per_node=N ncf.py ...")
-    if config.model in TEXT_MODELS:  # their word tables are looked up by review words, not by user or item
-        raise ShardingError(f"--embedding_sharding shards user and item tables; --model {config.model} also looks up "
-                            "words, which it does not shard yet: train it without --embedding_sharding")
-    if config.export_full and config.eval_protocol == "full" and not is_rating(config.model):
-        raise ShardingError("--export_full evaluates through the sharded tables, which rank sampled candidates only: "
-                            "use --eval_protocol sampled, or drop --export_full when the tables fit in one process")
-    optimizer = config.table_optimizer or ("adam" if device.type == "cuda" else "adagrad")
-    rate = config.table_lr or (config.learning_rate if optimizer == "adam" else 0.05)
-    distributed, plan = shard(model, config.embedding_sharding, device, optimizer, rate)
-    distributed.shards_tables, distributed.table_rate, distributed.export_full = True, rate, config.export_full
-    wrapped = distributed.module
-    if dist.get_rank() == 0:
-        say(f"embedding tables ({optimizer}, rate {rate:g}): " + "; ".join(
-            describe_plan(plan, wrapped.layout, dist.get_world_size())))
-    return distributed
-
-
-def dense_module(model):
-    """What the dense optimizer trains: the model, or a sharded model's part outside its tables."""
-    return model.module.model if is_sharded(model) else model
-
-
 class TablesAndDense(CombinedOptimizer):
     """The dense optimizer and the tables' fused one, stepped as one. The fused optimizer updates the tables in the
     backward pass; ``step`` hands it its rate scaled as the schedule scales the dense rate (used from the next
@@ -457,31 +409,6 @@ class TablesAndDense(CombinedOptimizer):
 
     def load_state_dict(self, state):
         self.optimizers["dense"].load_state_dict(state["dense"])
-
-
-def with_tables(model, optimizer):
-    """``optimizer``, joined with a sharded model's table optimizer."""
-    if not is_sharded(model):
-        return optimizer
-    return TablesAndDense(optimizer, model.fused_optimizer, model.table_rate)
-
-
-def evaluator(model, make, rebuild):
-    """``make(model)`` (an evaluation function) for a plain model; for a sharded one, the evaluation of an unsharded
-    copy (``rebuild()``) refreshed with the gathered tables before each evaluation, kept as ``model.shadow`` (what
-    checkpoints save), or under --export_full the evaluation of the sharded model itself (``ShardedView``)."""
-    if not is_sharded(model):
-        return make(model)
-    if model.export_full:
-        return make(ShardedView(model))
-    model.shadow = rebuild()
-    evaluate = make(model.shadow)
-
-    def refreshed():
-        model.shadow.load_state_dict(full_state_dict(model))
-        return evaluate()
-
-    return refreshed
 
 
 class ShardedView:
@@ -513,81 +440,129 @@ class ShardedView:
         return self
 
 
-@contextlib.contextmanager
-def state_to_save(model, path, write=True):
-    """The state dict a single-file checkpoint at ``path`` holds (None where ``write`` is false): the model's own,
-    a sharded model's unsharded copy, or under --export_full its tables gathered onto the writing rank (rank 0) one
-    table at a time, each staged in a file beside ``path`` (memory-mapped, removed on leaving the block), so that no
-    process holds more than one table's pieces at once. Every rank of a sharded run enters it together."""
-    if not is_sharded(model):
-        yield getattr(model, "module", model).state_dict() if write else None
-        return
-    if not model.export_full:
-        yield model.shadow.state_dict() if write else None
-        return
-    import torch.distributed as dist
+class ShardedPlacement(Placement):
+    """--embedding_sharding: the model's tables sharded across torchrun's ranks by TorchRec (``shard``; the plan
+    printed), the rest data-parallel; the tables' fused optimizer stepped beside the dense one (``TablesAndDense``);
+    evaluation on an unsharded copy refreshed with the gathered tables (``shadow``, which checkpoints save), or under
+    --export_full, for tables no process can hold whole, on the sharded model itself (``ShardedView``), checkpoints
+    gathered one table at a time; every rank's shards in ``last.dcp`` for --resume."""
 
-    wrapped = model.module
-    state = wrapped.state_dict()
-    staged, full = [], {}
-    try:
-        for number, table in enumerate(wrapped.layout):
-            everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-            dist.gather_object(_local_pieces(state, table), everyone, dst=0)
-            if not write:
-                continue
-            staged.append(path.with_name(f".{path.name}.table{number}.tmp-{os.getpid()}"))
-            weight = np.memmap(staged[-1], dtype=np.float32, mode="w+", shape=(table.rows, table.width))
-            full[f"{table.name}.weight"] = _assemble(torch.from_numpy(weight), everyone)
-            del everyone  # (this table's pieces, before the next one's arrive)
-        yield (_dense_state(state) | full) if write else None
-    finally:
-        full.clear()
-        for file in staged:
-            file.unlink(missing_ok=True)
+    sharded = True
 
+    def __init__(self, sharding, export_full=False, table_optimizer=None, table_lr=None, learning_rate=None,
+                 device=None, say=print):
+        require_torchrec()
+        import torch.distributed as dist
 
-def save_shards(model, path, epoch):
-    """For a sharded model's ``last.pt``: every rank writes its shards of the model and of the tables' optimizer
-    state with torch.distributed.checkpoint to ``last.dcp`` beside it (all ranks must call it; a new folder renamed
-    into place, so a crash leaves the previous one). Nothing for other models or files."""
-    import shutil
+        if not dist.is_initialized():
+            raise ShardingError("--embedding_sharding shards tables across the ranks of a torchrun job; launch with "
+                                "torchrun --nproc_per_node=N ncf.py ...")
+        self.sharding, self.export_full, self.device, self.say = sharding, export_full, device, say
+        self.table_optimizer = table_optimizer or ("adam" if device.type == "cuda" else "adagrad")
+        self.table_rate = table_lr or (learning_rate if self.table_optimizer == "adam" else 0.05)
+        self.shadow = None
 
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
+    def place(self, model):
+        import torch.distributed as dist
 
-    if not is_sharded(model) or path.name != "last.pt":
-        return
-    final, fresh = path.with_suffix(".dcp"), path.with_suffix(".dcp.new")
-    if dist.get_rank() == 0:
-        shutil.rmtree(fresh, ignore_errors=True)
-    dist.barrier()
-    dcp.save({"model": model.state_dict(), "tables_optimizer": model.fused_optimizer.state_dict(),
-              "epoch": torch.tensor(epoch)}, checkpoint_id=str(fresh))
-    if dist.get_rank() == 0:
-        old = path.with_suffix(".dcp.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        fresh.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+        distributed, plan = shard(model, self.sharding, self.device, self.table_optimizer, self.table_rate)
+        if dist.get_rank() == 0:
+            self.say(f"embedding tables ({self.table_optimizer}, rate {self.table_rate:g}): " + "; ".join(
+                describe_plan(plan, distributed.module.layout, dist.get_world_size())))
+        return distributed
 
+    def dense_module(self, model):
+        return model.module.model
 
-def load_shards(model, path, epoch):
-    """Load ``last.dcp`` beside ``path`` (``save_shards``) into a sharded model and its tables' optimizer, checking
-    it was written for the same ``epoch`` as ``path``."""
-    import torch.distributed.checkpoint as dcp
+    def optimizer(self, model, optimizer):
+        return TablesAndDense(optimizer, model.fused_optimizer, self.table_rate)
 
-    folder = path.with_suffix(".dcp")
-    if not folder.is_dir():
-        raise ShardingError(f"{path}: was written without the per-rank shards of a sharded run ({folder.name}); "
-                            "start the run afresh, or resume it without --embedding_sharding")
-    state = {"model": model.state_dict(), "tables_optimizer": model.fused_optimizer.state_dict(),
-             "epoch": torch.tensor(-1)}
-    dcp.load(state, checkpoint_id=str(folder))
-    if int(state["epoch"]) != epoch:
-        raise ShardingError(f"{folder}: holds epoch {int(state['epoch'])}, but {path.name} epoch {epoch} (a run "
-                            "stopped while saving); start the run afresh")
-    model.load_state_dict(state["model"])
-    model.fused_optimizer.load_state_dict(state["tables_optimizer"])
+    def distributed(self, model, runtime):
+        return model  # DistributedModelParallel holds DDP for the dense part already
+
+    def evaluator(self, model, make, rebuild):
+        if self.export_full:
+            return make(ShardedView(model))
+        self.shadow = rebuild()
+        evaluate = make(self.shadow)
+
+        def refreshed():
+            self.shadow.load_state_dict(full_state_dict(model))
+            return evaluate()
+
+        return refreshed
+
+    @contextlib.contextmanager
+    def state_to_save(self, model, path, write=True):
+        """The state dict a single-file checkpoint at ``path`` holds (None where ``write`` is false): the unsharded
+        copy that evaluation refreshes, or under --export_full its tables gathered onto the writing rank (rank 0) one
+        table at a time, each staged in a file beside ``path`` (memory-mapped, removed on leaving the block), so that no
+        process holds more than one table's pieces at once. Every rank of a sharded run enters it together."""
+        if not self.export_full:
+            yield self.shadow.state_dict() if write else None
+            return
+        import torch.distributed as dist
+
+        wrapped = model.module
+        state = wrapped.state_dict()
+        staged, full = [], {}
+        try:
+            for number, table in enumerate(wrapped.layout):
+                everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+                dist.gather_object(_local_pieces(state, table), everyone, dst=0)
+                if not write:
+                    continue
+                staged.append(path.with_name(f".{path.name}.table{number}.tmp-{os.getpid()}"))
+                weight = np.memmap(staged[-1], dtype=np.float32, mode="w+", shape=(table.rows, table.width))
+                full[f"{table.name}.weight"] = _assemble(torch.from_numpy(weight), everyone)
+                del everyone  # (this table's pieces, before the next one's arrive)
+            yield (_dense_state(state) | full) if write else None
+        finally:
+            full.clear()
+            for file in staged:
+                file.unlink(missing_ok=True)
+
+    def save_shards(self, model, path, epoch):
+        """For a sharded model's ``last.pt``: every rank writes its shards of the model and of the tables' optimizer
+        state with torch.distributed.checkpoint to ``last.dcp`` beside it (all ranks must call it; a new folder renamed
+        into place, so a crash leaves the previous one). Nothing for other files."""
+        import shutil
+
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        if path.name != "last.pt":
+            return
+        final, fresh = path.with_suffix(".dcp"), path.with_suffix(".dcp.new")
+        if dist.get_rank() == 0:
+            shutil.rmtree(fresh, ignore_errors=True)
+        dist.barrier()
+        dcp.save({"model": model.state_dict(), "tables_optimizer": model.fused_optimizer.state_dict(),
+                  "epoch": torch.tensor(epoch)}, checkpoint_id=str(fresh))
+        if dist.get_rank() == 0:
+            old = path.with_suffix(".dcp.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            fresh.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def load(self, model, path, state):
+        """Load ``last.dcp`` beside ``path`` (``save_shards``) into a sharded model and its tables' optimizer, checking
+        it was written for the same epoch as ``path``'s ``state``."""
+        import torch.distributed.checkpoint as dcp
+
+        epoch = state["epoch"]
+        folder = path.with_suffix(".dcp")
+        if not folder.is_dir():
+            raise ShardingError(f"{path}: was written without the per-rank shards of a sharded run ({folder.name}); "
+                                "start the run afresh, or resume it without --embedding_sharding")
+        state = {"model": model.state_dict(), "tables_optimizer": model.fused_optimizer.state_dict(),
+                 "epoch": torch.tensor(-1)}
+        dcp.load(state, checkpoint_id=str(folder))
+        if int(state["epoch"]) != epoch:
+            raise ShardingError(f"{folder}: holds epoch {int(state['epoch'])}, but {path.name} epoch {epoch} (a run "
+                                "stopped while saving); start the run afresh")
+        model.load_state_dict(state["model"])
+        model.fused_optimizer.load_state_dict(state["tables_optimizer"])

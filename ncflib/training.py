@@ -31,6 +31,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ncflib import sparse_adam
+from ncflib.errors import DeviceError, RanksDisagree
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
@@ -71,10 +72,6 @@ class Runtime:
     @property
     def is_main(self):
         return self.rank == 0
-
-
-class DeviceError(Exception):
-    """The requested device is not available."""
 
 
 def setup_devices(choice="auto"):
@@ -162,18 +159,6 @@ def make_optimizer(model, name, undecayed=(), **settings):
         return torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["betas"][0],
                                weight_decay=settings["weight_decay"])
     return torch.optim.AdamW(groups, **settings, fused=True)
-
-
-def distributed(model, runtime):
-    """``model`` wrapped for data-parallel training when there are several ranks, else itself."""
-    if runtime.world_size == 1 or getattr(model, "shards_tables", False):  # sharded tables: DDP inside already
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
-
-
-class RanksDisagree(Exception):
-    """torchrun's ranks were given different data, settings or epochs to resume from."""
 
 
 def check_ranks_agree(settings, fingerprint, start_epoch, runtime):

@@ -342,14 +342,15 @@ def test_sgd_trains_a_rating_model(rated, tmp_path, capsys):
 
 
 def test_weight_decay_leaves_the_rating_models_biases_alone_and_the_implicit_models_as_they_were():
-    from ncflib import tasks
+    from ncflib import families
     from ncflib.checkpoint import build_model
 
     for kind, expected in (("dotbias", {"user_bias.weight", "item_bias.weight"}),
                            ("embnn", {"tower.0.bias", "tower.2.bias"}), ("neumf", set())):
         model = build_model(kind, 5, 4, factors=3, layers=[8], dropout=0.0, y_range=(0.0, 5.5))
         names = {id(parameter): name for name, parameter in model.named_parameters() if parameter.requires_grad}
-        optimizer = train.make_optimizer(model, "adam", tasks.undecayed(model, kind), lr=0.01, betas=(0.9, 0.99),
+        optimizer = train.make_optimizer(model, "adam", families.family_of(kind).undecayed(model), lr=0.01,
+                                         betas=(0.9, 0.99),
                                          eps=1e-8, weight_decay=0.1)
         free = {names[id(p)] for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
         assert free == expected

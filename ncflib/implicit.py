@@ -1,0 +1,157 @@
+"""The implicit-feedback family: GMF, MLP and NeuMF (neumf.py) trained on positives and sampled negatives.
+
+Batches of positives with negatives drawn on the device (``dataloading.ImplicitBatches``), binary cross-entropy
+(the models' ``training_loss``), HR/NDCG against sampled negatives or Recall/NDCG/MRR over every item, higher being
+better. ``FAMILY`` is the object the registry (``ncflib.families``) maps ``--model neumf|gmf|mlp`` to.
+"""
+
+import inspect
+
+import dataloading
+from ncflib import defaults, evaluation
+from ncflib import training as train
+from ncflib.checkpoint import load_model
+from ncflib.errors import CheckpointError, TaskError
+from ncflib.families import Family
+from neumf import GMF, MLP, NeuMF
+
+LAYERS_DEFAULT = (f"NVIDIA's {' '.join(map(str, defaults.NVIDIA_LAYERS))}, halved to "
+                  f"{' '.join(map(str, defaults.SMALL_LAYERS))} below {defaults.SMALL_DATA:,} training pairs "
+                  "(printed at start)")
+
+# What recommend.py --export says of the exported arrays, for the models whose score has a closed form over them.
+EXPORT_FORMULAS = {
+    GMF: "logit = (user_embedding[u] * item_embedding[i]) @ output_weight[0] + output_bias[0]",
+    NeuMF: "GMF branch: (gmf_user_embedding[u] * gmf_item_embedding[i]) @ output_weight[0, :factors]; the logit "
+           "adds the MLP branch (see model.onnx) and output_bias[0]"}
+
+
+def _takes(constructor, name):
+    return name in inspect.signature(constructor).parameters
+
+
+def _trains_branches(constructor):
+    """Whether the model's loss has NeuMF's branch losses (``--branch_loss``)."""
+    return _takes(constructor.training_loss, "branch_loss")
+
+
+def _pretrainable(constructor):
+    return hasattr(constructor, "load_pretrained")
+
+
+class ImplicitFamily(Family):
+    name = "implicit"
+    models = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP}
+    description = "neumf, gmf or mlp on implicit feedback (HR/NDCG)"
+
+    def add_arguments(self, parser):
+        group = parser.add_argument_group("implicit-feedback models (neumf, gmf, mlp)")
+        group.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
+                           help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
+                                "items as NVIDIA does (faster, slightly less accurate)")
+        group.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
+        group.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
+        group.add_argument("--alpha", type=float, default=0.5,
+                           help="weight of the GMF output layer when mixing pre-trained output layers (the paper's "
+                                "0.5; bench/alpha_sweep.py scores each alpha before fine-tuning)")
+        group.add_argument("--branch_loss", type=float, default=1.0, metavar="WEIGHT",
+                           help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every "
+                                "training pair through its own output layer, and those two losses, times WEIGHT, "
+                                "are added to NeuMF's, so each branch learns to be a model of its own, as "
+                                "pre-training makes it, in one run (docs/experiments.md); 0 trains NeuMF's joint "
+                                "output alone, as the paper and NVIDIA do")
+        group.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
+                           help="weight each user's recent training pairs up: a pair's loss (and its negatives') "
+                                "counts 1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the "
+                                "user's training pairs are later; the test item is each user's latest, and recent "
+                                "tastes predict it best (docs/experiments.md). Needs the dataset's timestamps "
+                                "(convert.py keeps them); 0: off, every pair counts once, as in the paper and "
+                                "NVIDIA's tool")
+        group.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
+                           help="with --recency: how many of a user's latest pairs get most of the extra weight (the "
+                                "extra falls by e each PAIRS pairs further back)")
+
+    def flag_checks(self, args):
+        return [("--branch_loss", args.branch_loss, "0 or more"), ("--recency", args.recency, "0 or more"),
+                ("--recency_window", args.recency_window, "positive"), ("--alpha", args.alpha, "in [0, 1]")]
+
+    def flag_problem(self, kind, args):
+        if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
+            return "--pretrain_gmf and --pretrain_mlp go together"
+        pretrainable = [name for name, made_by in self.models.items() if _pretrainable(made_by)]
+        if args.pretrain_gmf and kind not in pretrainable:
+            return f"--pretrain_gmf/--pretrain_mlp initialise --model {' or '.join(pretrainable)}"
+        if args.pretrain_gmf and args.load_checkpoint_path:
+            return "--pretrain_gmf/--pretrain_mlp start a fresh model; drop --load_checkpoint_path"
+        if kind in self.models and args.layers and args.layers[0] % 2:
+            return (f"--layers: the first size is the user and item embeddings concatenated, so it must be even, got "
+                    f"{args.layers[0]}")
+        return None
+
+    def choose(self, kind, args, dataset):
+        given = (args.negative_samples, args.batch_size, args.learning_rate, args.beta1, args.beta2,
+                 args.weight_decay, args.lr_schedule)
+        values, notes, warning = defaults.choose_sizes(dataset.num_train, dataset.num_items, args.data is None,
+                                                       *given)
+        layers = args.layers
+        if layers is None and _takes(self.models[kind], "layers"):
+            layers = defaults.choose_layers(dataset.num_train)
+            notes["MLP layers"] = (" ".join(map(str, layers)), f"chosen for {dataset.num_train:,} training pairs; "
+                                   "set with --layers")
+        values["layers"] = defaults.NVIDIA_LAYERS if layers is None else layers
+        values["dropout"] = defaults.IMPLICIT_DROPOUT if args.dropout is None else args.dropout
+        return values, notes, warning
+
+    def describe(self, kind, config):
+        if _trains_branches(self.models[kind]) and config.branch_loss:
+            return f" (branch losses x {config.branch_loss:g})"
+        return ""
+
+    def check(self, kind, dataset, config):
+        if config.binary:
+            raise TaskError(f"--binary is SimpleCF's 0/1 variant of --model dot, not of --model {kind}")
+        problem = evaluation.protocol_problem(dataset, config.eval_protocol, config.topk)
+        if problem:
+            raise TaskError(problem)
+
+    def prepare(self, model, kind, dataset, config):
+        """NeuMF from pre-trained GMF and MLP checkpoints (output layers mixed by --alpha) when they are given."""
+        if not config.pretrain_gmf:
+            return model
+        gmf, mlp = (load_model(path, dataset, expected) for path, expected in
+                    ((config.pretrain_gmf, "gmf"), (config.pretrain_mlp, "mlp")))
+        if gmf.user_embedding.embedding_dim != config.factors or mlp.layer_sizes != list(config.layers):
+            raise CheckpointError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
+        return model.load_pretrained(gmf, mlp, config.alpha)
+
+    def batches(self, kind, config, dataset, runtime):
+        positives = (dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
+                                             dataset.num_items) if config.negative_sampling == "exact" else None)
+        return lambda epoch: dataloading.ImplicitBatches(dataset, config.batch_size, config.negative_samples,
+                                                         train.epoch_seed(config.seed, epoch), positives,
+                                                         runtime.rank, runtime.world_size)
+
+    def evaluator(self, kind, config, dataset, model, autocast, runtime):
+        batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
+        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, batch_size, autocast,
+                                    runtime.rank, runtime.world_size, config.compile)
+
+    def selection(self, kind, dataset, config):
+        return train.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
+
+    def resume_fields(self, kind, config):
+        return [("negative_samples", "-n", None, True), ("recency", "--recency", 0.0, True),
+                ("recency_window", "--recency_window", 10.0, bool(config["recency"])),
+                ("branch_loss", "--branch_loss", 0.0, _trains_branches(self.models[kind]))]
+
+    def tasks(self, kind, model):
+        return super().tasks(kind, model) | {"fold_in"}
+
+    def prediction(self, kind, model, value):
+        return f"score {value:.4f} (probability {1 / (1 + 2.718281828459045 ** -value):.3f})"
+
+    def export_formula(self, kind):
+        return EXPORT_FORMULAS.get(self.models[kind])
+
+
+FAMILY = ImplicitFamily()

@@ -1,0 +1,82 @@
+"""Where a model's tables live during training: the one seam between the run and TorchRec.
+
+ncf.py asks ``placement_for`` once. The default ``Placement`` keeps the whole model on every rank (data-parallel
+under torchrun) and does nothing at each hook; ``--embedding_sharding`` returns ``sharding.ShardedPlacement``,
+which shards the tables across the ranks. The training loop and the checkpoint code only call the hooks, so
+importing them never imports TorchRec.
+
+    placement = placement_for("none", export_full=False, family=family, kind="neumf", ...)
+    model = placement.place(model)             # sharded, or as it is
+    with placement.state_to_save(model, path, write=True) as state: ...
+"""
+
+import contextlib
+
+import torch
+
+from ncflib.errors import ShardingError
+
+
+class Placement:
+    """Every rank holds the whole model: nothing to shard, gather or save apart."""
+
+    sharded = False  # a sharded placement has every rank take part in each checkpoint write
+
+    def place(self, model):
+        """The model as training runs it."""
+        return model
+
+    def dense_module(self, model):
+        """What the dense optimizer trains."""
+        return model
+
+    def optimizer(self, model, optimizer):
+        """The optimizer the loop steps: ``optimizer``, joined with the tables' own where they have one."""
+        return optimizer
+
+    def distributed(self, model, runtime):
+        """``model`` wrapped for data-parallel training when there are several ranks, else itself."""
+        if runtime.world_size == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None)
+
+    def evaluator(self, model, make, rebuild):
+        """``make(module)`` (an evaluation function) for the module evaluation reads; ``rebuild()`` makes a fresh
+        unsharded model of the same shape."""
+        return make(model)
+
+    @contextlib.contextmanager
+    def state_to_save(self, model, path, write=True):
+        """The state dict a single-file checkpoint at ``path`` holds (None where ``write`` is false)."""
+        yield getattr(model, "module", model).state_dict() if write else None
+
+    def save_shards(self, model, path, epoch):
+        """Write what the single file does not hold (every rank's shards); nothing here."""
+
+    def load(self, model, path, state):
+        """Load a resumed checkpoint's ``state`` (read from ``path``) into ``model``."""
+        model.load_state_dict(state["state_dict"])
+
+
+LOCAL = Placement()
+
+
+def placement_for(sharding, export_full, family, kind, eval_protocol, **options):
+    """The placement of a run: ``LOCAL`` under --embedding_sharding none, else TorchRec's (``options``: the table
+    optimizer, its rate, the learning rate, the device and a ``say`` for the plan). A ShardingError (one line) for
+    a model or flags that cannot be sharded."""
+    if sharding == "none":
+        if export_full:
+            raise ShardingError("--export_full writes the checkpoints of sharded tables; add --embedding_sharding, "
+                                "or drop --export_full")
+        return LOCAL
+    if not family.shards_tables:
+        raise ShardingError(f"--embedding_sharding shards user and item tables; --model {kind} also looks up "
+                            "words, which it does not shard yet: train it without --embedding_sharding")
+    if export_full and eval_protocol == "full" and family.ranks_items:
+        raise ShardingError("--export_full evaluates through the sharded tables, which rank sampled candidates only: "
+                            "use --eval_protocol sampled, or drop --export_full when the tables fit in one process")
+    from ncflib.sharding import ShardedPlacement  # TorchRec only when asked for
+
+    return ShardedPlacement(sharding, export_full=export_full, **options)
