@@ -16,7 +16,7 @@ import torch
 import convert
 import dataloading
 import ncf
-from ncflib import evaluation
+from ncflib import evaluation, families
 from ncflib import training as train
 from ncflib.errors import UsageError
 from ncflib.placement import LOCAL
@@ -60,8 +60,10 @@ def run_flags(args):
 
 
 def run_label(amp, compile_mode, model="neumf", branch_loss=0.0):
-    """", branch losses x W, AMP, compiled (MODE)" for the table headers, each part only when it applies."""
-    branches = f", branch losses x {branch_loss:g}" if model == "neumf" and branch_loss else ""
+    """", branch losses x W, AMP, compiled (MODE)" for the table headers, each part only when it applies (the
+    branch losses as the model's family describes them)."""
+    config = argparse.Namespace(branch_loss=branch_loss)
+    branches = families.family_of(model).describe(model, config).replace(" (", ", ").rstrip(")")
     return f"{branches}{', AMP' if amp else ''}{f', compiled ({compile_mode})' if compile_mode else ''}"
 
 

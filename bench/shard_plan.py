@@ -42,10 +42,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def traffic(kind, batch, widths, ranks):
+def traffic(sharding_type, batch, widths, ranks):
     """Bytes the lookups move between ranks per training step (forward and backward), as the docstring says."""
     per_sample = sum(widths) * sharding.BYTES_PER_WEIGHT
-    if kind == "row_wise":
+    if sharding_type == "row_wise":
         return 2 * (ranks - 1) * batch * per_sample
     return 2 * batch * per_sample * (ranks - 1) / ranks
 

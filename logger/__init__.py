@@ -62,11 +62,22 @@ def metric_label(key):
     return f"{'valid ' if match[1] else ''}{name}"
 
 
+# Keys of an epoch record that are not the evaluation's metrics.
+BOOKKEEPING = ("epoch", "train_loss", "validation_loss", "valid_loss", "learning_rate", "train_throughput",
+               "train_epoch_time", "eval_throughput", "validation_epoch_time", "eval_samples")
+
+
 def metric_line(metrics, prefix=""):
-    """The ranking metrics of a dict (those named like ``hr@10``, ``valid_recall@20``), printed in its order;
-    ``prefix`` keeps only the test set's ("") or the validation set's ("valid_")."""
-    return "  ".join(f"{metric_label(key)} {value:.4f}" for key, value in metrics.items()
-                     if (match := METRIC.fullmatch(key)) and (match[1] or "") == prefix)
+    """The metrics of a dict (those named like ``hr@10``, ``valid_recall@20``, ``rmse``), printed in its order;
+    ``prefix`` keeps only the test set's ("") or the validation set's ("valid_"). A dict with none of those names
+    (a family's own metrics) has its other numbers printed by their keys."""
+    known = [f"{metric_label(key)} {value:.4f}" for key, value in metrics.items()
+             if (match := METRIC.fullmatch(key)) and (match[1] or "") == prefix]
+    if known or any(METRIC.fullmatch(key) for key in metrics):
+        return "  ".join(known)
+    return "  ".join(f"{key.removeprefix(prefix)} {value:.4f}" for key, value in metrics.items()
+                     if key not in BOOKKEEPING and isinstance(value, float) and key.startswith(prefix)
+                     and (prefix or not key.startswith("valid_")))
 
 
 def describe_run(config, dataset, runtime, notes, model_note=""):

@@ -131,8 +131,15 @@ class Family:
 
     def choose(self, kind, args, dataset):
         """The settings chosen from the data where the flags leave them open: (values by flag name, notes {what:
-        (value, how chosen)} to print, a warning or None)."""
-        return {}, {}, None
+        (value, how chosen)} to print, a warning or None). Here the common optimizer settings, as given, else
+        plain Adam's (batch 2^10 at most one epoch, rate 1e-3, betas 0.9 and 0.999, no weight decay, a constant
+        rate); the families override it with the settings measured for their models."""
+        plain = {"batch_size": min(2**10, max(dataset.num_train, 1)), "learning_rate": 1e-3, "beta1": 0.9,
+                 "beta2": 0.999, "weight_decay": 0.0, "lr_schedule": "constant"}
+        values = {name: plain[name] if getattr(args, name) is None else getattr(args, name) for name in plain}
+        notes = {name.replace("_", " "): (values[name], "plain Adam's; set with its flag")
+                 for name in plain if getattr(args, name) is None}
+        return values, notes, None
 
     def describe(self, kind, config):
         """What ncf.py prints after the model's name (empty, or starting with a space)."""

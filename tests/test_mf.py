@@ -10,7 +10,7 @@ import torch
 from dataloading import RatingBatches
 from ncflib import evaluation
 from ncflib import training as train
-from ncflib.ratings import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, squared_error_loss
+from ncflib.ratings import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, StartsFromMean, squared_error_loss
 
 # The tutorial's toy matrix: 5 users x 4 items, zeros unobserved.
 TOY = torch.tensor([[5, 3, 0, 1], [4, 0, 0, 1], [1, 1, 0, 5], [1, 0, 0, 4], [0, 1, 5, 4]], dtype=torch.float32)
@@ -35,13 +35,13 @@ def _fit(model, users, items, ratings, epochs, lr, batch_size=4, l2=0.0):
     return best["metrics"]["mse"]
 
 
-@pytest.mark.parametrize("kind, epochs, lr", [("mf", 300, 0.05), ("embnn", 300, 0.01)])
-def test_the_toy_matrix_is_fitted(kind, epochs, lr):
+@pytest.mark.parametrize("kind, settings, epochs, lr", [("mf", {"factors": 3}, 300, 0.05),
+                                                        ("embnn", {"factors": 3, "layers": (16,)}, 300, 0.01)])
+def test_the_toy_matrix_is_fitted(kind, settings, epochs, lr):
     torch.manual_seed(0)
     users, items, ratings = _toy_pairs()
-    settings = {"factors": 3} if kind == "mf" else {"factors": 3, "layers": (16,)}
     model = RATING_MODELS[kind](5, 4, **settings)
-    if kind == "mf":
+    if isinstance(model, StartsFromMean):
         model.set_mean(ratings.mean())
     assert _fit(model, users, items, ratings, epochs, lr) < 0.01
 
