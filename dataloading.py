@@ -4,14 +4,12 @@ Data stays on the device: the dataset is loaded once, each epoch's order and neg
 ``torch.Generator`` on the device, and batches are slices of device tensors. Nothing in the training loop copies
 to the host or synchronises (no ``.item()``): the loop only queues work.
 
-Reads the directory written by ``convert.py`` (``metadata.json`` + ``.npy`` arrays, loaded without pickle) and the
-directory written by NVIDIA's DeepLearningExamples ``convert.py`` (``feature_spec.yaml`` + ``.pt`` tensors, loaded
-with ``weights_only=True``).
+Loads the directory written by ``convert.py`` or by NVIDIA's DeepLearningExamples ``convert.py`` (its files are read
+by ``ncflib.data.layout``, without pickle) and checks the arrays. The batch makers (``ImplicitBatches``,
+``RatingBatches``) yield ``Batch``es, which the training loop takes whatever the model family.
 """
 
-import csv
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +18,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ncflib.data import layout
 from ncflib.data.layout import split_fingerprint
 from ncflib.errors import DatasetError
-from ncflib.textdata import Ragged, read_vocabulary
+from ncflib.textdata import Ragged
 
 
 @dataclass(frozen=True)
@@ -180,34 +179,20 @@ class Dataset:
     def original_ids(self, kind):
         """(original ids, titles or None) of ``kind`` 'users' or 'items', by contiguous index, from convert.py's
         ``users.csv``/``items.csv``; (None, None) when the dataset has no id maps (NVIDIA's layout, the demo)."""
-        return read_id_map(Path(self.path) / f"{kind}.csv")
-
-
-def read_id_map(file):
-    """(original ids as strings, titles or None) from an id map written by convert.py; (None, None) if absent."""
-    if not file.is_file():
-        return None, None
-    try:
-        with open(file, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        ids = [row["original_id"] for row in rows]
-        titles = [row["title"] for row in rows] if rows and "title" in rows[0] else None
-    except (OSError, UnicodeDecodeError, KeyError, csv.Error) as error:
-        raise DatasetError(f"{file}: unreadable id map ({error}); re-create the dataset with convert.py") from None
-    return ids, titles
+        return layout.read_id_map(Path(self.path) / f"{kind}.csv")
 
 
 def load_dataset(path):
-    """Load a dataset directory (ours or NVIDIA's) onto the CPU, checking shapes and ranges."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetError(f"{path}: not a directory; create a dataset with convert.py and pass it with --data")
-    if (path / "metadata.json").is_file():
-        return _load_ours(path)
-    if (path / "feature_spec.yaml").is_file():
-        return _load_nvidia(path)
-    raise DatasetError(f"{path}: no metadata.json (convert.py) or feature_spec.yaml (NVIDIA) here; "
-                       "create a dataset with convert.py")
+    """Load a dataset directory (ours or NVIDIA's: ``ncflib.data.layout`` reads it) onto the CPU, checking shapes,
+    ranges and what its metadata records."""
+    arrays, metadata = layout.read_dataset(path)
+    dataset = Dataset.from_arrays(**arrays)
+    if metadata is not None:
+        layout.check_metadata(Path(path), metadata, {
+            "num_train": dataset.num_train, "num_test_users": dataset.test.users.numel(),
+            "test_negatives": 0 if dataset.test.negatives is None else dataset.test.negatives.shape[1],
+            "fingerprint": dataset.fingerprint})
+    return dataset
 
 
 def load_dataset_or_demo(path):
@@ -215,146 +200,9 @@ def load_dataset_or_demo(path):
     demo`` writes it (its default seed: the demo is one fixed dataset, whatever a run's own seed)."""
     if path:
         return load_dataset(path)
-    import convert  # only the demo needs the converter (and pandas)
+    from ncflib.data.splits import generated_split  # only the demo needs the splits (and pandas)
 
-    return dataset_from_split(convert.generated_split(), "demo")
-
-
-def _load_array(file, mmap=False):
-    try:
-        return np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except FileNotFoundError:
-        raise DatasetError(f"{file}: missing; re-create the dataset with convert.py") from None
-    except (ValueError, OSError, EOFError) as error:
-        raise DatasetError(f"{file}: corrupted or not a .npy array ({str(error)[:80]}); re-create it with "
-                           "convert.py") from None
-
-
-def _load_ours(path):
-    try:
-        metadata = json.loads((path / "metadata.json").read_text())
-        num_users, num_items = int(metadata["num_users"]), int(metadata["num_items"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path / 'metadata.json'}: unreadable or incomplete ({error})") from None
-    train, test = _load_array(path / "train.npy"), _load_array(path / "test.npy")
-    # Negatives exist for splits with one held-out item per user (the metadata says how many: missing ones are an
-    # error); the validation set only where the split made one.
-    negatives = (_load_array(path / "test_negatives.npy") if (path / "test_negatives.npy").is_file()
-                 or metadata.get("test_negatives", 1) else None)
-    held = {name: _load_array(path / f"{name}.npy") if (path / f"{name}.npy").is_file() else None
-            for name in ("validation", "validation_negatives")}
-    # Mapped, not read: only --recency uses the times, and on ML-20M they are 160 MB.
-    side = {name: _load_array(path / f"{name}.npy", mmap=True) if (path / f"{name}.npy").is_file() else None
-            for name in ("train_timestamps", "train_ratings")}
-    held |= {name: _load_array(path / f"{name}.npy") if (path / f"{name}.npy").is_file() else None
-             for name in ("test_ratings", "validation_ratings")}
-    dataset = Dataset.from_arrays(num_users, num_items, train, test, negatives, path, **side, **held,
-                                  **_load_texts(path))
-    _check_metadata(path, metadata, dataset)
-    return dataset
-
-
-def _load_texts(path):
-    """{texts, vocabulary} of a dataset with review text (vocab.csv and the parts' ragged arrays); {} without."""
-    if not (path / "vocab.csv").is_file():
-        return {}
-    try:
-        vocabulary = read_vocabulary(path / "vocab.csv")
-    except ValueError as error:
-        raise DatasetError(f"{error}; re-create the dataset with convert.py") from None
-    texts = {}
-    for part in ("train", "test", "validation"):
-        if (path / f"{part}_text.npy").is_file():
-            values, offsets = _load_array(path / f"{part}_text.npy"), _load_array(path / f"{part}_text_offsets.npy")
-            try:
-                texts[part] = Ragged.from_arrays(values, offsets, len(vocabulary[0]), str(path / f"{part}_text.npy"))
-            except ValueError as error:
-                raise DatasetError(f"{error}; re-create the dataset with convert.py") from None
-    return {"texts": texts, "vocabulary": vocabulary}
-
-
-def _check_metadata(path, metadata, dataset):
-    """The counts and fingerprint that metadata.json records must describe the arrays beside it."""
-    recorded = {"num_train": dataset.num_train, "num_test_users": dataset.test.users.numel(),
-                "test_negatives": 0 if dataset.test.negatives is None else dataset.test.negatives.shape[1],
-                "fingerprint": dataset.fingerprint}
-    for key, actual in recorded.items():
-        if key in metadata and metadata[key] != actual:
-            raise DatasetError(f"{path / 'metadata.json'}: records {key} {metadata[key]!r:.20}, but the arrays give "
-                               f"{actual!r:.20} (edited after convert.py wrote them?); re-create the dataset with "
-                               "convert.py")
-
-
-def _nvidia_columns(path, sources, mapping):
-    """{feature name: 1-d tensor} of one channel (``train`` or ``test``) of NVIDIA's source_spec, read from its
-    ``.pt`` files with ``weights_only=True``."""
-    columns = {}
-    for chunk in sources[mapping]:
-        if chunk.get("type") != "torch_tensor":
-            raise DatasetError(f"{path / 'feature_spec.yaml'}: {mapping} source type {chunk.get('type')!r} is "
-                               "not supported (only torch_tensor)")
-        tensors = []
-        for file in chunk["files"]:
-            try:
-                tensors.append(torch.load(path / file, map_location="cpu", weights_only=True))
-            except Exception as error:  # noqa: BLE001 - a pickle refused by weights_only, a damaged file, ...
-                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:80]
-                raise DatasetError(f"{path / file}: cannot load as tensors ({first_line}); only plain tensor "
-                                   "files are read (weights_only)") from None
-        data = torch.cat(tensors)  # [rows, features]: one column per feature
-        if data.dim() == 1:
-            data = data[:, None]
-        if data.shape[1] != len(chunk["features"]):
-            raise DatasetError(f"{path / chunk['files'][0]}: has {data.shape[1]} columns for features "
-                               f"{chunk['features']}")
-        for index, name in enumerate(chunk["features"]):
-            columns[name] = data[:, index]
-    return columns
-
-
-def _load_nvidia(path):
-    """NVIDIA's layout: feature_spec.yaml naming torch tensors for the train and test channels."""
-    import yaml
-
-    try:
-        spec = yaml.safe_load((path / "feature_spec.yaml").read_text())
-        features = spec["feature_spec"]
-        user_name, item_name = spec["channel_spec"]["user_ch"][0], spec["channel_spec"]["item_ch"][0]
-        num_users = int(features[user_name]["cardinality"])
-        num_items = int(features[item_name]["cardinality"])
-        sources = spec["source_spec"]
-    except (yaml.YAMLError, KeyError, TypeError, IndexError, ValueError) as error:
-        raise DatasetError(f"{path / 'feature_spec.yaml'}: not a feature spec this tool understands ({error})") \
-            from None
-
-    train_columns, test_columns = (_nvidia_columns(path, sources, part) for part in ("train", "test"))
-    # NVIDIA's test channel holds one series of test_samples_per_series consecutive rows per user: the positive
-    # (label 1, last in their converter's output) and the user's negatives.
-    per_user = int((spec.get("metadata") or {}).get("test_samples_per_series", 0))
-    test_users, test_items = test_columns[user_name].reshape(-1), test_columns[item_name].reshape(-1)
-    if per_user < 2 or test_users.numel() % per_user:
-        raise DatasetError(f"{path / 'feature_spec.yaml'}: metadata.test_samples_per_series must be at least 2 and "
-                           f"divide the {test_users.numel()} test rows")
-    users, items = test_users.view(-1, per_user), test_items.view(-1, per_user)
-    label_name = spec["channel_spec"].get("label_ch", [None])[0]
-    if label_name in test_columns:
-        labels = test_columns[label_name].reshape(-1, per_user)
-        if not torch.equal((labels > 0).sum(1), torch.ones(labels.shape[0], dtype=torch.long)):
-            raise DatasetError(f"{path}: every test series needs exactly one positive (label 1)")
-        positive = labels.argmax(1)
-    else:
-        positive = torch.full((users.shape[0],), per_user - 1)
-    rows = torch.arange(users.shape[0])
-    others = torch.ones_like(items, dtype=torch.bool)
-    others[rows, positive] = False
-    negatives = items[others].view(-1, per_user - 1)
-    test = torch.stack([users[rows, positive], items[rows, positive]], 1)
-    order = torch.argsort(test[:, 0])
-    if not torch.equal(test[order, 0], torch.arange(num_users)):
-        raise DatasetError(f"{path}: this tool needs exactly one test series per user")
-    train = torch.stack([train_columns[user_name].reshape(-1), train_columns[item_name].reshape(-1)], 1).numpy()
-    test, negatives = test[order].numpy(), negatives[order].numpy()
-    return Dataset.from_arrays(num_users, num_items, train, test, negatives, path)
+    return dataset_from_split(generated_split(), "demo")
 
 
 def dataset_from_split(split, name):

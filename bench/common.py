@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-import convert
 import dataloading
 import ncf
 from ncflib import evaluation, families
 from ncflib import training as train
+from ncflib.data import splits
 from ncflib.errors import UsageError
 from ncflib.placement import LOCAL
 
@@ -84,7 +84,7 @@ def load(args):
     if args.data:
         return dataloading.load_dataset(args.data), args.data
     users, items, interactions = args.synthetic
-    split = convert.generated_split((users, items, interactions), seed=0)
+    split = splits.generated_split((users, items, interactions), seed=0)
     return dataloading.dataset_from_split(split, "synthetic"), f"synthetic {users:,} x {items:,}, {interactions:,}"
 
 

@@ -16,6 +16,7 @@ import convert
 import dataloading
 from conftest import load_output, run_convert, shared_file
 from ncflib import evaluation
+from ncflib.data import readers, splits
 
 # What the tiny_log fixture must become (original ids): test items by user and the training pairs.
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,13 +120,13 @@ def test_every_format_gives_the_same_split(tmp_path, tiny_log, name):
 
 
 def test_format_is_detected_from_name_and_content(tmp_path, tiny_log):
-    assert convert.detect_format(write_u_data(tmp_path, tiny_log)) == "movielens-100k"
-    assert convert.detect_format(write_ratings_dat(tmp_path, tiny_log)) == "movielens-1m"
-    assert convert.detect_format(write_ratings_csv(tmp_path, tiny_log)) == "movielens-20m"
-    assert convert.detect_format(write_amazon(tmp_path, tiny_log, compress=False)) == "amazon"
-    assert convert.detect_format(write_parquet(tmp_path, tiny_log)) == "parquet"
-    assert convert.detect_format(write_generic_tsv_no_header(tmp_path, tiny_log)) == "csv"
-    assert convert.detect_format(tmp_path) == "movielens-100k"  # a folder holding u.data
+    assert readers.detect_format(write_u_data(tmp_path, tiny_log)) == "movielens-100k"
+    assert readers.detect_format(write_ratings_dat(tmp_path, tiny_log)) == "movielens-1m"
+    assert readers.detect_format(write_ratings_csv(tmp_path, tiny_log)) == "movielens-20m"
+    assert readers.detect_format(write_amazon(tmp_path, tiny_log, compress=False)) == "amazon"
+    assert readers.detect_format(write_parquet(tmp_path, tiny_log)) == "parquet"
+    assert readers.detect_format(write_generic_tsv_no_header(tmp_path, tiny_log)) == "csv"
+    assert readers.detect_format(tmp_path) == "movielens-100k"  # a folder holding u.data
 
 
 def test_amazon_plain_json_lines(tmp_path, tiny_log):
@@ -255,7 +256,7 @@ def test_negative_sampler_handles_users_with_most_items(tmp_path):
         items += sorted(chosen.tolist())
     users, items = np.array(users), np.array(items)
     counts = np.bincount(users)
-    negatives = convert.sample_test_negatives(users, items, counts, num_items, 5, np.random.default_rng(1),
+    negatives = splits.sample_test_negatives(users, items, counts, num_items, 5, np.random.default_rng(1),
                                               chunk_users=4)
     for user in range(10):
         assert len(set(negatives[user])) == 5

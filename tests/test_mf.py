@@ -299,10 +299,10 @@ def test_plot_items_writes_a_png(rated, tmp_path, capsys):
 
 
 def test_the_demo_has_planted_ratings_and_the_interactions_of_earlier_versions():
-    import convert
     import dataloading
+    from ncflib.data import splits
 
-    split = convert.generated_split()
+    split = splits.generated_split()
     # The ratings take the random draws the uniform stars took, so the interactions, times and the split (and every
     # implicit model's result on the demo) are those of earlier versions.
     assert dataloading.dataset_from_split(split, "demo").fingerprint == \

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-import convert
 import dataloading
 from ncflib import evaluation
 from ncflib.checkpoint import build_model
+from ncflib.data import splits
 from neumf import GMF, MLP, NeuMF, linear_relu, lookup
 
 MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),
@@ -150,7 +150,7 @@ def test_epoch_batches_cover_every_positive_once_with_n_negatives():
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_implicit_batches_repeat_their_users_in_as_many_blocks_as_they_say(world_size):
     # ImplicitInputs.groups is a promise the models rely on: users is `groups` copies of its first len / groups.
-    dataset = dataloading.dataset_from_split(convert.generated_split((40, 60, 400), seed=3, num_negatives=5), "toy")
+    dataset = dataloading.dataset_from_split(splits.generated_split((40, 60, 400), seed=3, num_negatives=5), "toy")
     for rank in range(world_size):
         batches = list(dataloading.ImplicitBatches(dataset, 64, 3, seed=5, rank=rank, world_size=world_size))
         assert len(batches) > 3 and batches[-1].samples < batches[0].samples  # a smaller last batch too
@@ -348,7 +348,7 @@ def test_evaluation_batches_default_by_device_and_do_not_change_the_metrics():
     # --valid_batch_size left out: 2^14 samples a batch on a CPU, NVIDIA's 2^20 elsewhere; any batching gives the
     # same metrics, a last partial batch included.
     assert evaluation.default_batch_samples("cpu") == 2**14 and evaluation.default_batch_samples("cuda") == 2**20
-    dataset = dataloading.dataset_from_split(convert.generated_split((40, 60, 400), seed=3, num_negatives=5), "toy")
+    dataset = dataloading.dataset_from_split(splits.generated_split((40, 60, 400), seed=3, num_negatives=5), "toy")
     model = build_model("neumf", dataset.num_users, dataset.num_items, factors=8, layers=[16, 8], dropout=0.0).eval()
     chosen = evaluation.evaluator(model, dataset, "sampled", 3, None, lambda: torch.autocast("cpu", enabled=False))()
     for batch_samples in (2**14, 25):  # 25: 4 users of 6 candidates a batch, the last batch partial

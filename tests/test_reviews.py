@@ -12,6 +12,7 @@ import ncf
 import recommend
 from conftest import run_convert, shared_file
 from ncflib import textdata
+from ncflib.data import layout
 from ncflib.reviews import TextMF, TextRating, text_loss
 
 GROUPS, ITEMS_PER_GROUP, WORDS_PER_GROUP = 4, 6, 10
@@ -83,7 +84,7 @@ def test_convert_writes_the_vocabulary_of_the_training_reviews_and_ragged_arrays
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     dataset = dataloading.load_dataset(data)
     words, counts = dataset.vocabulary
-    users, items = dataloading.read_id_map(data / "users.csv")[0], dataloading.read_id_map(data / "items.csv")[0]
+    users, items = layout.read_id_map(data / "users.csv")[0], layout.read_id_map(data / "items.csv")[0]
     by_pair = {(row["reviewerID"], row["asin"]): row for row in rows}
 
     def texts(part_users, part_items, ragged):
@@ -118,7 +119,7 @@ def test_held_out_only_words_never_enter_the_vocabulary(tmp_path):
     assert run_convert(["--path", tmp_path / "r.json.gz", "--split", "random", "--output", tmp_path / "d"])[0] == 0
     dataset = dataloading.load_dataset(tmp_path / "d")
     words = set(dataset.vocabulary[0])
-    held = {f"word{int(dataloading.read_id_map(tmp_path / 'd' / 'items.csv')[0][item][1:])}"
+    held = {f"word{int(layout.read_id_map(tmp_path / 'd' / 'items.csv')[0][item][1:])}"
             for item in dataset.test.items.tolist()}
     assert len(held) == 8 and not held & words and "common" in words and len(words) == 33
     # Test reviews keep only their known word, "common".
