@@ -24,6 +24,18 @@ from ncflib.errors import DatasetError
 from ncflib.textdata import Ragged
 
 
+def moved_to(data, device):
+    """A copy of the dataclass ``data`` with every tensor field on ``device`` (and every field that is itself such
+    a dataclass, moved the same way); host arrays and other values stay as they are."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        return moved_to(value, device) if dataclasses.is_dataclass(value) else value
+
+    return dataclasses.replace(data, **{field.name: move(getattr(data, field.name))
+                                        for field in dataclasses.fields(data) if field.init})
+
+
 @dataclass(frozen=True)
 class HeldOut:
     """Held-out interactions (a test or validation set): each listed user's items, and, when every user has exactly
@@ -55,10 +67,7 @@ class HeldOut:
         return self.items.numel() == self.users.numel()
 
     def to(self, device):
-        return HeldOut(self.users.to(device), self.offsets.to(device), self.items.to(device),
-                       None if self.negatives is None else self.negatives.to(device),
-                       None if self.ratings is None else self.ratings.to(device),
-                       None if self.text is None else self.text.to(device))
+        return moved_to(self, device)
 
 
 @dataclass(frozen=True)
@@ -151,12 +160,7 @@ class Dataset:
                 f"{test}){validation}")
 
     def to(self, device):
-        weights = None if self.train_weights is None else self.train_weights.to(device)
-        return dataclasses.replace(self, train_users=self.train_users.to(device),
-                                   train_items=self.train_items.to(device), test=self.test.to(device),
-                                   validation=None if self.validation is None else self.validation.to(device),
-                                   train_weights=weights,
-                                   train_text=None if self.train_text is None else self.train_text.to(device))
+        return moved_to(self, device)
 
     def with_weights(self, weights):
         """The same dataset with each training pair's loss weight (``weights`` [N] float32, host or device)."""
@@ -398,11 +402,11 @@ class ImplicitInputs(NamedTuple):
 
 
 class ImplicitBatches:
-    """One epoch of training batches for the implicit models, as ``train.fit`` takes them: ``len()`` batches, each
+    """One epoch of training batches for the implicit models, as ``training.fit`` takes them: ``len()`` batches, each
     a ``Batch`` whose inputs are ``ImplicitInputs``: (users, items, labels, weights) from ``epoch_batches``, and
     the 1 + n blocks its users repeat in.
 
-    ``seed`` is the epoch's seed (``train.epoch_seed``): the order of the positives comes from it alike on every
+    ``seed`` is the epoch's seed (``training.epoch_seed``): the order of the positives comes from it alike on every
     rank (each rank takes its slice of every global batch), the negatives from it and the rank.
     """
 
@@ -428,7 +432,7 @@ class ImplicitBatches:
 
 
 class RatingBatches:
-    """One epoch of training batches for the rating models, as ``train.fit`` takes them: the training pairs and
+    """One epoch of training batches for the rating models, as ``training.fit`` takes them: the training pairs and
     their ratings in an order drawn from ``seed`` (the epoch's seed), ``batch_size`` at a time; each a
     ``Batch`` whose inputs are (users, items, ratings, None), followed, with ``text`` (a
     ``textdata.Ragged`` of the pairs' reviews), by the batch's words and bag offsets for ``nn.EmbeddingBag``."""

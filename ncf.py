@@ -23,10 +23,11 @@ import torch
 
 import dataloading
 from logger import RunLogger, describe_run, epoch_line, metric_label, metric_line, summary
-from ncflib import checkpoint, evaluation, families, sharding
+from ncflib import checkpoint, evaluation, families
 from ncflib import training as train
 from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS
 from ncflib.errors import UsageError
+from ncflib.placement import add_arguments as add_sharding_arguments
 from ncflib.placement import placement_for
 
 
@@ -93,7 +94,7 @@ def parse_args(argv=None):
                         help="dropout after each MLP layer; default 0.5 (embnn: 0)")
     for family in families.all_families():
         family.add_arguments(parser)
-    sharding.add_arguments(parser)
+    add_sharding_arguments(parser)
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
     parser.add_argument("--load_checkpoint_path", help="checkpoint to start training from, or to test in --mode test")
@@ -226,7 +227,7 @@ def test_mode(config, dataset, runtime, log, autocast, say):
 
 
 def fit(config, dataset, runtime, built, scaler, autocast, placement, folder, log, say):
-    """Train ``built`` (``build``'s model, arguments, optimizer and loss) with train.fit on the batches, evaluation
+    """Train ``built`` (``build``'s model, arguments, optimizer and loss) with training.fit on the batches, evaluation
     and selection metric of its family (the best epoch chosen on the validation set when there is one, else on the
     test items); logs, prints and keeps best.pt/last.pt. Returns (the best epoch's dict, whether --threshold
     stopped the run)."""

@@ -22,7 +22,7 @@ def binary_cross_entropy(logits, labels, weights=None):
 
 
 def implicit_loss(model, inputs, autocast):
-    """The training loss of GMF, MLP and the paper's NeuMF (``train.fit``'s loss function): summed BCE of
+    """The training loss of GMF, MLP and the paper's NeuMF (``training.fit``'s loss function): summed BCE of
     ``model(users, items)`` over a batch's (users, items, labels, weights[, groups]); reported and minimised alike.
     ``groups`` (``dataloading.ImplicitInputs``) tells the model how the batch repeats its users."""
     users, items, labels, weights, *groups = inputs
@@ -150,27 +150,6 @@ def linear_relu(x, weight, bias):
     return torch.relu(nn.functional.linear(x, weight, bias))
 
 
-class Dropout(nn.Module):
-    """Inverted dropout, as ``nn.Dropout``, with the cheaper CPU mask of ``_keep_mask``. On other devices
-    ``F.dropout``'s fused kernel is already cheap and is used as it is."""
-
-    def __init__(self, p=0.5):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p}.")
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return nn.functional.dropout(x, self.p, training=True)
-        return x * _keep_mask(x, self.p) * (1.0 / (1.0 - self.p))
-
-    def extra_repr(self):
-        return f"p={self.p}"
-
-
 class _ReLUDropout(torch.autograd.Function):
     """``dropout(relu(x))`` whose backward needs only its output: an element passes gradient exactly when it came
     out positive (x > 0 and kept, as the scale 1 / (1 - p) > 1 cannot round a positive to zero). The output is kept
@@ -236,7 +215,7 @@ class GMF(nn.Module):
         return logits.view(-1) + self.output.bias
 
     def training_loss(self):
-        """The loss function ``train.fit`` trains this model with."""
+        """The loss function ``training.fit`` trains this model with."""
         return implicit_loss
 
     def candidate_dot(self, users, items, weight):
@@ -291,17 +270,24 @@ class MLP(nn.Module):
         _check_sizes(num_users, num_items, layers=layers, dropout=dropout)
         self.user_embedding = _embedding(num_users, layers[0] // 2)
         self.item_embedding = _embedding(num_items, layers[0] // 2)
-        tower = []
+        self.linears = nn.ModuleList()  # the tower; each ReLU and dropout is applied with its layer (relu_dropout)
         for width_in, width_out in zip(layers[:-1], layers[1:]):
             linear = nn.Linear(width_in, width_out)
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
-            tower += [linear, nn.ReLU()] + ([Dropout(dropout)] if dropout > 0 else [])
-        self.tower = nn.Sequential(*tower)  # the layout (and so the checkpoint keys) of earlier versions
-        self.linears = [module for module in tower if isinstance(module, nn.Linear)]  # not registered twice
+            self.linears.append(linear)
         self.dropout = dropout
         self.output = nn.Linear(layers[-1], 1)
         _lecun_uniform_(self.output)
+        self._register_load_state_dict_pre_hook(self._earlier_keys)
+
+    def _earlier_keys(self, state_dict, prefix, *args):
+        """Read the checkpoints of earlier versions, whose tower was one ``nn.Sequential`` of (Linear, ReLU[,
+        Dropout]) per layer (``tower.3.weight`` for the second layer with dropout): renamed to ``linears.N``."""
+        stride = 3 if self.dropout > 0 else 2
+        for key in [key for key in state_dict if key.startswith(prefix + "tower.")]:
+            index, _, rest = key[len(prefix) + len("tower."):].partition(".")
+            state_dict[f"{prefix}linears.{int(index) // stride}.{rest}"] = state_dict.pop(key)
 
     @property
     def layer_sizes(self):
@@ -344,7 +330,7 @@ class MLP(nn.Module):
         return self.output(self.features(users, items, groups)).squeeze(-1)
 
     def training_loss(self):
-        """The loss function ``train.fit`` trains this model with."""
+        """The loss function ``training.fit`` trains this model with."""
         return implicit_loss
 
     def candidate_features(self, users, items):
@@ -467,7 +453,7 @@ class NeuMF(nn.Module):
         return joint, self.gmf.output(gmf).squeeze(-1), self.mlp.output(mlp).squeeze(-1)
 
     def training_loss(self, branch_loss=0.0):
-        """The loss function ``train.fit`` trains this model with, and which output layers learn.
+        """The loss function ``training.fit`` trains this model with, and which output layers learn.
 
         With ``branch_loss`` W > 0, each branch also scores every training pair through its own output layer, and
         those two BCE losses, times W, are added to NeuMF's: each branch learns to be a model of its own, as

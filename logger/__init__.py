@@ -63,7 +63,7 @@ def metric_label(key):
 
 
 # Keys of an epoch record that are not the evaluation's metrics.
-BOOKKEEPING = ("epoch", "train_loss", "validation_loss", "valid_loss", "learning_rate", "train_throughput",
+BOOKKEEPING = ("epoch", "train_loss", "test_loss", "valid_loss", "learning_rate", "train_throughput",
                "train_epoch_time", "eval_throughput", "validation_epoch_time", "eval_samples")
 
 
@@ -111,7 +111,7 @@ def rate(samples_per_second):
 def epoch_line(record):
     """How an epoch is printed: losses, the test set's metrics, the validation set's, throughput and time."""
     losses = f"loss {record['train_loss']:.4f}" + "".join(
-        f"  {label} {record[key]:.4f}" for key, label in (("validation_loss", "val loss"), ("valid_loss", "valid loss"))
+        f"  {label} {record[key]:.4f}" for key, label in (("test_loss", "test loss"), ("valid_loss", "valid loss"))
         if key in record)
     metrics = "  ".join(part for part in (metric_line(record), metric_line(record, "valid_")) if part)
     return (f"epoch {record['epoch']:3d}  {losses}  {metrics}  {rate(record['train_throughput'])}  "
@@ -119,7 +119,7 @@ def epoch_line(record):
 
 
 def summary(best, topk, reached=False, validated=False):
-    """(summary record with NVIDIA's key names, printed lines) of a run's best epoch (``train.fit``'s ``best``; the
+    """(summary record with NVIDIA's key names, printed lines) of a run's best epoch (``training.fit``'s ``best``; the
     run stopped at its --threshold when ``reached``): its test metrics, and which items chose it (``selected_on``:
     the validation set's, when ``validated``, else the test set's own)."""
     metrics = best["metrics"]

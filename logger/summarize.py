@@ -9,7 +9,8 @@ import sys
 
 from logger import METRIC, read_log
 
-COLUMNS = ("epoch", "train_loss", "validation_loss", "valid_loss", "train_throughput", "train_epoch_time")
+# validation_loss: what logs of earlier versions called test_loss (NVIDIA's name for it)
+COLUMNS = ("epoch", "train_loss", "test_loss", "validation_loss", "valid_loss", "train_throughput", "train_epoch_time")
 
 
 def summary_table(records):
@@ -52,7 +53,7 @@ def plot(records, output):
     figure, (metrics, losses) = plt.subplots(1, 2, figsize=(10, 4))
     for key in (key for key in epochs[0] if METRIC.fullmatch(key)):
         metrics.plot(x, [record[key] for record in epochs], marker="o", label=key)
-    for key in ("train_loss", "validation_loss", "valid_loss"):
+    for key in ("train_loss", "test_loss", "validation_loss", "valid_loss"):
         if key in epochs[0]:
             losses.plot(x, [record[key] for record in epochs], marker="o", label=key)
     for axes, title in ((metrics, "ranking metrics"), (losses, "loss")):

@@ -183,7 +183,7 @@ def resume_fields(config):
 def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields=None, placement=LOCAL):
     """Load the state of ``path`` (last.pt) into model (through its ``placement``), optimizer and scaler, after
     ``check_resumable`` of ``fields`` (default ``resume_fields(config)``); returns (the epoch to continue from, the
-    run's best so far as ``train.fit`` takes it)."""
+    run's best so far as ``training.fit`` takes it)."""
     state = load_checkpoint(path, dataset, for_resume=True)
     check_resumable(state, path, kind, model_args, config, resume_fields(config) if fields is None else fields)
     placement.load(model, path, state)

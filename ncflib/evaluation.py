@@ -1,4 +1,4 @@
-"""Evaluation metrics, returned as dicts keyed by their logged names (``hr@10``, ``ndcg@10``, ``validation_loss``).
+"""Evaluation metrics, returned as dicts keyed by their logged names (``hr@10``, ``ndcg@10``, ``test_loss``).
 
 Sampled ranking (NVIDIA's and the NCF paper's protocol): each test user's held-out item is ranked among its sampled
 negatives.
@@ -6,7 +6,7 @@ negatives.
     mask = candidate_mask(dataset.test_items, dataset.test_negatives)
     metrics = sampled_metrics(model, dataset, topk=10, users_per_batch=4096, autocast=contextlib.nullcontext,
                               mask=mask)
-    metrics["hr@10"], metrics["ndcg@10"], metrics["validation_loss"]
+    metrics["hr@10"], metrics["ndcg@10"], metrics["test_loss"]
 
 Full ranking (NGCF/LightGCN's protocol): every item the user has not trained on is a candidate; HR@k, Recall@k,
 NDCG@k and MRR@k over the user's held-out items, from one top-k routine (``top_k``).
@@ -92,7 +92,8 @@ def sampled_sums(model, held, topk, users_per_batch, autocast, rank=0, world_siz
 def sampled_metrics(model, held, topk, users_per_batch, autocast, mask=None, rank=0, world_size=1, score=None):
     """HR@k, NDCG@k and the mean BCE loss over the counted candidates, over every user of ``held`` (a HeldOut with
     negatives, or a Dataset for its test set; all ranks together):
-    ``{"hr@k", "ndcg@k", "validation_loss", "eval_samples"}``, the last being the candidates scored."""
+    ``{"hr@k", "ndcg@k", "test_loss", "eval_samples"}``, the last being the candidates scored (``test_loss``: the
+    BCE of ``held``'s candidates, whichever set it is; the evaluator names the validation set's ``valid_loss``)."""
     if model is not None:  # None: ``score`` alone scores (an ensemble's averaged logits, say)
         model.eval()
     totals = sampled_sums(model, held, topk, users_per_batch, autocast, rank, world_size, mask, score)
@@ -100,7 +101,7 @@ def sampled_metrics(model, held, topk, users_per_batch, autocast, mask=None, ran
         dist.all_reduce(totals)
     sums = dict(zip(SAMPLED_SUMS, totals.tolist()))
     return {f"hr@{topk}": sums["hits"] / sums["users"], f"ndcg@{topk}": sums["ndcg"] / sums["users"],
-            "validation_loss": sums["loss"] / sums["candidates"], "eval_samples": sums["candidates"]}
+            "test_loss": sums["loss"] / sums["candidates"], "eval_samples": sums["candidates"]}
 
 
 def timed(evaluate):
@@ -328,7 +329,7 @@ def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, w
         for prefix, run in runs:
             result = run()
             scored += result.pop("eval_samples")
-            metrics.update({"valid_loss" if prefix and key == "validation_loss" else prefix + key: value
+            metrics.update({"valid_loss" if prefix and key == "test_loss" else prefix + key: value
                             for key, value in result.items()})
         return metrics | {"eval_samples": scored}
 

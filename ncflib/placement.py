@@ -16,6 +16,8 @@ import torch
 
 from ncflib.errors import ShardingError
 
+SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
+
 
 class Placement:
     """Every rank holds the whole model: nothing to shard, gather or save apart."""
@@ -60,6 +62,30 @@ class Placement:
 
 
 LOCAL = Placement()
+
+
+TABLE_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
+
+
+def add_arguments(parser):
+    """ncf.py's flags for sharded tables (defined here, so that the command line never imports the sharding
+    code)."""
+    group = parser.add_argument_group("embedding tables sharded across ranks (TorchRec under torchrun; docs/scale.md)")
+    group.add_argument("--embedding_sharding", choices=("none",) + SHARDING_TYPES, default="none",
+                       help="'none': every rank holds every table (DDP); else the tables are sharded across the "
+                            "ranks by TorchRec, whole tables (table_wise), column blocks (column_wise), row blocks "
+                            "(row_wise, CUDA only) or as its planner chooses (auto), the rest of the model DDP")
+    group.add_argument("--table_optimizer", choices=TABLE_OPTIMIZERS, default=None,
+                       help="the fused optimizer of sharded tables, stepped inside the backward pass; default adam "
+                            "on CUDA (as the dense part, without weight decay), adagrad on CPU (FBGEMM's CPU kernels "
+                            "have no Adam)")
+    group.add_argument("--table_lr", type=float, default=None,
+                       help="its learning rate; default -l for adam, 0.05 for adagrad and sgd")
+    group.add_argument("--export_full", action="store_true",
+                       help="for tables too large for one process: evaluate through the sharded tables (the sampled "
+                            "protocol; no whole copy of the model on any rank) and write best.pt and last.pt in the "
+                            "usual single-file format by gathering one table at a time onto rank 0, staged on disk "
+                            "beside them; without it every rank keeps a whole copy for evaluation and checkpoints")
 
 
 def placement_for(sharding, export_full, family, kind, eval_protocol, **options):

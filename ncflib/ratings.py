@@ -1,6 +1,7 @@
 """Rating models: matrix factorisation as fastai, a course's ClassicMF / KorenMF and SimpleCF write it.
 
-Pure ``nn.Module``s, like neumf.py: no printing, logging or file I/O. ``forward(users, items)`` takes two index
+Pure ``nn.Module``s, like neumf.py: no printing, logging or file I/O; the family object (``FAMILY``) at the
+end. ``forward(users, items)`` takes two index
 tensors of the same shape and returns predicted ratings of that shape (for ``Dot(binary=True)``, logits).
 
     model = DotBias(num_users=943, num_items=1682, factors=50, y_range=(0.0, 5.5))
@@ -35,7 +36,7 @@ from ncflib.families import Family
 
 
 def squared_error_loss(l2=0.0):
-    """The training loss of the rating models (``train.fit``'s loss function): the summed squared error of the
+    """The training loss of the rating models (``training.fit``'s loss function): the summed squared error of the
     predictions against a batch's (users, items, ratings, weights, then what else the model reads), in float32,
     each sample counted ``weights`` times (once when None); to minimise, plus ``l2`` times the squared norms of the
     embedding rows the batch looked up (the course's L2 on the rows used, rather than weight decay over every
@@ -148,7 +149,7 @@ class Factorisation(nn.Module):
         return self.user_bias(users) + self.item_bias.weight.T
 
     def training_loss(self, l2=0.0):
-        """The loss function ``train.fit`` trains this model with."""
+        """The loss function ``training.fit`` trains this model with."""
         return squared_error_loss(l2)
 
     def item_vectors(self):

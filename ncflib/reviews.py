@@ -1,7 +1,8 @@
 """Review-text models: what the words of reviews add to star ratings (Amazon review data).
 
-Pure ``nn.Module``s, like mf.py. Every model takes (users, items, words, offsets): a batch's pairs and their reviews
-as ``nn.EmbeddingBag`` takes them (the words joined, ``offsets`` each review's start; ``textdata.Ragged.take``).
+Pure ``nn.Module``s, like the rating models, with their family object (``FAMILY``) at the end. Every model takes
+(users, items, words, offsets): a batch's pairs and their reviews as ``nn.EmbeddingBag`` takes them (the words
+joined, ``offsets`` each review's start; ``textdata.Ragged.take``).
 
 - ``textrating``: a rating from the review's words alone (their embeddings averaged, then a linear layer).
 - ``textprofile``: the same with the user's and the item's embeddings beside the words.

@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from ncflib.errors import ShardingError
-from ncflib.placement import Placement
+from ncflib.placement import SHARDING_TYPES, Placement
 from ncflib.sparse_adam import CombinedOptimizer
 
-SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
 BYTES_PER_WEIGHT = 4  # float32 tables
 
 
@@ -359,29 +358,6 @@ def _dense_state(state):
 
 
 # ------------------------------------------------------------------------------------------------ ncf.py's runs
-
-
-TABLE_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
-
-
-def add_arguments(parser):
-    """ncf.py's flags for sharded tables."""
-    group = parser.add_argument_group("embedding tables sharded across ranks (TorchRec under torchrun; docs/scale.md)")
-    group.add_argument("--embedding_sharding", choices=("none",) + SHARDING_TYPES, default="none",
-                       help="'none': every rank holds every table (DDP); else the tables are sharded across the "
-                            "ranks by TorchRec, whole tables (table_wise), column blocks (column_wise), row blocks "
-                            "(row_wise, CUDA only) or as its planner chooses (auto), the rest of the model DDP")
-    group.add_argument("--table_optimizer", choices=TABLE_OPTIMIZERS, default=None,
-                       help="the fused optimizer of sharded tables, stepped inside the backward pass; default adam "
-                            "on CUDA (as the dense part, without weight decay), adagrad on CPU (FBGEMM's CPU kernels "
-                            "have no Adam)")
-    group.add_argument("--table_lr", type=float, default=None,
-                       help="its learning rate; default -l for adam, 0.05 for adagrad and sgd")
-    group.add_argument("--export_full", action="store_true",
-                       help="for tables too large for one process: evaluate through the sharded tables (the sampled "
-                            "protocol; no whole copy of the model on any rank) and write best.pt and last.pt in the "
-                            "usual single-file format by gathering one table at a time onto rank 0, staged on disk "
-                            "beside them; without it every rank keeps a whole copy for evaluation and checkpoints")
 
 
 class TablesAndDense(CombinedOptimizer):

@@ -12,6 +12,7 @@ with ``{part}_text_offsets.npy`` (int64, one more than the reviews: review r is 
 """
 
 import csv
+import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -104,5 +105,6 @@ class Ragged:
         return self.values[shift + torch.arange(total, device=rows.device)], bag_starts
 
     def to(self, device):
-        return Ragged(self.values.to(device), self.offsets.to(device))
+        return dataclasses.replace(self, **{field.name: getattr(self, field.name).to(device)
+                                            for field in dataclasses.fields(self)})
 

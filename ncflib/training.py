@@ -145,7 +145,7 @@ def compiled(function, compile_mode):
 
 def make_optimizer(model, name, undecayed=(), **settings):
     """The optimizer over ``model``'s trainable parameters: 'adam' (AdamW, fused), 'row_sparse_adam' (embedding
-    rows updated only when looked up; see sparse_adam.py) or 'sgd' (with momentum beta1 and L2-coupled weight
+    rows updated only when looked up; see ncflib/sparse_adam.py) or 'sgd' (with momentum beta1 and L2-coupled weight
     decay, as torch.optim.SGD). ``settings``: lr, betas, eps, weight_decay; the parameters in ``undecayed`` (adam
     and sgd) get no weight decay."""
     if name == "row_sparse_adam":
@@ -206,7 +206,7 @@ def one_cycle_rate(base, progress, warmup=0.25, start_divisor=25.0, end_divisor=
 
 
 def schedule(name, base):
-    """``train.fit``'s learning_rate(progress) for --lr_schedule ``name`` from ``base``; None for 'constant'."""
+    """``training.fit``'s learning_rate(progress) for --lr_schedule ``name`` from ``base``; None for 'constant'."""
     rates = {"cosine": cosine_rate, "onecycle": one_cycle_rate}
     return None if name == "constant" else (lambda progress: rates[name](base, progress))
 

@@ -189,7 +189,7 @@ def test_a_killed_rank_resumes_to_the_same_result(synthetic, tmp_path):
     expected = [record for record in read_log(tmp_path / "whole" / "log.json") if record["type"] == "epoch"]
     assert sorted(epochs) == list(range(6))
     for reference in expected:  # a re-run epoch overwrites nothing: every epoch matches the uninterrupted run
-        for key in ("train_loss", "validation_loss", "hr@10", "ndcg@10"):
+        for key in ("train_loss", "test_loss", "hr@10", "ndcg@10"):
             assert epochs[reference["epoch"]][key] == reference[key], (reference["epoch"], key)
     assert records[-1]["best_accuracy"] == read_log(tmp_path / "whole" / "log.json")[-1]["best_accuracy"]
 

@@ -2,6 +2,8 @@
 runs through the same code paths as the built-in ones: train, save, resume, --mode test, load, recommend."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +162,11 @@ def test_kinds_are_unique_and_unknown_ones_are_one_line_errors(registered):
         families.family_of("nosuch")
     assert [families.family_of(kind).name for kind in ("neumf", "dotbias", "textmf", "popularity")] == [
         "implicit", "ratings", "reviews", "popularity"]
+
+
+def test_the_command_lines_and_the_checkpoint_code_import_no_sharding_and_no_torchrec():
+    code = ("import sys, ncf, recommend, convert, ncflib.checkpoint, ncflib.training; "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] in ('torchrec', 'fbgemm_gpu') "
+            "or name == 'ncflib.sharding'))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]"

@@ -1,4 +1,5 @@
-"""Rating models (mf.py): known fits, bounds, frozen and loaded embeddings, the loss, RMSE/MAE known answers."""
+"""Rating models (ncflib/ratings.py): known fits, bounds, frozen and loaded embeddings, the loss, RMSE/MAE known
+answers."""
 
 import contextlib
 import math

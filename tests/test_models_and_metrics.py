@@ -12,7 +12,7 @@ import dataloading
 from ncflib import evaluation
 from ncflib.checkpoint import build_model
 from ncflib.data import splits
-from neumf import GMF, MLP, NeuMF, linear_relu, lookup
+from neumf import GMF, MLP, NeuMF, linear_relu, lookup, relu_dropout
 
 MODEL_KWARGS = {"gmf": dict(factors=8), "mlp": dict(layers=[16, 8, 4], dropout=0.0),
                 "neumf": dict(factors=8, layers=[16, 8, 4], dropout=0.0)}
@@ -199,16 +199,13 @@ def test_recency_ranks_count_later_pairs_of_the_same_user():
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.75, 0.125, 0.0625, 1 / 256, 0.1, 0.8, 0.3])  # 1, 2, 4, 4, 4, 8 bits; 16
 def test_dropout_drops_the_right_share_and_keeps_the_mean(p):
-    from neumf import Dropout
-
     torch.manual_seed(0)
-    dropout = Dropout(p)
     x = torch.ones(400, 500)
-    y = dropout(x)
+    y = relu_dropout(x, p, True)  # the tower's ReLU and dropout, on positive inputs: dropout alone
     assert abs((y == 0).float().mean().item() - p) < 0.01
     assert abs(y.mean().item() - 1.0) < 0.03  # inverted dropout keeps the expectation
     assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1.0 / (1.0 - p)))
-    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(relu_dropout(x, p, False), x)
 
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.0625])
@@ -357,3 +354,19 @@ def test_evaluation_batches_default_by_device_and_do_not_change_the_metrics():
         assert metrics.keys() == chosen.keys() and chosen["eval_samples"] == 40 * 6
         for key in chosen:
             assert metrics[key] == pytest.approx(chosen[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("dropout, stride", [(0.5, 3), (0.0, 2)])
+def test_checkpoints_of_the_sequential_tower_load_into_todays_mlp(dropout, stride):
+    # Earlier versions held the tower as one nn.Sequential of (Linear, ReLU[, Dropout]) per layer: their keys
+    # (tower.0, tower.3, ... with dropout) are read as linears.0, linears.1, ...
+    torch.manual_seed(0)
+    model = NeuMF(7, 9, factors=4, layers=[8, 6, 4], dropout=dropout)
+    earlier = {key.replace(f"mlp.linears.{index}.", f"mlp.tower.{index * stride}."): value
+               for key, value in model.state_dict().items() for index in [int(key.split(".")[2])
+                                                                           if key.startswith("mlp.linears.") else 0]}
+    assert "mlp.tower.0.weight" in earlier and f"mlp.tower.{stride}.weight" in earlier
+    fresh = NeuMF(7, 9, factors=4, layers=[8, 6, 4], dropout=dropout)
+    fresh.load_state_dict(earlier)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)

@@ -56,7 +56,7 @@ def test_each_model_ranks_held_out_items_first(planted, tmp_path, model):
     assert records[0]["type"] == "config" and records[0]["model"] == model
     epochs = [record for record in records if record["type"] == "epoch"]
     assert len(epochs) == 25 and {"train_throughput", "eval_throughput", "hr@1", "ndcg@1", "train_loss",
-                                  "validation_loss"} <= set(epochs[0])
+                                  "test_loss"} <= set(epochs[0])
     assert summary(records)["best_accuracy"] >= 0.9  # chance is 1/25
     assert (tmp_path / "ck" / "best.pt").is_file() and (tmp_path / "ck" / "last.pt").is_file()
 
@@ -84,7 +84,7 @@ def test_resume_matches_an_uninterrupted_run(planted, tmp_path, optimizer):
                   if r["type"] == "epoch"][-1]
     last_part = [r for r in records if r["type"] == "epoch"][-1]
     assert last_part["epoch"] == last_whole["epoch"] == 5
-    for key in ("train_loss", "validation_loss", "hr@1", "ndcg@1"):
+    for key in ("train_loss", "test_loss", "hr@1", "ndcg@1"):
         assert last_part[key] == last_whole[key]
 
 
@@ -114,7 +114,7 @@ def test_cosine_schedule_decays_and_a_resumed_run_follows_the_same_curve(planted
     resumed = [record for record in records if record["type"] == "epoch"]  # the log holds both runs
     assert [record["epoch"] for record in resumed] == [0, 1, 2, 3, 4, 5]
     resumed, expected = resumed[3:], [record for record in whole_records if record["type"] == "epoch"][3:]
-    for key in ("learning_rate", "train_loss", "validation_loss", "hr@1"):
+    for key in ("learning_rate", "train_loss", "test_loss", "hr@1"):
         assert [record[key] for record in resumed] == [record[key] for record in expected]
 
 
@@ -625,7 +625,7 @@ def test_mixed_precision_on_cpu_trains_and_evaluates_like_float32(planted, tmp_p
     autocast, _ = mixed_precision(True, torch.device("cpu"))
     low = evaluation.sampled_metrics(model, dataset, 1, 64, autocast)
     full = evaluation.sampled_metrics(model, dataset, 1, 64, contextlib.nullcontext)
-    assert abs(low["hr@1"] - full["hr@1"]) <= 2 / 48 and abs(low["validation_loss"] - full["validation_loss"]) < 0.02
+    assert abs(low["hr@1"] - full["hr@1"]) <= 2 / 48 and abs(low["test_loss"] - full["test_loss"]) < 0.02
 
 
 def test_uniform_negatives_train_too(planted, tmp_path):
@@ -641,7 +641,7 @@ def test_evaluation_batches_that_do_not_divide_the_users_give_the_same_figures(p
     for users_per_batch in (5, 7, 47):
         parts = evaluation.sampled_metrics(model, dataset, 1, users_per_batch, contextlib.nullcontext)
         assert parts["hr@1"] == whole["hr@1"] and parts["eval_samples"] == whole["eval_samples"]
-        assert parts["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-6)  # float32 sums
+        assert parts["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)  # float32 sums
     # Through ncf.py: --valid_batch_size 175 is 7 users of 25 candidates, leaving a last batch of 6.
     assert ncf.main(["--data", str(planted), "--mode", "test", "-k", "1", "--valid_batch_size", "175",
                      "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(tmp_path / "t.json")]) == 0
@@ -706,7 +706,7 @@ def test_full_ranking_puts_the_held_out_item_first(planted, tmp_path, model):
     best = summary(records)["best_metrics"]
     assert best["hr@1"] >= 0.9 and best["recall@1"] == best["hr@1"] and best["mrr@1"] == best["hr@1"]
     epochs = [record for record in records if record["type"] == "epoch"]
-    assert epochs[0]["eval_throughput"] > 0 and "validation_loss" not in epochs[0]
+    assert epochs[0]["eval_throughput"] > 0 and "test_loss" not in epochs[0]
 
 
 def test_full_ranking_checks_k_against_the_catalogue_and_sampled_needs_negatives(planted, tmp_path, capsys):

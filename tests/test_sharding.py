@@ -162,7 +162,7 @@ def test_ncf_trains_with_sharded_tables_as_well_as_with_ddp_and_its_best_checkpo
     assert abs(runs["sharded"]["best_accuracy"] - runs["ddp"]["best_accuracy"]) <= 0.02
     # --export_full evaluates through the sharded tables, not a gathered copy: the same numbers, epoch by epoch.
     for epoch, record in _epochs(tmp_path / "streamed").items():
-        for key in ("train_loss", "hr@10", "ndcg@10", "validation_loss"):
+        for key in ("train_loss", "hr@10", "ndcg@10", "test_loss"):
             assert record[key] == pytest.approx(_epochs(tmp_path / "sharded")[epoch][key], rel=1e-5), (epoch, key)
     # best.pt of a sharded run is today's single-file checkpoint, written whole or table by table (nothing left
     # staged beside it): --mode test in one process reproduces the run.

@@ -1,5 +1,5 @@
-"""train.py, the task-agnostic loop: gradient accumulation, selection by a named metric and direction, and a model
-family it was not written for (a rating regression) trained through it unchanged."""
+"""ncflib/training.py, the family-agnostic loop: gradient accumulation, selection by a named metric and direction,
+and a model family it was not written for (a rating regression) trained through it unchanged."""
 
 import contextlib
 
