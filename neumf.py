@@ -279,15 +279,17 @@ class MLP(nn.Module):
         self.dropout = dropout
         self.output = nn.Linear(layers[-1], 1)
         _lecun_uniform_(self.output)
-        self._register_load_state_dict_pre_hook(self._earlier_keys)
 
-    def _earlier_keys(self, state_dict, prefix, *args):
-        """Read the checkpoints of earlier versions, whose tower was one ``nn.Sequential`` of (Linear, ReLU[,
-        Dropout]) per layer (``tower.3.weight`` for the second layer with dropout): renamed to ``linears.N``."""
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Read the checkpoints of earlier versions too, whose tower was one ``nn.Sequential`` of (Linear, ReLU[,
+        Dropout]) per layer (``tower.3.weight``: the second layer's, with dropout): renamed to ``linears.N``, before
+        ``nn.Module`` loads this module and its layers. (An override, not a load hook: a hook bound to the module
+        would tie it into a reference cycle that outlived a torchrun job's process group.)"""
         stride = 3 if self.dropout > 0 else 2
         for key in [key for key in state_dict if key.startswith(prefix + "tower.")]:
             index, _, rest = key[len(prefix) + len("tower."):].partition(".")
             state_dict[f"{prefix}linears.{int(index) // stride}.{rest}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def layer_sizes(self):

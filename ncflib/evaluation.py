@@ -24,6 +24,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from ncflib.families import FastRanker
+
 
 def candidate_mask(test_items, test_negatives):
     """[U, K] bool: negatives that count when ranking. A negative equal to the held-out item, or repeating an
@@ -190,7 +192,7 @@ def all_item_scorer(model, score=None):
     side once; call it under the pass's autocast) when it has one, else ``model.score_all``."""
     if score is not None:
         return score
-    return model.all_item_scorer() if hasattr(model, "all_item_scorer") else model.score_all
+    return model.all_item_scorer() if isinstance(model, FastRanker) else model.score_all
 
 
 def users_per_full_chunk(num_items, device, max_scores=2**20):

@@ -36,7 +36,8 @@ def _trains_branches(constructor):
 
 
 def _pretrainable(constructor):
-    return hasattr(constructor, "load_pretrained")
+    """Whether a model of ``constructor`` starts from trained GMF and MLP models (``load_pretrained``)."""
+    return callable(getattr(constructor, "load_pretrained", None))
 
 
 class ImplicitFamily(Family):
