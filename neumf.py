@@ -174,7 +174,8 @@ class _ReLUDropout(torch.autograd.Function):
 
 
 def relu_dropout(x, p, training):
-    """``Dropout(p)(ReLU()(x))`` in training, ``relu(x)`` otherwise, storing no dropout mask for the backward."""
+    """Inverted dropout of ``relu(x)`` (the mask of ``_keep_mask`` on a CPU) in training, ``relu(x)`` otherwise,
+    storing no dropout mask for the backward."""
     if not training or p == 0:
         return torch.relu(x)
     return _ReLUDropout.apply(x, p)
