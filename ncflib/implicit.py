@@ -6,6 +6,7 @@ better. ``FAMILY`` is the object the registry (``ncflib.families``) maps ``--mod
 """
 
 import inspect
+import math
 
 import dataloading
 from ncflib import defaults, evaluation
@@ -149,7 +150,7 @@ class ImplicitFamily(Family):
         return super().tasks(kind, model) | {"fold_in"}
 
     def prediction(self, kind, model, value):
-        return f"score {value:.4f} (probability {1 / (1 + 2.718281828459045 ** -value):.3f})"
+        return f"score {value:.4f} (probability {1 / (1 + math.exp(-value)):.3f})"
 
     def export_formula(self, kind):
         return EXPORT_FORMULAS.get(self.models[kind])
