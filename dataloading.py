@@ -431,6 +431,65 @@ class ImplicitBatches:
                         global_positives * (1 + self.negatives))
 
 
+class SharedInputs(NamedTuple):
+    """A batch of positives whose users all score the same drawn negatives (``SharedNegativeBatches``)."""
+    users: torch.Tensor  # [B] the positives' users
+    items: torch.Tensor  # [B] their items
+    negatives: torch.Tensor  # [N] items every user of the batch scores as negatives
+    log_q: torch.Tensor | None  # [N] log probability of drawing each negative (None: uniform)
+    weights: torch.Tensor | None  # [B] each positive's loss weight (--recency), None: all 1
+
+
+def negative_distribution(train_items, num_items, beta):
+    """[num_items] the probability of drawing each item as a shared negative: its training count to the power
+    ``beta`` (0: uniform), every item at least a count of one so that none is never drawn."""
+    counts = torch.bincount(train_items, minlength=num_items).double().clamp(min=1.0)
+    weights = counts ** beta
+    return (weights / weights.sum()).float()
+
+
+class SharedNegativeBatches:
+    """One epoch of batches of ``positives_per_batch`` positives, each with ``negatives`` items drawn once for the
+    whole batch (uniformly, or from ``distribution`` [num_items] with replacement), which every user of the batch
+    scores: hundreds to thousands of negatives per positive for the cost of one matrix product. Each batch is a
+    ``Batch`` of ``SharedInputs`` whose samples are the scored pairs, positives x (1 + negatives).
+
+    ``seed`` is the epoch's seed: the order from it alike on every rank (each takes its share of every global
+    batch), the negatives from it and the rank."""
+
+    def __init__(self, dataset, positives_per_batch, negatives, seed, distribution=None, rank=0, world_size=1):
+        device = dataset.train_users.device
+        self.dataset, self.positives_per_batch, self.negatives = dataset, positives_per_batch, negatives
+        self.rank, self.world_size = rank, world_size
+        self.order_generator = torch.Generator(device).manual_seed(seed)
+        self.negative_generator = torch.Generator(device).manual_seed(seed + 104_729 * (rank + 1))
+        self.distribution = distribution
+        self.log_q = None if distribution is None else distribution.log()
+
+    def __len__(self):
+        return math.ceil(self.dataset.num_train / self.positives_per_batch)
+
+    def draw(self):
+        device, num_items = self.dataset.train_users.device, self.dataset.num_items
+        if self.distribution is None:
+            return torch.randint(num_items, (self.negatives,), generator=self.negative_generator, device=device), None
+        drawn = torch.multinomial(self.distribution, self.negatives, replacement=True,
+                                  generator=self.negative_generator)
+        return drawn, self.log_q[drawn]
+
+    def __iter__(self):
+        dataset = self.dataset
+        order = torch.randperm(dataset.num_train, generator=self.order_generator, device=dataset.train_users.device)
+        for start in range(0, dataset.num_train, self.positives_per_batch):
+            chunk = order[start:start + self.positives_per_batch]
+            share = math.ceil(chunk.numel() / self.world_size)
+            mine = chunk[self.rank * share:(self.rank + 1) * share]
+            negatives, log_q = self.draw()
+            weights = None if dataset.train_weights is None else dataset.train_weights[mine]
+            yield Batch(SharedInputs(dataset.train_users[mine], dataset.train_items[mine], negatives, log_q, weights),
+                        mine.numel() * (1 + self.negatives), chunk.numel() * (1 + self.negatives))
+
+
 class RatingBatches:
     """One epoch of training batches for the rating models, as ``training.fit`` takes them: the training pairs and
     their ratings in an order drawn from ``seed`` (the epoch's seed), ``batch_size`` at a time; each a

@@ -109,9 +109,10 @@ def parse_args(argv=None):
                         help="deprecated apex option: O1/O2 mean --amp")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deprecated torch.distributed.launch; the LOCAL_RANK variable is used")
-    parser.add_argument("--model", choices=families.model_kinds(), default="neumf",
+    parser.add_argument("--model", choices=families.model_kinds(), default=None,
                         help="which model to train: " + "; ".join(family.description
-                                                                  for family in families.all_families()))
+                                                                  for family in families.all_families())
+                             + "; default neumf, or gmf under --eval_protocol full")
     parser.add_argument("--optimizer", choices=["adam", "row_sparse_adam", "sgd"], default="adam",
                         help="'adam': AdamW over every parameter (fused); 'row_sparse_adam': embedding rows change "
                              "only in steps whose batch looks them up (LazyAdam), which moves far fewer bytes per "
@@ -128,8 +129,10 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
     args = parser.parse_args(argv)
+    if args.model is None:  # NeuMF's tower is too slow to rank every item; GMF scores them with one product
+        args.model = "gmf" if args.eval_protocol == "full" else "neumf"
     if args.epochs is None:
-        args.epochs = families.family_of(args.model).default_epochs(demo=args.data is None)
+        args.epochs = families.family_of(args.model).default_epochs(args)
     _validate(parser, args)
     args.amp = args.amp or args.opt_level in ("O1", "O2")
     return args
@@ -190,12 +193,10 @@ def build(config, dataset, device, placement):
     model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path)
     if not config.load_checkpoint_path:
         model = family.prepare(model, config.model, dataset, config)
-    loss = checkpoint.training_loss(model, settings)
+    loss = family.training_loss(config.model, model, settings)
     model = placement.place(model.to(device))
     dense = placement.dense_module(model)
-    optimizer = placement.optimizer(model, train.make_optimizer(
-        dense, config.optimizer, family.undecayed(dense), lr=config.learning_rate,
-        betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay))
+    optimizer = placement.optimizer(model, family.optimizer(dense, config))
     return model, model_args, optimizer, loss
 
 
@@ -261,14 +262,15 @@ def fit(config, dataset, runtime, built, scaler, autocast, placement, folder, lo
         model, lambda plain: family.evaluator(config.model, config, dataset, plain, autocast, runtime),
         lambda: checkpoint.build_model(config.model, **model_args).to(runtime.device))
     try:
-        return train.fit(
+        return family.fit(
             train.compiled(placement.distributed(model, runtime), config.compile), optimizer, scaler, loss,
             family.batches(config.model, config, dataset, runtime), evaluate, chosen_on, epochs=config.epochs,
             autocast=autocast, start_epoch=start_epoch, best=best, seed=config.seed, rank=runtime.rank,
             world_size=runtime.world_size, grads_accumulated=config.grads_accumulated,
             learning_rate=train.schedule(config.lr_schedule, config.learning_rate), threshold=config.threshold,
             on_epoch=on_epoch, save=save if saving or (folder and placement.sharded) else None,
-            saved_best=saved_best, patience=config.early_stop, show_bar=runtime.is_main and sys.stderr.isatty())
+            saved_best=saved_best, patience=config.early_stop, show_bar=runtime.is_main and sys.stderr.isatty(),
+            config=config, dataset=dataset)
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
                          "is kept") from None

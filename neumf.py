@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+SIMILARITIES = ("dot", "cosine")  # GMF's scores: NCF's weighted dot product, or SimpleX's cosine
+
 
 def binary_cross_entropy(logits, labels, weights=None):
     """Summed BCE of logits against 0/1 labels, each sample counted ``weights`` times (once when None); in float32
@@ -184,13 +186,26 @@ def relu_dropout(x, p, training):
 class GMF(nn.Module):
     """Generalised matrix factorisation: a linear layer over the element-wise product of the two embeddings."""
 
-    def __init__(self, num_users, num_items, factors=64):
+    def __init__(self, num_users, num_items, factors=64, similarity="dot"):
         super().__init__()
         _check_sizes(num_users, num_items, factors)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
         self.user_embedding = _embedding(num_users, factors)
         self.item_embedding = _embedding(num_items, factors)
         self.output = nn.Linear(factors, 1)
         _lecun_uniform_(self.output)
+        # 'cosine' scores the cosine of the two embeddings (SimpleX's MF), leaving the output layer out.
+        self.cosine = similarity == "cosine"
+
+    def towers(self, users, items):
+        """(user vectors [..., D], item vectors [..., D], bias): a pair's score is their dot product plus the bias,
+        so a batch's users score shared items with one product. 'dot': the user rows scaled by the output weights,
+        the item rows, the output bias; 'cosine': both rows normalised, no bias."""
+        user_rows, item_rows = self.user_embedding(users), self.item_embedding(items)
+        if self.cosine:
+            return nn.functional.normalize(user_rows, dim=-1), nn.functional.normalize(item_rows, dim=-1), 0.0
+        return user_rows * self.output.weight[0], item_rows, self.output.bias[0]
 
     def features(self, users, items, groups=1):
         """[..., factors]: the two embeddings' element-wise product. With ``groups`` > 1 (a training batch whose
@@ -203,10 +218,17 @@ class GMF(nn.Module):
         width = item_rows.shape[-1]
         return (item_rows.view(groups, -1, width) * lookup(self.user_embedding, shared)).view(-1, width)
 
-    def forward(self, users, items, groups=1):
+    def forward(self, users, items, groups=1, towers=False):
         """Logits of users and items [B]; ``groups`` as ``features``. Over a grouped batch the output layer's
         weights are folded into the looked-up user rows (``sum_f (w_f u_f) v_f``), so the batch-sized work is one
-        product and one sum, with no [B, factors] features through a linear layer; the same values up to rounding."""
+        product and one sum, with no [B, factors] features through a linear layer; the same values up to rounding.
+        With ``towers``, ``towers(users, items)`` instead (users and items of any lengths): through ``forward``, so
+        that data-parallel and compiled wrappers see the call."""
+        if towers:
+            return self.towers(users, items)
+        if self.cosine:
+            user_vectors, item_vectors, _ = self.towers(users, items)
+            return (user_vectors * item_vectors).sum(-1)
         shared = _shared_users(users, groups, self.user_embedding)
         if shared is None:
             return self.output(self.features(users, items)).squeeze(-1)
@@ -229,15 +251,24 @@ class GMF(nn.Module):
     def score(self, users, items):
         """Logits [B, C] of users [B] for their candidates items [B, C]: ``forward`` for every pair, computed
         per user where it can be."""
+        if self.cosine:
+            user_vectors, item_vectors, _ = self.towers(users, items)
+            return torch.matmul(item_vectors, user_vectors[:, :, None]).squeeze(-1)
         return self.candidate_dot(users, items, self.output.weight[0]) + self.output.bias
 
     def score_all(self, users):
         """Logits [B, num_items] of users [B] for every item: one product with the whole item table."""
+        if self.cosine:
+            return (nn.functional.normalize(self.user_embedding(users), dim=-1)
+                    @ nn.functional.normalize(self.item_embedding.weight, dim=-1).T)
         return (self.user_embedding(users) * self.output.weight[0]) @ self.item_embedding.weight.T + self.output.bias
 
     def item_vectors(self):
         """{what it is: [num_items, D]}: the item representations ``recommend.py --similar_to`` compares by cosine.
-        GMF scores ``sum_f w_f u_f v_f``, so an item's factors weighted by the output layer's w."""
+        GMF scores ``sum_f w_f u_f v_f``, so an item's factors weighted by the output layer's w (under 'cosine', the
+        factors themselves)."""
+        if self.cosine:
+            return {"GMF factors": self.item_embedding.weight.detach()}
         return {"GMF factors x output weights": self.item_embedding.weight.detach() * self.output.weight.detach()[0]}
 
     def user_parameter_names(self):
@@ -249,6 +280,14 @@ class GMF(nn.Module):
         """For ranking with fixed weights: a function users [B] -> float32 logits [B, num_items], as ``score_all``.
         Always in float32, even under autocast: a dot product is cheap, and bfloat16's 8-bit mantissa would tie
         many items."""
+        if self.cosine:
+            items = nn.functional.normalize(self.item_embedding.weight.detach().float(), dim=-1)
+
+            @torch.no_grad()
+            def score(users):
+                with torch.autocast(items.device.type, enabled=False):
+                    return nn.functional.normalize(self.user_embedding.weight[users].float(), dim=-1) @ items.T
+            return score
         return _dot_scorer(self, self.output.weight[0], self.output.bias)
 
 

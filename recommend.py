@@ -16,6 +16,7 @@ validation and test items) is never recommended to them unless ``--include_seen`
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -556,25 +557,35 @@ def recommend_for_history(args, model, checkpoint, dataset, device, items_catalo
         raise UsageError("the history holds every item, so there is nothing left to recommend or to contrast it "
                          "with")
     started = time.perf_counter()
-    negatives, loss_function = fold_in_settings(model, checkpoint, args.fold_in_negatives)
-    scores = fold_in(model, history, dataset.num_items, args.fold_in_steps, args.fold_in_lr, negatives, args.seed,
-                     args.fold_in_l2, loss_function)
+    if isinstance(model, families.ScoresHistory):  # (EASE: a new user's scores come from their items alone)
+        with torch.no_grad():
+            scores, how = model.score_history(history).float(), "from their items"
+    else:
+        negatives, loss_function = fold_in_settings(model, checkpoint, args.fold_in_negatives)
+        scores = fold_in(model, history, dataset.num_items, args.fold_in_steps, args.fold_in_lr, negatives,
+                         args.seed, args.fold_in_l2, loss_function)
+        how = f"by fold-in ({args.fold_in_steps} steps)"
     if not args.include_seen:
         scores[history] = -math.inf
     best, items = evaluation.top_k(scores[None], args.topk)
     seconds = time.perf_counter() - started
     best, items = best.cpu(), items.cpu()
     rows = ranked_rows(items_catalogue, best[0], items[0])
-    print_ranked(f"a new user with {len(history)} items: top {args.topk} of {dataset.num_items:,} items by fold-in "
-                 f"({args.fold_in_steps} steps), answered in {seconds * 1000:.0f} ms", rows, items_catalogue)
+    print_ranked(f"a new user with {len(history)} items: top {args.topk} of {dataset.num_items:,} items {how}, "
+                 f"answered in {seconds * 1000:.0f} ms", rows, items_catalogue)
     if args.output:
         write_table(args.output, table_columns(["new"], best, items, items_catalogue))
         print(f"wrote the list to {args.output}")
 
 
+def device_of(model):
+    """Where a model's weights are (its parameters', or its buffers' for a model solved in closed form)."""
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
 def show_similar(args, model, items_catalogue):
     queries = [items_catalogue.item(name) for name in args.similar_to]
-    best, nearest, compared = similar_items(model, torch.tensor(queries, device=next(model.parameters()).device),
+    best, nearest, compared = similar_items(model, torch.tensor(queries, device=device_of(model)),
                                             args.topk)
     best, nearest = best.cpu(), nearest.cpu()
     for query, scores, items in zip(queries, best, nearest):
@@ -589,7 +600,7 @@ def show_similar(args, model, items_catalogue):
 def predict(args, model, kind, users_catalogue, items_catalogue):
     """Print the model's prediction for one (user, item) pair, as its family states it."""
     user, item = users_catalogue.user(args.predict[0]), items_catalogue.item(args.predict[1])
-    device = next(model.parameters()).device
+    device = device_of(model)
     with torch.no_grad():
         value = model(torch.tensor([user], device=device), torch.tensor([item], device=device)).float().item()
     what = families.family_of(kind).prediction(kind, model, value)
@@ -601,7 +612,7 @@ def show_words(args, model, kind, dataset, items_catalogue):
     words, counts = dataset.vocabulary
     queries = [items_catalogue.item(name) for name in args.words]
     with torch.no_grad():
-        similarity = model.item_words(torch.tensor(queries, device=next(model.parameters()).device)).float().cpu()
+        similarity = model.item_words(torch.tensor(queries, device=device_of(model))).float().cpu()
     best, nearest = similarity.topk(min(args.topk, len(words)), dim=1)
     for query, scores, chosen in zip(queries, best, nearest):
         rows = [(rank, words[word], score, int(counts[word]))

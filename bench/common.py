@@ -161,8 +161,13 @@ def result_of_log(log_path):
     epochs = [line for line in lines[start:] if line["type"] == "epoch"]
     hr_key = next(key for key in epochs[0] if key.startswith("hr@"))
     metrics = summary.get("best_metrics", {})
-    valid = next((value for key, value in metrics.items() if key.startswith(("valid_hr@", "valid_recall@"))), None)
+    # The selection metric: Recall@k under full ranking, else HR@k (of the validation set, when it chose).
+    valid = next((value for prefix in ("valid_recall@", "valid_hr@") for key, value in metrics.items()
+                  if key.startswith(prefix)), None)
+    recall = {key: value for key, value in metrics.items() if key.startswith(("recall@", "ndcg@"))}
     return {"hr": summary["best_accuracy"], "ndcg": summary["best_ndcg"], "best_epoch": summary["best_epoch"],
+            **({"recall": recall[next(key for key in recall if key.startswith("recall@"))]}
+               if any(key.startswith("recall@") for key in recall) else {}),
             "selected_on": summary.get("selected_on", "test"), "total_time": round(summary["total_time"], 1),
             "curve": [round(epoch[hr_key], 4) for epoch in epochs],
             **({"valid": valid} if valid is not None else {}), "metrics": metrics}

@@ -163,11 +163,18 @@ def initial_model(kind, model_args, dataset, load_path=None):
     model = build_model(kind, **model_args)
     if load_path:
         checkpoint = load_checkpoint(load_path, dataset)
-        if checkpoint["model"] != kind or checkpoint["model_args"] != model_args:
+        if not same_model(checkpoint, kind, model_args):
             raise CheckpointError(f"{load_path}: holds a {checkpoint['model']} with {checkpoint['model_args']}, "
                                   "which differs from the flags given")
         model.load_state_dict(checkpoint["state_dict"])
     return model
+
+
+def same_model(checkpoint, kind, model_args):
+    """Whether a loaded checkpoint holds a ``kind`` model built with ``model_args`` (arguments added since it was
+    written count at their defaults)."""
+    return checkpoint["model"] == kind and (families.with_defaults(kind, checkpoint["model_args"])
+                                            == families.with_defaults(kind, model_args))
 
 
 def resume_fields(config):
@@ -201,7 +208,7 @@ def check_resumable(checkpoint, path, kind, model_args, config, fields):
     trained with (None: not checked), whether it matters for this configuration). The model and its arguments are
     always compared.
     """
-    if checkpoint["model"] != kind or checkpoint["model_args"] != model_args:
+    if not same_model(checkpoint, kind, model_args):
         raise CheckpointError(f"{path}: holds a {checkpoint['model']} with {checkpoint['model_args']}, which differs "
                               "from the flags given; resume with the original flags")
     saved_config = checkpoint["config"]

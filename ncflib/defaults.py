@@ -176,3 +176,51 @@ def choose_rating_sizes(num_train, model, default_weight_decay, batch_size=None,
     values.update(batch_size=batch_size, learning_rate=learning_rate, beta1=beta1, beta2=beta2,
                   weight_decay=weight_decay, lr_schedule=lr_schedule)
     return values, notes, warning
+
+
+# ------------------------------------------------------------------------------------------------ full ranking
+
+# The implicit models' defaults under --eval_protocol full, for the models that score by a dot product of user and
+# item vectors (GMF): a contrastive loss over many negatives shared by each batch. Chosen on validation splits
+# (docs/training.md, "Full ranking").
+FULL_RANKING = {"loss": "softmax", "similarity": "cosine", "temperature": 0.1, "negative_weight": 10.0,
+                "shared_negatives": 1024, "positives_per_batch": 1024, "learning_rate": 0.002, "weight_decay": 0.0,
+                "epochs": 30}
+SIMILARITY_OF_LOSS = {"ccl": "cosine"}  # the similarity each loss takes when not given (else 'dot')
+
+
+def choose_contrastive(num_train, loss=None, similarity=None, temperature=None, negative_weight=None,
+                       shared_negatives=None, batch_size=None, learning_rate=None, beta1=None, beta2=None,
+                       weight_decay=None, lr_schedule=None):
+    """The settings of a run with --loss bpr, softmax or ccl, or with shared negatives (each as given, else
+    ``FULL_RANKING``'s): (values by flag name, notes {what: (value, how chosen)}, a warning or None). -b counts
+    positives here: a batch of them scores its shared negatives."""
+    chosen = {}
+    loss = _given_or(chosen, "loss", loss, FULL_RANKING["loss"])
+    similarity = _given_or(chosen, "similarity", similarity,
+                           SIMILARITY_OF_LOSS.get(loss, FULL_RANKING["similarity"] if loss == FULL_RANKING["loss"]
+                                                  else "dot"))
+    values = {"loss": loss, "similarity": similarity,
+              "temperature": _given_or(chosen, "temperature", temperature,
+                                       FULL_RANKING["temperature"] if similarity == "cosine" else 1.0),
+              "negative_weight": _given_or(chosen, "negative_weight", negative_weight,
+                                           FULL_RANKING["negative_weight"]),
+              "shared_negatives": _given_or(chosen, "shared_negatives", shared_negatives,
+                                            FULL_RANKING["shared_negatives"]),
+              "batch_size": _given_or(chosen, "batch_size", batch_size,
+                                      min(FULL_RANKING["positives_per_batch"], max(num_train, 1))),
+              "learning_rate": _given_or(chosen, "learning_rate", learning_rate, FULL_RANKING["learning_rate"]),
+              "beta1": 0.9 if beta1 is None else beta1, "beta2": 0.999 if beta2 is None else beta2,
+              "weight_decay": _given_or(chosen, "weight_decay", weight_decay, FULL_RANKING["weight_decay"]),
+              "lr_schedule": lr_schedule or "constant"}
+    notes = {name.replace("_", " "): (values[name], "the full-ranking default; set with --" + name)
+             for name in chosen}
+    return values, notes, None
+
+
+def _given_or(chosen, name, given, default):
+    """``given``, else ``default`` (noting ``name`` in ``chosen``)."""
+    if given is not None:
+        return given
+    chosen[name] = True
+    return default

@@ -18,12 +18,13 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ncflib import training
 from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS
 from ncflib.errors import TaskError
 
 # The built-in families: the module of each, which exports ``FAMILY``. Imported on first use, so that importing the
 # registry imports no model code.
-BUILTIN = ("ncflib.implicit", "ncflib.ratings", "ncflib.reviews")
+BUILTIN = ("ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease")
 
 _REGISTERED = []  # Family objects, in registration order (--model lists their kinds in this order)
 
@@ -90,6 +91,14 @@ class HasItemWords(Protocol):
 
 
 @runtime_checkable
+class ScoresHistory(Protocol):
+    """A model that scores every item for a user from their items alone (``recommend.py --history``, no fold-in)."""
+
+    def score_history(self, items: torch.Tensor) -> torch.Tensor:
+        """[num_items] scores of a user who interacted with ``items``."""
+
+
+@runtime_checkable
 class HasItemBiases(Protocol):
     """A model with a learned bias per item (``recommend.py --biases``)."""
 
@@ -126,8 +135,9 @@ class Family:
         """A one-line problem with the flags given for a ``kind`` model, or None."""
         return
 
-    def default_epochs(self, demo):
-        return DEMO_EPOCHS if demo else DEFAULT_EPOCHS
+    def default_epochs(self, args):
+        """-e when not given (``args``: the flags as parsed)."""
+        return DEMO_EPOCHS if args.data is None else DEFAULT_EPOCHS
 
     def choose(self, kind, args, dataset):
         """The settings chosen from the data where the flags leave them open: (values by flag name, notes {what:
@@ -156,6 +166,24 @@ class Family:
     def prepare(self, model, kind, dataset, config):
         """A fresh model readied for training (data-dependent starting values, given tables)."""
         return model
+
+    def training_loss(self, kind, model, settings):
+        """``training.fit``'s loss function for ``model``: its own ``training_loss``, given the settings (a mapping
+        such as the configuration) that method names."""
+        return model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters
+                                      if name in settings})
+
+    def optimizer(self, model, config):
+        """The optimizer over ``model`` (the part the dense optimizer trains): --optimizer's, the family's
+        ``undecayed`` parameters spared weight decay."""
+        return training.make_optimizer(model, config.optimizer, self.undecayed(model), lr=config.learning_rate,
+                                       betas=(config.beta1, config.beta2), eps=config.eps,
+                                       weight_decay=config.weight_decay)
+
+    def fit(self, *args, config=None, dataset=None, **options):
+        """The training loop: ``training.fit`` (``config`` and ``dataset`` are for families with a loop of their
+        own, such as a closed form)."""
+        return training.fit(*args, **options)
 
     def undecayed(self, model):
         """The parameters weight decay leaves alone."""
@@ -273,6 +301,15 @@ def kind_of(model):
             if type(model) is made_by:
                 return kind
     raise TaskError(f"a {type(model).__name__} is no model of a registered family")
+
+
+def with_defaults(kind, model_args):
+    """``model_args`` of a ``kind`` model with its constructor's defaults filled in where a checkpoint of an earlier
+    version (before that argument existed) has none, so the two compare as the same model."""
+    defaults = {name: parameter.default for name, parameter in inspect.signature(constructor(kind)).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    return {**defaults, **{name: list(value) if isinstance(value, tuple) else value
+                           for name, value in model_args.items()}}
 
 
 def hyper_parameters(kind):

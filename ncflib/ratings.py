@@ -319,7 +319,7 @@ class RatingFamily(Family):
             return f"--y_range LOW HIGH needs LOW < HIGH, got {args.y_range[0]:g} {args.y_range[1]:g}"
         return None
 
-    def default_epochs(self, demo):
+    def default_epochs(self, args):
         return RATING_EPOCHS
 
     def choose(self, kind, args, dataset):

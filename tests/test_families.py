@@ -58,7 +58,7 @@ class PopularityFamily(families.Family):
     def add_arguments(self, parser):
         parser.add_argument_group("the test family").add_argument("--scale", type=float, default=1.0)
 
-    def default_epochs(self, demo):
+    def default_epochs(self, args):
         return 3
 
     def check(self, kind, dataset, config):

@@ -1,0 +1,263 @@
+"""EASE (Steck, WWW 2019): the closed-form item-item model, as a model family (``--model ease``).
+
+With X the users x items matrix of training pairs and G = X^T X, EASE's item-item weights are
+B = I - P / diag(P) with P = (G + l2 I)^-1: column j of B is -P[:, j] / P[j, j], its diagonal zero. A user's scores
+are their row of X times B, so a new user needs no fold-in: their items' rows of B, summed. There is nothing to
+train by gradient: ``fit`` solves for each L2 weight of ``--ease_l2`` (one eigendecomposition of G, then a product
+per weight), evaluates it as an epoch, and keeps the best on the validation set when the dataset has one.
+
+    model = EASE(num_users, num_items, num_train)
+    model.solve(users, items, l2=500.0)           # the training pairs
+    scores = model.score_all(torch.tensor([0, 1]))  # [2, num_items]
+"""
+
+import os
+import time
+
+import torch
+from torch import nn
+
+from ncflib import evaluation
+from ncflib import training as train
+from ncflib.errors import TaskError
+from ncflib.families import Family
+
+L2_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)  # Steck used 500 on ML-20M; the best moves with the data
+MATRICES = 3  # float32 item x item matrices held at once while solving: G's eigenvectors, a product, B
+
+
+class EASE(nn.Module):
+    """The item-item weights ``item_weights`` [I, I], the L2 weight they were solved with (``l2_weight``), and the
+    training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]) from which a user's row of X is built."""
+
+    def __init__(self, num_users, num_items, num_train=0):
+        super().__init__()
+        if num_users < 1 or num_items < 1 or num_train < 0:
+            raise ValueError(f"num_users and num_items must be positive and num_train 0 or more, got {num_users}, "
+                             f"{num_items} and {num_train}.")
+        self.num_items = num_items
+        self.register_buffer("item_weights", torch.zeros(num_items, num_items))
+        self.register_buffer("l2_weight", torch.zeros(()))
+        self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
+
+    def set_interactions(self, users, items):
+        """Keep the training pairs (users, items [N]) by user, as ``user_offsets`` and ``user_items``."""
+        order = torch.argsort(users * self.num_items + items)
+        counts = torch.bincount(users, minlength=self.user_offsets.numel() - 1)
+        self.user_offsets.copy_(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        self.user_items.copy_(items[order])
+
+    def rows(self, users):
+        """[B, I] the users' rows of X (1 for each of their training items)."""
+        starts, ends = self.user_offsets[users], self.user_offsets[users + 1]
+        counts = ends - starts
+        row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        matrix = torch.zeros(users.numel(), self.num_items, device=self.item_weights.device)
+        matrix[row, self.user_items[torch.repeat_interleave(starts, counts) + position]] = 1.0
+        return matrix
+
+    def gram(self, chunk=4096):
+        """G = X^T X [I, I] (float64), accumulated over chunks of users."""
+        num_users = self.user_offsets.numel() - 1
+        total = torch.zeros(self.num_items, self.num_items, dtype=torch.float64, device=self.item_weights.device)
+        for start in range(0, num_users, chunk):
+            rows = self.rows(torch.arange(start, min(start + chunk, num_users), device=total.device)).double()
+            total += rows.T @ rows
+        return total
+
+    @staticmethod
+    def weights_for(eigenvalues, eigenvectors, l2):
+        """B for one L2 weight from G's eigendecomposition: P = Q diag(1 / (lambda + l2)) Q^T, B = -P / diag(P),
+        diagonal 0."""
+        inverse = (eigenvectors / (eigenvalues + l2)) @ eigenvectors.T
+        weights = inverse / (-torch.diagonal(inverse))
+        weights.fill_diagonal_(0.0)
+        return weights
+
+    def solve(self, users, items, l2):
+        """Fit to the training pairs (users, items [N]) with the L2 weight ``l2``."""
+        self.set_interactions(users, items)
+        return self.use(*torch.linalg.eigh(self.gram()), l2)
+
+    def use(self, eigenvalues, eigenvectors, l2):
+        """Set B for the L2 weight ``l2`` from G's eigendecomposition."""
+        self.l2_weight.fill_(float(l2))
+        self.item_weights.copy_(self.weights_for(eigenvalues, eigenvectors, float(l2)).float())
+        return self
+
+    def forward(self, users, items):
+        """Scores of the pairs (users, items [B])."""
+        return (self.rows(users) * self.item_weights[:, items].T).sum(-1)
+
+    def score(self, users, items):
+        """[B, C] scores of users [B] for their candidates items [B, C]."""
+        return self.score_all(users).gather(1, items)
+
+    def score_all(self, users):
+        """[B, num_items] scores of users [B] for every item: their rows of X times B."""
+        return self.rows(users) @ self.item_weights
+
+    def score_history(self, items):
+        """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""
+        return self.item_weights[items].sum(0)
+
+    def item_vectors(self):
+        """{what it is: [num_items, I]}: each item's row of B (how it predicts every other item)."""
+        return {"EASE item-item weights": self.item_weights.detach()}
+
+    def training_loss(self):
+        raise TypeError("EASE is solved in closed form (ncflib.ease.fit), not trained by a loss")
+
+
+class NoOptimizer:
+    """What the training code keeps for a model solved in closed form: no state."""
+
+    param_groups = [{"lr": 0.0}]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        return None
+
+
+def needed_bytes(num_items):
+    return MATRICES * num_items**2 * 4 + num_items**2 * 8  # float32 matrices, and G in float64
+
+
+def available_bytes(device):
+    """Memory free for the solve: the GPU's free memory, or the host's available memory (Linux), else None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(count):
+    return f"{count / 2**30:.1f} GiB"
+
+
+class EaseFamily(Family):
+    """``--model ease``: closed form, full-ranking or sampled evaluation as the implicit models, the L2 weight
+    chosen on validation from ``--ease_l2``'s values. ``FAMILY`` is the registry's object."""
+
+    name = "ease"
+    models = {"ease": EASE}
+    description = "ease, the closed-form item-item model (EASE, Steck 2019)"
+    shards_tables = False  # one dense item x item matrix, no embedding tables
+
+    def add_arguments(self, parser):
+        group = parser.add_argument_group("EASE (--model ease)")
+        group.add_argument("--ease_l2", type=float, nargs="+", default=None, metavar="L2",
+                           help="the L2 weights tried, each evaluated as an epoch, the best kept (chosen on the "
+                                f"validation set when the dataset has one); default {' '.join(map(str, L2_GRID))}")
+
+    def flag_checks(self, args):
+        return [("--ease_l2", value, "positive") for value in args.ease_l2 or []]
+
+    def default_epochs(self, args):
+        return len(args.ease_l2 or L2_GRID)
+
+    def choose(self, kind, args, dataset):
+        values, notes, warning = super().choose(kind, args, dataset)
+        grid = list(args.ease_l2 or L2_GRID)
+        values |= {"ease_l2": grid, "epochs": len(grid)}
+        notes = {"L2 weights": (" ".join(f"{value:g}" for value in grid),
+                                ("given" if args.ease_l2 else "the default grid") + ", one an epoch")}
+        return values, notes, warning
+
+    def check(self, kind, dataset, config):
+        problem = evaluation.protocol_problem(dataset, config.eval_protocol, config.topk)
+        if problem:
+            raise TaskError(problem)
+        device = dataset.train_users.device
+        needed, free = needed_bytes(dataset.num_items), available_bytes(device)
+        if free is not None and needed > free:
+            raise TaskError(f"--model ease needs about {_gib(needed)} for its item x item matrices of "
+                            f"{dataset.num_items:,} items, and {_gib(free)} is free here; use --model gmf")
+
+    def data_settings(self, dataset):
+        return {"num_train": dataset.num_train}
+
+    def describe(self, kind, config):
+        return " (closed form: each L2 weight solved and evaluated in turn)"
+
+    def fit(self, model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, start_epoch=0,
+            best=None, on_epoch=None, save=None, saved_best=None, threshold=None, patience=None, config=None,
+            dataset=None, **_):
+        """``training.fit``'s loop for a closed form: epoch e solves for the e-th L2 weight of ``config.ease_l2``
+        (G's eigendecomposition once), evaluates, reports and saves as ``training.fit`` does."""
+        best = best or {"epoch": -1, "metrics": {}, "seconds": 0.0, "elapsed": 0.0}
+        elapsed, reached = best["elapsed"], False
+        started = time.perf_counter()
+        model.set_interactions(dataset.train_users, dataset.train_items)
+        eigenvalues, eigenvectors = torch.linalg.eigh(model.gram())
+        prepared = time.perf_counter() - started
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            model.use(eigenvalues, eigenvectors, config.ease_l2[epoch])
+            solve_seconds = time.perf_counter() - started + (prepared if epoch == start_epoch else 0.0)
+            metrics = evaluate()
+            eval_seconds = time.perf_counter() - started - solve_seconds + (prepared if epoch == start_epoch else 0)
+            elapsed += solve_seconds + eval_seconds
+            scored = metrics.pop("eval_samples", None)
+            record = {"epoch": epoch, "train_loss": 0.0, "l2_weight": float(config.ease_l2[epoch]), **metrics,
+                      "train_throughput": dataset.num_train / max(solve_seconds, 1e-9),
+                      "train_epoch_time": solve_seconds,
+                      **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
+                      "validation_epoch_time": eval_seconds}
+            value = metrics[selection.metric]
+            improved = selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
+            if improved:
+                best = {"epoch": epoch, "metrics": metrics, "seconds": elapsed}
+            best = {**best, "elapsed": elapsed}
+            if on_epoch is not None:
+                on_epoch(record)
+            if save is not None:
+                if improved and (saved_best is None or selection.improves(value, saved_best)):
+                    save("best.pt", record, best)
+                    saved_best = value
+                save("last.pt", record, best)
+            if threshold is not None and selection.reaches(value, threshold):
+                reached = True
+                break
+            if patience is not None and epoch - best["epoch"] >= patience:
+                break
+        return best, reached
+
+    def optimizer(self, model, config):
+        return NoOptimizer()
+
+    def training_loss(self, kind, model, settings):
+        return None
+
+    def batches(self, kind, config, dataset, runtime):
+        return lambda epoch: []
+
+    def evaluator(self, kind, config, dataset, model, autocast, runtime):
+        batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
+        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, batch_size, autocast,
+                                    runtime.rank, runtime.world_size)
+
+    def selection(self, kind, dataset, config):
+        return train.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
+
+    def resume_fields(self, kind, config):
+        return [("ease_l2", "--ease_l2", None, True)]
+
+    def tasks(self, kind, model):
+        return super().tasks(kind, model) | {"fold_in"}
+
+    def prediction(self, kind, model, value):
+        return f"score {value:.4f} (EASE's: the user's items' weights towards this one, summed)"
+
+    def export_output(self, kind, model):
+        return "the EASE score (float32 [N])"
+
+
+FAMILY = EaseFamily()

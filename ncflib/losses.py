@@ -1,0 +1,66 @@
+"""The implicit family's losses (``--loss``), on a batch's positive scores and their negatives' scores.
+
+Each takes ``positive`` [B] (a positive pair's score) and ``negative`` [B, N] (its N negatives' scores, drawn per
+positive or shared by the batch) and returns the loss summed over the batch's positives:
+
+- ``bce``: binary cross-entropy of each score against its label (NVIDIA's, the paper's);
+- ``bpr``: pairwise, -log sigmoid(positive - negative), averaged over each positive's negatives (Rendle et al. 2009);
+- ``softmax``: sampled softmax, -log of the positive's share of exp(score / temperature) among itself and its
+  negatives; with ``log_q`` (each negative's log sampling probability) the scores of negatives drawn by
+  popularity are corrected by -log q (the logQ correction of Yi et al., RecSys 2019), so the loss estimates the
+  full softmax's;
+- ``ccl``: SimpleX's cosine contrastive loss (Mao et al., CIKM 2021) on cosine scores: (1 - positive) plus
+  ``negative_weight`` times the mean over negatives of max(0, negative - ``margin``).
+
+    total = LOSSES["softmax"](positive, negative, weights=None, temperature=0.1)
+
+``weights`` [B] (None: all 1) counts each positive's loss that many times (``--recency``).
+"""
+
+import torch
+from torch import nn
+
+LOSSES_HELP = "bce, bpr, softmax or ccl"
+
+
+def _weighted_sum(per_positive, weights):
+    return per_positive.sum() if weights is None else (per_positive * weights).sum()
+
+
+def bce(positive, negative, weights=None, **_):
+    """Summed BCE: each positive against 1, each of its negatives against 0."""
+    per_positive = (nn.functional.softplus(-positive.float())
+                    + nn.functional.softplus(negative.float()).sum(-1))
+    return _weighted_sum(per_positive, weights)
+
+
+def bpr(positive, negative, weights=None, **_):
+    """Bayesian personalised ranking: -log sigmoid(positive - negative), the mean over each positive's negatives."""
+    per_positive = nn.functional.softplus(negative.float() - positive.float()[:, None]).mean(-1)
+    return _weighted_sum(per_positive, weights)
+
+
+def softmax(positive, negative, weights=None, temperature=1.0, log_q=None, **_):
+    """Sampled softmax: -log(exp(p / t) / (exp(p / t) + sum exp(n_j / t))); ``log_q`` [N] or [B, N] (the negatives'
+    log sampling probabilities) is subtracted from the negatives' scaled scores (the logQ correction)."""
+    negative = negative.float() / temperature
+    if log_q is not None:
+        negative = negative - log_q
+    logits = torch.cat([positive.float()[:, None] / temperature, negative], dim=1)
+    per_positive = torch.logsumexp(logits, dim=1) - logits[:, 0]
+    return _weighted_sum(per_positive, weights)
+
+
+def ccl(positive, negative, weights=None, margin=0.8, negative_weight=1.0, **_):
+    """SimpleX's cosine contrastive loss on cosine scores: (1 - positive) + w * mean_j max(0, negative_j - m)."""
+    per_positive = (1.0 - positive.float()) + negative_weight * torch.relu(negative.float() - margin).mean(-1)
+    return _weighted_sum(per_positive, weights)
+
+
+LOSSES = {"bce": bce, "bpr": bpr, "softmax": softmax, "ccl": ccl}
+
+
+def masked_hits(negative, positive_items, negative_items):
+    """``negative`` [B, N] with the scores of shared negatives (``negative_items`` [N]) that are the row's own
+    positive item set to -inf, which every loss here counts as no negative (a zero term)."""
+    return negative.masked_fill(negative_items[None, :] == positive_items[:, None], float("-inf"))

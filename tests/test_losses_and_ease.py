@@ -1,0 +1,173 @@
+"""The full-ranking losses (known values and gradients, shared negatives against per-sample ones, a planted set each
+ranks first) and EASE (its closed form against a dense solve, its refusal, recommend.py on its checkpoint)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ncf
+import recommend
+from conftest import run_convert
+from dataloading import ImplicitInputs, SharedInputs
+from ncflib import ease, implicit
+from ncflib.losses import LOSSES
+from neumf import GMF
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+# One positive scored 2, its two negatives 1 and -1 (cosines for ccl: 0.9 against 0.7 and 0.2).
+CASES = {
+    "bce": ({}, (2.0, [1.0, -1.0]), softplus(-2) + softplus(1) + softplus(-1),
+            (-sigmoid(-2), [sigmoid(1), sigmoid(-1)])),
+    "bpr": ({}, (2.0, [1.0, -1.0]), (softplus(-1) + softplus(-3)) / 2,
+            (-(sigmoid(-1) + sigmoid(-3)) / 2, [sigmoid(-1) / 2, sigmoid(-3) / 2])),
+    "softmax": ({"temperature": 0.5}, (2.0, [1.0, -1.0]),
+                math.log(math.exp(4) + math.exp(2) + math.exp(-2)) - 4,
+                ((math.exp(4) / (math.exp(4) + math.exp(2) + math.exp(-2)) - 1) * 2,
+                 [math.exp(2) / (math.exp(4) + math.exp(2) + math.exp(-2)) * 2,
+                  math.exp(-2) / (math.exp(4) + math.exp(2) + math.exp(-2)) * 2])),
+    "ccl": ({"margin": 0.5, "negative_weight": 2.0}, (0.9, [0.7, 0.2]), 0.1 + 2 * (0.2 + 0.0) / 2,
+            (-1.0, [1.0, 0.0])),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_loss_and_its_gradient_on_a_hand_computed_case(name):
+    options, (positive, negative), value, (positive_grad, negative_grad) = CASES[name]
+    positive = torch.tensor([positive], dtype=torch.float64, requires_grad=True)
+    negative = torch.tensor([negative], dtype=torch.float64, requires_grad=True)
+    total = LOSSES[name](positive, negative, **options)
+    total.backward()
+    assert total.item() == pytest.approx(value, rel=1e-6)
+    assert positive.grad.item() == pytest.approx(positive_grad, rel=1e-6)
+    assert negative.grad[0].tolist() == pytest.approx(negative_grad, rel=1e-6, abs=1e-12)
+    # A weight counts a positive's loss that many times.
+    assert LOSSES[name](positive, negative, torch.tensor([3.0], dtype=torch.float64), **options).item() == \
+        pytest.approx(3 * value, rel=1e-6)
+
+
+def test_softmax_subtracts_the_negatives_log_probabilities_when_corrected():
+    positive, negative = torch.tensor([1.0]), torch.tensor([[0.5, 0.0]])
+    log_q = torch.tensor([math.log(0.5), math.log(0.25)])
+    expected = math.log(math.exp(1) + math.exp(0.5 - math.log(0.5)) + math.exp(0 - math.log(0.25))) - 1
+    assert LOSSES["softmax"](positive, negative, log_q=log_q).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name, similarity", [("bce", "dot"), ("bpr", "dot"), ("softmax", "cosine"),
+                                              ("softmax", "dot"), ("ccl", "cosine")])
+def test_shared_negatives_give_the_per_sample_loss_when_every_positive_has_the_same_negatives(name, similarity):
+    torch.manual_seed(0)
+    model = GMF(9, 12, factors=5, similarity=similarity)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()
+    users, items = torch.tensor([0, 3, 5, 8]), torch.tensor([1, 2, 3, 4])
+    negatives = torch.tensor([7, 9, 11])  # none of them a positive
+    options = {"temperature": 0.2, "margin": 0.3, "negative_weight": 4.0}
+    shared = implicit.shared_loss(name, options)(model, SharedInputs(users, items, negatives, None, None),
+                                                 _no_autocast)
+    blocks = 1 + len(negatives)
+    per_sample_inputs = ImplicitInputs(users.repeat(blocks), torch.cat([items, negatives.repeat_interleave(4)]),
+                                       torch.cat([torch.ones(4), torch.zeros(12)]), None, blocks)
+    per_sample = implicit.per_sample_loss(name, options)(model, per_sample_inputs, _no_autocast)
+    torch.testing.assert_close(shared[1], per_sample[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bce", "softmax"])
+def test_a_shared_negative_that_is_the_rows_own_positive_adds_nothing(name):
+    torch.manual_seed(0)
+    model = GMF(3, 12, factors=5)
+    loss = implicit.shared_loss(name, {"temperature": 1.0, "margin": 0.0, "negative_weight": 1.0})
+    users, items = torch.tensor([0]), torch.tensor([1])
+    without = loss(model, SharedInputs(users, items, torch.tensor([7, 9]), None, None), _no_autocast)[1] / 3
+    with_hit = loss(model, SharedInputs(users, items, torch.tensor([7, 9, 1]), None, None), _no_autocast)[1] / 4
+    assert with_hit.item() == pytest.approx(without.item(), rel=1e-6)
+
+
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+@pytest.fixture(scope="module")
+def planted_ratio(tmp_path_factory):
+    """Four groups of users, each interacting with most items of its own group: a ratio split (80/20, with
+    validation) where a model that learned the groups ranks each user's held-out items first."""
+    folder = tmp_path_factory.mktemp("planted_ratio")
+    rng = np.random.default_rng(0)
+    lines = ["user,item"]
+    for user in range(48):
+        group = user % 4
+        lines += [f"{user},{group * 10 + item}" for item in rng.choice(10, size=8, replace=False)]
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--split", "ratio",
+                        "--validation"])[0] == 0
+    return folder / "data"
+
+
+@pytest.mark.parametrize("flags", [["--loss", "softmax", "-l", "0.005"], ["--loss", "bpr", "--similarity", "dot"],
+                                   ["--loss", "ccl", "--negative_weight", "10"], ["--loss", "bce", "-l", "0.02"]])
+def test_each_loss_ranks_the_planted_items_first(planted_ratio, tmp_path, flags):
+    log = tmp_path / "log.json"
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "-e", "30", "-b", "16",
+                     "--shared_negatives", "16", "-l", "0.01", "-f", "8", *flags, "--checkpoint_dir", "",
+                     "--log_path", str(log)]) == 0
+    summary = json.loads(log.read_text().splitlines()[-1])
+    # Each user has 10 items in its group, 8 of them seen: the 2 unseen ones and 40 - 10 of other groups are the
+    # candidates; a model that learned the groups puts the held-out items in its top 5.
+    assert summary["best_metrics"]["recall@5"] >= 0.9, summary["best_metrics"]
+
+
+def test_ease_equals_a_dense_solve_of_its_closed_form():
+    rng = np.random.default_rng(1)
+    matrix = (rng.random((7, 5)) < 0.5).astype(np.float64)
+    users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
+    model = ease.EASE(7, 5, len(users)).solve(users, items, l2=3.0)
+    inverse = np.linalg.inv(matrix.T @ matrix + 3.0 * np.eye(5))
+    expected = np.eye(5) - inverse / np.diag(inverse)
+    np.testing.assert_allclose(model.item_weights.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(model.score_all(torch.arange(7)).numpy(), matrix @ expected, atol=1e-5)
+    history = torch.tensor([0, 2])
+    np.testing.assert_allclose(model.score_history(history).numpy(), expected[[0, 2]].sum(0), atol=1e-5)
+
+
+def test_ease_trains_tests_recommends_and_refuses_a_catalogue_too_large(planted_ratio, tmp_path, capsys,
+                                                                         monkeypatch):
+    folder = tmp_path / "ease"
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "ease",
+                     "--ease_l2", "1", "10", "--checkpoint_dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "L2 weights: 1 10" in out
+    records = [json.loads(line) for line in (folder / "log.json").read_text().splitlines()]
+    assert [record["l2_weight"] for record in records if record["type"] == "epoch"] == [1.0, 10.0]
+    best = records[-1]["best_metrics"]
+    assert best["recall@5"] >= 0.9
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--mode", "test",
+                     "--load_checkpoint_path", str(folder / "best.pt"), "--log_path", str(tmp_path / "t.json")]) == 0
+    tested = json.loads((tmp_path / "t.json").read_text().splitlines()[-1])
+    assert tested["recall@5"] == pytest.approx(best["recall@5"])
+    capsys.readouterr()
+    checkpoint = str(folder / "best.pt")
+    assert recommend.main(["--checkpoint", checkpoint, "--user", "0", "-k", "2"]) == 0
+    top = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines()[2:4]]
+    assert all(item // 10 == 0 for item in top)  # user 0 is in group 0
+    assert recommend.main(["--checkpoint", checkpoint, "--history", "31", "32", "33", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "from their items" in lines[0] and all(int(line.split()[1]) // 10 == 3 for line in lines[2:5])
+    assert recommend.main(["--checkpoint", checkpoint, "--similar_to", "5", "-k", "3"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(ease, "available_bytes", lambda device: 1000)
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "ease",
+                     "--checkpoint_dir", str(tmp_path / "refused")]) == 1
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "GiB" in error and "--model gmf" in error
+    assert not (tmp_path / "refused").exists()
