@@ -22,7 +22,15 @@ from pathlib import Path
 
 from ncflib.data.layout import check_output, write_dataset
 from ncflib.data.readers import FILE_NAMES, FORMATS, _ncf_prefix_exists, detect_format, read
-from ncflib.data.splits import SPLITS, Interactions, Split, generated_interactions, split_interactions, split_ratings
+from ncflib.data.splits import (
+    SPLITS,
+    Interactions,
+    Split,
+    generated_interactions,
+    hold_out_validation,
+    split_interactions,
+    split_ratings,
+)
 from ncflib.errors import ConversionError
 
 
@@ -89,7 +97,8 @@ def parse_args(argv=None):
                         help="also hold out a validation set, on which ncf.py chooses its best epoch: with "
                              "leave_one_out each user's second latest interaction (with its own negatives; users "
                              "then need 3 interactions), with the ratio splits --validation_fraction of the items "
-                             "left after the test items")
+                             "left after the test items, with NGCF/LightGCN's files --validation_fraction of each "
+                             "user's train.txt items (test.txt as given)")
     parser.add_argument("--validation_fraction", type=float, default=0.1,
                         help="with --validation and a ratio split: the share of each user's remaining items held "
                              "out for validation")
@@ -183,10 +192,12 @@ def main(argv=None):
         check_output(args.output, args.force, args.path)
         data = load_interactions(args, progress)
         if isinstance(data, Split):
-            if args.validation or args.split != "leave_one_out":
+            given_test_only = data.test_negatives is None  # NGCF/LightGCN's: a validation fraction can be drawn
+            if args.split != "leave_one_out" or (args.validation and not given_test_only):
                 raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's); their split "
-                                      "is used as given, so drop --split and --validation")
-            split = data
+                                      "is used as given, so drop --split" + ("" if given_test_only else
+                                                                              " and --validation"))
+            split = hold_out_validation(data, args.validation_fraction, args.seed) if args.validation else data
             source = {"format": split.protocol.get("format", "ncf"), "path": str(args.path)}
         elif args.test_path or args.split == "random":
             test_data = load_interactions(args, progress, test_file=True) if args.test_path else None

@@ -574,11 +574,29 @@ def test_lightgcn_files_are_read_with_their_split(tmp_path, capsys):
     metadata, arrays = load_output(tmp_path / "out")
     assert arrays["train"].tolist() == [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [2, 0], [2, 3]]
     assert arrays["test"].tolist() == [[0, 3], [1, 0], [1, 3], [2, 1]] and metadata["source"]["format"] == "lightgcn"
-    code, err = run_convert(["--path", folder / "train.txt", "--output", tmp_path / "again", "--validation"], capsys)
+    code, err = run_convert(["--path", folder / "train.txt", "--output", tmp_path / "again", "--split", "ratio"],
+                            capsys)
     assert code == 1 and "their split is used as given" in err
+    # --validation holds out a fraction of each user's train.txt pairs, at least one left to train on; test.txt
+    # stays as given.
+    (folder / "train.txt").write_text("0 0 1 2 4 5 6 7 8 9\n1 1 2\n2 0 3\n")
+    assert run_convert(["--path", folder, "--output", tmp_path / "validated", "--validation",
+                        "--validation_fraction", "0.3"])[0] == 0
+    metadata, arrays = load_output(tmp_path / "validated")
+    assert arrays["test"].tolist() == [[0, 3], [1, 0], [1, 3], [2, 1]]
+    train, validation = (set(map(tuple, arrays[name].tolist())) for name in ("train", "validation"))
+    given = {(0, item) for item in (0, 1, 2, 4, 5, 6, 7, 8, 9)} | {(1, 1), (1, 2), (2, 0), (2, 3)}
+    item_ids = [int(item) for item in metadata_items(tmp_path / "validated")]
+    assert {(user, item_ids[item]) for user, item in train | validation} == given and not train & validation
+    assert sorted(user for user, _ in validation) == [0, 0, 0, 1, 2] and metadata["protocol"]["validation"]
     (folder / "test.txt").write_text("0 x\n")
     code, err = run_convert(["--path", folder, "--output", tmp_path / "bad"], capsys)
     assert code == 1 and "test.txt: line 1: expected 'user item item ...'" in err
+
+
+def metadata_items(folder):
+    """The original item ids of a dataset directory, by index."""
+    return [line.split(",")[1] for line in (folder / "items.csv").read_text().splitlines()[1:]]
 
 
 def test_a_loaded_dataset_carries_its_ratings_and_id_maps(tmp_path, tiny_log):

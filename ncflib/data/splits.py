@@ -8,6 +8,7 @@ callable for the converter's log lines.
     split = split_interactions(data, min_interactions=2, num_negatives=100, seed=0, progress=print)
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -343,6 +344,28 @@ def _encode_texts(texts, rows_of, max_words, skip_top, progress):
     progress(f"kept {len(words):,} words of the training reviews; {empty:,} of {sum(map(len, tokens.values())):,} "
              "reviews have none of them")
     return (words, counts), arrays
+
+
+def hold_out_validation(split, fraction, seed):
+    """``split`` (given test files without a validation set, such as NGCF/LightGCN's) with a random ``fraction`` of
+    each user's training pairs held out as its validation set (drawn with ``seed``; at least one pair left to train
+    on); the test set as given."""
+    rng = np.random.default_rng(seed)
+    train = split.train[np.lexsort((split.train[:, 1], split.train[:, 0]))]
+    users = train[:, 0].astype(np.int64)
+    counts = np.bincount(users, minlength=split.user_ids.size)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    order = np.lexsort((rng.random(users.size), users))
+    position = np.empty(users.size, dtype=np.int64)
+    position[order] = np.arange(users.size) - starts[users[order]]
+    held = np.clip(np.rint(fraction * counts), 0, np.maximum(counts - 1, 0))
+    is_validation = position < held[users]
+    protocol = {**split.protocol, "validation": True,
+                "split": f"{split.protocol.get('split', 'as given')}; then the random {fraction:g} of each user's "
+                         "training pairs (at least one left to train on) drawn with the seed as validation"}
+    return dataclasses.replace(split, train=train[~is_validation], validation=train[is_validation],
+                               validation_negatives=None, protocol=protocol,
+                               counts={**split.counts, "validation_pairs": int(is_validation.sum())})
 
 
 def _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction):
