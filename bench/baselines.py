@@ -118,6 +118,22 @@ def choose_lambda(dataset, protocol, topk):
     return best, results[best], "validation" if metric.startswith("valid_") else "test"
 
 
+def choose_als(dataset, protocol, topk, args):
+    """(row name, fitted ALS) of the --als_factors x --als_alpha grid's best by the protocol's selection metric
+    (the validation set's when the dataset has one)."""
+    metric = evaluation.selection_metric(dataset, protocol, topk)
+    fitted = {(factors, alpha): ALS(dataset, factors, args.als_regularization, alpha, args.als_iterations)
+              for factors in args.als_factors for alpha in args.als_alpha}
+    with torch.no_grad():
+        results = {setting: evaluate(model, dataset, protocol, topk)[metric] for setting, model in fitted.items()}
+    (factors, alpha), als = max(results, key=results.get), None
+    als = fitted[(factors, alpha)]
+    chosen = "" if len(fitted) == 1 else (f", chosen on {'validation' if metric.startswith('valid_') else 'test'} "
+                                          f"from {len(fitted)} settings")
+    return (f"implicit ALS ({factors} factors, reg {args.als_regularization:g}, alpha {alpha:g}, "
+            f"{args.als_iterations} iterations{chosen}; fitted in {als.seconds:.1f} s)"), als
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -127,12 +143,17 @@ def parse_args(argv=None):
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of the metrics")
     parser.add_argument("--checkpoints", nargs="*", default=[], help="ncf.py checkpoints to score beside them")
     parser.add_argument("--als", action="store_true", help="also fit the implicit library's ALS (optional dependency)")
-    parser.add_argument("--als_factors", type=int, default=64, help="ALS factors")
+    parser.add_argument("--als_factors", type=int, nargs="+", default=[64],
+                        help="ALS factors; several values (with several --als_alpha) make a grid, whose best is chosen "
+                             "on the validation set (else on the test items, and the row says so)")
     parser.add_argument("--als_regularization", type=float, default=0.05, help="ALS L2 regularisation")
-    parser.add_argument("--als_alpha", type=float, default=5.0,
+    parser.add_argument("--als_alpha", type=float, nargs="+", default=[5.0],
                         help="ALS confidence weight of an interaction (5: the best of 1, 5, 10 on ML-1M's NCF split, "
                              "chosen on its test items as the split has no validation set)")
     parser.add_argument("--als_iterations", type=int, default=15, help="ALS sweeps")
+    parser.add_argument("--no_ease", action="store_true",
+                        help="leave EASE out (its item x item inverse is slow or too large on big catalogues; "
+                             "ncf.py --model ease refuses those it cannot hold)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--output", help="JSON-lines file to append each row to")
     parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
@@ -162,17 +183,14 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
     dataset = dataset.to(device)
-    als = (ALS(dataset, args.als_factors, args.als_regularization, args.als_alpha, args.als_iterations)
-           if args.als else None)
     rows, k = [], args.topk
     for protocol in args.protocols:
-        regularisation, chosen, chosen_on = choose_lambda(dataset, protocol, k)
-        entries = [("popularity", Popularity(dataset)), (f"EASE, lambda {regularisation:g} (chosen on {chosen_on})",
-                                                         EASE(dataset, regularisation))]
-        if als is not None:
-            name = (f"implicit ALS ({args.als_factors} factors, reg {args.als_regularization:g}, alpha "
-                    f"{args.als_alpha:g}, {args.als_iterations} iterations; fitted in {als.seconds:.1f} s)")
-            entries.append((name, als))
+        entries = [("popularity", Popularity(dataset))]
+        if not args.no_ease:
+            regularisation, chosen, chosen_on = choose_lambda(dataset, protocol, k)
+            entries.append((f"EASE, lambda {regularisation:g} (chosen on {chosen_on})", EASE(dataset, regularisation)))
+        if args.als:
+            entries.append(choose_als(dataset, protocol, k, args))
         entries += [(path, model.to(device)) for path, model in models.items()]
         for name, model in entries:
             with torch.no_grad():

@@ -189,7 +189,8 @@ def als_curve(data, sweeps=(1, 2, 4, 8, 15)):
     for count in sweeps:
         started = time.perf_counter()
         dataset = dataloading.load_dataset(data)
-        model = baselines.ALS(dataset, defaults.als_factors, defaults.als_regularization, defaults.als_alpha, count)
+        model = baselines.ALS(dataset, defaults.als_factors[0], defaults.als_regularization, defaults.als_alpha[0],
+                              count)
         metrics = baselines.evaluate(model, dataset, "sampled", 10)
         curve.append((count, metrics["hr@10"], metrics["ndcg@10"], time.perf_counter() - started))
     return curve

@@ -183,8 +183,8 @@ def choose_rating_sizes(num_train, model, default_weight_decay, batch_size=None,
 # The implicit models' defaults under --eval_protocol full, for the models that score by a dot product of user and
 # item vectors (GMF): a contrastive loss over many negatives shared by each batch. Chosen on validation splits
 # (docs/training.md, "Full ranking").
-FULL_RANKING = {"loss": "softmax", "similarity": "cosine", "temperature": 0.1, "negative_weight": 10.0,
-                "shared_negatives": 1024, "positives_per_batch": 1024, "learning_rate": 0.002, "weight_decay": 0.0,
+FULL_RANKING = {"loss": "softmax", "similarity": "cosine", "temperature": 0.2, "negative_weight": 10.0,
+                "shared_negatives": 256, "positives_per_batch": 256, "learning_rate": 0.002, "weight_decay": 0.0,
                 "epochs": 30}
 SIMILARITY_OF_LOSS = {"ccl": "cosine"}  # the similarity each loss takes when not given (else 'dot')
 

@@ -263,20 +263,8 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     progress(f"indexed {num_users:,} users and {num_items:,} items")
     kept = _latest_rows((file_of * num_users + user_codes) * num_items + item_codes, columns.get("timestamps"))
     progress(f"kept the latest of {num_rows - kept.size:,} repeated (user, item) pairs")
-    if test_data is None:
-        shuffled = rng.permutation(kept)
-        num_test = int(np.clip(np.rint(test_fraction * kept.size), 1, kept.size - 1))
-        is_test = np.zeros(num_rows, dtype=bool)
-        is_test[shuffled[:num_test]] = True
-    else:
-        is_test = file_of == 1
-        if not is_test[kept].any() or is_test[kept].all():
-            raise ConversionError(f"{test_data.source.get('path', 'the test file')}: the training or the test file "
-                                  "has no rows; pass both files with rows")
-    is_validation = np.zeros(num_rows, dtype=bool)
-    if validation:
-        training = rng.permutation(kept[~is_test[kept]])
-        is_validation[training[:int(np.rint(validation_fraction * training.size))]] = True
+    is_test, is_validation = _rating_held_out(kept, file_of, rng, test_data, test_fraction,
+                                              validation_fraction if validation else 0.0)
     by_user = kept[np.argsort(user_codes[kept], kind="stable")]  # rows sorted by user, file order within a user
 
     def pairs(chosen):
@@ -303,6 +291,26 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     return Split(train=train, test=test, test_negatives=None, user_ids=user_ids, item_ids=item_ids,
                  titles={**(test_data.titles if test_data is not None else {}), **data.titles}, extra_arrays=extra,
                  counts=summary, protocol=protocol, validation=held if validation else None, vocabulary=vocabulary)
+
+
+def _rating_held_out(kept, file_of, rng, test_data, test_fraction, validation_fraction):
+    """(is_test, is_validation) bool masks over the rows of ``split_ratings``: the test file's rows, or a random
+    ``test_fraction`` of the ``kept`` ones; then a random ``validation_fraction`` (0: none) of the rest."""
+    if test_data is None:
+        shuffled = rng.permutation(kept)
+        num_test = int(np.clip(np.rint(test_fraction * kept.size), 1, kept.size - 1))
+        is_test = np.zeros(file_of.size, dtype=bool)
+        is_test[shuffled[:num_test]] = True
+    else:
+        is_test = file_of == 1
+        if not is_test[kept].any() or is_test[kept].all():
+            raise ConversionError(f"{test_data.source.get('path', 'the test file')}: the training or the test file "
+                                  "has no rows; pass both files with rows")
+    is_validation = np.zeros(file_of.size, dtype=bool)
+    if validation_fraction:
+        training = rng.permutation(kept[~is_test[kept]])
+        is_validation[training[:int(np.rint(validation_fraction * training.size))]] = True
+    return is_test, is_validation
 
 
 def _latest_rows(pair, timestamps):
