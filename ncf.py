@@ -72,6 +72,9 @@ def parse_args(argv=None):
                         help="'sampled': each held-out item ranked among its sampled negatives (NVIDIA, the NCF "
                              "paper); 'full': among every item the user has not trained on, with HR@k, Recall@k, "
                              "NDCG@k and MRR@k (NGCF/LightGCN; needed for ratio splits)")
+    parser.add_argument("--eval_every", type=int, default=1, metavar="EPOCHS",
+                        help="evaluate after every EPOCHS-th epoch (and the last) only: where ranking every item "
+                             "takes longer than an epoch's training; the best epoch is chosen among those evaluated")
     parser.add_argument("--early_stop", type=int, default=None, metavar="EPOCHS",
                         help="stop after this many epochs without a better selection metric (default: run every "
                              "epoch); the best epoch is chosen on the validation set when the dataset has one")
@@ -147,7 +150,8 @@ def _validate(parser, args):
     """One-line errors (exit 2) for values no run can use, NaN and infinities included."""
     checks = [(flag, getattr(args, name), "at least 1") for flag, name in (
         ("--epochs", "epochs"), ("--valid_batch_size", "valid_batch_size"), ("--factors", "factors"),
-        ("--topk", "topk"), ("--grads_accumulated", "grads_accumulated"), ("--batch_size", "batch_size"))]
+        ("--topk", "topk"), ("--grads_accumulated", "grads_accumulated"), ("--batch_size", "batch_size"),
+        ("--eval_every", "eval_every"))]
     checks += [("--negative_samples", args.negative_samples, "0 or more"), ("--weight_decay", args.weight_decay,
                "0 or more"), ("--eps", args.eps, "positive"), ("--learning_rate", args.learning_rate, "positive"),
                ("-b1/--beta1", args.beta1, "in [0, 1)"), ("-b2/--beta2", args.beta2, "in [0, 1)"),
@@ -254,7 +258,8 @@ def fit(config, dataset, runtime, built, scaler, autocast, placement, folder, lo
     def on_epoch(record):
         log.write("epoch", record)
         say(epoch_line(record))
-        if config.threshold is not None and chosen_on.reaches(record[chosen_on.metric], config.threshold):
+        if config.threshold is not None and chosen_on.metric in record and chosen_on.reaches(
+                record[chosen_on.metric], config.threshold):
             say(f"reached the target {metric_label(chosen_on.metric)} {config.threshold} in epoch {record['epoch']}; "
                 "stopping")
 
@@ -270,7 +275,7 @@ def fit(config, dataset, runtime, built, scaler, autocast, placement, folder, lo
             learning_rate=train.schedule(config.lr_schedule, config.learning_rate), threshold=config.threshold,
             on_epoch=on_epoch, save=save if saving or (folder and placement.sharded) else None,
             saved_best=saved_best, patience=config.early_stop, show_bar=runtime.is_main and sys.stderr.isatty(),
-            config=config, dataset=dataset)
+            eval_every=config.eval_every, config=config, dataset=dataset)
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
                          "is kept") from None

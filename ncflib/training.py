@@ -256,9 +256,9 @@ def train_epoch(model, optimizer, scaler, autocast, batches, loss, *, grads_accu
 
 def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, autocast=None,
         start_epoch=0, best=None, seed=0, rank=0, world_size=1, grads_accumulated=1, learning_rate=None,
-        threshold=None, patience=None, on_epoch=None, save=None, saved_best=None, show_bar=False):
-    """Train from ``start_epoch`` to ``epochs``, evaluating after each epoch; returns the run's ``best`` and
-    whether it stopped at ``threshold``.
+        threshold=None, patience=None, on_epoch=None, save=None, saved_best=None, show_bar=False, eval_every=1):
+    """Train from ``start_epoch`` to ``epochs``, evaluating after every ``eval_every``-th epoch and the last;
+    returns the run's ``best`` and whether it stopped at ``threshold``.
 
     ``best`` (from a resumed run, else None) is a dict: ``epoch``, ``metrics`` (the evaluation of that epoch),
     ``seconds`` (training and evaluation time up to it) and ``elapsed`` (up to the last epoch run).
@@ -284,7 +284,8 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(epoch, train_loss)
         eval_started = time.perf_counter()
-        metrics = evaluate()
+        evaluated = (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
+        metrics = evaluate() if evaluated else {}  # (a skipped evaluation: a record of the training alone)
         eval_seconds = time.perf_counter() - eval_started
         elapsed += time.perf_counter() - started
         scored = metrics.pop("eval_samples", None)
@@ -293,8 +294,8 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
                   "train_throughput": samples / train_seconds, "train_epoch_time": train_seconds,
                   **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
                   "validation_epoch_time": eval_seconds}
-        value = metrics[selection.metric]
-        improved = selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
+        value = metrics.get(selection.metric, selection.worst)
+        improved = evaluated and selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
         if improved:
             best = {"epoch": epoch, "metrics": metrics, "seconds": elapsed}
         best = {**best, "elapsed": elapsed}
@@ -305,7 +306,7 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
                 save("best.pt", record, best)
                 saved_best = value
             save("last.pt", record, best)
-        if threshold is not None and selection.reaches(value, threshold):
+        if evaluated and threshold is not None and selection.reaches(value, threshold):
             reached = True
             break
         if patience is not None and epoch - best["epoch"] >= patience:

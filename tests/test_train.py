@@ -100,3 +100,22 @@ def test_early_stopping_waits_patience_epochs_after_the_best():
         train.Selection("valid_hr@10"), epochs=7, patience=2, on_epoch=records.append)
     # Best at epoch 1 (0.3); epochs 2 and 3 do not beat it, so the run stops after epoch 3.
     assert [record["epoch"] for record in records] == [0, 1, 2, 3] and best["epoch"] == 1 and not reached
+
+
+def test_fit_evaluates_every_nth_epoch_and_the_last_and_chooses_among_those():
+    torch.manual_seed(0)
+    features, targets = torch.randn(32, 2), torch.randn(32)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    evaluations, records = [], []
+
+    def evaluate():
+        evaluations.append(len(records))
+        return {"score": [0.0, 0.9, 0.0, 0.5, 0.0][len(records)]}
+
+    best, _ = train.fit(model, optimizer, scaler, regression_loss, lambda epoch: batches_of(features, targets, [32]),
+                        evaluate, train.Selection("score"), epochs=5, eval_every=2, on_epoch=records.append)
+    assert evaluations == [1, 3, 4]  # epochs 1 and 3, then the last
+    assert ["score" in record for record in records] == [False, True, False, True, True]
+    assert best["epoch"] == 1 and best["metrics"] == {"score": 0.9}

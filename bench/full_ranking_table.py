@@ -1,0 +1,75 @@
+"""The full-ranking comparison as a Markdown table, from the results files of ``bench.sweep`` and
+``bench.baselines`` (no training: it reads what they wrote).
+
+    python -m bench.full_ranking_table --sweep bench/results/full-ranking-ml1m-cpu.jsonl \
+        --baselines bench/results/full-ranking-baselines-cpu.jsonl --data /tmp/d/ml1m-ratio -k 20
+
+Each configuration of the sweep file is one row: the test Recall@k and NDCG@k at the epoch chosen on the
+validation set, as the mean over its seeds with the standard error of that mean, the validation metric that chose
+it, and the seconds a run took (training and evaluation, from launch). The baselines file adds its rows for
+``--data`` (popularity, EASE, ALS as ``bench.baselines`` chose them).
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+
+def mean_and_error(values):
+    """'0.1234 ± 0.0012' (the standard error of the mean) over several values, '0.1234' for one."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
+
+
+def sweep_rows(path, topk):
+    runs = {}
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        if record.get("status") == 0:
+            runs.setdefault(record["config"], {})[record["seed"]] = record  # a re-run of a seed replaces it
+    rows = []
+    for config, by_seed in runs.items():
+        chosen = list(by_seed.values())
+        metrics = [run["metrics"] for run in chosen]
+        rows.append((f"`{config}`", len(chosen),
+                     mean_and_error([metric[f"recall@{topk}"] for metric in metrics]),
+                     mean_and_error([metric[f"ndcg@{topk}"] for metric in metrics]),
+                     mean_and_error([run["valid"] for run in chosen]),
+                     f"{statistics.mean(run['seconds'] for run in chosen):.0f}"))
+    return rows
+
+
+def baseline_rows(path, data, topk):
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        if Path(record["data"]) == Path(data) and record["protocol"] == "full":
+            rows[record["model"].split(" (")[0].split(",")[0]] = (
+                record["model"], 1, f"{record[f'recall@{topk}']:.4f}", f"{record[f'ndcg@{topk}']:.4f}", "", "")
+    return list(rows.values())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", required=True, help="a bench.sweep results file (JSON lines)")
+    parser.add_argument("--baselines", help="a bench.baselines results file (JSON lines)")
+    parser.add_argument("--data", help="the dataset directory whose baseline rows to take")
+    parser.add_argument("-k", "--topk", type=int, default=20)
+    args = parser.parse_args(argv)
+    rows = sweep_rows(args.sweep, args.topk)
+    if args.baselines and args.data:
+        rows += baseline_rows(args.baselines, args.data, args.topk)
+    k = args.topk
+    print(f"| model and flags | seeds | Recall@{k} | NDCG@{k} | validation Recall@{k} | s a run |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
