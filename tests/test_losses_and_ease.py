@@ -171,3 +171,20 @@ def test_ease_trains_tests_recommends_and_refuses_a_catalogue_too_large(planted_
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "GiB" in error and "--model gmf" in error
     assert not (tmp_path / "refused").exists()
+
+
+def test_full_ranking_defaults_are_gmf_with_sampled_softmax_and_are_printed(planted_ratio, capsys):
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "-e", "1",
+                     "--checkpoint_dir", ""]) == 0
+    out = capsys.readouterr().out
+    assert "model: gmf" in out and "loss: softmax (the full-ranking default" in out
+    assert "similarity: cosine" in out and "shared negatives: 256" in out
+    # NeuMF under full ranking keeps NVIDIA's BCE, and the run says that its tower ranks slowly.
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "-e", "1", "--model",
+                     "neumf", "--checkpoint_dir", ""]) == 0
+    assert "--model gmf ranks with one product" in capsys.readouterr().out
+    # The losses' flags are checked: a cosine loss for a model without towers is a one-line error.
+    with pytest.raises(SystemExit):
+        ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "--model", "mlp", "--similarity",
+                  "cosine"])
+    assert "need a model that scores by a dot product" in capsys.readouterr().err
