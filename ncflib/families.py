@@ -68,6 +68,15 @@ class FastRanker(Protocol):
 
 
 @runtime_checkable
+class DotProductScorer(Protocol):
+    """A model whose score is the dot product of a user vector and an item vector (plus a bias): shared negatives
+    and --similarity cosine need it, and full ranking scores it in large chunks."""
+
+    def towers(self, users: torch.Tensor, items: torch.Tensor):
+        """(user vectors [..., D], item vectors [..., D], bias)."""
+
+
+@runtime_checkable
 class HasItemVectors(Protocol):
     """A model with item representations: ``recommend.py --similar_to`` compares them, ``--plot_items`` draws them."""
 
