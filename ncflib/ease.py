@@ -201,9 +201,10 @@ class EaseFamily(Family):
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             model.use(eigenvalues, eigenvectors, config.ease_l2[epoch])
-            solve_seconds = time.perf_counter() - started + (prepared if epoch == start_epoch else 0.0)
+            evaluated = time.perf_counter()
             metrics = evaluate()
-            eval_seconds = time.perf_counter() - started - solve_seconds + (prepared if epoch == start_epoch else 0)
+            eval_seconds = time.perf_counter() - evaluated
+            solve_seconds = evaluated - started + (prepared if epoch == start_epoch else 0.0)  # the first: with G's
             elapsed += solve_seconds + eval_seconds
             scored = metrics.pop("eval_samples", None)
             record = {"epoch": epoch, "train_loss": 0.0, "l2_weight": float(config.ease_l2[epoch]), **metrics,
@@ -211,22 +212,10 @@ class EaseFamily(Family):
                       "train_epoch_time": solve_seconds,
                       **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
                       "validation_epoch_time": eval_seconds}
-            value = metrics[selection.metric]
-            improved = selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
-            if improved:
-                best = {"epoch": epoch, "metrics": metrics, "seconds": elapsed}
-            best = {**best, "elapsed": elapsed}
-            if on_epoch is not None:
-                on_epoch(record)
-            if save is not None:
-                if improved and (saved_best is None or selection.improves(value, saved_best)):
-                    save("best.pt", record, best)
-                    saved_best = value
-                save("last.pt", record, best)
-            if threshold is not None and selection.reaches(value, threshold):
-                reached = True
-                break
-            if patience is not None and epoch - best["epoch"] >= patience:
+            best, saved_best, reached, stop = train.close_epoch(
+                record, metrics, elapsed, best, selection, on_epoch=on_epoch, save=save, saved_best=saved_best,
+                threshold=threshold, patience=patience)
+            if stop:
                 break
         return best, reached
 

@@ -15,7 +15,7 @@ from ncflib import defaults, evaluation
 from ncflib import training as train
 from ncflib.checkpoint import load_model
 from ncflib.errors import CheckpointError, TaskError
-from ncflib.families import Family
+from ncflib.families import DotProductScorer, Family
 from ncflib.losses import LOSSES, masked_hits
 from neumf import GMF, MLP, NeuMF, _grouping
 
@@ -42,7 +42,7 @@ def _trains_branches(constructor):
 def _has_towers(constructor):
     """Whether a model of ``constructor`` scores pairs as a dot product of a user and an item vector (``towers``):
     what --similarity cosine and shared negatives need."""
-    return callable(getattr(constructor, "towers", None))
+    return issubclass(constructor, DotProductScorer)
 
 
 def _loss_options(config):

@@ -294,21 +294,32 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
                   "train_throughput": samples / train_seconds, "train_epoch_time": train_seconds,
                   **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
                   "validation_epoch_time": eval_seconds}
-        value = metrics.get(selection.metric, selection.worst)
-        improved = evaluated and selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
-        if improved:
-            best = {"epoch": epoch, "metrics": metrics, "seconds": elapsed}
-        best = {**best, "elapsed": elapsed}
-        if on_epoch is not None:
-            on_epoch(record)
-        if save is not None:
-            if improved and (saved_best is None or selection.improves(value, saved_best)):
-                save("best.pt", record, best)
-                saved_best = value
-            save("last.pt", record, best)
-        if evaluated and threshold is not None and selection.reaches(value, threshold):
-            reached = True
-            break
-        if patience is not None and epoch - best["epoch"] >= patience:
+        best, saved_best, reached, stop = close_epoch(
+            record, metrics, elapsed, best, selection, on_epoch=on_epoch, save=save, saved_best=saved_best,
+            threshold=threshold, patience=patience)
+        if stop:
             break
     return best, reached
+
+
+def close_epoch(record, metrics, elapsed, best, selection, *, on_epoch=None, save=None, saved_best=None,
+                threshold=None, patience=None):
+    """What every training loop does once an epoch is over, as ``fit`` documents it: the run's best updated by the
+    epoch's ``metrics`` (empty: the epoch was not evaluated), ``on_epoch(record)``, best.pt and last.pt saved, the
+    threshold and patience checked. Returns (best, saved_best, reached the threshold, stop)."""
+    epoch, evaluated = record["epoch"], bool(metrics)
+    value = metrics.get(selection.metric, selection.worst)
+    improved = evaluated and selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
+    if improved:
+        best = {"epoch": epoch, "metrics": metrics, "seconds": elapsed}
+    best = {**best, "elapsed": elapsed}
+    if on_epoch is not None:
+        on_epoch(record)
+    if save is not None:
+        if improved and (saved_best is None or selection.improves(value, saved_best)):
+            save("best.pt", record, best)
+            saved_best = value
+        save("last.pt", record, best)
+    reached = evaluated and threshold is not None and selection.reaches(value, threshold)
+    stop = reached or (patience is not None and epoch - best["epoch"] >= patience)
+    return best, saved_best, reached, stop
