@@ -17,8 +17,11 @@ import gzip
 import os
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
+
+import pandas as pd
 
 from ncflib.data.layout import check_output, write_dataset
 from ncflib.data.readers import FILE_NAMES, FORMATS, _ncf_prefix_exists, detect_format, read
@@ -179,6 +182,16 @@ def print_summary(metadata, seconds, output):
     if "vocabulary_size" in metadata:
         lines.insert(-1, f"  review text       {metadata['vocabulary_size']:,} words in vocab.csv, from the training "
                          "reviews")
+    for note in metadata["source"].get("notes", []):
+        lines.append(f"  note              {note}")
+    if counts.get("test_rows_without_training"):
+        lines.append(f"  note              {counts['test_rows_without_training']:,} test rows have a user or item with "
+                     f"no training row ({counts['test_users_without_training']:,} users and "
+                     f"{counts['test_items_without_training']:,} items seen only in test); the rating models score "
+                     "them from the known side")
+    if metadata["protocol"].get("name") in ("random", "test_file") and "train_ratings" not in metadata["arrays"]:
+        lines.append("  note              the input has no rating column: the rating models (--model dotbias, mf, "
+                     "...) will not train on this dataset; the implicit ones rank its test items (full ranking)")
     if counts.get("given_negatives_equal_to_test_item"):
         lines.append(f"  note              {counts['given_negatives_equal_to_test_item']} given negatives equal the "
                      "user's test item; evaluation ignores them")
@@ -186,6 +199,13 @@ def print_summary(metadata, seconds, output):
 
 
 def main(argv=None):
+    with warnings.catch_warnings():
+        # pandas' notices of its own future changes (Pandas4Warning) say nothing a user of this tool can act on
+        warnings.simplefilter("ignore", getattr(pd.errors, "Pandas4Warning", FutureWarning))
+        return _main(argv)
+
+
+def _main(argv):
     args = parse_args(argv)
     progress = Progress(args.quiet)
     try:

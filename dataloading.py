@@ -194,6 +194,8 @@ def load_dataset(path):
     if metadata is not None:
         layout.check_metadata(Path(path), metadata, {
             "num_train": dataset.num_train, "num_test_users": dataset.test.users.numel(),
+            "num_test": dataset.test.items.numel(),
+            "num_validation": 0 if dataset.validation is None else dataset.validation.items.numel(),
             "test_negatives": 0 if dataset.test.negatives is None else dataset.test.negatives.shape[1],
             "fingerprint": dataset.fingerprint})
     return dataset

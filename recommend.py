@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 import dataloading
-from ncflib import evaluation, families
+from ncflib import evaluation, families, files
 from ncflib import training as train
 from ncflib.checkpoint import check_dataset, load_checkpoint, model_from_checkpoint, training_loss
 from ncflib.errors import UsageError
@@ -85,7 +85,10 @@ def parse_args(argv=None):
     parser.add_argument("--output", metavar="FILE",
                         help="also write the lists to FILE: .parquet, .csv or .jsonl (columns user_id, rank, "
                              "item_id, score, and title when the dataset has titles; for --similar_to: query_id, "
-                             "rank, item_id, similarity), written whole or not at all")
+                             "rank, item_id, similarity), written whole or not at all; an existing FILE is "
+                             "refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --output or --plot_items file")
     parser.add_argument("--fold_in_steps", type=int, default=FOLD_IN_STEPS,
                         help="Adam steps fitting a new user's vector for --history")
     parser.add_argument("--fold_in_lr", type=float, default=FOLD_IN_LEARNING_RATE,
@@ -340,20 +343,24 @@ def write_table(path, columns):
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write it ({error.strerror or error}); pass another --output") from None
+        raise UsageError(f"{path}: cannot write it ({files.write_failure(error)}); pass another --output") from None
 
 
-def check_writable(path):
-    """A UsageError, before any work, when ``path`` cannot be written: a missing folder, a folder in its place, no
-    permission."""
+def check_writable(path, force=False, flag="--output"):
+    """A UsageError, before any work, when ``path`` cannot or must not be written: a missing folder, a folder in
+    its place, no permission, an existing file without ``force``. Removes the temporary files that runs killed
+    while writing ``path`` left beside it."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise UsageError(f"{path}: is a folder; pass a file name with --output")
+        raise UsageError(f"{path}: is a folder; pass a file name with {flag}")
     if not folder.is_dir():
-        raise UsageError(f"{path}: the folder {folder} does not exist; create it or pass another --output")
+        raise UsageError(f"{path}: the folder {folder} does not exist; create it or pass another {flag}")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{path}: not writable here; pass another --output")
+        raise UsageError(f"{path}: not writable here; pass another {flag}")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists; pass --force to replace it, or another {flag}")
+    files.remove_stale_temporaries(folder, path.name)
 
 
 def print_list(heading, rows, columns):
@@ -434,7 +441,7 @@ def export(model, kind, model_args, users, items, folder, onnx):
             folder.rmdir()
         os.replace(staging, folder)
     except OSError as error:
-        raise UsageError(f"{folder}: cannot write the export ({error.strerror or error}); free some space or pass "
+        raise UsageError(f"{folder}: cannot write the export ({files.write_failure(error)}); free some space or pass "
                          "another folder") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -641,7 +648,6 @@ def plot_items(path, model, dataset, items_catalogue, labelled=50):
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot_items needs matplotlib: pip install matplotlib") from None
-    check_writable(path)
     vectors = torch.cat([table.float().cpu() for table in model.item_vectors().values()], dim=1)
     centred = vectors - vectors.mean(0)
     _, singular, basis = torch.linalg.svd(centred, full_matrices=False)
@@ -662,7 +668,7 @@ def plot_items(path, model, dataset, items_catalogue, labelled=50):
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write it ({error.strerror or error})") from None
+        raise UsageError(f"{path}: cannot write it ({files.write_failure(error)})") from None
     finally:
         plt.close(figure)
     return explained
@@ -704,7 +710,11 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.output:
-            check_writable(args.output)
+            check_writable(args.output, args.force)
+        if args.plot_items:
+            check_writable(args.plot_items, args.force, "--plot_items")
+        if args.export:
+            files.remove_stale_temporaries(Path(args.export).parent, Path(args.export).name)
         model, checkpoint, dataset, device, autocast = load(args)
         users_catalogue, items_catalogue = catalogues(dataset)
         if args.topk > dataset.num_items - (0 if args.similar_to is None else 1):

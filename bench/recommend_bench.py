@@ -41,8 +41,8 @@ def main(argv=None):
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / Path(args.output).name
-        flags = (["--checkpoint", args.checkpoint, "--users", "all", "-k", str(args.topk), "--output", str(output)]
-                 + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else []))
+        flags = (["--checkpoint", args.checkpoint, "--users", "all", "-k", str(args.topk), "--output", str(output),
+                  "--force"] + (["--data", args.data] if args.data else []) + (["--amp"] if args.amp else []))
         seconds = []
         for run in range(args.repeats + 1):
             started = time.perf_counter()

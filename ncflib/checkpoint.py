@@ -14,14 +14,13 @@ CheckpointError whose message is one line naming it.
 
 import inspect
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ncflib import families
+from ncflib import families, files
 from ncflib.errors import CheckpointError, TaskError
 from ncflib.placement import LOCAL
 
@@ -74,30 +73,11 @@ def _write(path, checkpoint):
         torch.save(checkpoint, temporary)
         os.replace(temporary, path)
     except (OSError, RuntimeError) as error:  # torch reports a failed write as a RuntimeError
+        reason = files.write_failure(error, path.parent)  # before the partial file goes, freeing its space
         temporary.unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:100]
         raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}); free some space or pass another "
                               "--checkpoint_dir") from None
 
-
-def remove_stale_temporaries(folder):
-    """Delete the temporary files of checkpoint writes whose process has died (a run killed while saving)."""
-    for temporary in Path(folder).glob(".*.tmp-*"):
-        match = re.fullmatch(r"\..+\.tmp-(\d+)", temporary.name)
-        if match and not _process_alive(int(match.group(1))):
-            temporary.unlink(missing_ok=True)
-
-
-def _process_alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def load_checkpoint(path, dataset=None, for_resume=False):
@@ -282,5 +262,5 @@ def prepare_folder(folder, fingerprint, kind, metric):
     """Make --checkpoint_dir, clear dead runs' temporary files, and return the ``metric`` of a best.pt already there
     for this dataset and model (None if none; see ``best_on_disk``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
+    files.remove_stale_temporaries(folder)
     return best_on_disk(folder / "best.pt", fingerprint, kind, metric)

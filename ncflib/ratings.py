@@ -283,6 +283,20 @@ def is_bias(name):
     return name.endswith("bias") or "_bias." in name or name == "scale"
 
 
+def _check_finite(table, file, name):
+    """A TaskError naming ``file`` and its first row holding NaN or an infinity (or a non-numeric table): such a
+    table would train to a NaN loss."""
+    if not (np.issubdtype(table.dtype, np.number) or table.dtype == bool):
+        raise TaskError(f"--{name[:-1]}_embeddings {file}: holds {table.dtype} values, expected numbers")
+    if np.issubdtype(table.dtype, np.integer) or table.dtype == bool:
+        return
+    finite = np.isfinite(table).reshape(len(table), -1).all(1) if table.ndim else np.isfinite(table)[None]
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise TaskError(f"--{name[:-1]}_embeddings {file}: row {row} holds NaN or an infinite value "
+                        f"({(~finite).sum():,} such rows); every value must be a finite number")
+
+
 class RatingFamily(Family):
     """Star-rating models (``RATING_MODELS``): batches of (user, item, rating), squared error (or SimpleCF's BCE),
     RMSE/MAE/MSE on the held-out ratings, lower being better. ``FAMILY`` is the registry's object."""
@@ -333,7 +347,26 @@ class RatingFamily(Family):
         values["y_range"] = args.y_range
         if "y_range" in inspect.signature(constructor).parameters:
             notes |= self._y_range(dataset, args.y_range, values)
-        return values, notes, warning
+        return values, notes | self._cold_rows(dataset), warning
+
+    @staticmethod
+    def _cold_rows(dataset):
+        """{what: (count, how scored)} for held-out rows whose user or item has no training rating (MovieLens'
+        u1.test has such items): counted in the metrics, scored from rows training never moved, so about the mean
+        plus the known side's bias (the global mean for a model without biases)."""
+        seen_users = torch.bincount(dataset.train_users.cpu(), minlength=dataset.num_users) > 0
+        seen_items = torch.bincount(dataset.train_items.cpu(), minlength=dataset.num_items) > 0
+        notes = {}
+        for prefix, held in held_out_sets(dataset):
+            users = torch.repeat_interleave(held.users, held.offsets.diff()).cpu()
+            cold = ~(seen_users[users] & seen_items[held.items.cpu()])
+            if cold.any():
+                name = "validation" if prefix else "test"
+                notes[f"cold {name} rows"] = (
+                    f"{int(cold.sum()):,} of {cold.numel():,}",
+                    "a user or item with no training rating; kept in the metrics, predicted from the known side "
+                    "(its untrained rows stay near their start)")
+        return notes
 
     @staticmethod
     def _y_range(dataset, y_range, values):
@@ -368,6 +401,7 @@ class RatingFamily(Family):
                     tables[name] = np.load(file, allow_pickle=False)
                 except (OSError, ValueError) as error:
                     raise TaskError(f"{file}: not a readable .npy array ({str(error)[:80]})") from None
+                _check_finite(tables[name], file, name)
         if not isinstance(model, HasTables):
             if tables or config.freeze_users or config.freeze_items:
                 raise TaskError(f"--user_embeddings, --item_embeddings and --freeze_users/--freeze_items are for the "

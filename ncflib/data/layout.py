@@ -25,6 +25,7 @@ import torch
 
 from ncflib import textdata
 from ncflib.errors import ConversionError, DatasetError
+from ncflib.files import process_alive, write_failure
 from ncflib.textdata import Ragged, read_vocabulary
 
 FORMAT_VERSION = 1
@@ -95,7 +96,7 @@ def _clean_leftovers(output):
     its ``.old-PID`` backup of the dataset it was replacing, put back in place when the new one never arrived."""
     for leftover in output.parent.glob(f".{output.name}.*-*"):
         match = re.fullmatch(rf"\.{re.escape(output.name)}\.(partial|old)-(\d+)(-\w+)?", leftover.name)
-        if not match or not leftover.is_dir() or _process_alive(int(match.group(2))):
+        if not match or not leftover.is_dir() or process_alive(int(match.group(2))):
             continue
         if match.group(1) == "old" and not output.exists():
             leftover.rename(output)
@@ -103,13 +104,6 @@ def _clean_leftovers(output):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -165,8 +159,10 @@ def write_dataset(split, output, source, seed, force, progress):
         else:
             staging.rename(output)
     except OSError as error:
+        reason = write_failure(error, parent)  # before the partial dataset goes, freeing its space
         shutil.rmtree(staging, ignore_errors=True)
-        raise ConversionError(f"{output}: cannot write the dataset ({error.strerror or error})") from None
+        raise ConversionError(f"{output}: cannot write the dataset ({reason}); free some space or "
+                              "choose another --output") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -216,12 +212,50 @@ def _load_array(file, mmap=False):
                            "convert.py") from None
 
 
-def _read_ours(path):
+# The counts metadata.json records: each a whole number, checked against the arrays and id maps beside it.
+COUNTS = ("num_users", "num_items", "num_train", "num_test_users", "num_test", "num_validation", "test_negatives")
+
+
+def _read_metadata(path):
+    """metadata.json's record, its counts checked to be whole numbers (``3700.0`` or ``true`` is refused: a model
+    would be sized from it) and ``num_users``/``num_items`` against the id maps' rows."""
+    file = path / "metadata.json"
     try:
-        metadata = json.loads((path / "metadata.json").read_text())
-        num_users, num_items = int(metadata["num_users"]), int(metadata["num_items"])
+        metadata = json.loads(file.read_text())
+        if not isinstance(metadata, dict):
+            raise TypeError("not a JSON object")
+        missing = [key for key in ("num_users", "num_items") if key not in metadata]
+        if missing:
+            raise KeyError(missing[0])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path / 'metadata.json'}: unreadable or incomplete ({error})") from None
+        raise DatasetError(f"{file}: unreadable or incomplete ({error}); re-create the dataset with convert.py") \
+            from None
+    for key in COUNTS:
+        value = metadata.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise DatasetError(f"{file}: {key} is {json.dumps(value)[:20]}, expected a whole number >= 0 (edited "
+                               "after convert.py wrote it?); re-create the dataset with convert.py")
+    for key, name in (("num_users", "users.csv"), ("num_items", "items.csv")):
+        if (path / name).is_file():
+            rows = _count_rows(path / name)
+            if rows != metadata[key]:
+                raise DatasetError(f"{file}: records {key} {metadata[key]:,}, but {name} maps {rows:,} ids (edited "
+                                   "after convert.py wrote them?); re-create the dataset with convert.py")
+    return metadata
+
+
+def _count_rows(file):
+    """Data rows of a CSV id map (its header aside)."""
+    try:
+        with open(file, newline="", encoding="utf-8") as handle:
+            return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DatasetError(f"{file}: unreadable id map ({error}); re-create the dataset with convert.py") from None
+
+
+def _read_ours(path):
+    metadata = _read_metadata(path)
+    num_users, num_items = metadata["num_users"], metadata["num_items"]
     train, test = _load_array(path / "train.npy"), _load_array(path / "test.npy")
     # Negatives exist for splits with one held-out item per user (the metadata says how many: missing ones are an
     # error); the validation set only where the split made one.

@@ -142,6 +142,13 @@ def _read_fixed_layout(path, sep, names, header, fmt, first_data_line):
         if frame[name].isna().any():
             row = int(np.argmax(frame[name].isna().to_numpy()))
             raise ConversionError(f"{path}: line {row + first_data_line}: missing {name}")
+    for name in ("user", "item"):
+        negative = (frame[name] < 0).to_numpy()
+        if negative.any():  # MovieLens numbers users and items from 1: a damaged file, or not MovieLens
+            row = int(np.argmax(negative))
+            raise ConversionError(f"{path}: line {row + first_data_line}: {name} id {frame[name].iloc[row]} is "
+                                  f"negative, and {fmt} ids are positive; fix the row, or read the file with "
+                                  "--format csv (ids as labels)")
     return Interactions(
         users=frame["user"].to_numpy(), items=frame["item"].to_numpy(),
         timestamps=frame["timestamp"].to_numpy(), ratings=frame["rating"].to_numpy(),
@@ -237,9 +244,17 @@ def _resolve_column(spec, columns, candidates, flag, path, required):
     return None
 
 
-def _to_timestamps(values, name, path, first_data_line):
-    """Numeric times as they are; date/time strings as Unix seconds; anything else is an error naming the line."""
+def _to_timestamps(values, name, path, first_data_line, notes):
+    """Numeric times as whole seconds (a fraction dropped, said in ``notes``); date/time strings as Unix seconds;
+    anything else (true/false too) is an error naming the line."""
     series = pd.Series(values)
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series):
+        missing = series.isna().to_numpy()  # (NaT would read as the smallest int64)
+        if missing.any():
+            raise ConversionError(f"{path}: line {int(np.argmax(missing)) + first_data_line}: missing {name}")
+    if pd.api.types.is_bool_dtype(series):
+        raise ConversionError(f"{path}: line {first_data_line}: {name} {series.iloc[0]} is true/false, not a time; "
+                              "pass the time column with --time_col")
     numbers = series if pd.api.types.is_numeric_dtype(series) else pd.to_numeric(series, errors="coerce")
     if numbers.notna().all():
         values = numbers.to_numpy()
@@ -248,10 +263,22 @@ def _to_timestamps(values, name, path, first_data_line):
             row = int(np.argmax(outside))
             raise ConversionError(f"{path}: line {row + first_data_line}: {name} {values[row]} is not a usable time "
                                   "(infinite or out of range); fix or drop the row")
-        return values.astype(np.int64)
+        whole = np.floor(values.astype(np.float64))
+        fractional = int((whole != values).sum())
+        if fractional:  # ordered by the whole seconds: rows within one second keep their file order
+            notes.append(f"{fractional:,} times have a fraction of a second, dropped (rounded down): rows within "
+                         "one second keep their file order")
+        return whole.astype(np.int64)
     dates = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
     if dates.notna().all():
         return (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+    if dates.notna().any() and numbers.isna().any():  # dates, some malformed: name the first that is not one
+        row = int(np.argmax(dates.isna().to_numpy()))
+        value = series.iloc[row]
+        if pd.isna(value) or str(value).strip() == "":
+            raise ConversionError(f"{path}: line {row + first_data_line}: missing {name}")
+        raise ConversionError(f"{path}: line {row + first_data_line}: {name} {str(value)[:40]!r} is neither a number "
+                              "nor an ISO 8601 date and time")
     return _numeric_column(series, name, path, first_data_line)  # raises, naming the first bad line
 
 
@@ -278,8 +305,9 @@ def _frame_to_interactions(frame, path, columns, fmt, first_data_line):
         if missing.any():
             raise ConversionError(f"{path}: line {int(np.argmax(missing)) + first_data_line}: missing {name} "
                                   f"(column {column!r})")
+    notes = []
     timestamps = None if when is None else _to_timestamps(frame[when], f"time (column {when!r})", path,
-                                                          first_data_line)
+                                                          first_data_line, notes)
     ratings = None if rating is None else _numeric_column(frame[rating], f"rating (column {rating!r})", path,
                                                           first_data_line, np.float32)
     text = columns.get("text")
@@ -290,7 +318,8 @@ def _frame_to_interactions(frame, path, columns, fmt, first_data_line):
         source={"format": fmt, "path": str(path), "columns": {"user": str(user), "item": str(item),
                                                                "time": None if when is None else str(when),
                                                                "rating": None if rating is None else str(rating),
-                                                               **({} if text is None else {"text": text})}},
+                                                               **({} if text is None else {"text": text})},
+                **({"notes": notes} if notes else {})},
         first_data_line=first_data_line, texts=None if text is None else _join_text(frame, text),
     )
 
@@ -374,7 +403,7 @@ def read_amazon(path, columns):
     text = columns.get("text")
     wanted = ({"reviewerID", "asin", "overall", "unixReviewTime", "summary", "reviewText"}
               | {str(v) for key, v in columns.items() if v and key != "text"} | set(text or []))
-    rows = []
+    rows, fields = [], set()
     try:
         with _open_text(path) as handle:
             for line_number, line in enumerate(handle, start=1):
@@ -387,10 +416,16 @@ def read_amazon(path, columns):
                 if not isinstance(record, dict):
                     raise ConversionError(f"{path}: line {line_number}: expected a JSON object per line")
                 rows.append({key: record.get(key) for key in wanted})
+                fields.update(record)
     except (OSError, EOFError) as error:
         raise ConversionError(f"{path}: cannot read ({error})") from None
     if not rows:
         raise ConversionError(f"{path}: file holds no interactions")
+    for key, given in columns.items():  # a field no record has would convert as all-missing, silently
+        for name in [given] if isinstance(given, str) else given or []:
+            if str(name) not in fields:
+                raise ConversionError(f"{path}: no record has the field {name!r} for --{key}_col; fields are: "
+                                      f"{', '.join(sorted(fields)[:12])}")
     frame = pd.DataFrame(rows)
     defaults = {"user": columns.get("user") or "reviewerID", "item": columns.get("item") or "asin",
                 "time": columns.get("time") or "unixReviewTime", "rating": columns.get("rating") or "overall",

@@ -283,9 +283,13 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
         vocabulary, text_arrays = _encode_texts(texts, {"train": train_rows, "test": test_rows,
                                                         "validation": validation_rows}, max_words, skip_top, progress)
         extra |= text_arrays
-    unseen = np.setdiff1d(test[:, 0], train[:, 0]).size
+    cold_users = ~np.isin(test[:, 0], train[:, 0])
+    cold_items = ~np.isin(test[:, 1], train[:, 1])
     summary = {"input_rows": int(num_rows), "duplicates_dropped": int(num_rows - kept.size), "users_dropped": 0,
-               "interactions_of_dropped_users": 0, "items_dropped": 0, "test_users_without_training": int(unseen)}
+               "interactions_of_dropped_users": 0, "items_dropped": 0,
+               "test_users_without_training": int(np.unique(test[cold_users, 0]).size),
+               "test_items_without_training": int(np.unique(test[cold_items, 1]).size),
+               "test_rows_without_training": int((cold_users | cold_items).sum())}
     protocol = _rating_protocol(test_data, test_fraction, validation, validation_fraction,
                                 vocabulary is not None and {"max_words": max_words, "skip_top": skip_top})
     return Split(train=train, test=test, test_negatives=None, user_ids=user_ids, item_ids=item_ids,

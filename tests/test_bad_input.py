@@ -1,0 +1,267 @@
+"""The inputs once accepted without a word: each is refused in one line naming the file, row or flag (exit status
+1, nothing written, replaced or deleted), or, where legitimate, converted with a notice that says how."""
+
+import gzip
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+import convert
+import ncf
+import recommend
+from conftest import run_convert
+
+
+def snapshot(folder):
+    """{relative path: content digest (or 'dir')} of everything under ``folder``, hidden files included."""
+    found = {}
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            found[os.path.relpath(os.path.join(root, name), folder)] = "dir"
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
+    return found
+
+
+def one_line_error(capsys, program):
+    """The stderr of the run just made: exactly one line, from ``program``."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"{program}: error: "), err
+    return err
+
+
+def write_log(path, users=12, items=10, per_user=6, rating=True, seed=0):
+    """A small ``user,item[,rating],time`` CSV: each user rates ``per_user`` distinct items."""
+    rng = np.random.default_rng(seed)
+    rows = ["user,item" + (",rating" if rating else "") + ",time"]
+    for user in range(1, users + 1):
+        for step, item in enumerate(rng.choice(np.arange(1, items + 1), per_user, replace=False)):
+            rows.append(f"{user},{item}" + (f",{1 + (user + item) % 5}" if rating else "") + f",{100 * user + step}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ratio_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ratio")
+    data = folder / "data"
+    log = write_log(folder / "log.csv", items=20, per_user=8)
+    assert run_convert(["--path", log, "--output", data, "--split", "ratio"])[0] == 0
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ 1. metadata
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_users", 12.0, "num_users is 12.0, expected a whole number"),
+    ("num_items", True, "num_items is true, expected a whole number"),
+    ("num_train", "72", 'num_train is "72", expected a whole number'),
+    ("num_users", 13, "records num_users 13, but users.csv maps 12 ids"),
+    ("num_items", 19, "records num_items 19, but items.csv maps 20 ids"),
+    ("num_train", 7, "records num_train 7, but the arrays give"),
+    ("num_test", 3, "records num_test 3, but the arrays give"),
+])
+def test_metadata_that_disagrees_with_its_arrays_is_refused(ratio_data, tmp_path, capsys, key, value, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    for file in ratio_data.iterdir():
+        (data / file.name).write_bytes(file.read_bytes())
+    metadata = json.loads((data / "metadata.json").read_text())
+    assert isinstance(metadata[key], int) and json.dumps(metadata[key]) != json.dumps(value)
+    metadata[key] = value
+    (data / "metadata.json").write_text(json.dumps(metadata))
+    before = snapshot(tmp_path)
+    assert ncf.main(["--data", str(data), "-e", "1", "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+    err = one_line_error(capsys, "ncf.py")
+    assert f"{data / 'metadata.json'}: " in err and message in err
+    assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------------ 2. --output
+
+
+@pytest.fixture(scope="module")
+def checkpoint(ratio_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    assert ncf.main(["--data", str(ratio_data), "--model", "gmf", "-e", "1", "-f", "4", "--eval_protocol", "full",
+                     "--checkpoint_dir", str(folder)]) == 0
+    return folder / "best.pt"
+
+
+@pytest.mark.parametrize("flag, name", [("--output", "recs.csv"), ("--plot_items", "items.png")])
+def test_an_existing_output_is_kept_unless_force(checkpoint, tmp_path, capsys, flag, name):
+    if flag == "--plot_items":
+        pytest.importorskip("matplotlib")
+    task = ["--user", "1"] if flag == "--output" else []
+    target = tmp_path / name
+    target.write_text("mine\n")
+    stale = tmp_path / f".{name}.tmp-{2**22 + 12345}"  # a run killed while writing: its process is gone
+    stale.write_text("half")
+    keep = tmp_path / ".other.csv.tmp-1"  # another file's temporary, its process (init) alive: not ours to remove
+    keep.write_text("other")
+    before = snapshot(tmp_path)
+    assert recommend.main(["--checkpoint", str(checkpoint), *task, flag, str(target)]) == 1
+    err = one_line_error(capsys, "recommend.py")
+    assert err == f"recommend.py: error: {target}: already exists; pass --force to replace it, or another {flag}"
+    assert snapshot(tmp_path) == before
+    assert recommend.main(["--checkpoint", str(checkpoint), *task, flag, str(target), "--force"]) == 0
+    assert target.read_bytes() != b"mine\n" and not stale.exists() and keep.read_text() == "other"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([name, keep.name])
+    assert "replace an existing --output or --plot_items file" in _help(capsys)
+
+
+def _help(capsys):
+    with pytest.raises(SystemExit):
+        recommend.main(["--help"])
+    return capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ 3. random split
+
+
+def test_a_random_split_without_ratings_converts_with_a_notice(tmp_path, capsys):
+    log = write_log(tmp_path / "clicks.csv", rating=False)
+    assert convert.main(["--path", str(log), "--output", str(tmp_path / "data"), "--split", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "note              the input has no rating column: the rating models" in out
+    before = snapshot(tmp_path)
+    assert ncf.main(["--data", str(tmp_path / "data"), "--model", "dotbias", "-e", "1", "--checkpoint_dir",
+                     str(tmp_path / "ck")]) == 1
+    assert "has no training or test ratings" in one_line_error(capsys, "ncf.py")
+    assert snapshot(tmp_path) == before
+    with_ratings = write_log(tmp_path / "rated.csv")
+    assert convert.main(["--path", str(with_ratings), "--output", str(tmp_path / "rated"), "--split", "random"]) == 0
+    assert "no rating column" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ 4. --test_path
+
+
+def test_users_and_items_seen_only_in_the_test_file_are_counted_and_said(tmp_path, capsys):
+    base = tmp_path / "u1.base"
+    test = tmp_path / "u1.test"
+    base.write_text("".join(f"{user}\t{item}\t{1 + (user * item) % 5}\t{user * 10 + item}\n"
+                            for user in range(1, 9) for item in range(1, 7)))
+    # user 9 and items 7, 8 appear only here: three rows touch them (9-7 counts once)
+    test.write_text("1\t7\t4\t500\n2\t8\t3\t501\n9\t7\t5\t502\n3\t2\t4\t503\n")
+    assert convert.main(["--path", str(base), "--test_path", str(test), "--output", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert ("note              3 test rows have a user or item with no training row (1 users and 2 items seen only "
+            "in test)") in out
+    counts = json.loads((tmp_path / "data" / "metadata.json").read_text())["counts"]
+    assert (counts["test_users_without_training"], counts["test_items_without_training"],
+            counts["test_rows_without_training"]) == (1, 2, 3)
+    assert ncf.main(["--data", str(tmp_path / "data"), "--model", "biasmf", "-e", "1", "--checkpoint_dir",
+                     str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "cold test rows: 3 of 4 (a user or item with no training rating; kept in the metrics" in out
+
+
+def test_movielens_u1_test_has_32_items_seen_only_in_test(tmp_path, capsys):
+    from conftest import shared_file
+
+    base = shared_file("ml-100k", "u1.base")
+    assert convert.main(["--path", str(base), "--test_path", str(base.with_name("u1.test")), "--output",
+                         str(tmp_path / "u1"), "--quiet"]) == 0
+    counts = json.loads((tmp_path / "u1" / "metadata.json").read_text())["counts"]
+    assert counts["test_items_without_training"] == 32 and counts["test_users_without_training"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ 5. --text_col
+
+
+@pytest.mark.parametrize("kind", ["amazon", "csv"])
+def test_a_text_column_that_does_not_exist_is_refused(tmp_path, capsys, kind):
+    if kind == "amazon":
+        path = tmp_path / "reviews.json.gz"
+        lines = [json.dumps({"reviewerID": f"u{user}", "asin": f"i{item}", "overall": 4, "unixReviewTime": user + item,
+                             "reviewText": "fine"}) for user in range(6) for item in range(5)]
+        path.write_bytes(gzip.compress("\n".join(lines).encode()))
+        field = "no record has the field 'reviewBody' for --text_col; fields are: asin, overall, reviewText"
+    else:
+        path = write_log(tmp_path / "log.csv")
+        field = "no column 'reviewBody' for --text_col; columns are: user, item, rating, time"
+    before = snapshot(tmp_path)
+    assert run_convert(["--path", path, "--output", tmp_path / "data", "--split", "random", "--text_col",
+                        "reviewBody"])[0] == 1
+    err = one_line_error(capsys, "convert.py")
+    assert f"{path}: " in err and field in err
+    assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------------ 6. NaN tables
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_embeddings_are_refused_before_any_output(tmp_path, capsys, bad):
+    log = write_log(tmp_path / "log.csv", users=8)
+    assert run_convert(["--path", log, "--output", tmp_path / "data", "--split", "random"])[0] == 0
+    table = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    table[5, 2] = bad
+    table[7, 0] = bad
+    np.save(tmp_path / "users.npy", table)
+    before = snapshot(tmp_path)
+    assert ncf.main(["--data", str(tmp_path / "data"), "--model", "mf", "-e", "1", "-f", "4", "--user_embeddings",
+                     str(tmp_path / "users.npy"), "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+    err = one_line_error(capsys, "ncf.py")
+    assert err == (f"ncf.py: error: --user_embeddings {tmp_path / 'users.npy'}: row 5 holds NaN or an infinite value "
+                   "(2 such rows); every value must be a finite number")
+    assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------------ 7. the rest
+
+
+def _bad_times(tmp_path, name, times):
+    lines = ["user,item,time"] + [f"{1 + row % 3},{row},{time}" for row, time in enumerate(times)]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("case", ["malformed ISO time", "true/false times", "negative MovieLens id", "full disk",
+                                  "missing time in a datetime column"])
+def test_the_smaller_cases_are_one_line(tmp_path, capsys, monkeypatch, case):
+    if case == "malformed ISO time":
+        path = _bad_times(tmp_path, "iso.csv", ["2020-01-01T10:00:00", "2020-01-02", "2020-13-45T99:00", "2020-01-03"])
+        message = "line 4: time (column 'time') '2020-13-45T99:00' is neither a number nor an ISO 8601 date"
+    elif case == "true/false times":
+        path = _bad_times(tmp_path, "bool.csv", ["True", "False", "True"])
+        message = "line 2: time (column 'time') True is true/false, not a time"
+    elif case == "negative MovieLens id":
+        path = tmp_path / "u.data"
+        path.write_text("1\t2\t3\t100\n-4\t3\t4\t101\n")
+        message = "line 2: user id -4 is negative, and movielens-100k ids are positive"
+    elif case == "missing time in a datetime column":
+        import pandas as pd
+
+        path = tmp_path / "times.parquet"
+        times = pd.Series(pd.date_range("2020-01-01", periods=6, freq="h", tz="UTC"), dtype=object)
+        times[4] = None
+        pd.DataFrame({"user": [1, 1, 1, 2, 2, 2], "item": [1, 2, 3, 1, 2, 3], "time": times}).to_parquet(path)
+        message = "line 5: missing time (column 'time')"
+    else:
+        path = write_log(tmp_path / "log.csv")
+
+        def short_write(file, array, **_):  # numpy's own words on a full disk: an OSError without errno
+            raise OSError(f"{array.nbytes} requested and 0 written")
+
+        monkeypatch.setattr(np, "save", short_write)
+        message = "cannot write the dataset (no space left on device); free some space or choose another --output"
+    before = snapshot(tmp_path)
+    assert run_convert(["--path", path, "--output", tmp_path / "data", "--split", "ratio"])[0] == 1
+    err = one_line_error(capsys, "convert.py")
+    assert message in err
+    assert snapshot(tmp_path) == before
+
+
+def test_fractional_times_convert_with_a_notice_that_says_how(tmp_path, capsys):
+    path = _bad_times(tmp_path, "frac.csv", [100.25, 100.75, 101, 99.5, 102, 103.5])
+    assert convert.main(["--path", str(path), "--output", str(tmp_path / "data"), "--split", "ratio"]) == 0
+    assert ("note              4 times have a fraction of a second, dropped (rounded down): rows within one second "
+            "keep their file order") in capsys.readouterr().out
