@@ -104,8 +104,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to score; 'auto': a GPU when there is one")
     parser.add_argument("--amp", action="store_true",
-                        help="score in bfloat16 (float16 on GPUs without it): about 2.5x faster on a CPU with "
-                             "AVX-512 BF16, and the model's deeper layers lose precision (GMF is unaffected)")
+                        help="score in bfloat16 (float16 on GPUs without it): faster on a GPU or a CPU with AVX-512 "
+                             "BF16 (docs/speed.md), and the model's deeper layers lose precision (GMF is unaffected)")
     args = parser.parse_args(argv)
     for flag, value in (("-k/--topk", args.topk), ("--fold_in_steps", args.fold_in_steps),
                         ("--fold_in_negatives", args.fold_in_negatives)):

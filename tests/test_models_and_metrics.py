@@ -45,9 +45,10 @@ def test_masked_negatives_do_not_count():
     mask = evaluation.candidate_mask(test_items, negatives)
     assert mask.tolist() == [[False, True, False, True]]
     positive, scores = torch.tensor([0.5]), torch.tensor([[0.9, 0.1, 0.9, 0.2]])
-    scores[0, 1] = 0.1
     hits, _ = evaluation.rank_metrics(positive, scores, mask, 1)
     assert int(hits) == 1
+    hits, _ = evaluation.rank_metrics(positive, scores, torch.ones_like(mask), 1)
+    assert int(hits) == 0  # unmasked, the two 0.9s outrank it
 
 
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
