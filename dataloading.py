@@ -438,7 +438,7 @@ class SharedInputs(NamedTuple):
     users: torch.Tensor  # [B] the positives' users
     items: torch.Tensor  # [B] their items
     negatives: torch.Tensor  # [N] items every user of the batch scores as negatives
-    log_q: torch.Tensor | None  # [N] log probability of drawing each negative (None: uniform)
+    log_q: torch.Tensor  # [N] log of each negative's expected draws per batch, N q_j (the logQ correction's)
     weights: torch.Tensor | None  # [B] each positive's loss weight (--recency), None: all 1
 
 
@@ -466,7 +466,9 @@ class SharedNegativeBatches:
         self.order_generator = torch.Generator(device).manual_seed(seed)
         self.negative_generator = torch.Generator(device).manual_seed(seed + 104_729 * (rank + 1))
         self.distribution = distribution
-        self.log_q = None if distribution is None else distribution.log()
+        # log(N q_j): how many times a batch's N draws are expected to hold item j (log(N / items) when uniform)
+        self.log_q = (math.log(negatives / dataset.num_items) if distribution is None else
+                      (distribution.double() * negatives).log().float())
 
     def __len__(self):
         return math.ceil(self.dataset.num_train / self.positives_per_batch)
@@ -474,7 +476,8 @@ class SharedNegativeBatches:
     def draw(self):
         device, num_items = self.dataset.train_users.device, self.dataset.num_items
         if self.distribution is None:
-            return torch.randint(num_items, (self.negatives,), generator=self.negative_generator, device=device), None
+            drawn = torch.randint(num_items, (self.negatives,), generator=self.negative_generator, device=device)
+            return drawn, torch.full((self.negatives,), self.log_q, device=device)
         drawn = torch.multinomial(self.distribution, self.negatives, replacement=True,
                                   generator=self.negative_generator)
         return drawn, self.log_q[drawn]

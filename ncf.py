@@ -81,12 +81,12 @@ def parse_args(argv=None):
     parser.add_argument("-b1", "--beta1", type=float, default=None,
                         help="Adam beta1; default: NVIDIA's 0.25 for batches of 2^18 or more, else 0.9 (printed)")
     parser.add_argument("-b2", "--beta2", type=float, default=None,
-                        help="Adam beta2; default: NVIDIA's 0.5 for batches of 2^18 or more, else PyTorch's default; 0.99 "
-                             "for the rating models (printed)")
+                        help="Adam beta2; default: NVIDIA's 0.5 for batches of 2^18 or more, else PyTorch's default; "
+                             "0.99 for the rating models (printed)")
     parser.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
     parser.add_argument("--weight_decay", type=float, default=None,
                         help="decoupled weight decay (AdamW) on all parameters; 0 gives plain Adam as in NVIDIA's "
-                             "tool; default 0.1 (measured better on ML-100k and ML-1M, docs/experiments.md); for the "
+                             "tool; default 0.1 (measured better on ML-100k and ML-1M, docs/history.md); for the "
                              "rating models 0.2 (embnn 0.1), their biases spared (printed)")
     parser.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default=None,
                         help="'cosine' lowers the rate from -l towards 0 along half a cosine over -e epochs (resuming "

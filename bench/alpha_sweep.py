@@ -7,7 +7,7 @@ NeuMF's pre-trained output layer is the GMF output layer weighted by alpha plus 
 1 - alpha (``ncf.py --alpha``), so alpha 1 scores exactly as the GMF model and 0 as the MLP model. The paper
 uses 0.5; when one branch is clearly stronger another weight can start the fine-tuning higher. Evaluating each
 alpha takes one pass over the test users (seconds), against an epoch of NeuMF training for each in ncf.py.
-Prints a Markdown table; ``--append`` adds it, with the command, device and date, to docs/experiments.md.
+Prints a Markdown table; ``--append`` adds it, with the command, device and date, to the ``--append`` file.
 """
 
 import argparse
@@ -36,7 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     args = parser.parse_args(argv)
     for alpha in args.alphas:
         if not 0.0 <= alpha <= 1.0:
@@ -81,7 +82,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        append_result("alpha_sweep.py", "NeuMF's alpha before fine-tuning", argv, f"{header}\n\n{table}")
+        append_result("alpha_sweep.py", "NeuMF's alpha before fine-tuning", argv, f"{header}\n\n{table}", args.append)
     return 0
 
 

@@ -11,7 +11,7 @@ lambda is chosen on the validation set when the dataset has one (else on the tes
 Checkpoints from ncf.py are scored the same way, so a table shows each model under each protocol side by side.
 ``--als`` adds the ``implicit`` library's alternating least squares (Hu, Koren and Volinsky 2008; an optional
 dependency, ``pip install -r requirements-compare.txt``) with the ``--als_*`` settings, and its fitting time.
-Prints a Markdown table; ``--output`` appends JSON lines, ``--append`` the table to docs/experiments.md.
+Prints a Markdown table; ``--output`` appends JSON lines, ``--append`` the table to the ``--append`` file.
 """
 
 import argparse
@@ -156,7 +156,8 @@ def parse_args(argv=None):
                              "ncf.py --model ease refuses those it cannot hold)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--output", help="JSON-lines file to append each row to")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error(f"-k/--topk must be at least 1, got {args.topk}")
@@ -211,7 +212,7 @@ def main(argv=None):
             for row in rows:
                 sink.write(json.dumps({"data": args.data, **row, "date": str(datetime.date.today())}) + "\n")
     if args.append:
-        append_result("baselines.py", "Baselines", argv, f"{header}\n\n{table}")
+        append_result("baselines.py", "Baselines", argv, f"{header}\n\n{table}", args.append)
     return 0
 
 

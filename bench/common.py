@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the flags that shape a training run, the data, a run set up exactly as
-ncf.py sets it up, device descriptions and table labels, and appending results to docs/experiments.md."""
+ncf.py sets it up, device descriptions and table labels, and appending results to a Markdown file (``--append``)."""
 
 import argparse
 import datetime
@@ -21,7 +21,6 @@ from ncflib.data import splits
 from ncflib.errors import UsageError
 from ncflib.placement import LOCAL
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 ERRORS = (UsageError,)
 
 
@@ -179,16 +178,16 @@ def parser_for(docstring):
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-def append_result(script, title, argv, body):
-    """Add ``### {title}, {date}``, the command (``argv`` as given, or the process's own) and ``body`` to
-    docs/experiments.md."""
+def append_result(script, title, argv, body, file):
+    """Add ``### {title}, {date}``, the command (``argv`` as given, or the process's own) and ``body`` to the
+    Markdown ``file`` (a benchmark's ``--append``; created if missing)."""
     command = f"python -m bench.{script.removesuffix('.py')} " + shlex.join(sys.argv[1:] if argv is None else argv)
-    with open(BENCHMARKS, "a") as handle:
+    with open(file, "a") as handle:
         handle.write(f"\n### {title}, {datetime.date.today()}\n\nCommand: `{command}`  \n{body}\n")
 
 
 def report(script, title, argv, device, lines, append, heading):
-    """Print ``heading; device: ...`` and the table ``lines``; with ``append``, add them to docs/experiments.md."""
+    """Print ``heading; device: ...`` and the table ``lines``; with ``append`` (a file), add them to it."""
     print(f"{heading}; device: {device}", *lines, sep="\n")
     if append:
-        append_result(script, title, argv, f"device: {device}\n\n" + "\n".join(lines))
+        append_result(script, title, argv, f"device: {device}\n\n" + "\n".join(lines), append)

@@ -5,7 +5,7 @@
 How far averaging models trained with different seeds moves the metrics, on the same test users: a measure of
 how much of one run's result is its seed's noise. The checkpoints may be of any model kind (GMF, MLP, NeuMF) but
 must all fit the dataset. Prints a Markdown table (each checkpoint, their mean, and the ensemble); ``--append``
-adds it, with the command, device and date, to docs/experiments.md.
+adds it, with the command, device and date, to the ``--append`` file.
 """
 
 import argparse
@@ -30,7 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("-k", "--topk", type=int, default=10, help="k of HR@k and NDCG@k")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="'auto' uses a GPU when one is available")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     args = parser.parse_args(argv)
     if len(args.checkpoints) < 2:
         parser.error("give two or more checkpoints to average")
@@ -73,7 +74,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        append_result("ensemble.py", "Checkpoints scored together", argv, f"{header}\n\n{table}")
+        append_result("ensemble.py", "Checkpoints scored together", argv, f"{header}\n\n{table}", args.append)
     return 0
 
 

@@ -19,7 +19,7 @@ Counts, per step of ``--batch_size`` samples (ncf.py's default NeuMF, NVIDIA's s
 The floor is the larger of bytes / bandwidth and FLOPs / matrix rate, that is, with perfect overlap and no launch
 cost; no real step reaches it. Bandwidth is timed with a large device copy, the matrix rate with a product of the
 tower's first layer's shape. The step time is the median epoch of ``bench/train_bench.py``'s measurement divided
-by the steps per epoch. ``--append`` adds the table, with the command, device and date, to docs/experiments.md.
+by the steps per epoch. ``--append`` adds the table, with the command, device and date, to the ``--append`` file.
 """
 
 import argparse
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     common.add_run_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=8192, help="samples per step")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the first is a warm-up)")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
 
 
@@ -131,7 +132,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        append_result("floor.py", "Physical floor of a training step", argv, f"{header}\n\n{table}")
+        append_result("floor.py", "Physical floor of a training step", argv, f"{header}\n\n{table}", args.append)
     return 0
 
 

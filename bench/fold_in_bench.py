@@ -7,7 +7,7 @@ For ``--users`` training users drawn at random (seeded), the trained user's top-
 lists) is compared with the top-k of a new user folded in from that user's training items (``recommend.py
 --history``), both leaving out every item the user interacted with. Reports the mean overlap (items shared out of
 k), with the overlap of the most popular unseen items as a reference, and the time per fold-in (fitting and
-ranking). ``--append`` adds the table, with the command, device and date, to docs/experiments.md.
+ranking). ``--append`` adds the table, with the command, device and date, to the ``--append`` file.
 """
 
 import contextlib
@@ -35,7 +35,8 @@ def parse_args(argv=None):
                         help="negatives per history item per step; default: the model's training -n, as recommend.py")
     parser.add_argument("--l2", type=float, default=recommend.FOLD_IN_L2, help="fold-in L2 pull to the mean user")
     parser.add_argument("--seed", type=int, default=0, help="which users, and the fold-in's seed")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
 
 

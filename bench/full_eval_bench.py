@@ -6,7 +6,7 @@
 
 Runs ``evaluation.full_metrics`` exactly as ``ncf.py --eval_protocol full`` does: a warm-up pass (it compiles, with
 ``--compile``), then ``--repeats`` timed passes, reporting the median wall time and the (user, item) pairs scored per
-second. Prints a Markdown row; ``--append`` adds it, with the command, device and date, to docs/experiments.md.
+second. Prints a Markdown row; ``--append`` adds it, with the command, device and date, to the ``--append`` file.
 """
 
 import argparse
@@ -38,7 +38,8 @@ def parse_args(argv=None):
                         help="torch.compile the scoring, as ncf.py --compile")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after the warm-up")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--append", action="store_true", help="append the row to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the row (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
 
 

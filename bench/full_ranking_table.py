@@ -1,8 +1,8 @@
 """The full-ranking comparison as a Markdown table, from the results files of ``bench.sweep`` and
 ``bench.baselines`` (no training: it reads what they wrote).
 
-    python -m bench.full_ranking_table --sweep bench/results/full-ranking-ml1m-cpu.jsonl \
-        --baselines bench/results/full-ranking-baselines-cpu.jsonl --data /tmp/d/ml1m-ratio -k 20
+    python -m bench.full_ranking_table --sweep experiments/results/full-ranking-ml1m-cpu.jsonl \
+        --baselines experiments/results/full-ranking-baselines-cpu.jsonl --data /tmp/d/ml1m-ratio -k 20
 
 Each configuration of the sweep file is one row: the test Recall@k and NDCG@k at the epoch chosen on the
 validation set, as the mean over its seeds with the standard error of that mean, the validation metric that chose

@@ -7,7 +7,7 @@
 Scores random (user, item) pairs with NeuMF (NVIDIA's sizes, ML-20M's table sizes by default, or the model in
 --checkpoint) in eval mode under ``torch.inference_mode``. Each batch size gets warm-up passes, then --iterations
 timed passes, each synchronised with the device; the table gives mean, p90 and p99 latency and the throughput at
-the mean. ``--append`` adds the table, with the command, device and date, to docs/experiments.md.
+the mean. ``--append`` adds the table, with the command, device and date, to the ``--append`` file.
 """
 
 import argparse
@@ -38,7 +38,8 @@ def parse_args(argv=None):
                         help="torch.compile the model in this mode ('reduce-overhead': CUDA graphs, for small "
                              "batches on a GPU); the warm-up passes absorb compiling")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     args = parser.parse_args(argv)
     if min(args.batch_sizes) < 1 or args.iterations < 1 or args.warmup < 0:
         parser.error("batch sizes and --iterations must be positive, --warmup 0 or more")
@@ -103,7 +104,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        append_result("inference_bench.py", "Inference", argv, f"{header}\n\n{table}")
+        append_result("inference_bench.py", "Inference", argv, f"{header}\n\n{table}", args.append)
     return 0
 
 

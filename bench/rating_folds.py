@@ -9,7 +9,7 @@ after its last epoch (the folds have no validation set, so the number of epochs 
 chosen on the test ratings), the mean over the folds and the training time of a fold. With ``--surprise``,
 Surprise's SVD and SVD++ (an optional dependency: ``pip install -r requirements-compare.txt``) are fitted with their
 default settings to the same training ratings and scored on the same test ratings, so the comparison is one run on
-one machine. ``--append`` adds the table to docs/experiments.md.
+one machine. ``--append`` adds the table to the ``--append`` file.
 """
 
 import argparse
@@ -36,7 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--movielens", required=True, help="the MovieLens 100K folder (u1.base ... u5.test)")
     parser.add_argument("--folds", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="which of u1-u5")
     parser.add_argument("--surprise", action="store_true", help="also run Surprise's SVD and SVD++")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="ncf.py's flags, after --")
     args = parser.parse_args(argv)
     args.flags = [flag for flag in args.flags if flag != "--"] or ["--model", "biasmf"]

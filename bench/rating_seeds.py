@@ -11,7 +11,7 @@ training mean (every prediction the mean of the training ratings) and, with ``--
 with their default settings (an optional dependency: ``pip install -r requirements-compare.txt``) are fitted to
 the same training ratings and scored on the same test ratings. Each row gives the mean over the seeds with its
 standard error, the validation MSE and the median seconds of a run (training and evaluation, one process);
-``--append`` adds the table to docs/experiments.md.
+``--append`` adds the table to the ``--append`` file.
 """
 
 import argparse
@@ -45,7 +45,8 @@ def parse_args(argv=None):
                         help="ncf.py's flags for one row, quoted; repeat for more rows")
     parser.add_argument("--surprise", nargs="*", choices=SURPRISE, default=None,
                         help="also fit these Surprise algorithms (SVD and SVDpp when given alone)")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     args = parser.parse_args(argv)
     if not Path(args.path).is_file():
         parser.error(f"--path {args.path}: no such file")

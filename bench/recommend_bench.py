@@ -6,7 +6,7 @@
 Runs recommend.py's own ``main`` in this process ``--repeats`` times after a warm-up and reports the median time
 from reading the checkpoint to the file written (Python and the imports already loaded), then runs the whole
 command once more as a fresh process and reports its wall time, start-up included. ``--append`` adds the table,
-with the command, device and date, to docs/experiments.md.
+with the command, device and date, to the ``--append`` file.
 """
 
 import contextlib
@@ -33,7 +33,8 @@ def parse_args(argv=None):
                                                                  "written in a temporary folder")
     parser.add_argument("--amp", action="store_true", help="score in bfloat16, as recommend.py --amp")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
 
 

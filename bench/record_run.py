@@ -1,7 +1,7 @@
 """Append a finished ncf.py run to a JSON-lines results file, read from its own log (no figure copied by hand).
 
     python -m bench.record_run runs/gmf/log.json --config "--model gmf -e 30" --seed 0 \
-        --output bench/results/ml1m-pipeline-cpu.jsonl
+        --output experiments/results/ml1m-pipeline-cpu.jsonl
 
 Each line has the fields of ``bench.sweep``'s results (``config``, ``seed``, ``hr``, ``ndcg``, ``best_epoch``,
 ``selected_on``, ``curve``), with ``seconds`` the run's training and evaluation time, the date and the machine,

@@ -38,7 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--per_host", type=int, default=8, help="GPUs per host")
     parser.add_argument("--memory_gib", type=float, default=80.0, help="memory per GPU, GiB")
     parser.add_argument("--batch", type=int, default=2**20, help="samples per step over all GPUs")
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
 
 

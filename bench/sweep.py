@@ -1,7 +1,7 @@
 """Run a grid of ncf.py configurations over several seeds, in parallel worker processes, and rank them.
 
     python -m bench.sweep --data data/ml100k --grid grid.txt --seeds 0 1 2 --workers 4 --output sweep.jsonl
-    python -m bench.sweep --output bench/results/ml100k-focus-cpu.jsonl      # only rank the results of a sweep
+    python -m bench.sweep --output experiments/results/ml100k-focus-cpu.jsonl      # only rank the results of a sweep
 
 Each non-empty line of the grid file holds the ncf.py flags of one configuration (``#`` starts a comment), for
 example ``--model gmf -b 2048 -l 0.002 -e 20``. Every (configuration, seed) pair runs ``ncf.main`` in a worker

@@ -8,7 +8,7 @@
 Generates the synthetic set (``--synthetic U I N``, as ``convert.py --synthetic`` would) into a temporary
 directory, or uses ``--data``, then runs ``ncf.py`` with the flags after ``--`` (defaults otherwise) and no
 checkpoints. Prints a Markdown table of the curve and the time to the best HR@10 and to ``--target``; ``--append``
-adds them, with the command, device and date, to docs/experiments.md.
+adds them, with the command, device and date, to the ``--append`` file.
 
 Two clocks. By default ncf.py runs in this process once and the seconds are its own training and evaluation time
 from the first epoch, as its ``time_to_best_model`` (start-up and compilation outside; the GPU figures).
@@ -49,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--demo", action="store_true",
                         help="(with --runs) time `python ncf.py` on its built-in demo, the README's first command")
     parser.add_argument("--target", type=float, help="HR@10 whose first reaching is timed")
-    parser.add_argument("--append", action="store_true", help="append the result to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the result (command, device, date) to this Markdown file")
     parser.add_argument("--runs", type=int, default=None,
                         help="run each command this many times as its own process, timed by the wall clock from "
                              "its launch (start-up included), and table the median run")
@@ -133,7 +134,7 @@ def main(argv=None):
               f"device: {device}, PyTorch {torch.__version__}")
     print(header, table, verdict, sep="\n")
     if args.append:
-        append_result("time_to_hr.py", "Time to HR@10", argv, f"{header}\n\n{table}\n\n{verdict}")
+        append_result("time_to_hr.py", "Time to HR@10", argv, f"{header}\n\n{table}\n\n{verdict}", args.append)
     return 0
 
 
@@ -242,7 +243,8 @@ def wall_clock(args, data, argv):
     if args.plot:
         plot(curves, args.target, args.plot)
     if args.append:
-        append_result("time_to_hr.py", "Time to HR@10, wall clock", argv, header + "\n\n" + "\n".join(lines))
+        append_result("time_to_hr.py", "Time to HR@10, wall clock", argv,
+                      header + "\n\n" + "\n".join(lines), args.append)
     return 0
 
 

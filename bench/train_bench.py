@@ -7,7 +7,7 @@
 Builds the dataset in memory (``--synthetic U I N``, as ``convert.py --synthetic`` would) or loads ``--data``, then
 times whole training epochs (NeuMF by default, NVIDIA's layer sizes) and one evaluation pass, exactly as ``ncf.py``
 runs them: the first epoch is a warm-up and is not counted, the median of the rest is reported. Prints a Markdown
-table; ``--append`` adds it, with the command, device and date, to docs/experiments.md.
+table; ``--append`` adds it, with the command, device and date, to the ``--append`` file.
 """
 
 import statistics
@@ -38,7 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="epochs per batch size (the first is a warm-up)")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
     parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--append", action="store_true", help="append the table to docs/experiments.md")
+    parser.add_argument("--append", metavar="FILE.md",
+                        help="append the table (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
 
 
@@ -87,7 +88,7 @@ def main(argv=None):
     print(header)
     print(table)
     if args.append:
-        append_result("train_bench.py", "Training throughput", argv, f"{header}\n\n{table}")
+        append_result("train_bench.py", "Training throughput", argv, f"{header}\n\n{table}", args.append)
     return 0
 
 

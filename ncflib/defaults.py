@@ -1,7 +1,7 @@
 """Defaults that depend on the data and the model: what ncf.py uses for -n, -b, -l, Adam's betas, the weight decay
 and the schedule when they are not given.
 
-Each is measured (bench/grids and docs/experiments.md hold the sweeps behind them); ncf.py prints what it chose.
+Each is measured (experiments/grids and docs/history.md hold the sweeps behind them); ncf.py prints what it chose.
 
     negatives = choose_negatives(num_train)
     batch_size = choose_batch_size(num_train, negatives)
@@ -16,7 +16,7 @@ DEFAULT_EPOCHS = 20
 RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at its end (ML-100k, docs/ratings.md)
 DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6880 HR@10): 10 take 31-42 s on 2 CPU cores
 
-IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/experiments.md)
+IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/history.md)
 IMPLICIT_DROPOUT = 0.5  # NVIDIA's, after each MLP layer
 
 
@@ -28,7 +28,7 @@ def choose_negatives(num_train):
 
     On a small dataset an epoch is cheap and over quickly, and more negatives per positive measurably help: NeuMF on
     ML-100k (99,057 pairs, so 16) reaches 0.691 HR@10 with 16 against 0.681 with 4 (6 runs each;
-    docs/experiments.md), at
+    docs/history.md), at
     3.4 times the time per epoch. ML-1M (994,169 pairs) and larger sets keep NVIDIA's 4.
     """
     return int(min(16, max(4, round(1.6e6 / max(num_train, 1)))))
@@ -38,7 +38,7 @@ def choose_batch_size(num_train, negatives_per_positive):
     """Default batch: a power of two giving about 512 optimizer steps per epoch, between 2^10 and 2^20.
 
     NVIDIA's fixed 2^20 suits MovieLens-20M but leaves ML-1M with 5 steps per epoch (0.65 HR@10) and ML-100k with
-    less than one. Sweeps on ML-100k and ML-1M (bench/grids, docs/experiments.md) put the best batches at a few hundred
+    less than one. Sweeps on ML-100k and ML-1M (experiments/grids, docs/history.md) put the best batches at a few hundred
     to a thousand steps per epoch: ML-100k 2^12 (with its 16 negatives; 2^10 with 4), ML-1M 2^13, ML-20M 2^18.
     """
     samples = num_train * (1 + negatives_per_positive)
@@ -93,7 +93,7 @@ LARGE_BATCH = 2**18
 
 def choose_betas(batch_size):
     """Default Adam betas: NVIDIA's (0.25, 0.5), tuned for batch 2^20 on ML-20M, for large batches; Adam's usual
-    (0.9, 0.999) below, measured better at the batches that suit smaller datasets (docs/experiments.md)."""
+    (0.9, 0.999) below, measured better at the batches that suit smaller datasets (docs/history.md)."""
     return (0.25, 0.5) if batch_size >= LARGE_BATCH else (0.9, 0.999)
 
 

@@ -129,8 +129,9 @@ class ImplicitFamily(Family):
                            help="shared negatives drawn in proportion to each item's training count to the power "
                                 "BETA (0: uniformly)")
         group.add_argument("--logq", action="store_true",
-                           help="softmax with popularity-drawn negatives: subtract each negative's log probability "
-                                "from its score (the sampled softmax's logQ correction)")
+                           help="softmax over shared negatives: subtract from each negative's scaled score the log "
+                                "of its expected draws per batch, log(N q_j), so the sampled softmax estimates the "
+                                "full one (the logQ correction); for uniform draws the constant log(N / items)")
         group.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
         group.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
         group.add_argument("--alpha", type=float, default=0.5,
@@ -140,13 +141,13 @@ class ImplicitFamily(Family):
                            help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every "
                                 "training pair through its own output layer, and those two losses, times WEIGHT, "
                                 "are added to NeuMF's, so each branch learns to be a model of its own, as "
-                                "pre-training makes it, in one run (docs/experiments.md); 0 trains NeuMF's joint "
+                                "pre-training makes it, in one run (docs/history.md); 0 trains NeuMF's joint "
                                 "output alone, as the paper and NVIDIA do")
         group.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
                            help="weight each user's recent training pairs up: a pair's loss (and its negatives') "
                                 "counts 1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the "
                                 "user's training pairs are later; the test item is each user's latest, and recent "
-                                "tastes predict it best (docs/experiments.md). Needs the dataset's timestamps "
+                                "tastes predict it best (docs/history.md). Needs the dataset's timestamps "
                                 "(convert.py keeps them); 0: off, every pair counts once, as in the paper and "
                                 "NVIDIA's tool")
         group.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
@@ -266,7 +267,7 @@ class ImplicitFamily(Family):
         else --loss over each positive's negatives, or over the batch's shared negatives."""
         if settings["shared_negatives"]:
             return shared_loss(settings["loss"], _loss_options(settings),
-                               correct=settings["logq"] and settings["negative_popularity"] > 0)
+                               correct=settings["logq"])
         if settings["loss"] == "bce":
             return super().training_loss(kind, model, settings)
         return per_sample_loss(settings["loss"], _loss_options(settings))

@@ -6,9 +6,9 @@ positive or shared by the batch) and returns the loss summed over the batch's po
 - ``bce``: binary cross-entropy of each score against its label (NVIDIA's, the paper's);
 - ``bpr``: pairwise, -log sigmoid(positive - negative), averaged over each positive's negatives (Rendle et al. 2009);
 - ``softmax``: sampled softmax, -log of the positive's share of exp(score / temperature) among itself and its
-  negatives; with ``log_q`` (each negative's log sampling probability) the scores of negatives drawn by
-  popularity are corrected by -log q (the logQ correction of Yi et al., RecSys 2019), so the loss estimates the
-  full softmax's;
+  negatives; with ``log_q`` (the log of each negative's expected draws, N q_j for N draws from q) the negatives'
+  scaled scores are corrected by -log(N q_j) (the logQ correction of Yi et al., RecSys 2019), so the sum over the
+  sample estimates the full softmax's over the catalogue;
 - ``ccl``: SimpleX's cosine contrastive loss (Mao et al., CIKM 2021) on cosine scores: (1 - positive) plus
   ``negative_weight`` times the mean over negatives of max(0, negative - ``margin``).
 
@@ -41,8 +41,8 @@ def bpr(positive, negative, weights=None, **_):
 
 
 def softmax(positive, negative, weights=None, temperature=1.0, log_q=None, **_):
-    """Sampled softmax: -log(exp(p / t) / (exp(p / t) + sum exp(n_j / t))); ``log_q`` [N] or [B, N] (the negatives'
-    log sampling probabilities) is subtracted from the negatives' scaled scores (the logQ correction)."""
+    """Sampled softmax: -log(exp(p / t) / (exp(p / t) + sum exp(n_j / t))); ``log_q`` [N] or [B, N] (the log of
+    each negative's expected draws) is subtracted from the negatives' scaled scores (the logQ correction)."""
     negative = negative.float() / temperature
     if log_q is not None:
         negative = negative - log_q

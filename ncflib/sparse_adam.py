@@ -6,7 +6,7 @@ at MovieLens-20M size that is 31.7M parameters, about 0.5 GB of traffic per step
 optimizer as leaves, and the step updates those rows only, as TensorFlow's LazyAdam does: a row's moments and weight
 stay as they are while the row is not in a batch. That is a different optimizer from dense Adam, whose momentum
 keeps moving a row after its last batch, so it is offered as an option and its accuracy is measured
-(docs/experiments.md) rather than assumed.
+(docs/history.md) rather than assumed.
 
     optimizer = sparse_adam.build_optimizer(model, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
     loss.backward(); optimizer.step(); optimizer.zero_grad()

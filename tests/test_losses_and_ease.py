@@ -63,6 +63,23 @@ def test_softmax_subtracts_the_negatives_log_probabilities_when_corrected():
     assert LOSSES["softmax"](positive, negative, log_q=log_q).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_shared_batches_give_each_negative_the_log_of_its_expected_draws():
+    """log(N q_j): with N draws per batch from q, item j is expected N q_j times; uniform q is 1 / items, so the
+    correction is the constant log(N / items) (0 when a batch draws as many negatives as there are items)."""
+    from dataloading import Dataset, SharedNegativeBatches, negative_distribution
+
+    train = np.array([[0, 0], [0, 1], [1, 1], [1, 1], [2, 3], [2, 1]])
+    dataset = Dataset.from_arrays(3, 5, train, np.array([[0, 2], [1, 4]]), None, "test")
+    (batch,) = SharedNegativeBatches(dataset, 6, 8, seed=0)
+    assert batch.inputs.negatives.shape == (8,)
+    torch.testing.assert_close(batch.inputs.log_q, torch.full((8,), math.log(8 / 5)))
+    distribution = negative_distribution(dataset.train_items, 5, beta=1.0)  # counts 1, 4, 1 (floor), 1, 1 of 8
+    torch.testing.assert_close(distribution, torch.tensor([1, 4, 1, 1, 1]) / 8.0)
+    (batch,) = SharedNegativeBatches(dataset, 6, 8, seed=0, distribution=distribution)
+    expected = torch.log(8 * distribution[batch.inputs.negatives])
+    torch.testing.assert_close(batch.inputs.log_q, expected)
+
+
 @pytest.mark.parametrize("name, similarity", [("bce", "dot"), ("bpr", "dot"), ("softmax", "cosine"),
                                               ("softmax", "dot"), ("ccl", "cosine")])
 def test_shared_negatives_give_the_per_sample_loss_when_every_positive_has_the_same_negatives(name, similarity):

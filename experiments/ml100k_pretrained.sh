@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# ML-100k: NeuMF pre-trained from the best tuned GMF and an MLP, for each seed, as recorded in docs/experiments.md.
+# ML-100k: NeuMF pre-trained from the best tuned GMF and an MLP, for each seed, as recorded in docs/history.md.
 #
-#   bash bench/ml100k_pretrained.sh [DATA_DIR] [RUNS_DIR] [SEED ...]
+#   bash experiments/ml100k_pretrained.sh [DATA_DIR] [RUNS_DIR] [SEED ...]
 #
 # DATA_DIR: convert.py's ML-100k directory (default data/ml100k); RUNS_DIR default runs/ml100k-pretrained; seeds
 # default 0 1 2, run one after another (each takes about 7 minutes on 2 CPU cores: GMF 1, MLP 5, the rest 1). For
 # each seed: GMF, MLP, bench/alpha_sweep.py (NeuMF before fine-tuning, every alpha), then NeuMF fine-tuned from
 # alpha 0.8, with branch losses (ncf.py's default --branch_loss 1). The last lines printed are each seed's best
 # HR@10/NDCG@10 of the four steps. FLAGS, when set, is added to each of the three training commands, for example
-# FLAGS="--recency 8" bash bench/ml100k_pretrained.sh (each user's latest pairs weighted up in every step). Each
+# FLAGS="--recency 8" bash experiments/ml100k_pretrained.sh (each user's latest pairs weighted up in every step). Each
 # finished training step appends its result, read from its own log by bench/record_run.py, to RESULTS (default
-# RUNS_DIR/results.jsonl; for example RESULTS=bench/results/ml100k-pretrained-cpu.jsonl). The best epochs are chosen
+# RUNS_DIR/results.jsonl; for example RESULTS=experiments/results/ml100k-pretrained-cpu.jsonl). The best epochs are chosen
 # on the test items (this split has no validation set). Run from the repository root.
 set -euo pipefail
 data=${1:-data/ml100k}

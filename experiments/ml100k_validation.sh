@@ -2,7 +2,7 @@
 # ML-100k evaluated honestly: the best epoch chosen on a validation set, test figures reported at that epoch, beside
 # popularity and EASE, under sampled and full ranking; and the NGCF-style 80/20 ratio split with full ranking.
 #
-#   bash bench/ml100k_validation.sh [U_DATA] [WORK_DIR] [SEED ...]
+#   bash experiments/ml100k_validation.sh [U_DATA] [WORK_DIR] [SEED ...]
 #
 # U_DATA is MovieLens 100K's u.data (default ml-100k/u.data); WORK_DIR (default runs/ml100k-validation) receives
 # the two dataset directories and every run; seeds default 0 1 2. Two runs go side by side, each on one thread

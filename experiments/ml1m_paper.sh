@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The NCF paper's ML-1M experiment: GMF, MLP, NeuMF from scratch, and NeuMF pre-trained from the two.
 #
-#   bash bench/ml1m_paper.sh [DATA_DIR] [RUNS_DIR]
+#   bash experiments/ml1m_paper.sh [DATA_DIR] [RUNS_DIR]
 #
 # DATA_DIR is the paper's files converted by convert.py (docs/training.md: "Reproducing the NCF paper on ML-1M"), default data/ml1m-ncf.
 # GMF, MLP and NeuMF-from-scratch train side by side (on a GPU they share it well; on 2 CPU cores expect an hour),
 # then NeuMF starts from the best GMF and MLP checkpoints with their output layers mixed 0.8 : 0.2 (GMF is the
 # stronger branch here: before any fine-tuning the paper's 0.5 scores 0.7248 HR@10, 0.8 scores 0.7295;
-# docs/experiments.md). Each run's log is RUNS_DIR/<name>/log.json, and each finished run appends its result, read
+# docs/history.md). Each run's log is RUNS_DIR/<name>/log.json, and each finished run appends its result, read
 # from that log by bench/record_run.py, to RESULTS (default RUNS_DIR/results.jsonl; for example
-# RESULTS=bench/results/ml1m-pipeline-cpu.jsonl). The best epochs are chosen on the test items (the paper's files
+# RESULTS=experiments/results/ml1m-pipeline-cpu.jsonl). The best epochs are chosen on the test items (the paper's files
 # have no validation split). Run from the repository root.
 set -euo pipefail
 data=${1:-data/ml1m-ncf}
