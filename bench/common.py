@@ -3,6 +3,7 @@ ncf.py sets it up, device descriptions and table labels, and appending results t
 
 import argparse
 import datetime
+import itertools
 import json
 import platform
 import resource
@@ -153,7 +154,8 @@ def result_of_log(log_path):
     """What a results file keeps of a finished ncf.py run, from its JSON-lines log: the test HR@k and NDCG@k of the
     best epoch, that epoch, which items chose it (``selected_on``), its validation metric when a validation set
     chose it (``valid``), all its metrics, the training and evaluation seconds (``total_time``) and the test HR@k of
-    every epoch (``curve``)."""
+    every epoch (``curve``); under full ranking also each epoch's test Recall@k (``recall_curve``) and the
+    training and evaluation seconds up to its end (``elapsed``)."""
     lines = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     summary = next(line for line in reversed(lines) if line["type"] == "summary")
     start = max(index for index, line in enumerate(lines) if line["type"] == "config")
@@ -169,7 +171,19 @@ def result_of_log(log_path):
                if any(key.startswith("recall@") for key in recall) else {}),
             "selected_on": summary.get("selected_on", "test"), "total_time": round(summary["total_time"], 1),
             "curve": [round(epoch[hr_key], 4) for epoch in epochs],
+            **_recall_curve(epochs),
             **({"valid": valid} if valid is not None else {}), "metrics": metrics}
+
+
+def _recall_curve(epochs):
+    """{recall_curve, elapsed} of a full-ranking run's epoch records ({} for sampled evaluation)."""
+    key = next((key for key in epochs[0] if key.startswith("recall@")), None)
+    if key is None:
+        return {}
+    seconds = itertools.accumulate(epoch.get("train_epoch_time", 0.0) + epoch.get("validation_epoch_time", 0.0)
+                                   for epoch in epochs)
+    return {"recall_curve": [round(epoch[key], 4) if key in epoch else None for epoch in epochs],
+            "elapsed": [round(value, 1) for value in seconds]}
 
 
 def parser_for(docstring):

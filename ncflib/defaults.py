@@ -181,15 +181,29 @@ def choose_rating_sizes(num_train, model, default_weight_decay, batch_size=None,
 # ------------------------------------------------------------------------------------------------ full ranking
 
 # The implicit models' defaults under --eval_protocol full, for the models that score by a dot product of user and
-# item vectors (GMF): a contrastive loss over many negatives shared by each batch. Chosen on validation splits
-# (docs/training.md, "Full ranking").
-FULL_RANKING = {"loss": "softmax", "similarity": "cosine", "temperature": 0.2, "negative_weight": 10.0,
-                "shared_negatives": 256, "positives_per_batch": 256, "learning_rate": 0.002, "weight_decay": 0.0,
-                "epochs": 30}
+# item vectors (GMF): sampled softmax on cosines over many negatives shared by each batch, its temperature chosen
+# from the catalogue's size (choose_temperature). Chosen on the validation splits of ML-100k, ML-1M, Last.fm and
+# Yelp2018 (docs/training.md, "Full ranking").
+FULL_RANKING = {"loss": "softmax", "similarity": "cosine", "negative_weight": 10.0, "shared_negatives": 1024,
+                "positives_per_batch": 1024, "learning_rate": 0.002, "weight_decay": 0.0, "epochs": 30}
+# The sampled softmax's temperature on cosines: TEMPERATURE at TEMPERATURE_ITEMS items, lower on larger catalogues
+# as (TEMPERATURE_ITEMS / items) ** TEMPERATURE_POWER, within TEMPERATURE_RANGE.
+TEMPERATURE, TEMPERATURE_ITEMS, TEMPERATURE_POWER, TEMPERATURE_RANGE = 0.2, 3000, 0.2, (0.05, 0.3)
+
+
+def choose_temperature(num_items):
+    """The softmax's default temperature on cosines for a catalogue of ``num_items``. A cosine lies in [-1, 1], so
+    the temperature sets how far apart the positive's and the negatives' logits can be; the larger the catalogue,
+    the more items the positive must rise above, and the sharper the softmax that ranks best on validation
+    (the sweep: experiments/grids/full-ranking-temperature.txt; its figures: docs/training.md, "Full ranking")."""
+    low, high = TEMPERATURE_RANGE
+    return round(min(high, max(low, TEMPERATURE * (TEMPERATURE_ITEMS / max(num_items, 1)) ** TEMPERATURE_POWER)), 3)
+
+
 SIMILARITY_OF_LOSS = {"ccl": "cosine"}  # the similarity each loss takes when not given (else 'dot')
 
 
-def choose_contrastive(num_train, loss=None, similarity=None, temperature=None, negative_weight=None,
+def choose_contrastive(num_train, num_items, loss=None, similarity=None, temperature=None, negative_weight=None,
                        shared_negatives=None, batch_size=None, learning_rate=None, beta1=None, beta2=None,
                        weight_decay=None, lr_schedule=None):
     """The settings of a run with --loss bpr, softmax or ccl, or with shared negatives (each as given, else
@@ -202,7 +216,7 @@ def choose_contrastive(num_train, loss=None, similarity=None, temperature=None, 
                                                   else "dot"))
     values = {"loss": loss, "similarity": similarity,
               "temperature": _given_or(chosen, "temperature", temperature,
-                                       FULL_RANKING["temperature"] if similarity == "cosine" else 1.0),
+                                       choose_temperature(num_items) if similarity == "cosine" else 1.0),
               "negative_weight": _given_or(chosen, "negative_weight", negative_weight,
                                            FULL_RANKING["negative_weight"]),
               "shared_negatives": _given_or(chosen, "shared_negatives", shared_negatives,
@@ -213,8 +227,13 @@ def choose_contrastive(num_train, loss=None, similarity=None, temperature=None, 
               "beta1": 0.9 if beta1 is None else beta1, "beta2": 0.999 if beta2 is None else beta2,
               "weight_decay": _given_or(chosen, "weight_decay", weight_decay, FULL_RANKING["weight_decay"]),
               "lr_schedule": lr_schedule or "constant"}
+    if values["loss"] != "ccl":
+        chosen.pop("negative_weight", None)  # (ccl's alone)
     notes = {name.replace("_", " "): (values[name], "the full-ranking default; set with --" + name)
              for name in chosen}
+    if "temperature" in chosen and similarity == "cosine":
+        notes["temperature"] = (values["temperature"], f"chosen for {num_items:,} items (lower for larger "
+                                                       "catalogues); set with --temperature")
     return values, notes, None
 
 

@@ -116,7 +116,8 @@ class ImplicitFamily(Family):
                            help="gmf: score a pair by the weighted dot product of its embeddings (NCF's) or by their "
                                 "cosine (SimpleX's MF); default cosine for ccl, else dot")
         group.add_argument("--temperature", type=float, default=None,
-                           help="softmax: the scores are divided by it; default 1 for dot, 0.1 for cosine")
+                           help="softmax: the scores are divided by it; default 1 for dot, for cosine chosen from "
+                                "the catalogue's size (lower for more items; printed)")
         group.add_argument("--margin", type=float, default=0.8,
                            help="ccl: negatives count only when their cosine exceeds this")
         group.add_argument("--negative_weight", type=float, default=None,
@@ -194,7 +195,7 @@ class ImplicitFamily(Family):
                        or (args.eval_protocol == "full" and towers and args.loss is None))
         if contrastive:
             values, notes, warning = defaults.choose_contrastive(
-                dataset.num_train, args.loss, args.similarity, args.temperature, args.negative_weight,
+                dataset.num_train, dataset.num_items, args.loss, args.similarity, args.temperature, args.negative_weight,
                 args.shared_negatives if towers else 0, args.batch_size, args.learning_rate, args.beta1, args.beta2,
                 args.weight_decay, args.lr_schedule)
             values["negative_samples"] = (defaults.choose_negatives(dataset.num_train)

@@ -344,3 +344,28 @@ def test_full_eval_bench_times_ncfs_full_ranking(tmp_path, capsys):
     expected = evaluation.evaluator(checkpoint.load_model(tmp_path / "gmf" / "best.pt"), dataset, "full", 5, 2**18,
                                     contextlib.nullcontext)()
     assert float(cells[5]) == pytest.approx(expected["hr@5"], abs=5e-5)  # ncf.py's own full-ranking figure
+
+
+def test_the_full_ranking_table_reads_when_each_run_passed_als(tmp_path):
+    """result_of_log keeps each epoch's test Recall@k and the seconds up to it; the table's 'seconds to pass ALS'
+    is the first epoch at or above ALS's figure (an epoch not evaluated is skipped), the mean over seeds."""
+    from bench.common import result_of_log
+    from bench.full_ranking_table import passing, seconds_to_pass
+
+    records = [{"type": "config"}]
+    for epoch, recall in enumerate([0.10, None, 0.30, 0.50]):
+        records.append({"type": "epoch", "epoch": epoch, "hr@20": 0.5, "train_epoch_time": 8.0,
+                        "validation_epoch_time": 2.0, **({} if recall is None else {"recall@20": recall})})
+    records.append({"type": "summary", "best_accuracy": 0.5, "best_ndcg": 0.2, "best_epoch": 3, "total_time": 40.0,
+                    "best_metrics": {"recall@20": 0.5, "ndcg@20": 0.2, "valid_recall@20": 0.4},
+                    "selected_on": "validation"})
+    log = tmp_path / "log.json"
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    run = result_of_log(log)
+    assert run["recall_curve"] == [0.1, None, 0.3, 0.5] and run["elapsed"] == [10.0, 20.0, 30.0, 40.0]
+    assert run["recall"] == 0.5 and run["valid"] == 0.4
+    assert seconds_to_pass(run, 0.25) == 30.0 and seconds_to_pass(run, 0.1) == 10.0
+    assert seconds_to_pass(run, 0.6) is None
+    other = dict(run, elapsed=[20.0, 40.0, 60.0, 80.0])
+    assert passing([run, other], 0.25) == "45" and passing([run, other], 0.6) == "never"
+    assert passing([run], None) == ""

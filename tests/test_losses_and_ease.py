@@ -195,7 +195,10 @@ def test_full_ranking_defaults_are_gmf_with_sampled_softmax_and_are_printed(plan
                      "--checkpoint_dir", ""]) == 0
     out = capsys.readouterr().out
     assert "model: gmf" in out and "loss: softmax (the full-ranking default" in out
-    assert "similarity: cosine" in out and "shared negatives: 256" in out
+    assert "similarity: cosine" in out and "shared negatives: 1024" in out
+    assert "temperature: 0.3 (chosen for 40 items (lower for larger catalogues)" in out  # the rule's upper bound
+    assert "negative weight" not in out  # ccl's alone
+
     # NeuMF under full ranking keeps NVIDIA's BCE, and the run says that its tower ranks slowly.
     assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "-e", "1", "--model",
                      "neumf", "--checkpoint_dir", ""]) == 0
@@ -205,3 +208,13 @@ def test_full_ranking_defaults_are_gmf_with_sampled_softmax_and_are_printed(plan
         ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "--model", "mlp", "--similarity",
                   "cosine"])
     assert "need a model that scores by a dot product" in capsys.readouterr().err
+
+
+def test_the_default_temperature_falls_with_the_catalogue():
+    from ncflib.defaults import choose_temperature
+
+    sizes = [100, 1_682, 3_706, 17_632, 38_048, 10**6, 10**9]
+    chosen = [choose_temperature(size) for size in sizes]
+    assert chosen == sorted(chosen, reverse=True) and chosen[0] == 0.3 and chosen[-1] == 0.05
+    assert choose_temperature(3_000) == 0.2  # the reference point of the power law
+    assert choose_temperature(3_000 * 2**5) == pytest.approx(0.1, abs=1e-3)  # 32 times the items: half of it
