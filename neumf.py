@@ -77,9 +77,8 @@ def _embedding(rows, width):
 
 
 class _RowGather(torch.autograd.Function):
-    """``table[ids]`` [*ids.shape, width] whose backward sums the rows' gradients with ``index_add_``: on a CPU a
-    third of the time of the embedding backward's (0.20 against 0.62 ms for 4,096 rows of 64 into a 6,040-row table,
-    one thread), with each row's gradients added in the same order."""
+    """``table[ids]`` [*ids.shape, width] whose backward sums the rows' gradients with ``index_add_``: on a CPU
+    faster than the embedding backward (docs/history.md), with each row's gradients added in the same order."""
 
     @staticmethod
     def forward(ctx, table, ids):
@@ -114,13 +113,12 @@ def _keep_mask(x, p):
     """A mask of CPU tensor x's shape: 1 (or True) where an element is kept, with probability 1 - p, else 0 (False).
 
     (Other devices use ``F.dropout``'s fused kernel.) It is cut from the bits of random 64-bit integers rather than
-    drawn as a float per element, as ``nn.Dropout``'s Bernoulli draws it (40% of a NeuMF training step on 2 cores:
-    4.5 ms for a 1024 x 256 activation). A drop probability that is a multiple of 1 / 2^k for k = 1, 2, 4 or 8
+    drawn as a float per element, as ``nn.Dropout``'s Bernoulli draws it (a large share of a NeuMF training step on
+    a CPU; docs/history.md). A drop probability that is a multiple of 1 / 2^k for k = 1, 2, 4 or 8
     takes k bits an element, exactly (NeuMF's 0.5 one bit: a 64th of the draws); any other is rounded to a multiple
     of 1/65536 and takes 16.
     Parts of 1, 2 or 4 bits are split out of 32-bit words by shifts, and that mask comes back in x's dtype, so
-    that applying it is a plain product: the whole ReLU-dropout at 4,096 x 128 and p = 0.5 takes 0.31-0.35 ms
-    against 1.02-1.26 ms with a bool mask of 8-bit parts (one thread).
+    that applying it is a plain product, cheaper than a bool mask of 8-bit parts (docs/history.md).
     """
     count = x.numel()
     bits = next((k for k in (1, 2, 4, 8) if p * 2**k == round(p * 2**k)), 16)

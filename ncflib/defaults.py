@@ -14,7 +14,7 @@ import math
 
 DEFAULT_EPOCHS = 20
 RATING_EPOCHS = 5  # with the one-cycle schedule the rating models are best at its end (ML-100k, docs/ratings.md)
-DEMO_EPOCHS = 10  # the demo peaks at its 9th epoch (0.6880 HR@10): 10 take 31-42 s on 2 CPU cores
+DEMO_EPOCHS = 10  # the demo peaks before its 10th epoch (docs/results.md; its time: docs/speed.md)
 
 IMPLICIT_WEIGHT_DECAY = 0.1  # AdamW's; better than NVIDIA's 0 on ML-100k and ML-1M (docs/history.md)
 IMPLICIT_DROPOUT = 0.5  # NVIDIA's, after each MLP layer
@@ -26,10 +26,9 @@ DEMO_NEGATIVES = 4  # the demo keeps NVIDIA's default: with the 14 of the rule b
 def choose_negatives(num_train):
     """Default negatives per positive: about 1.6M divided by the training pairs, between NVIDIA's 4 and 16.
 
-    On a small dataset an epoch is cheap and over quickly, and more negatives per positive measurably help: NeuMF on
-    ML-100k (99,057 pairs, so 16) reaches 0.691 HR@10 with 16 against 0.681 with 4 (6 runs each;
-    docs/history.md), at
-    3.4 times the time per epoch. ML-1M (994,169 pairs) and larger sets keep NVIDIA's 4.
+    On a small dataset an epoch is cheap and over quickly, and more negatives per positive measurably help NeuMF on
+    ML-100k (99,057 pairs, so 16), at a multiple of the time per epoch (docs/history.md). ML-1M (994,169 pairs)
+    and larger sets keep NVIDIA's 4.
     """
     return int(min(16, max(4, round(1.6e6 / max(num_train, 1)))))
 
@@ -37,9 +36,10 @@ def choose_negatives(num_train):
 def choose_batch_size(num_train, negatives_per_positive):
     """Default batch: a power of two giving about 512 optimizer steps per epoch, between 2^10 and 2^20.
 
-    NVIDIA's fixed 2^20 suits MovieLens-20M but leaves ML-1M with 5 steps per epoch (0.65 HR@10) and ML-100k with
-    less than one. Sweeps on ML-100k and ML-1M (experiments/grids, docs/history.md) put the best batches at a few hundred
-    to a thousand steps per epoch: ML-100k 2^12 (with its 16 negatives; 2^10 with 4), ML-1M 2^13, ML-20M 2^18.
+    NVIDIA's fixed 2^20 suits MovieLens-20M but leaves ML-1M with 5 steps per epoch, which train it poorly, and
+    ML-100k with less than one. Sweeps on ML-100k and ML-1M (experiments/grids, docs/history.md) put the best
+    batches at a few hundred to a thousand steps per epoch: ML-100k 2^12 (with its 16 negatives; 2^10 with 4),
+    ML-1M 2^13, ML-20M 2^18.
     """
     samples = num_train * (1 + negatives_per_positive)
     return int(2 ** min(20, max(10, round(math.log2(max(samples / 512, 1))))))
@@ -53,14 +53,12 @@ def choose_schedule(num_train, num_items, demo=False):
     """Default --lr_schedule: 'cosine' on small, dense data (below SMALL_DATA training pairs, at least
     DENSE_PAIRS_PER_ITEM of them per item; the built-in demo aside), else 'constant'.
 
-    On ML-100k (59 pairs per item) the NeuMF defaults with a cosine decay from 0.002 (``SMALL_DATA_RATE``) keep the
-    constant 0.001's HR@10 (seeds 0-2: test 0.6971 against 0.6903 with the same dropout draws, 0.6957 with those of
-    before; validation 0.7112 against 0.7084) and pass 0.69 sooner: at the 11th epoch for seed 0 instead of the 18th
-    (docs/speed.md). On three sparse catalogues it was no gain (validation split, seeds 0-2, docs/training.md):
-    Last.fm (5 pairs per item) and Amazon's Musical Instruments 5-core (8) rank alike on validation, Last.fm lower on
-    test; Amazon's Gift Cards 5-core (14) ranks lower on validation (0.4061 against 0.4440). The threshold lies
-    between 14 and 59. The demo keeps its constant rate, chosen on its own validation split; ML-1M and larger keep
-    theirs: the schedule was not measured there as a default."""
+    On ML-100k (59 pairs per item) the NeuMF defaults with a cosine decay from 0.002 (``SMALL_DATA_RATE``) rank as
+    well as at the constant 0.001 and reach their best in fewer epochs; on three sparse catalogues (Last.fm,
+    Amazon's Musical Instruments and Gift Cards 5-cores: 5, 8 and 14 pairs per item) it was no gain on validation,
+    so the threshold lies between 14 and 59 (docs/training.md, "--lr_schedule"; the runs: docs/history.md). The
+    demo keeps its constant rate, chosen on its own validation split; ML-1M and larger keep theirs: the schedule
+    was not measured there as a default."""
     dense = num_train >= DENSE_PAIRS_PER_ITEM * num_items
     return "cosine" if num_train < SMALL_DATA and dense and not demo else "constant"
 
@@ -81,10 +79,9 @@ def choose_layers(num_train):
     """Default MLP tower (--layers) of NeuMF and MLP: NVIDIA's 256 256 128 64, halved in every width below 500,000
     training pairs.
 
-    On ML-100k's validation split (NeuMF defaults, seeds 0-2; docs/speed.md) the half-width tower ranks as well as
-    NVIDIA's (validation HR@10 0.7130 +- 0.0031 against 0.7116 +- 0.0049) at about a third of the time a step: a
-    small dataset does not need the larger tower, and ML-100k's defaults take under two minutes on 2 CPU cores
-    instead of about four. ML-1M and larger keep NVIDIA's: the smaller tower was not measured there."""
+    On ML-100k's validation split (NeuMF defaults, seeds 0-2) the half-width tower ranks as well as NVIDIA's at
+    about a third of the time a step (docs/history.md): a small dataset does not need the larger tower. ML-1M and
+    larger keep NVIDIA's: the smaller tower was not measured there."""
     return list(SMALL_LAYERS if num_train < SMALL_DATA else NVIDIA_LAYERS)
 
 

@@ -300,8 +300,7 @@ def selection_metric(dataset, protocol, topk):
 
 def default_batch_samples(device):
     """``--valid_batch_size``'s default: NVIDIA's 2^20 samples a batch on a GPU, 2^14 on a CPU, where a batch's
-    activations then stay in the caches (NeuMF on ML-1M's 604,000 test samples, 2 cores: 0.7-1.1 s against
-    1.6-2.2 s a pass)."""
+    activations then stay in the caches (faster than larger batches there; docs/history.md)."""
     return 2**14 if torch.device(device).type == "cpu" else 2**20
 
 

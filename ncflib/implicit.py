@@ -195,7 +195,8 @@ class ImplicitFamily(Family):
                        or (args.eval_protocol == "full" and towers and args.loss is None))
         if contrastive:
             values, notes, warning = defaults.choose_contrastive(
-                dataset.num_train, dataset.num_items, args.loss, args.similarity, args.temperature, args.negative_weight,
+                dataset.num_train, dataset.num_items, args.loss, args.similarity, args.temperature,
+                args.negative_weight,
                 args.shared_negatives if towers else 0, args.batch_size, args.learning_rate, args.beta1, args.beta2,
                 args.weight_decay, args.lr_schedule)
             values["negative_samples"] = (defaults.choose_negatives(dataset.num_train)
