@@ -161,12 +161,21 @@ def full_rank_sums(scores, held_items, rows, counts, topk):
 
     A held-out item's position is the number of other candidates scoring at least as high (ties count against
     it, so a constant model scores 0); it is a hit when that is below k. Recall@k is hits over the user's held-out
-    items, NDCG@k's ideal DCG is over min(k, those items), MRR@k is 1 / (first hit's position + 1). Only the top k
-    and the ties at the k-th score are looked at, never a sort of every candidate.
+    items, NDCG@k's ideal DCG is over min(k, those items), MRR@k is 1 / (first hit's position + 1). Only the top
+    k + 1 and, where the k-th score is tied beyond them, that score's ties are looked at, never a sort of every
+    candidate.
     """
-    top_scores, top_items = top_k(scores, topk)
+    # One candidate past k: a tie at the k-th score outside the top k shows there, so only the rows that have one
+    # (rare with real-valued scores) are counted over every candidate.
+    wide_scores, wide_items = top_k(scores, topk + 1)
+    top_scores, top_items = wide_scores[:, :topk], wide_items[:, :topk]
     kth = top_scores[:, -1]
-    ties_outside = (scores == kth[:, None]).sum(1) - (top_scores == kth[:, None]).sum(1)
+    ties_outside = torch.zeros(kth.shape, dtype=torch.int64, device=scores.device)
+    if wide_scores.shape[1] > top_scores.shape[1]:
+        tied = (wide_scores[:, -1] == kth).nonzero().squeeze(1)
+        if tied.numel():
+            ties_outside[tied] = ((scores[tied] == kth[tied, None]).sum(1)
+                                  - (top_scores[tied] == kth[tied, None]).sum(1))
     held_scores = scores[rows, held_items]  # [T]
     in_top = (top_items[rows] == held_items[:, None]).any(1)
     ahead = (top_scores[rows] >= held_scores[:, None]).sum(1) - in_top.long()
