@@ -216,5 +216,5 @@ def test_the_default_temperature_falls_with_the_catalogue():
     sizes = [100, 1_682, 3_706, 17_632, 38_048, 10**6, 10**9]
     chosen = [choose_temperature(size) for size in sizes]
     assert chosen == sorted(chosen, reverse=True) and chosen[0] == 0.3 and chosen[-1] == 0.05
-    assert choose_temperature(3_000) == 0.2  # the reference point of the power law
-    assert choose_temperature(3_000 * 2**5) == pytest.approx(0.1, abs=1e-3)  # 32 times the items: half of it
+    assert choose_temperature(3_000) == 0.19  # the reference point of the power law
+    assert choose_temperature(3_000 * 2**5) == pytest.approx(0.19 * 2**-0.8, abs=1e-3)  # 32 times the items
