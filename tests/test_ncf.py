@@ -493,7 +493,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_temporary_file(plant
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     assert train(planted, tmp_path, "-e", "1")[0] == 1
-    assert "cannot write the checkpoint (No space left on device)" in one_line_error(capsys)
+    assert "cannot write the checkpoint (no space left on device)" in one_line_error(capsys)
     assert list((tmp_path / "ck").iterdir()) == []
 
 
