@@ -76,11 +76,17 @@ def shared_loss(name, options, correct=False):
     division by samples). With ``correct``, the negatives' log sampling probabilities go to the loss (``softmax``'s
     logQ correction)."""
     loss_of = LOSSES[name]
+    # The softmax divides every score by its temperature: done to the user vectors (and the bias) before the
+    # product, one [B, D] multiply instead of one over the [B, N] scores.
+    scale = 1.0 / options["temperature"] if name == "softmax" else 1.0
+    options = {**options, "temperature": 1.0} if name == "softmax" else options
 
     def loss(model, inputs, autocast):
         users, items, negatives, log_q, weights = inputs
         with autocast():
             user_vectors, item_vectors, bias = model(users, torch.cat([items, negatives]), towers=True)
+            if scale != 1.0:
+                user_vectors, bias = user_vectors * scale, bias * scale
             positive = (user_vectors * item_vectors[:items.numel()]).sum(-1) + bias
             negative = user_vectors @ item_vectors[items.numel():].T + bias  # [B, N]
         negative = masked_hits(negative.float(), items, negatives)

@@ -43,11 +43,12 @@ def bpr(positive, negative, weights=None, **_):
 def softmax(positive, negative, weights=None, temperature=1.0, log_q=None, **_):
     """Sampled softmax: -log(exp(p / t) / (exp(p / t) + sum exp(n_j / t))); ``log_q`` [N] or [B, N] (the log of
     each negative's expected draws) is subtracted from the negatives' scaled scores (the logQ correction)."""
-    negative = negative.float() / temperature
+    negative = negative.float() if temperature == 1.0 else negative.float() / temperature
     if log_q is not None:
         negative = negative - log_q
-    logits = torch.cat([positive.float()[:, None] / temperature, negative], dim=1)
-    per_positive = torch.logsumexp(logits, dim=1) - logits[:, 0]
+    positive = positive.float() / temperature
+    # log(exp(p) + sum exp(n_j)) - p without joining p to the [B, N] scores
+    per_positive = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive
     return _weighted_sum(per_positive, weights)
 
 
@@ -62,5 +63,15 @@ LOSSES = {"bce": bce, "bpr": bpr, "softmax": softmax, "ccl": ccl}
 
 def masked_hits(negative, positive_items, negative_items):
     """``negative`` [B, N] with the scores of shared negatives (``negative_items`` [N]) that are the row's own
-    positive item set to -inf, which every loss here counts as no negative (a zero term)."""
-    return negative.masked_fill(negative_items[None, :] == positive_items[:, None], float("-inf"))
+    positive item set to -inf, which every loss here counts as no negative (a zero term). In place: the few
+    (row, column) pairs are found by searching the sorted negatives, not by comparing every row with every one."""
+    ordered, order = torch.sort(negative_items)
+    first = torch.searchsorted(ordered, positive_items)
+    counts = torch.searchsorted(ordered, positive_items, right=True) - first  # [B] how often each row's item was drawn
+    if not bool(counts.any()):
+        return negative
+    rows = torch.repeat_interleave(torch.arange(positive_items.numel(), device=negative.device), counts)
+    within = torch.arange(rows.numel(), device=negative.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    negative[rows, order[first[rows] + within]] = float("-inf")
+    return negative

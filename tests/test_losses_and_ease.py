@@ -218,3 +218,18 @@ def test_the_default_temperature_falls_with_the_catalogue():
     assert chosen == sorted(chosen, reverse=True) and chosen[0] == 0.3 and chosen[-1] == 0.05
     assert choose_temperature(3_000) == 0.19  # the reference point of the power law
     assert choose_temperature(3_000 * 2**5) == pytest.approx(0.19 * 2**-0.8, abs=1e-3)  # 32 times the items
+
+
+def test_masked_hits_marks_every_drawn_copy_of_a_rows_own_item_and_nothing_else():
+    from ncflib.losses import masked_hits
+
+    scores = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    positives, negatives = torch.tensor([1, 9, 3]), torch.tensor([7, 1, 9, 1])  # item 1 drawn twice
+    expected = scores.masked_fill(negatives[None, :] == positives[:, None], float("-inf"))
+    assert torch.equal(masked_hits(scores.clone(), positives, negatives), expected)
+    assert torch.isinf(expected).sum() == 3  # row 0 twice, row 1 once, row 2 never
+    rng = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 50, generator=rng)
+    positives, negatives = torch.randint(20, (64,), generator=rng), torch.randint(20, (50,), generator=rng)
+    expected = scores.masked_fill(negatives[None, :] == positives[:, None], float("-inf"))
+    assert torch.equal(masked_hits(scores.clone(), positives, negatives), expected)
