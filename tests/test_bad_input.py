@@ -265,3 +265,26 @@ def test_fractional_times_convert_with_a_notice_that_says_how(tmp_path, capsys):
     assert convert.main(["--path", str(path), "--output", str(tmp_path / "data"), "--split", "ratio"]) == 0
     assert ("note              4 times have a fraction of a second, dropped (rounded down): rows within one second "
             "keep their file order") in capsys.readouterr().out
+
+
+def test_pandas_notices_of_its_own_future_do_not_precede_the_one_line(tmp_path, capsys, monkeypatch):
+    """A Pandas4Warning raised while reading (pandas deprecating something the reader uses) is not printed before
+    convert.py's one-line error: a user cannot act on it."""
+    import warnings
+
+    import pandas as pd
+
+    category = getattr(pd.errors, "Pandas4Warning", FutureWarning)
+    real = convert.load_interactions
+
+    def warns_then_reads(*args, **kwargs):
+        warnings.warn("this keyword is deprecated", category, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "load_interactions", warns_then_reads)
+    path = _bad_times(tmp_path, "bool.csv", ["True", "False", "True"])
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")  # as `python -W always` would show it
+        assert run_convert(["--path", path, "--output", tmp_path / "data"])[0] == 1
+    assert not [warning for warning in shown if issubclass(warning.category, category)]
+    assert "true/false, not a time" in one_line_error(capsys, "convert.py")

@@ -160,7 +160,7 @@ def test_a_killed_rank_resumes_to_the_same_result(synthetic, tmp_path):
     log = tmp_path / "killed" / "log.json"
     with open(tmp_path / "killed.txt", "w") as output:
         job = launch(*flags, "--checkpoint_dir", tmp_path / "killed", output=output)
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 240  # a job that never logs its second epoch fails the test, not hangs it
         killed = None
         try:
             while killed is None and job.poll() is None and time.monotonic() < deadline:
