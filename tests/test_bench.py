@@ -370,3 +370,35 @@ def test_the_full_ranking_table_reads_when_each_run_passed_als(tmp_path):
     other = dict(run, elapsed=[20.0, 40.0, 60.0, 80.0])
     assert passing([run, other], 0.25) == "45" and passing([run, other], 0.6) == "never"
     assert passing([run], None) == ""
+
+
+@pytest.mark.slow  # the NCF paper's four ML-1M runs, at a tiny size (about half a minute)
+def test_the_ml1m_pipeline_records_each_run_from_its_log_and_runs_them_in_turn_without_a_gpu(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the three from-scratch runs go side by side")
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    assert run_convert(["--synthetic", "300", "200", "6000", "--output", data])[0] == 0
+    done = subprocess.run(["bash", str(ROOT / "experiments" / "ml1m_paper.sh"), str(data), str(runs)], cwd=ROOT,
+                          env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = ["gmf", "mlp", "neumf", "neumf-pretrained"]
+    records = [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]
+    assert [record["config"].split()[1] for record in records] == ["gmf", "mlp", "neumf", "neumf"]
+    for name, record in zip(names, records):
+        epochs = [json.loads(line) for line in (runs / name / "log.json").read_text().splitlines()]
+        hits = [entry["hr@10"] for entry in epochs if "hr@10" in entry and "epoch" in entry]
+        # Each record is its run's best epoch as its log has it, chosen on the test items (no validation split).
+        assert record["status"] == 0 and record["selected_on"] == "test" and record["hr"] == pytest.approx(max(hits))
+        assert f"{name}: best HR@10 {record['hr']:.4f}" in done.stdout  # the summary prints each run's best line
+    assert f"--pretrain_gmf {runs}/gmf/best.pt --pretrain_mlp {runs}/mlp/best.pt" in records[3]["config"]
+    # Without a GPU the runs go one after another: each run's first log line (its configuration) is stamped after
+    # the last line of the run before it.
+    stamps = {name: [json.loads(line)["time"] for line in (runs / name / "log.json").read_text().splitlines()]
+              for name in names}
+    for before, after in zip(names, names[1:]):
+        assert stamps[after][0] > stamps[before][-1]
