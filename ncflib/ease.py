@@ -30,7 +30,10 @@ BYTES_PER_ENTRY = 3 * 8 + 4
 
 class EASE(nn.Module):
     """The item-item weights ``item_weights`` [I, I], the L2 weight they were solved with (``l2_weight``), and the
-    training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]) from which a user's row of X is built."""
+    training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]) from which a user's row of X is built.
+    Its scores cost no work per (user, item) beyond the sum, so full ranking scores it in large chunks of users."""
+
+    ranks_in_large_chunks = True
 
     def __init__(self, num_users, num_items, num_train=0):
         super().__init__()
@@ -50,15 +53,21 @@ class EASE(nn.Module):
         self.user_offsets.copy_(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
         self.user_items.copy_(items[order])
 
-    def rows(self, users):
-        """[B, I] the users' rows of X (1 for each of their training items)."""
+    def items_of(self, users):
+        """(the users' training items, one user after another [n], where each user's items start [B])."""
         starts, ends = self.user_offsets[users], self.user_offsets[users + 1]
         counts = ends - starts
+        firsts = counts.cumsum(0) - counts
+        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(firsts, counts)
+        return self.user_items[torch.repeat_interleave(starts, counts) + position], firsts
+
+    def rows(self, users):
+        """[B, I] the users' rows of X (1 for each of their training items)."""
+        items, firsts = self.items_of(users)
+        counts = torch.diff(firsts, append=firsts.new_tensor([items.numel()]))
         row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
-        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
-            counts.cumsum(0) - counts, counts)
         matrix = torch.zeros(users.numel(), self.num_items, device=self.item_weights.device)
-        matrix[row, self.user_items[torch.repeat_interleave(starts, counts) + position]] = 1.0
+        matrix[row, items] = 1.0
         return matrix
 
     def gram(self, chunk=4096):
@@ -105,8 +114,10 @@ class EASE(nn.Module):
         return self.score_all(users).gather(1, items)
 
     def score_all(self, users):
-        """[B, num_items] scores of users [B] for every item: their rows of X times B."""
-        return self.rows(users) @ self.item_weights
+        """[B, num_items] scores of users [B] for every item: their rows of X times B, as the sum of their items' rows
+        of B (work in proportion to their items, not to B's size: a chunk of a few users does not read all of B)."""
+        items, firsts = self.items_of(users)
+        return nn.functional.embedding_bag(items, self.item_weights, firsts, mode="sum")
 
     def score_history(self, items):
         """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""

@@ -210,8 +210,9 @@ DOT_PRODUCT_SCORES = 2**21  # a chunk of a dot-product model's scores (docs/trai
 def users_per_full_chunk(num_items, device, max_scores=2**20, dot_product=False):
     """How many users to score against every item at once: chunks of at most ``max_scores`` scores, and of 2^16
     on a CPU, where a tower's features per score make larger chunks slower (ML-1M's NeuMF); a model that scores by
-    one product of user and item vectors (``dot_product``) takes chunks of at least ``DOT_PRODUCT_SCORES``, as on
-    a large catalogue a chunk of one or two users spends its time on the per-chunk work instead."""
+    one product of user and item vectors (``dot_product``; also a model whose ``ranks_in_large_chunks`` is true, as
+    EASE's) takes chunks of at least ``DOT_PRODUCT_SCORES``, as on a large catalogue a chunk of one or two users
+    spends its time on the per-chunk work instead."""
     if dot_product:
         return max(1, max(max_scores, DOT_PRODUCT_SCORES) // num_items)
     cap = 2**16 if torch.device(device).type == "cpu" else 2**20
@@ -337,7 +338,8 @@ def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, w
             validation_users = torch.repeat_interleave(validation.users, validation.offsets.diff())
             seen[""].append(interactions_by_user(validation_users, validation.items, dataset.num_users))
         users_per_chunk = users_per_full_chunk(dataset.num_items, dataset.train_users.device, batch_samples,
-                                               isinstance(model, DotProductScorer))
+                                               isinstance(model, DotProductScorer)
+                                               or getattr(model, "ranks_in_large_chunks", False))
         runs = [(prefix, lambda held=held, prefix=prefix: full_metrics(
             model, held, seen[prefix], dataset.num_items, topk, users_per_chunk, autocast, rank, world_size, score))
             for prefix, held in sets]

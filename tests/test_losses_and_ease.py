@@ -147,12 +147,16 @@ def test_each_loss_ranks_the_planted_items_first(planted_ratio, tmp_path, flags)
 def test_ease_equals_a_dense_solve_of_its_closed_form():
     rng = np.random.default_rng(1)
     matrix = (rng.random((7, 5)) < 0.5).astype(np.float64)
+    matrix[3] = 0.0  # a user with no training items scores 0 everywhere
     users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
     model = ease.EASE(7, 5, len(users)).solve(users, items, l2=3.0)
     inverse = np.linalg.inv(matrix.T @ matrix + 3.0 * np.eye(5))
     expected = np.eye(5) - inverse / np.diag(inverse)
     np.testing.assert_allclose(model.item_weights.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(model.score_all(torch.arange(7)).numpy(), matrix @ expected, atol=1e-5)
+    shuffled = torch.tensor([5, 3, 0, 5, 6])  # any order, repeats: each row is its own user's
+    np.testing.assert_allclose(model.score_all(shuffled).numpy(), matrix[shuffled.numpy()] @ expected, atol=1e-5)
+    assert not model.score_all(torch.tensor([3])).any()
     history = torch.tensor([0, 2])
     np.testing.assert_allclose(model.score_history(history).numpy(), expected[[0, 2]].sum(0), atol=1e-5)
 
