@@ -23,9 +23,11 @@ from ncflib.errors import TaskError
 from ncflib.families import Family
 
 L2_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)  # Steck used 500 on ML-20M; the best moves with the data
-# Bytes per item x item entry held at once while solving: G, G + l2 I or its Cholesky factor, and the inverse
-# (float64), and the model's B (float32).
-BYTES_PER_ENTRY = 3 * 8 + 4
+# Bytes per item x item entry held at once while solving: G (float32: its entries are co-occurrence counts, exact
+# below 2^24 users), one float64 matrix that holds G + l2 I, then its Cholesky factor, then the inverse, then B (each
+# step in place), and the model's B (float32).
+BYTES_PER_ENTRY = 4 + 8 + 4
+EXACT_FLOAT32 = 2**24  # counts up to this are exact in float32
 
 
 class EASE(nn.Module):
@@ -71,12 +73,14 @@ class EASE(nn.Module):
         return matrix
 
     def gram(self, chunk=4096):
-        """G = X^T X [I, I] (float64), accumulated over chunks of users."""
+        """G = X^T X [I, I], accumulated over chunks of users: float32, whose sums of 0/1 products are exact while
+        they stay below 2^24 (a count of users), else float64."""
         num_users = self.user_offsets.numel() - 1
-        total = torch.zeros(self.num_items, self.num_items, dtype=torch.float64, device=self.item_weights.device)
+        dtype = torch.float32 if num_users < EXACT_FLOAT32 else torch.float64
+        total = torch.zeros(self.num_items, self.num_items, dtype=dtype, device=self.item_weights.device)
         for start in range(0, num_users, chunk):
-            rows = self.rows(torch.arange(start, min(start + chunk, num_users), device=total.device)).double()
-            total += rows.T @ rows
+            rows = self.rows(torch.arange(start, min(start + chunk, num_users), device=total.device)).to(dtype)
+            total.addmm_(rows.T, rows)
         return total
 
     @staticmethod
@@ -84,15 +88,15 @@ class EASE(nn.Module):
         """B for one L2 weight (float64): P = (G + l2 I)^-1 through a Cholesky factor, B = -P / diag(P), diagonal 0.
         Per weight this costs about n^3 operations for n items, against about 9 n^3 for G's eigendecomposition,
         so solving each weight of a grid of fewer than nine afresh is the cheaper way."""
-        shifted = gram.clone()
-        shifted.diagonal().add_(l2)
-        factor = torch.linalg.cholesky(shifted)
-        del shifted
-        inverse = torch.cholesky_inverse(factor)
-        del factor
-        inverse.div_(-torch.diagonal(inverse).clone())
-        inverse.fill_diagonal_(0.0)
-        return inverse
+        work = gram.to(torch.float64, copy=True)
+        work.diagonal().add_(l2)
+        # In place, through the column-major view of the symmetric matrix: LAPACK's layout, so neither step copies.
+        view = work.mT
+        torch.linalg.cholesky(view, out=view)
+        torch.cholesky_inverse(view, out=view)
+        work.div_(-torch.diagonal(work).clone())
+        work.fill_diagonal_(0.0)
+        return work
 
     def solve(self, users, items, l2):
         """Fit to the training pairs (users, items [N]) with the L2 weight ``l2``."""

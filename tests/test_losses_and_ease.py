@@ -3,6 +3,7 @@ ranks first) and EASE (its closed form against a dense solve, its refusal, recom
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,6 +160,41 @@ def test_ease_equals_a_dense_solve_of_its_closed_form():
     assert not model.score_all(torch.tensor([3])).any()
     history = torch.tensor([0, 2])
     np.testing.assert_allclose(model.score_history(history).numpy(), expected[[0, 2]].sum(0), atol=1e-5)
+
+
+def test_ease_solves_within_the_memory_its_refusal_counts_on():
+    """The refusal sizes EASE by BYTES_PER_ENTRY (a float32 G, one float64 matrix, the float32 B): the solve must
+    work in place. Measured as the peak resident memory of a fresh process, reset just before the solve (Linux)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident memory")
+    script = """
+import torch
+from ncflib import ease
+
+def peak():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+items, pairs = 3000, 60000
+model = ease.EASE(400, items, pairs)
+model.set_interactions(torch.randint(0, 400, (pairs,)), torch.randint(0, items, (pairs,)))
+gram = model.gram()
+model.item_weights.fill_(1.0)  # resident before the solve, as G is
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak starts again from what is resident now
+before = peak()
+model.use(gram, 10.0)
+print((peak() - before) / (8 * items**2))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-1000:]
+    # One float64 matrix beyond G and the model's B (a solve that copied at each step would hold two or three).
+    assert 0.9 < float(done.stdout) < 1.5
+    assert ease.BYTES_PER_ENTRY == 4 + 8 + 4
 
 
 def test_ease_trains_tests_recommends_and_refuses_a_catalogue_too_large(planted_ratio, tmp_path, capsys,
