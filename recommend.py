@@ -228,7 +228,7 @@ def top_items(model, users, num_items, topk, seen, autocast, device, progress=Fa
     """Yields (users [B], scores [B, k], items [B, k]) chunk by chunk: each user's best k of the ``num_items``,
     best first, without the items in ``seen`` (an ``interactions_by_user`` pair, or None); an excluded item carries
     the score -inf (when a user has fewer than k candidates left)."""
-    chunk = evaluation.users_per_full_chunk(num_items, device, dot_product=isinstance(model, families.DotProductScorer))
+    chunk = evaluation.users_per_full_chunk(num_items, device, model=model)
     with torch.no_grad(), autocast():
         score = evaluation.all_item_scorer(model)
     for start in tqdm(range(0, users.numel(), chunk), desc="scoring users", unit="chunk", disable=not progress,

@@ -56,17 +56,16 @@ class EASE(nn.Module):
         self.user_items.copy_(items[order])
 
     def items_of(self, users):
-        """(the users' training items, one user after another [n], where each user's items start [B])."""
-        starts, ends = self.user_offsets[users], self.user_offsets[users + 1]
-        counts = ends - starts
-        firsts = counts.cumsum(0) - counts
-        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(firsts, counts)
-        return self.user_items[torch.repeat_interleave(starts, counts) + position], firsts
+        """(the users' training items, one user after another [n], how many each user has [B])."""
+        starts = self.user_offsets[users]
+        counts = self.user_offsets[users + 1] - starts
+        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        return self.user_items[torch.repeat_interleave(starts, counts) + position], counts
 
     def rows(self, users):
         """[B, I] the users' rows of X (1 for each of their training items)."""
-        items, firsts = self.items_of(users)
-        counts = torch.diff(firsts, append=firsts.new_tensor([items.numel()]))
+        items, counts = self.items_of(users)
         row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
         matrix = torch.zeros(users.numel(), self.num_items, device=self.item_weights.device)
         matrix[row, items] = 1.0
@@ -120,8 +119,8 @@ class EASE(nn.Module):
     def score_all(self, users):
         """[B, num_items] scores of users [B] for every item: their rows of X times B, as the sum of their items' rows
         of B (work in proportion to their items, not to B's size: a chunk of a few users does not read all of B)."""
-        items, firsts = self.items_of(users)
-        return nn.functional.embedding_bag(items, self.item_weights, firsts, mode="sum")
+        items, counts = self.items_of(users)
+        return nn.functional.embedding_bag(items, self.item_weights, counts.cumsum(0) - counts, mode="sum")
 
     def score_history(self, items):
         """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""

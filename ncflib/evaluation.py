@@ -207,13 +207,18 @@ def all_item_scorer(model, score=None):
 DOT_PRODUCT_SCORES = 2**21  # a chunk of a dot-product model's scores (docs/training.md, "Full ranking")
 
 
-def users_per_full_chunk(num_items, device, max_scores=2**20, dot_product=False):
+def ranks_in_large_chunks(model):
+    """Whether ``model``'s scores cost no features per (user, item): one product of user and item vectors
+    (a DotProductScorer), or a model that says so (``ranks_in_large_chunks``, as EASE's sums of rows)."""
+    return isinstance(model, DotProductScorer) or getattr(model, "ranks_in_large_chunks", False)
+
+
+def users_per_full_chunk(num_items, device, max_scores=2**20, model=None):
     """How many users to score against every item at once: chunks of at most ``max_scores`` scores, and of 2^16
-    on a CPU, where a tower's features per score make larger chunks slower (ML-1M's NeuMF); a model that scores by
-    one product of user and item vectors (``dot_product``; also a model whose ``ranks_in_large_chunks`` is true, as
-    EASE's) takes chunks of at least ``DOT_PRODUCT_SCORES``, as on a large catalogue a chunk of one or two users
-    spends its time on the per-chunk work instead."""
-    if dot_product:
+    on a CPU, where a tower's features per score make larger chunks slower (ML-1M's NeuMF); a model that
+    ``ranks_in_large_chunks`` takes chunks of at least ``DOT_PRODUCT_SCORES``, as on a large catalogue a chunk of
+    one or two users spends its time on the per-chunk work instead."""
+    if model is not None and ranks_in_large_chunks(model):
         return max(1, max(max_scores, DOT_PRODUCT_SCORES) // num_items)
     cap = 2**16 if torch.device(device).type == "cpu" else 2**20
     return max(1, min(max_scores, cap) // num_items)
@@ -337,9 +342,7 @@ def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, w
             validation = dataset.validation
             validation_users = torch.repeat_interleave(validation.users, validation.offsets.diff())
             seen[""].append(interactions_by_user(validation_users, validation.items, dataset.num_users))
-        users_per_chunk = users_per_full_chunk(dataset.num_items, dataset.train_users.device, batch_samples,
-                                               isinstance(model, DotProductScorer)
-                                               or getattr(model, "ranks_in_large_chunks", False))
+        users_per_chunk = users_per_full_chunk(dataset.num_items, dataset.train_users.device, batch_samples, model)
         runs = [(prefix, lambda held=held, prefix=prefix: full_metrics(
             model, held, seen[prefix], dataset.num_items, topk, users_per_chunk, autocast, rank, world_size, score))
             for prefix, held in sets]

@@ -3,7 +3,10 @@
 import contextlib
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -374,10 +377,6 @@ def test_the_full_ranking_table_reads_when_each_run_passed_als(tmp_path):
 
 @pytest.mark.slow  # the NCF paper's four ML-1M runs, at a tiny size (about half a minute)
 def test_the_ml1m_pipeline_records_each_run_from_its_log_and_runs_them_in_turn_without_a_gpu(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     if torch.cuda.is_available():
         pytest.skip("with a GPU the three from-scratch runs go side by side")
     data, runs = tmp_path / "data", tmp_path / "runs"

@@ -3,6 +3,8 @@ ranks first) and EASE (its closed form against a dense solve, its refusal, recom
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import ncf
 import recommend
 from conftest import run_convert
 from dataloading import ImplicitInputs, SharedInputs
-from ncflib import ease, implicit
+from ncflib import ease, evaluation, implicit
 from ncflib.losses import LOSSES
 from neumf import GMF
 
@@ -160,14 +162,15 @@ def test_ease_equals_a_dense_solve_of_its_closed_form():
     assert not model.score_all(torch.tensor([3])).any()
     history = torch.tensor([0, 2])
     np.testing.assert_allclose(model.score_history(history).numpy(), expected[[0, 2]].sum(0), atol=1e-5)
+    # Its scores are sums of rows: full ranking and recommend.py score it in chunks as large as a dot product's, not
+    # in the few users a CPU gives a tower.
+    chunk = evaluation.users_per_full_chunk(3000, "cpu", 2**14, model)
+    assert chunk == evaluation.DOT_PRODUCT_SCORES // 3000 > evaluation.users_per_full_chunk(3000, "cpu", 2**14)
 
 
 def test_ease_solves_within_the_memory_its_refusal_counts_on():
     """The refusal sizes EASE by BYTES_PER_ENTRY (a float32 G, one float64 matrix, the float32 B): the solve must
     work in place. Measured as the peak resident memory of a fresh process, reset just before the solve (Linux)."""
-    import subprocess
-    import sys
-
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident memory")
     script = """
