@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ncflib.data.layout import check_output, write_dataset
-from ncflib.data.readers import FILE_NAMES, FORMATS, _ncf_prefix_exists, detect_format, read
+from ncflib.data.readers import FILE_NAMES, FORMATS, detect_format, ncf_prefix_exists, read
 from ncflib.data.splits import (
     SPLITS,
     Interactions,
@@ -142,7 +142,7 @@ def load_interactions(args, progress, test_file=False):
         progress(f"generated {data.users.size:,} synthetic interactions")
         return data
     path = Path(args.test_path if test_file else args.path)
-    if not path.exists() and not _ncf_prefix_exists(path):
+    if not path.exists() and not ncf_prefix_exists(path):
         raise ConversionError(f"{path}: no such file or directory; check --{'test_path' if test_file else 'path'}")
     fmt = args.format or detect_format(Path(args.path))
     if test_file and (path.is_dir() or fmt in ("ncf", "lightgcn")):

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from ncflib.protocols import Traits
+
 SIMILARITIES = ("dot", "cosine")  # GMF's scores: NCF's weighted dot product, or SimpleX's cosine
 
 
@@ -29,12 +31,12 @@ def implicit_loss(model, inputs, autocast):
     ``groups`` (``dataloading.ImplicitInputs``) tells the model how the batch repeats its users."""
     users, items, labels, weights, *groups = inputs
     with autocast():
-        logits = model(users, items, **_grouping(groups))
+        logits = model(users, items, **grouping(groups))
     loss = binary_cross_entropy(logits, labels, weights)
     return loss, loss
 
 
-def _grouping(groups):
+def grouping(groups):
     """The keyword arguments that pass a batch's ``groups`` to a model: none for a plain batch."""
     return {"groups": groups[0]} if groups and groups[0] > 1 else {}
 
@@ -140,12 +142,18 @@ def compute_dtype(tensor):
 
 
 _FUSED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's fused product takes bfloat16 only on CPUs with bfloat16 instructions (AVX-512 BF16, AMX); elsewhere it
+# fails to build its primitive, and the plain ops (which convert) are used.
+_FUSED_BFLOAT16 = _FUSED_LINEAR and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def linear_relu(x, weight, bias):
     """``relu(x @ weight.T + bias)`` for inference: on a CPU one oneDNN product with the bias and ReLU in its
     epilogue (a third less time than three passes over the output), elsewhere the plain ops."""
-    if _FUSED_LINEAR and x.device.type == "cpu" and not torch.is_grad_enabled():
+    low = torch.bfloat16 in (x.dtype, weight.dtype) or (torch.is_autocast_enabled("cpu")
+                                                        and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    fused = _FUSED_BFLOAT16 if low else _FUSED_LINEAR
+    if fused and x.device.type == "cpu" and not torch.is_grad_enabled():
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
     return torch.relu(nn.functional.linear(x, weight, bias))
 
@@ -195,6 +203,8 @@ class GMF(nn.Module):
         _lecun_uniform_(self.output)
         # 'cosine' scores the cosine of the two embeddings (SimpleX's MF), leaving the output layer out.
         self.cosine = similarity == "cosine"
+        self.traits = Traits(formula="logit = cosine(user_embedding[u], item_embedding[i])" if self.cosine else
+                             "logit = (user_embedding[u] * item_embedding[i]) @ output_weight[0] + output_bias[0]")
 
     def towers(self, users, items):
         """(user vectors [..., D], item vectors [..., D], bias): a pair's score is their dot product plus the bias,
@@ -466,6 +476,9 @@ class MLP(nn.Module):
 class NeuMF(nn.Module):
     """GMF and MLP branches with their own embeddings, joined by one output layer."""
 
+    traits = Traits(formula="GMF branch: (gmf_user_embedding[u] * gmf_item_embedding[i]) @ output_weight[0, :factors]; "
+                            "the logit adds the MLP branch (see model.onnx) and output_bias[0]")
+
     def __init__(self, num_users, num_items, factors=64, layers=(256, 256, 128, 64), dropout=0.5):
         super().__init__()
         self.gmf = GMF(num_users, num_items, factors)
@@ -509,7 +522,7 @@ class NeuMF(nn.Module):
         def loss_with_branches(model, inputs, autocast):
             users, items, labels, weights, *groups = inputs
             with autocast():
-                joint, gmf, mlp = model(users, items, branches=True, **_grouping(groups))
+                joint, gmf, mlp = model(users, items, branches=True, **grouping(groups))
             own = binary_cross_entropy(joint, labels, weights)
             return own, own + branch_loss * (binary_cross_entropy(gmf, labels, weights)
                                              + binary_cross_entropy(mlp, labels, weights))

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-import recommend
 from bench.common import ERRORS, describe_device, parser_for, report
 from dataloading import load_dataset
+from ncflib import families, serving
 from ncflib.checkpoint import load_checkpoint, model_from_checkpoint
 
 
@@ -29,11 +29,11 @@ def parse_args(argv=None):
     parser.add_argument("--data", required=True, help="the dataset it was trained on")
     parser.add_argument("--users", type=int, default=100, help="how many training users to fold in")
     parser.add_argument("-k", "--topk", type=int, default=10, help="length of the lists compared")
-    parser.add_argument("--steps", type=int, default=recommend.FOLD_IN_STEPS, help="fold-in steps, as recommend.py")
-    parser.add_argument("--lr", type=float, default=recommend.FOLD_IN_LEARNING_RATE, help="fold-in learning rate")
+    parser.add_argument("--steps", type=int, default=serving.FOLD_IN_STEPS, help="fold-in steps, as recommend.py")
+    parser.add_argument("--lr", type=float, default=serving.FOLD_IN_LEARNING_RATE, help="fold-in learning rate")
     parser.add_argument("--negatives", type=int,
                         help="negatives per history item per step; default: the model's training -n, as recommend.py")
-    parser.add_argument("--l2", type=float, default=recommend.FOLD_IN_L2, help="fold-in L2 pull to the mean user")
+    parser.add_argument("--l2", type=float, default=serving.FOLD_IN_L2, help="fold-in L2 pull to the mean user")
     parser.add_argument("--seed", type=int, default=0, help="which users, and the fold-in's seed")
     parser.add_argument("--append", metavar="FILE.md",
                         help="append the table (command, device, date) to this Markdown file")
@@ -42,10 +42,10 @@ def parse_args(argv=None):
 
 def overlaps(model, dataset, users, topk, steps, lr, negatives, seed, l2, loss_function):
     """(overlaps with fold-in, overlaps of the popular unseen items, seconds per fold-in), per user."""
-    seen = recommend.known_interactions(dataset, torch.device("cpu"))
+    seen = serving.known_interactions(dataset, torch.device("cpu"))
     popularity = torch.bincount(dataset.train_items, minlength=dataset.num_items).float()
     trained = {}
-    for batch, _, items in recommend.top_items(model, users, dataset.num_items, topk, seen, contextlib.nullcontext,
+    for batch, _, items in serving.top_items(model, users, dataset.num_items, topk, seen, contextlib.nullcontext,
                                                torch.device("cpu")):
         trained.update(zip(batch.tolist(), items.tolist()))
     folded, popular, seconds = [], [], []
@@ -53,7 +53,7 @@ def overlaps(model, dataset, users, topk, steps, lr, negatives, seed, l2, loss_f
         history = dataset.train_items[dataset.train_users == user]
         known = seen[1][seen[0][user]:seen[0][user + 1]]
         started = time.perf_counter()
-        scores = recommend.fold_in(model, history, dataset.num_items, steps, lr, negatives, seed, l2, loss_function)
+        scores = serving.fold_in(model, history, dataset.num_items, steps, lr, negatives, seed, l2, loss_function)
         scores[known] = -float("inf")
         new = torch.topk(scores, topk).indices.tolist()
         seconds.append(time.perf_counter() - started)
@@ -75,7 +75,9 @@ def main(argv=None):
         return 1
     generator = torch.Generator().manual_seed(args.seed)
     users = torch.randperm(dataset.num_users, generator=generator)[:args.users].sort().values
-    negatives, loss_function = recommend.fold_in_settings(model, checkpoint, args.negatives)
+    config = checkpoint.get("config") or {}
+    negatives = args.negatives or config.get("negative_samples") or serving.FOLD_IN_NEGATIVES
+    loss_function = families.family_of(checkpoint["model"]).fold_in_loss(model, config)
     folded, popular, seconds = overlaps(model, dataset, users, args.topk, args.steps, args.lr, negatives, args.seed,
                                         args.l2, loss_function)
     sem = statistics.stdev(folded) / len(folded) ** 0.5 if len(folded) > 1 else 0.0

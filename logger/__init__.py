@@ -8,10 +8,11 @@ Summarise or plot a log with ``python -m logger.summarize LOG``.
 """
 
 import json
-import os
 import re
 import time
 from pathlib import Path
+
+from ncflib.files import atomic_file
 
 
 class RunLogger:
@@ -42,9 +43,8 @@ class RunLogger:
                 if not (index > latest and record and record.get("type") == "epoch"
                         and record.get("epoch", -1) >= epoch)]
         if len(kept) < len(lines):
-            temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            temporary.write_text("".join(kept))
-            os.replace(temporary, self.path)
+            with atomic_file(self.path, hint="pass another --log_path") as temporary:
+                temporary.write_text("".join(kept))
 
 
 METRIC = re.compile(r"(valid_)?(?:(hr|recall|ndcg|mrr)@(\d+)|(rmse|mae|mse|text_loss))")

@@ -12,8 +12,6 @@ configuration and the dataset's fingerprint), so testing or resuming needs nothi
 CheckpointError whose message is one line naming it.
 """
 
-import inspect
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -39,13 +37,6 @@ def model_arguments(kind, num_users, num_items, settings):
                for name in families.hyper_parameters(kind) if name in settings}}
 
 
-def training_loss(model, settings):
-    """The loss function ``model`` trains with under ``settings`` (a mapping such as the configuration): its
-    ``training_loss`` given the settings that method names (NeuMF's ``branch_loss``)."""
-    return model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters
-                                  if name in settings})
-
-
 def build_model(kind, num_users, num_items, **settings):
     """A fresh ``kind`` model; ``settings`` may hold hyper-parameters of other kinds too, which are ignored."""
     return families.constructor(kind)(**model_arguments(kind, num_users, num_items, settings))
@@ -68,16 +59,8 @@ def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, met
 
 
 def _write(path, checkpoint):
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with files.atomic_file(path, CheckpointError, "free some space or pass another --checkpoint_dir") as temporary:
         torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:  # torch reports a failed write as a RuntimeError
-        reason = files.write_failure(error, path.parent)  # before the partial file goes, freeing its space
-        temporary.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}); free some space or pass another "
-                              "--checkpoint_dir") from None
-
 
 
 def load_checkpoint(path, dataset=None, for_resume=False):

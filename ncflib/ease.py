@@ -4,23 +4,22 @@ With X the users x items matrix of training pairs and G = X^T X, EASE's item-ite
 B = I - P / diag(P) with P = (G + l2 I)^-1: column j of B is -P[:, j] / P[j, j], its diagonal zero. A user's scores
 are their row of X times B, so a new user needs no fold-in: their items' rows of B, summed. There is nothing to
 train by gradient: ``fit`` solves for each L2 weight of ``--ease_l2`` (a Cholesky factor and inverse of G + l2 I),
-evaluates it as an epoch, and keeps the best on the validation set when the dataset has one.
+evaluates it as an epoch, and keeps the best on the validation set when the dataset has one. It is a model solved in
+closed form (``protocols.SolvedInClosedForm``): the one epoch loop calls ``solve`` with one L2 weight an epoch.
 
     model = EASE(num_users, num_items, num_train)
-    model.solve(users, items, l2=500.0)           # the training pairs
+    model.solve(users, items, 500.0)              # the training pairs, one L2 weight
     scores = model.score_all(torch.tensor([0, 1]))  # [2, num_items]
 """
 
 import os
-import time
 
 import torch
 from torch import nn
 
-from ncflib import evaluation
-from ncflib import training as train
 from ncflib.errors import TaskError
 from ncflib.families import Family
+from ncflib.protocols import Traits
 
 L2_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)  # Steck used 500 on ML-20M; the best moves with the data
 # Bytes per item x item entry held at once while solving: G (float32: its entries are co-occurrence counts, exact
@@ -35,7 +34,8 @@ class EASE(nn.Module):
     training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]) from which a user's row of X is built.
     Its scores cost no work per (user, item) beyond the sum, so full ranking scores it in large chunks of users."""
 
-    ranks_in_large_chunks = True
+    traits = Traits(output="score", large_chunks=True, shards=False,
+                    formula="score of item i for a user = the sum of item_weights[j, i] over the user's items j")
 
     def __init__(self, num_users, num_items, num_train=0):
         super().__init__()
@@ -47,6 +47,7 @@ class EASE(nn.Module):
         self.register_buffer("l2_weight", torch.zeros(()))
         self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
         self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
+        self._gram = None  # (the training pairs it was computed from, G): kept between the settings of a grid
 
     def set_interactions(self, users, items):
         """Keep the training pairs (users, items [N]) by user, as ``user_offsets`` and ``user_items``."""
@@ -98,9 +99,14 @@ class EASE(nn.Module):
         return work
 
     def solve(self, users, items, l2):
-        """Fit to the training pairs (users, items [N]) with the L2 weight ``l2``."""
-        self.set_interactions(users, items)
-        return self.use(self.gram(), l2)
+        """Fit to the training pairs (users, items [N]) with the L2 weight ``l2``; G = X^T X is computed once for
+        the same pairs and kept for the next weight. Returns the epoch record's ``l2_weight``."""
+        if self._gram is None or self._gram[0][0] is not users or self._gram[0][1] is not items:
+            self._gram = None  # the old G freed before the new one is made
+            self.set_interactions(users, items)
+            self._gram = ((users, items), self.gram())
+        self.use(self._gram[1], l2)
+        return {"l2_weight": float(l2)}
 
     def use(self, gram, l2):
         """Set B for the L2 weight ``l2`` from G = X^T X."""
@@ -130,20 +136,9 @@ class EASE(nn.Module):
         """{what it is: [num_items, I]}: each item's row of B (how it predicts every other item)."""
         return {"EASE item-item weights": self.item_weights.detach()}
 
-    def training_loss(self):
-        raise TypeError("EASE is solved in closed form (ncflib.ease.fit), not trained by a loss")
-
-
-class NoOptimizer:
-    """What the training code keeps for a model solved in closed form: no state."""
-
-    param_groups = [{"lr": 0.0}]
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        return None
+    def export_arrays(self):
+        """{file stem: tensor}: the item-item weights (with the training pairs by user, a user's scores)."""
+        return {"item_weights": self.item_weights, "user_offsets": self.user_offsets, "user_items": self.user_items}
 
 
 def needed_bytes(num_items):
@@ -171,32 +166,26 @@ class EaseFamily(Family):
     name = "ease"
     models = {"ease": EASE}
     description = "ease, the closed-form item-item model (EASE, Steck 2019)"
-    shards_tables = False  # one dense item x item matrix, no embedding tables
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser, flags):
         group = parser.add_argument_group("EASE (--model ease)")
-        group.add_argument("--ease_l2", type=float, nargs="+", default=None, metavar="L2",
-                           help="the L2 weights tried, each evaluated as an epoch, the best kept (chosen on the "
-                                f"validation set when the dataset has one); default {' '.join(map(str, L2_GRID))}")
-
-    def flag_checks(self, args):
-        return [("--ease_l2", value, "positive") for value in args.ease_l2 or []]
+        flags.add(group, "--ease_l2", type=float, nargs="+", default=None, metavar="L2", readers=tuple(self.models),
+                  rule="positive",
+                  help="the L2 weights tried, each solved and evaluated as an epoch, the best kept (chosen on the "
+                       f"validation set when the dataset has one); default {' '.join(map(str, L2_GRID))}. "
+                       "--early_stop counts L2 weights without a better one")
 
     def default_epochs(self, args):
         return len(args.ease_l2 or L2_GRID)
 
-    def choose(self, kind, args, dataset):
-        values, notes, warning = super().choose(kind, args, dataset)
+    def choose(self, args, dataset):
         grid = list(args.ease_l2 or L2_GRID)
-        values |= {"ease_l2": grid, "epochs": len(grid)}
         notes = {"L2 weights": (" ".join(f"{value:g}" for value in grid),
                                 ("given" if args.ease_l2 else "the default grid") + ", one an epoch")}
-        return values, notes, warning
+        return {"ease_l2": grid, "epochs": len(grid)}, notes, None
 
-    def check(self, kind, dataset, config):
-        problem = evaluation.protocol_problem(dataset, config.eval_protocol, config.topk)
-        if problem:
-            raise TaskError(problem)
+    def check(self, dataset, config):
+        super().check(dataset, config)
         device = dataset.train_users.device
         needed, free = needed_bytes(dataset.num_items), available_bytes(device)
         if free is not None and needed > free:
@@ -206,69 +195,14 @@ class EaseFamily(Family):
     def data_settings(self, dataset):
         return {"num_train": dataset.num_train}
 
-    def describe(self, kind, config):
+    def describe(self, config, dataset):
         return " (closed form: each L2 weight solved and evaluated in turn)"
 
-    def fit(self, model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, start_epoch=0,
-            best=None, on_epoch=None, save=None, saved_best=None, threshold=None, patience=None, config=None,
-            dataset=None, **_):
-        """``training.fit``'s loop for a closed form: epoch e solves for the e-th L2 weight of ``config.ease_l2``
-        (G computed once), evaluates, reports and saves as ``training.fit`` does."""
-        best = best or {"epoch": -1, "metrics": {}, "seconds": 0.0, "elapsed": 0.0}
-        elapsed, reached = best["elapsed"], False
-        started = time.perf_counter()
-        model.set_interactions(dataset.train_users, dataset.train_items)
-        gram = model.gram()
-        prepared = time.perf_counter() - started
-        for epoch in range(start_epoch, epochs):
-            started = time.perf_counter()
-            model.use(gram, config.ease_l2[epoch])
-            evaluated = time.perf_counter()
-            metrics = evaluate()
-            eval_seconds = time.perf_counter() - evaluated
-            solve_seconds = evaluated - started + (prepared if epoch == start_epoch else 0.0)  # the first: with G's
-            elapsed += solve_seconds + eval_seconds
-            scored = metrics.pop("eval_samples", None)
-            record = {"epoch": epoch, "train_loss": 0.0, "l2_weight": float(config.ease_l2[epoch]), **metrics,
-                      "train_throughput": dataset.num_train / max(solve_seconds, 1e-9),
-                      "train_epoch_time": solve_seconds,
-                      **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
-                      "validation_epoch_time": eval_seconds}
-            best, saved_best, reached, stop = train.close_epoch(
-                record, metrics, elapsed, best, selection, on_epoch=on_epoch, save=save, saved_best=saved_best,
-                threshold=threshold, patience=patience)
-            if stop:
-                break
-        return best, reached
+    def settings(self, config):
+        return list(config.ease_l2)
 
-    def optimizer(self, model, config):
-        return NoOptimizer()
-
-    def training_loss(self, kind, model, settings):
-        return None
-
-    def batches(self, kind, config, dataset, runtime):
-        return lambda epoch: []
-
-    def evaluator(self, kind, config, dataset, model, autocast, runtime):
-        batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
-        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, batch_size, autocast,
-                                    runtime.rank, runtime.world_size)
-
-    def selection(self, kind, dataset, config):
-        return train.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
-
-    def resume_fields(self, kind, config):
+    def resume_fields(self, config):
         return [("ease_l2", "--ease_l2", None, True)]
-
-    def tasks(self, kind, model):
-        return super().tasks(kind, model) | {"fold_in"}
-
-    def prediction(self, kind, model, value):
-        return f"score {value:.4f} (EASE's: the user's items' weights towards this one, summed)"
-
-    def export_output(self, kind, model):
-        return "the EASE score (float32 [N])"
 
 
 FAMILY = EaseFamily()

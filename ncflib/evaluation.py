@@ -20,11 +20,31 @@ figures of a single-process evaluation.
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ncflib.families import DotProductScorer, FastRanker
+from ncflib.protocols import DotProductScorer, FastRanker, RanksCandidates, traits
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which epoch is best: the one with the best value of ``metric``, higher or lower being better."""
+
+    metric: str
+    higher_is_better: bool = True
+
+    @property
+    def worst(self):
+        return -math.inf if self.higher_is_better else math.inf
+
+    def improves(self, value, best):
+        return value > best if self.higher_is_better else value < best
+
+    def reaches(self, value, target):
+        """Whether ``value`` meets a target (``--threshold``): at least it, or at most it when lower is better."""
+        return value >= target if self.higher_is_better else value <= target
 
 
 def candidate_mask(test_items, test_negatives):
@@ -61,17 +81,19 @@ def sampled_sums(model, held, topk, users_per_batch, autocast, rank=0, world_siz
     all-reduce them and divide once.
 
     ``model.score(users [B], items [B, C])`` gives the logits of each user's candidates (see neumf.py); ``score``
-    replaces it (a compiled form of it, say). A model whose scoring is a collective (``model.lockstep``: sharded
-    tables) is called as many times on every rank: a rank with fewer users scores a spare batch it does not count.
+    replaces it (a compiled form of it, say); a model without ``score`` scores each pair through ``forward``. A model
+    whose scoring is a collective (its traits' ``lockstep``: sharded tables) is called as many times on every rank:
+    a rank with fewer users scores a spare batch it does not count.
     """
     held = getattr(held, "test", held)  # a Dataset stands for its test set
     mask = candidate_mask(held.items, held.negatives) if mask is None else mask
-    score = model.score if score is None else score
+    score = score or (model.score if isinstance(model, RanksCandidates) else (
+        lambda users, items: model(users[:, None].expand_as(items), items)))
     num_users = held.users.numel()
     share = math.ceil(num_users / world_size)
     totals = torch.zeros(5, dtype=torch.float64, device=held.users.device)
     starts = range(rank * share, min(num_users, (rank + 1) * share), users_per_batch)
-    if getattr(model, "lockstep", False):
+    if traits(model).lockstep:
         for _ in range(math.ceil(share / users_per_batch) - len(starts)):  # rank 0's count of batches, the most
             score(held.users[:1], torch.cat([held.items[:1, None], held.negatives[:1]], dim=1))
     for start in starts:
@@ -209,8 +231,8 @@ DOT_PRODUCT_SCORES = 2**21  # a chunk of a dot-product model's scores (docs/trai
 
 def ranks_in_large_chunks(model):
     """Whether ``model``'s scores cost no features per (user, item): one product of user and item vectors
-    (a DotProductScorer), or a model that says so (``ranks_in_large_chunks``, as EASE's sums of rows)."""
-    return isinstance(model, DotProductScorer) or getattr(model, "ranks_in_large_chunks", False)
+    (a DotProductScorer), or a model whose traits say so (``large_chunks``, as EASE's sums of rows)."""
+    return isinstance(model, DotProductScorer) or traits(model).large_chunks
 
 
 def users_per_full_chunk(num_items, device, max_scores=2**20, model=None):

@@ -1,26 +1,43 @@
-"""The model families and their registry: ``--model`` -> the family that trains, evaluates and serves it.
+"""The model families and their registry: ``--model`` -> the family bound to that model.
 
-A family is one module exporting one ``Family`` object, and one line in ``BUILTIN`` (or one ``register`` call, for a
-family defined elsewhere). The object bundles everything that differs between families: its model kinds and
-constructors, its flag group, the settings it chooses from the data, its checks against a dataset, its batches, its
-evaluation and the metric the best epoch is chosen on (with its direction), the settings a resumed run must share
-with its checkpoint, and what ``recommend.py`` can do with its models. The training loop, checkpoints, logs and
-``recommend.py`` ask the family; no module outside this one branches on a family's or a model's name.
+A family is a bundle of models that share flags, batches and evaluation: one module exporting one ``Family`` object,
+and one line in ``BUILTIN`` (or one ``register`` call, for a family defined elsewhere). ``family_of(kind)`` gives
+the family bound to one model (``.kind``, ``.model_class``), so no hook is given the model's name back.
 
-    family = family_of("neumf")                   # the implicit family
-    model = constructor("dotbias")(num_users=943, num_items=1682, factors=64)
+The contract, for a newcomer. A model class is the unit that varies: what it can do is the protocols it implements
+and its traits (``ncflib.protocols``): ``training_loss`` (trained by the epoch loop's gradient steps) or ``solve``
+(fitted in closed form, one setting per epoch), ``score_all``, ``item_vectors``, ``export_arrays`` ... The
+loop (``ncflib.training``), checkpoints and ``recommend.py``'s tasks (``ncflib.serving``) derive everything else from
+those. A family overrides only what differs from the defaults here, which are those of a ranking model on implicit
+feedback:
+
+- flags: ``add_arguments(parser, flags)`` declares its flag group through ``flags.add``, each flag with the models
+  that read it and its valid range (another model given it stops in one line); ``check_flags(args)`` the rules
+  between flags;
+- settings: ``default_epochs(args)``, ``choose(args, dataset)`` (what the data decides), ``describe(config, dataset)``;
+- data and model: ``check(dataset, config)``, ``training_data(dataset, config)``, ``data_settings(dataset)``,
+  ``prepare(model, dataset, config, load_model)``;
+- training: ``batches(config, dataset, runtime)`` and ``loss(model, settings)`` for a gradient-trained model,
+  ``undecayed(model)``; ``settings(config)`` for one solved in closed form;
+- evaluation: ``evaluator(config, dataset, model, autocast, runtime)`` and ``selection(dataset, config)``;
+- resuming: ``resume_fields(config)``; serving: ``fold_in_loss(model, config)``.
+
+    family = family_of("neumf")                   # the implicit family, bound to NeuMF
+    family.model_class                            # neumf.NeuMF
     register(MyFamily())                          # a new family: its kinds join --model
 """
 
+import copy
 import importlib
 import inspect
-from typing import Protocol, runtime_checkable
+import math
+from dataclasses import dataclass
 
-import torch
-
-from ncflib import training
+from ncflib import evaluation
 from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS
 from ncflib.errors import TaskError
+from ncflib.optimizers import make_optimizer
+from ncflib.protocols import SolvedInClosedForm, traits
 
 # The built-in families: the module of each, which exports ``FAMILY``. Imported on first use, so that importing the
 # registry imports no model code.
@@ -29,130 +46,119 @@ BUILTIN = ("ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease")
 _REGISTERED = []  # Family objects, in registration order (--model lists their kinds in this order)
 
 
-# ------------------------------------------------------------------------------------------------ what models offer
+# ------------------------------------------------------------------------------------------------ flags and readers
+
+# The valid ranges a flag can declare (``Flags.add(rule=...)``), shown in --help and checked before any data is read.
+RULES = {"at least 1": lambda value: value >= 1, "0 or more": lambda value: 0 <= value < math.inf,
+         "positive": lambda value: 0 < value < math.inf, "in [0, 1]": lambda value: 0 <= value <= 1,
+         "in [0, 1)": lambda value: 0 <= value < 1, "finite": math.isfinite}
 
 
-@runtime_checkable
-class Model(Protocol):
-    """What every model offers the training loop: ``forward(users, items, ...)`` (logits or ratings for pairs) and
-    ``training_loss(**settings)``, the loss function ``training.fit`` calls as ``loss(model, inputs, autocast)`` ->
-    (loss sum to report, loss sum to minimise). The settings it names are read from the run's configuration."""
+@dataclass(frozen=True)
+class Owned:
+    """A flag's name as the user writes it, which models read it (None: every model; else a function of the model
+    class, or a tuple of kinds) and its valid range (a key of ``RULES``, or None)."""
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor, *args) -> torch.Tensor: ...
+    flag: str
+    readers: object = None
+    rule: str | None = None
 
-    def training_loss(self, **settings): ...
-
-
-@runtime_checkable
-class RanksAllItems(Protocol):
-    """A model that scores every item for a user: full-ranking evaluation and ``recommend.py``'s top-k use it."""
-
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """[B, num_items] scores of users [B] for every item (higher is better)."""
+    def read_by(self, kind):
+        if self.readers is None:
+            return True
+        if callable(self.readers):
+            return bool(self.readers(constructor(kind)))
+        return kind in self.readers
 
 
-@runtime_checkable
-class RanksCandidates(Protocol):
-    """A model that scores each user's own candidates at once (sampled evaluation), cheaper than pair by pair."""
+class Flags:
+    """ncf.py's flags with the models that read them and their ranges: ``add`` declares a flag, ``problem`` finds
+    the first flag given a value its range excludes, or given (not at its default) to a model that does not read
+    it."""
 
-    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[B, C] scores of users [B] for their candidates items [B, C], as ``forward`` for every pair."""
+    def __init__(self, parser):
+        self.parser, self.owned = parser, {}
 
+    def add(self, group, *names, readers=None, rule=None, **options):
+        """``group.add_argument(*names, **options)``, with who reads it and its range (appended to its help)."""
+        if rule is not None:
+            options["help"] = f"{options.get('help', '')} [{rule}]".strip()
+        action = group.add_argument(*names, **options)
+        long_names = [name for name in names if name.startswith("--")]
+        self.owned[action.dest] = Owned("/".join(names) if len(names[0]) > 2 else long_names[0], readers, rule)
+        return action
 
-@runtime_checkable
-class FastRanker(Protocol):
-    """A model that, with its weights fixed, prepares a faster all-item scorer than ``score_all``."""
-
-    def all_item_scorer(self):
-        """A function users [B] -> float32 scores [B, num_items]."""
-
-
-@runtime_checkable
-class DotProductScorer(Protocol):
-    """A model whose score is the dot product of a user vector and an item vector (plus a bias): shared negatives
-    and --similarity cosine need it, and full ranking scores it in large chunks."""
-
-    def towers(self, users: torch.Tensor, items: torch.Tensor):
-        """(user vectors [..., D], item vectors [..., D], bias)."""
-
-
-@runtime_checkable
-class HasItemVectors(Protocol):
-    """A model with item representations: ``recommend.py --similar_to`` compares them, ``--plot_items`` draws them."""
-
-    def item_vectors(self) -> dict:
-        """{what it is: [num_items, D]}."""
-
-
-@runtime_checkable
-class HasUserRows(Protocol):
-    """A model whose users are rows of tables: a fold-in fits those rows for a new user, all else frozen."""
-
-    def user_parameter_names(self) -> list: ...
+    def problem(self, args):
+        """The first problem of ``args`` with the ranges and the readers of the flags, as one line, or None."""
+        for name, owned in self.owned.items():
+            value = getattr(args, name)
+            values = value if isinstance(value, list) else [value]
+            if owned.rule and any(item is not None and not RULES[owned.rule](item) for item in values):
+                wrong = next(item for item in values if item is not None and not RULES[owned.rule](item))
+                return f"{owned.flag} must be {owned.rule}, got {wrong:g}" if isinstance(wrong, float) else \
+                    f"{owned.flag} must be {owned.rule}, got {wrong}"
+        for name, owned in self.owned.items():
+            value = getattr(args, name)
+            if value in (None, False) or value == self.parser.get_default(name) or owned.read_by(args.model):
+                continue
+            readers = [kind for kind in model_kinds() if owned.read_by(kind)]
+            return f"{owned.flag} is used by {', '.join(readers)}; --model {args.model} does not read it"
+        return None
 
 
-@runtime_checkable
-class HasItemWords(Protocol):
-    """A model whose item vectors live in the word space of reviews (``recommend.py --words``)."""
-
-    def item_words(self, items: torch.Tensor) -> torch.Tensor:
-        """[n, num_words] similarity of each item with every word."""
+def takes(name):
+    """A reader rule: the models whose constructor takes ``name`` (a hyper-parameter flag such as --factors)."""
+    return lambda model_class: name in inspect.signature(model_class).parameters
 
 
-@runtime_checkable
-class ScoresHistory(Protocol):
-    """A model that scores every item for a user from their items alone (``recommend.py --history``, no fold-in)."""
-
-    def score_history(self, items: torch.Tensor) -> torch.Tensor:
-        """[num_items] scores of a user who interacted with ``items``."""
+def trained_by_gradient(model_class):
+    """A reader rule: the models the epoch loop trains by gradient steps (not solved in closed form)."""
+    return not issubclass(model_class, SolvedInClosedForm)
 
 
-@runtime_checkable
-class HasItemBiases(Protocol):
-    """A model with a learned bias per item (``recommend.py --biases``)."""
-
-    def item_biases(self) -> torch.Tensor | None:
-        """[num_items] the biases, or None when this configuration has none."""
+def ranks_items(model_class):
+    """A reader rule: the models evaluated by ranking items (not by predicted ratings or a text loss)."""
+    return traits(model_class).output in ("logit", "score")
 
 
 # ------------------------------------------------------------------------------------------------ the family object
 
 
 class Family:
-    """What one model family does differently. Subclasses set ``name``, ``models`` and ``description`` and override
-    what differs; the defaults here are those of a family that ranks nothing special and needs no extra flags.
-
-    Methods that take ``kind`` get the ``--model`` value; ``config`` is the run's resolved configuration (an object
-    with an attribute per flag) and ``args`` the flags as parsed.
-    """
+    """What one model family does differently (see the module's docstring). Subclasses set ``name``, ``models`` and
+    ``description`` and override what differs. ``config`` is the run's resolved configuration (an attribute per
+    flag), ``args`` the flags as parsed. A bound family (``family_of``) has ``kind`` and ``model_class``."""
 
     name = "family"
-    models = {}  # kind -> model constructor (num_users, num_items, then hyper-parameters by name)
+    models = {}  # kind -> model class (num_users, num_items, then hyper-parameters by name)
     description = ""  # how --help describes the kinds
-    shards_tables = True  # its tables can be sharded with --embedding_sharding
-    ranks_items = True  # its evaluation ranks items (so --export_full needs --eval_protocol sampled)
+    kind, model_class = None, None
+
+    def bind(self, kind):
+        """This family bound to its ``kind`` model."""
+        bound = copy.copy(self)
+        bound.kind, bound.model_class = kind, self.models[kind]
+        return bound
 
     # --- flags and settings
-    def add_arguments(self, parser):
-        """Add the family's flag group to ncf.py's parser."""
+    def add_arguments(self, parser, flags):
+        """Add the family's flag group to ncf.py's parser, each flag through ``flags.add`` with its readers."""
 
-    def flag_checks(self, args):
-        """[(flag, value, rule)] of the family's flags, checked whatever --model is (rules: ncf.RULES)."""
-        return []
-
-    def flag_problem(self, kind, args):
-        """A one-line problem with the flags given for a ``kind`` model, or None."""
+    def check_flags(self, args):
+        """A one-line problem with the flags given together (for this bound model), or None."""
         return
 
     def default_epochs(self, args):
         """-e when not given (``args``: the flags as parsed)."""
         return DEMO_EPOCHS if args.data is None else DEFAULT_EPOCHS
 
-    def choose(self, kind, args, dataset):
+    def choose(self, args, dataset):
         """The settings chosen from the data where the flags leave them open: (values by flag name, notes {what:
         (value, how chosen)} to print, a warning or None). Here the common optimizer settings, as given, else
         plain Adam's (batch 2^10 at most one epoch, rate 1e-3, betas 0.9 and 0.999, no weight decay, a constant
         rate); the families override it with the settings measured for their models."""
+        if not trained_by_gradient(self.model_class):
+            return {}, {}, None
         plain = {"batch_size": min(2**10, max(dataset.num_train, 1)), "learning_rate": 1e-3, "beta1": 0.9,
                  "beta2": 0.999, "weight_decay": 0.0, "lr_schedule": "constant"}
         values = {name: plain[name] if getattr(args, name) is None else getattr(args, name) for name in plain}
@@ -160,24 +166,34 @@ class Family:
                  for name in plain if getattr(args, name) is None}
         return values, notes, None
 
-    def describe(self, kind, config):
+    def describe(self, config, dataset):
         """What ncf.py prints after the model's name (empty, or starting with a space)."""
         return ""
 
     # --- data and model
-    def check(self, kind, dataset, config):
-        """A TaskError when a ``kind`` model cannot be trained or evaluated on ``dataset`` with ``config``."""
+    def training_data(self, dataset, config):
+        """The dataset as the model trains on it (here as it is; the implicit family weighs pairs by recency)."""
+        return dataset
+
+    def check(self, dataset, config):
+        """A TaskError when the model cannot be trained or evaluated on ``dataset`` with ``config``: here, when the
+        evaluation protocol cannot rank its held-out items."""
+        problem = evaluation.protocol_problem(dataset, config.eval_protocol, config.topk)
+        if problem:
+            raise TaskError(problem)
 
     def data_settings(self, dataset):
         """Constructor arguments that come from the data rather than the flags."""
         return {}
 
-    def prepare(self, model, kind, dataset, config):
-        """A fresh model readied for training (data-dependent starting values, given tables)."""
+    def prepare(self, model, dataset, config, load_model):
+        """A fresh model readied for training (data-dependent starting values, given tables); ``load_model(path,
+        dataset, kind)`` loads a checkpoint's model."""
         return model
 
-    def training_loss(self, kind, model, settings):
-        """``training.fit``'s loss function for ``model``: its own ``training_loss``, given the settings (a mapping
+    # --- training
+    def loss(self, model, settings):
+        """The loss function of a gradient-trained model: its own ``training_loss``, given the settings (a mapping
         such as the configuration) that method names."""
         return model.training_loss(**{name: settings[name] for name in inspect.signature(model.training_loss).parameters
                                       if name in settings})
@@ -185,70 +201,44 @@ class Family:
     def optimizer(self, model, config):
         """The optimizer over ``model`` (the part the dense optimizer trains): --optimizer's, the family's
         ``undecayed`` parameters spared weight decay."""
-        return training.make_optimizer(model, config.optimizer, self.undecayed(model), lr=config.learning_rate,
-                                       betas=(config.beta1, config.beta2), eps=config.eps,
-                                       weight_decay=config.weight_decay)
-
-    def fit(self, *args, config=None, dataset=None, **options):
-        """The training loop: ``training.fit`` (``config`` and ``dataset`` are for families with a loop of their
-        own, such as a closed form)."""
-        return training.fit(*args, **options)
+        return make_optimizer(model, config.optimizer, self.undecayed(model), lr=config.learning_rate,
+                              betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
 
     def undecayed(self, model):
         """The parameters weight decay leaves alone."""
         return []
 
-    # --- training and evaluation
-    def batches(self, kind, config, dataset, runtime):
+    def batches(self, config, dataset, runtime):
         """A function epoch -> that epoch's training batches (``dataloading.Batch`` each, with ``len()``)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"the {self.name} family makes no batches for --model {self.kind}")
 
-    def evaluator(self, kind, config, dataset, model, autocast, runtime):
+    def settings(self, config):
+        """The settings a model solved in closed form is fitted with, one per epoch: here the epochs' numbers."""
+        return list(range(config.epochs))
+
+    # --- evaluation
+    def evaluator(self, config, dataset, model, autocast, runtime):
         """A function () -> metrics by logged name (``valid_``-prefixed for the validation set; ``eval_samples``
-        for the throughput), evaluating ``model`` (the plain module)."""
-        raise NotImplementedError
+        for the throughput), evaluating ``model`` (the plain module): here, ranking the held-out items."""
+        batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
+        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, batch_size, autocast,
+                                    runtime.rank, runtime.world_size, config.compile)
 
-    def selection(self, kind, dataset, config):
-        """The ``training.Selection`` (metric name and direction) the best epoch is chosen on."""
-        raise NotImplementedError
+    def selection(self, dataset, config):
+        """The ``evaluation.Selection`` (metric name and direction) the best epoch is chosen on."""
+        return evaluation.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
 
-    def resume_fields(self, kind, config):
+    # --- resuming and serving
+    def resume_fields(self, config):
         """(key, flag, value of checkpoints older than the flag, whether it applies) of the family's settings that a
         resumed run must share with its checkpoint (``checkpoint.check_resumable``)."""
         return []
 
-    # --- recommend.py
-    def tasks(self, kind, model):
-        """What ``recommend.py`` can do with ``model`` (a subset of RECOMMEND_TASKS), from what it offers."""
-        offered = set()
-        if isinstance(model, (RanksAllItems, FastRanker)):
-            offered |= {"top_k", "predict", "export"}
-        if isinstance(model, HasItemVectors):
-            offered |= {"similar", "plot"}
-        if isinstance(model, HasItemWords):
-            offered.add("words")
-        if isinstance(model, HasItemBiases) and model.item_biases() is not None:
-            offered.add("biases")
-        return offered
-
-    def refusal(self, kind):
-        """Why recommend.py has no top-k lists for a ``kind`` model (when 'top_k' is not offered)."""
-        return "ranks no items for users"
-
-    def prediction(self, kind, model, value):
-        """How ``recommend.py --predict`` states ``model``'s output ``value`` for one pair."""
-        return f"score {value:.4f}"
-
-    def export_output(self, kind, model):
-        """What the exported ONNX model outputs, in words."""
-        return "logit (float32 [N]); sigmoid(logit) is the probability"
-
-    def export_formula(self, kind):
-        """How the exported arrays give a score, in words, or None where they alone do not."""
-        return
-
-
-RECOMMEND_TASKS = ("top_k", "predict", "similar", "plot", "words", "biases", "fold_in", "export")
+    def fold_in_loss(self, model, config):
+        """(the loss function a new user's rows are fitted with, and how it is laid out: 'pairs' (users, items,
+        labels, weights), 'blocks' (the positives, then rounds of negatives) or 'shared' (positives and one set of
+        negatives)), as the checkpoint's run (``config``) trained it."""
+        return self.loss(model, config), "pairs"
 
 
 # ------------------------------------------------------------------------------------------------ the registry
@@ -292,10 +282,10 @@ def model_kinds():
 
 
 def family_of(kind):
-    """The family of a --model value; a TaskError for one no family has."""
+    """The family of a --model value, bound to that model; a TaskError for one no family has."""
     for family in all_families():
         if kind in family.models:
-            return family
+            return family.bind(kind)
     raise TaskError(f"unknown model {str(kind)[:40]!r}; this tool knows {', '.join(model_kinds())}")
 
 

@@ -6,29 +6,20 @@ better. ``FAMILY`` is the object the registry (``ncflib.families``) maps ``--mod
 """
 
 import inspect
-import math
 
 import torch
 
 import dataloading
-from ncflib import defaults, evaluation
-from ncflib import training as train
-from ncflib.checkpoint import load_model
-from ncflib.errors import CheckpointError, TaskError
-from ncflib.families import DotProductScorer, Family
+from ncflib import defaults
+from ncflib.errors import CheckpointError
+from ncflib.families import Family
 from ncflib.losses import LOSSES, masked_hits
-from neumf import GMF, MLP, NeuMF, _grouping
+from ncflib.protocols import DotProductScorer, StartsFromPretrained
+from neumf import GMF, MLP, NeuMF, grouping
 
 LAYERS_DEFAULT = (f"NVIDIA's {' '.join(map(str, defaults.NVIDIA_LAYERS))}, halved to "
                   f"{' '.join(map(str, defaults.SMALL_LAYERS))} below {defaults.SMALL_DATA:,} training pairs "
                   "(printed at start)")
-
-# What recommend.py --export says of the exported arrays, for the models whose score has a closed form over them.
-EXPORT_FORMULAS = {
-    GMF: "logit = (user_embedding[u] * item_embedding[i]) @ output_weight[0] + output_bias[0]",
-    NeuMF: "GMF branch: (gmf_user_embedding[u] * gmf_item_embedding[i]) @ output_weight[0, :factors]; the logit "
-           "adds the MLP branch (see model.onnx) and output_bias[0]"}
-
 
 def _takes(constructor, name):
     return name in inspect.signature(constructor).parameters
@@ -60,7 +51,7 @@ def per_sample_loss(name, options):
         users, items, labels, weights, *groups = inputs
         blocks = groups[0] if groups else 1
         with autocast():
-            scores = model(users, items, **_grouping(groups))
+            scores = model(users, items, **grouping(groups))
         scores = scores.float().view(blocks, -1)  # [1 + n, B]: the positives, then each round of negatives
         positive, negative = scores[0], scores[1:].T
         total = loss_of(positive, negative, None if weights is None else weights[:positive.numel()], **options)
@@ -99,7 +90,26 @@ def shared_loss(name, options, correct=False):
 
 def _pretrainable(constructor):
     """Whether a model of ``constructor`` starts from trained GMF and MLP models (``load_pretrained``)."""
-    return callable(getattr(constructor, "load_pretrained", None))
+    return issubclass(constructor, StartsFromPretrained)
+
+
+def effective_loss(args, towers):
+    """(--loss, shared negatives per batch) a run of these flags trains with, before the data is read: as given,
+    else the full-ranking default (a sampled softmax over shared negatives) for a dot-product model under full
+    ranking or with shared negatives, else BCE over each positive's own negatives."""
+    full = args.eval_protocol == "full" and towers
+    loss = args.loss or (defaults.FULL_RANKING["loss"] if args.shared_negatives or full else "bce")
+    if args.shared_negatives is not None or not towers:
+        return loss, args.shared_negatives or 0
+    return loss, defaults.FULL_RANKING["shared_negatives"] if loss != "bce" or full else 0
+
+
+# Flags read by one loss only: (flag, attribute, the losses that read it).
+LOSS_FLAGS = (("--temperature", "temperature", ("softmax",)), ("--margin", "margin", ("ccl",)),
+              ("--negative_weight", "negative_weight", ("ccl",)))
+
+
+DEFAULT_OF = {"margin": 0.8, "recency_window": 10.0}  # the defaults of the flags above that have one
 
 
 class ImplicitFamily(Family):
@@ -107,96 +117,100 @@ class ImplicitFamily(Family):
     models = {"neumf": NeuMF, "gmf": GMF, "mlp": MLP}
     description = "neumf, gmf or mlp on implicit feedback (HR/NDCG)"
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser, flags):
         group = parser.add_argument_group("implicit-feedback models (neumf, gmf, mlp)")
-        group.add_argument("--negative_sampling", choices=["exact", "uniform"], default="exact",
-                           help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all "
-                                "items as NVIDIA does (faster, slightly less accurate)")
-        group.add_argument("--loss", choices=list(LOSSES), default=None,
-                           help="the training loss: 'bce' (NVIDIA's, the paper's) of each score against its label; "
-                                "'bpr' pairwise; 'softmax' sampled softmax over each positive and its negatives "
-                                "(--temperature); 'ccl' SimpleX's cosine contrastive loss (--margin, "
-                                "--negative_weight; needs --similarity cosine). Default: bce for sampled evaluation, "
-                                "the full-ranking default under --eval_protocol full (printed at start)")
-        group.add_argument("--similarity", choices=["dot", "cosine"], default=None,
-                           help="gmf: score a pair by the weighted dot product of its embeddings (NCF's) or by their "
-                                "cosine (SimpleX's MF); default cosine for ccl, else dot")
-        group.add_argument("--temperature", type=float, default=None,
-                           help="softmax: the scores are divided by it; default 1 for dot, for cosine chosen from "
-                                "the catalogue's size (lower for more items; printed)")
-        group.add_argument("--margin", type=float, default=0.8,
-                           help="ccl: negatives count only when their cosine exceeds this")
-        group.add_argument("--negative_weight", type=float, default=None,
-                           help="ccl: the weight of the mean negative term; default (printed) chosen on validation")
-        group.add_argument("--shared_negatives", type=int, default=None, metavar="N",
-                           help="draw N negatives per batch, scored by every user of the batch in one product "
-                                "(gmf only; -b then counts positives); 0: -n negatives drawn for each positive, "
-                                "exactly as NVIDIA's (the default for bce)")
-        group.add_argument("--negative_popularity", type=float, default=0.0, metavar="BETA",
-                           help="shared negatives drawn in proportion to each item's training count to the power "
-                                "BETA (0: uniformly)")
-        group.add_argument("--logq", action="store_true",
-                           help="softmax over shared negatives: subtract from each negative's scaled score the log "
-                                "of its expected draws per batch, log(N q_j), so the sampled softmax estimates the "
-                                "full one (the logQ correction); for uniform draws the constant log(N / items)")
-        group.add_argument("--pretrain_gmf", help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
-        group.add_argument("--pretrain_mlp", help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
-        group.add_argument("--alpha", type=float, default=0.5,
-                           help="weight of the GMF output layer when mixing pre-trained output layers (the paper's "
-                                "0.5; bench/alpha_sweep.py scores each alpha before fine-tuning)")
-        group.add_argument("--branch_loss", type=float, default=1.0, metavar="WEIGHT",
-                           help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every "
-                                "training pair through its own output layer, and those two losses, times WEIGHT, "
-                                "are added to NeuMF's, so each branch learns to be a model of its own, as "
-                                "pre-training makes it, in one run (docs/history.md); 0 trains NeuMF's joint "
-                                "output alone, as the paper and NVIDIA do")
-        group.add_argument("--recency", type=float, default=0.0, metavar="WEIGHT",
-                           help="weight each user's recent training pairs up: a pair's loss (and its negatives') "
-                                "counts 1 + WEIGHT * exp(-r / --recency_window) times, r being how many of the "
-                                "user's training pairs are later; the test item is each user's latest, and recent "
-                                "tastes predict it best (docs/history.md). Needs the dataset's timestamps "
-                                "(convert.py keeps them); 0: off, every pair counts once, as in the paper and "
-                                "NVIDIA's tool")
-        group.add_argument("--recency_window", type=float, default=10.0, metavar="PAIRS",
-                           help="with --recency: how many of a user's latest pairs get most of the extra weight (the "
-                                "extra falls by e each PAIRS pairs further back)")
+        kinds = tuple(self.models)
+        towers = [kind for kind, made_by in self.models.items() if _has_towers(made_by)]
+        flags.add(group, "-n", "--negative_samples", type=int, default=None, readers=kinds, rule="0 or more",
+                  help="negatives drawn per positive, each epoch; default: chosen from the dataset size (printed at "
+                       "start): NVIDIA's 4, up to 16 on small datasets (the built-in demo keeps 4)")
+        flags.add(group, "--negative_sampling", choices=["exact", "uniform"], default="exact", readers=kinds,
+                  help="'exact' never draws a user's own positives as negatives; 'uniform' draws from all items as "
+                       "NVIDIA does (faster, slightly less accurate)")
+        flags.add(group, "--loss", choices=list(LOSSES), default=None, readers=kinds,
+                  help="the training loss: 'bce' (NVIDIA's, the paper's) of each score against its label; 'bpr' "
+                       "pairwise; 'softmax' sampled softmax over each positive and its negatives (--temperature); "
+                       "'ccl' SimpleX's cosine contrastive loss (--margin, --negative_weight; needs --similarity "
+                       "cosine). Default: bce for sampled evaluation, the full-ranking default under --eval_protocol "
+                       "full (printed at start)")
+        flags.add(group, "--similarity", choices=["dot", "cosine"], default=None, readers=tuple(towers),
+                  help="gmf: score a pair by the weighted dot product of its embeddings (NCF's) or by their cosine "
+                       "(SimpleX's MF); default cosine for ccl, else dot")
+        flags.add(group, "--temperature", type=float, default=None, readers=kinds, rule="positive",
+                  help="--loss softmax: the scores are divided by it; default 1 for dot, for cosine chosen from the "
+                       "catalogue's size (lower for more items; printed)")
+        flags.add(group, "--margin", type=float, default=0.8, readers=kinds, rule="finite",
+                  help="--loss ccl: negatives count only when their cosine exceeds this")
+        flags.add(group, "--negative_weight", type=float, default=None, readers=kinds, rule="0 or more",
+                  help="--loss ccl: the weight of the mean negative term; default (printed) chosen on validation")
+        flags.add(group, "--shared_negatives", type=int, default=None, metavar="N", readers=tuple(towers),
+                  rule="0 or more",
+                  help="draw N negatives per batch, scored by every user of the batch in one product (gmf only; -b "
+                       "then counts positives); 0: -n negatives drawn for each positive, exactly as NVIDIA's (the "
+                       "default for bce)")
+        flags.add(group, "--negative_popularity", type=float, default=0.0, metavar="BETA", readers=tuple(towers),
+                  rule="0 or more",
+                  help="shared negatives drawn in proportion to each item's training count to the power BETA (0: "
+                       "uniformly)")
+        flags.add(group, "--logq", action="store_true", readers=tuple(towers),
+                  help="--loss softmax over shared negatives: subtract from each negative's scaled score the log of "
+                       "its expected draws per batch, log(N q_j), so the sampled softmax estimates the full one (the "
+                       "logQ correction); for uniform draws the constant log(N / items)")
+        flags.add(group, "--pretrain_gmf", readers=_pretrainable,
+                  help="GMF checkpoint to initialise NeuMF from (with --pretrain_mlp)")
+        flags.add(group, "--pretrain_mlp", readers=_pretrainable,
+                  help="MLP checkpoint to initialise NeuMF from (with --pretrain_gmf)")
+        flags.add(group, "--alpha", type=float, default=0.5, readers=_pretrainable, rule="in [0, 1]",
+                  help="weight of the GMF output layer when mixing pre-trained output layers (the paper's 0.5; "
+                       "bench/alpha_sweep.py scores each alpha before fine-tuning)")
+        flags.add(group, "--branch_loss", type=float, default=1.0, metavar="WEIGHT", readers=_trains_branches,
+                  rule="0 or more",
+                  help="NeuMF only: each branch (the GMF and the MLP inside NeuMF) also scores every training pair "
+                       "through its own output layer, and those two losses, times WEIGHT, are added to NeuMF's, so "
+                       "each branch learns to be a model of its own, as pre-training makes it, in one run "
+                       "(docs/history.md); 0 trains NeuMF's joint output alone, as the paper and NVIDIA do")
+        flags.add(group, "--recency", type=float, default=0.0, metavar="WEIGHT", readers=kinds, rule="0 or more",
+                  help="weight each user's recent training pairs up: a pair's loss (and its negatives') counts 1 + "
+                       "WEIGHT * exp(-r / --recency_window) times, r being how many of the user's training pairs are "
+                       "later; the test item is each user's latest, and recent tastes predict it best "
+                       "(docs/history.md). Needs the dataset's timestamps (convert.py keeps them); 0: off, every "
+                       "pair counts once, as in the paper and NVIDIA's tool")
+        flags.add(group, "--recency_window", type=float, default=10.0, metavar="PAIRS", readers=kinds,
+                  rule="positive",
+                  help="with --recency: how many of a user's latest pairs get most of the extra weight (the extra "
+                       "falls by e each PAIRS pairs further back)")
 
-    def flag_checks(self, args):
-        return [("--temperature", args.temperature, "positive"), ("--margin", args.margin, "finite"),
-                ("--negative_weight", args.negative_weight, "0 or more"),
-                ("--shared_negatives", args.shared_negatives, "0 or more"),
-                ("--negative_popularity", args.negative_popularity, "0 or more"),
-                ("--branch_loss", args.branch_loss, "0 or more"), ("--recency", args.recency, "0 or more"),
-                ("--recency_window", args.recency_window, "positive"), ("--alpha", args.alpha, "in [0, 1]")]
-
-    def flag_problem(self, kind, args):
+    def check_flags(self, args):
         if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):
             return "--pretrain_gmf and --pretrain_mlp go together"
-        pretrainable = [name for name, made_by in self.models.items() if _pretrainable(made_by)]
-        if args.pretrain_gmf and kind not in pretrainable:
-            return f"--pretrain_gmf/--pretrain_mlp initialise --model {' or '.join(pretrainable)}"
         if args.pretrain_gmf and args.load_checkpoint_path:
             return "--pretrain_gmf/--pretrain_mlp start a fresh model; drop --load_checkpoint_path"
-        if kind not in self.models:
-            return None
-        towers = [name for name, made_by in self.models.items() if _has_towers(made_by)]
-        if (args.similarity == "cosine" or args.shared_negatives) and kind not in towers:
-            return (f"--similarity cosine and --shared_negatives need a model that scores by a dot product of user and "
-                    f"item vectors: --model {' or '.join(towers)}")
         if args.loss == "ccl" and args.similarity == "dot":
             return "--loss ccl is a loss on cosines: use --similarity cosine (its default)"
         if args.layers and args.layers[0] % 2:
             return (f"--layers: the first size is the user and item embeddings concatenated, so it must be even, got "
                     f"{args.layers[0]}")
+        loss, shared = effective_loss(args, _has_towers(self.model_class))
+        for flag, name, readers in LOSS_FLAGS:
+            if getattr(args, name) not in (None, DEFAULT_OF.get(name)) and loss not in readers:
+                return f"{flag} is used by --loss {' '.join(readers)}; --loss {loss} does not read it"
+        if args.logq and not (loss == "softmax" and shared):
+            return (f"--logq corrects a sampled softmax over shared negatives (--loss softmax --shared_negatives N); "
+                    f"this run trains --loss {loss} over " + ("shared negatives" if shared else "-n negatives per "
+                                                               "positive"))
+        if args.negative_popularity and not shared:
+            return "--negative_popularity draws shared negatives; add --shared_negatives N"
+        if args.recency_window != DEFAULT_OF["recency_window"] and not args.recency:
+            return "--recency_window shapes --recency's weights; add --recency WEIGHT"
         return None
 
     def default_epochs(self, args):
-        if args.eval_protocol == "full" and _has_towers(self.models.get(args.model, NeuMF)):
+        if args.eval_protocol == "full" and _has_towers(self.model_class):
             return defaults.FULL_RANKING["epochs"]
         return super().default_epochs(args)
 
-    def choose(self, kind, args, dataset):
-        towers = _has_towers(self.models[kind])
+    def choose(self, args, dataset):
+        towers = _has_towers(self.model_class)
         contrastive = (args.loss not in (None, "bce") or bool(args.shared_negatives)
                        or (args.eval_protocol == "full" and towers and args.loss is None))
         if contrastive:
@@ -215,10 +229,10 @@ class ImplicitFamily(Family):
             values |= {"loss": "bce", "similarity": args.similarity or "dot", "shared_negatives": 0,
                        "temperature": args.temperature or 1.0, "negative_weight": args.negative_weight or 1.0}
         if args.eval_protocol == "full" and not towers:
-            notes["full ranking"] = (f"{kind} scores every user-item pair through its tower, slow on large "
+            notes["full ranking"] = (f"{self.kind} scores every user-item pair through its tower, slow on large "
                                      "catalogues", "--model gmf ranks with one product")
         layers = args.layers
-        if layers is None and _takes(self.models[kind], "layers"):
+        if layers is None and _takes(self.model_class, "layers"):
             layers = defaults.choose_layers(dataset.num_train)
             notes["MLP layers"] = (" ".join(map(str, layers)), f"chosen for {dataset.num_train:,} training pairs; "
                                    "set with --layers")
@@ -226,19 +240,16 @@ class ImplicitFamily(Family):
         values["dropout"] = defaults.IMPLICIT_DROPOUT if args.dropout is None else args.dropout
         return values, notes, warning
 
-    def describe(self, kind, config):
-        if _trains_branches(self.models[kind]) and config.branch_loss:
+    def describe(self, config, dataset):
+        if _trains_branches(self.model_class) and config.branch_loss:
             return f" (branch losses x {config.branch_loss:g})"
         return ""
 
-    def check(self, kind, dataset, config):
-        if config.binary:
-            raise TaskError(f"--binary is SimpleCF's 0/1 variant of --model dot, not of --model {kind}")
-        problem = evaluation.protocol_problem(dataset, config.eval_protocol, config.topk)
-        if problem:
-            raise TaskError(problem)
+    def training_data(self, dataset, config):
+        """The dataset with --recency's loss weights on its training pairs, when asked for."""
+        return dataset.weighted_by_recency(config.recency, config.recency_window) if config.recency else dataset
 
-    def prepare(self, model, kind, dataset, config):
+    def prepare(self, model, dataset, config, load_model):
         """NeuMF from pre-trained GMF and MLP checkpoints (output layers mixed by --alpha) when they are given."""
         if not config.pretrain_gmf:
             return model
@@ -248,54 +259,45 @@ class ImplicitFamily(Family):
             raise CheckpointError("--pretrain_gmf/--pretrain_mlp: their sizes differ from --factors/--layers")
         return model.load_pretrained(gmf, mlp, config.alpha)
 
-    def batches(self, kind, config, dataset, runtime):
+    def batches(self, config, dataset, runtime):
         if config.shared_negatives:
             distribution = (dataloading.negative_distribution(dataset.train_items, dataset.num_items,
                                                               config.negative_popularity)
                             if config.negative_popularity else None)
             return lambda epoch: dataloading.SharedNegativeBatches(
-                dataset, config.batch_size, config.shared_negatives, train.epoch_seed(config.seed, epoch),
+                dataset, config.batch_size, config.shared_negatives, dataloading.epoch_seed(config.seed, epoch),
                 distribution, runtime.rank, runtime.world_size)
         positives = (dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
                                              dataset.num_items) if config.negative_sampling == "exact" else None)
         return lambda epoch: dataloading.ImplicitBatches(dataset, config.batch_size, config.negative_samples,
-                                                         train.epoch_seed(config.seed, epoch), positives,
+                                                         dataloading.epoch_seed(config.seed, epoch), positives,
                                                          runtime.rank, runtime.world_size)
 
-    def evaluator(self, kind, config, dataset, model, autocast, runtime):
-        batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
-        return evaluation.evaluator(model, dataset, config.eval_protocol, config.topk, batch_size, autocast,
-                                    runtime.rank, runtime.world_size, config.compile)
-
-    def selection(self, kind, dataset, config):
-        return train.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
-
-    def training_loss(self, kind, model, settings):
+    def loss(self, model, settings):
         """The model's own loss (NVIDIA's BCE, NeuMF's branch losses) for bce with each positive's own negatives;
         else --loss over each positive's negatives, or over the batch's shared negatives."""
         if settings["shared_negatives"]:
-            return shared_loss(settings["loss"], _loss_options(settings),
-                               correct=settings["logq"])
+            return shared_loss(settings["loss"], _loss_options(settings), correct=settings["logq"])
         if settings["loss"] == "bce":
-            return super().training_loss(kind, model, settings)
+            return super().loss(model, settings)
         return per_sample_loss(settings["loss"], _loss_options(settings))
 
-    def resume_fields(self, kind, config):
+    def fold_in_loss(self, model, config):
+        """The loss the checkpoint's run trained with (shared negatives: the candidates shared by the history's
+        items; --logq's correction left out, as the fold-in weighs every candidate rather than drawing them)."""
+        if config.get("shared_negatives"):
+            return shared_loss(config["loss"], _loss_options(config)), "shared"
+        if config.get("loss", "bce") == "bce":
+            return super().loss(model, config), "pairs"
+        return per_sample_loss(config["loss"], _loss_options(config)), "blocks"
+
+    def resume_fields(self, config):
         return [("loss", "--loss", "bce", True), ("similarity", "--similarity", "dot", True),
                 ("shared_negatives", "--shared_negatives", 0, True), ("temperature", "--temperature", None, True),
                 ("negative_popularity", "--negative_popularity", 0.0, True),
                 ("negative_samples", "-n", None, True), ("recency", "--recency", 0.0, True),
                 ("recency_window", "--recency_window", 10.0, bool(config["recency"])),
-                ("branch_loss", "--branch_loss", 0.0, _trains_branches(self.models[kind]))]
-
-    def tasks(self, kind, model):
-        return super().tasks(kind, model) | {"fold_in"}
-
-    def prediction(self, kind, model, value):
-        return f"score {value:.4f} (probability {1 / (1 + math.exp(-value)):.3f})"
-
-    def export_formula(self, kind):
-        return EXPORT_FORMULAS.get(self.models[kind])
+                ("branch_loss", "--branch_loss", 0.0, _trains_branches(self.model_class))]
 
 
 FAMILY = ImplicitFamily()

@@ -15,6 +15,8 @@ import contextlib
 import torch
 
 from ncflib.errors import ShardingError
+from ncflib.families import trained_by_gradient
+from ncflib.protocols import traits
 
 SHARDING_TYPES = ("auto", "table_wise", "column_wise", "row_wise")
 
@@ -67,40 +69,42 @@ LOCAL = Placement()
 TABLE_OPTIMIZERS = ("adam", "adagrad", "rowwise_adagrad", "sgd")
 
 
-def add_arguments(parser):
+def add_arguments(parser, flags):
     """ncf.py's flags for sharded tables (defined here, so that the command line never imports the sharding
-    code)."""
+    code), read by the models whose tables can be sharded (``families.Flags``)."""
     group = parser.add_argument_group("embedding tables sharded across ranks (TorchRec under torchrun; docs/scale.md)")
-    group.add_argument("--embedding_sharding", choices=("none",) + SHARDING_TYPES, default="none",
-                       help="'none': every rank holds every table (DDP); else the tables are sharded across the "
+    flags.add(group, "--embedding_sharding", choices=("none",) + SHARDING_TYPES, default="none", readers=shardable,
+              help="'none': every rank holds every table (DDP); else the tables are sharded across the "
                             "ranks by TorchRec, whole tables (table_wise), column blocks (column_wise), row blocks "
                             "(row_wise, CUDA only) or as its planner chooses (auto), the rest of the model DDP")
-    group.add_argument("--table_optimizer", choices=TABLE_OPTIMIZERS, default=None,
+    flags.add(group, "--table_optimizer", choices=TABLE_OPTIMIZERS, default=None, readers=shardable,
                        help="the fused optimizer of sharded tables, stepped inside the backward pass; default adam "
                             "on CUDA (as the dense part, without weight decay), adagrad on CPU (FBGEMM's CPU kernels "
                             "have no Adam)")
-    group.add_argument("--table_lr", type=float, default=None,
+    flags.add(group, "--table_lr", type=float, default=None, readers=shardable, rule="positive",
                        help="its learning rate; default -l for adam, 0.05 for adagrad and sgd")
-    group.add_argument("--export_full", action="store_true",
+    flags.add(group, "--export_full", action="store_true", readers=shardable,
                        help="for tables too large for one process: evaluate through the sharded tables (the sampled "
                             "protocol; no whole copy of the model on any rank) and write best.pt and last.pt in the "
                             "usual single-file format by gathering one table at a time onto rank 0, staged on disk "
                             "beside them; without it every rank keeps a whole copy for evaluation and checkpoints")
 
 
-def placement_for(sharding, export_full, family, kind, eval_protocol, **options):
+def shardable(model_class):
+    """A reader rule: the models whose tables TorchRec can shard (user and item tables, trained by gradient)."""
+    return traits(model_class).shards and trained_by_gradient(model_class)
+
+
+def placement_for(sharding, export_full, eval_protocol, **options):
     """The placement of a run: ``LOCAL`` under --embedding_sharding none, else TorchRec's (``options``: the table
     optimizer, its rate, the learning rate, the device and a ``say`` for the plan). A ShardingError (one line) for
-    a model or flags that cannot be sharded."""
+    flags that cannot be sharded (the models whose tables cannot be sharded do not read --embedding_sharding)."""
     if sharding == "none":
         if export_full:
             raise ShardingError("--export_full writes the checkpoints of sharded tables; add --embedding_sharding, "
                                 "or drop --export_full")
         return LOCAL
-    if not family.shards_tables:
-        raise ShardingError(f"--embedding_sharding shards user and item tables; --model {kind} also looks up "
-                            "words, which it does not shard yet: train it without --embedding_sharding")
-    if export_full and eval_protocol == "full" and family.ranks_items:
+    if export_full and eval_protocol == "full":
         raise ShardingError("--export_full evaluates through the sharded tables, which rank sampled candidates only: "
                             "use --eval_protocol sampled, or drop --export_full when the tables fit in one process")
     from ncflib.sharding import ShardedPlacement  # TorchRec only when asked for

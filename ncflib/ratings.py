@@ -21,7 +21,6 @@ Embeddings start from N(0, 0.01) and biases from 0, as fastai's.
 
 import inspect
 import math
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,10 +28,10 @@ from torch import nn
 
 import dataloading
 from ncflib import evaluation
-from ncflib import training as train
 from ncflib.defaults import IMPLICIT_DROPOUT, NVIDIA_LAYERS, RATING_EPOCHS, choose_rating_sizes
 from ncflib.errors import TaskError
-from ncflib.families import Family
+from ncflib.families import Family, takes
+from ncflib.protocols import HasTables, StartsFromMean, Traits, traits
 
 
 def squared_error_loss(l2=0.0):
@@ -65,7 +64,7 @@ def binary_loss(model, inputs, autocast):
     return loss, loss
 
 
-def _check(num_users, num_items, factors, y_range=None, layers=None, dropout=0.0):
+def check_sizes(num_users, num_items, factors, y_range=None, layers=None, dropout=0.0):
     if num_users < 1 or num_items < 1:
         raise ValueError(f"num_users and num_items must be positive, got {num_users} and {num_items}.")
     if factors < 1:
@@ -79,7 +78,7 @@ def _check(num_users, num_items, factors, y_range=None, layers=None, dropout=0.0
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
 
 
-def _table(rows, width, std=0.01):
+def embedding_table(rows, width, std=0.01):
     table = nn.Embedding(rows, width)
     if std:
         nn.init.normal_(table.weight, std=std)
@@ -98,14 +97,14 @@ class Factorisation(nn.Module):
     """What the rating models share: a user and an item table of ``factors`` columns, optional biases, and the
     means to start the tables from given embeddings and to freeze them."""
 
-    binary = False  # outputs ratings; Dot(binary=True) outputs logits
+    traits = Traits(output="rating")  # Dot(binary=True) outputs logits
 
     def __init__(self, num_users, num_items, factors, biases):
         super().__init__()
-        self.user_embedding = _table(num_users, factors)
-        self.item_embedding = _table(num_items, factors)
-        self.user_bias = _table(num_users, 1, std=0) if biases else None
-        self.item_bias = _table(num_items, 1, std=0) if biases else None
+        self.user_embedding = embedding_table(num_users, factors)
+        self.item_embedding = embedding_table(num_items, factors)
+        self.user_bias = embedding_table(num_users, 1, std=0) if biases else None
+        self.item_bias = embedding_table(num_items, 1, std=0) if biases else None
 
     def load_embeddings(self, users=None, items=None):
         """Copy given tables (arrays or tensors of the tables' shapes) into the user and item embeddings; a
@@ -169,7 +168,7 @@ class MF(Factorisation):
     """ClassicMF: the dot product around the global mean of the training ratings (``set_mean``)."""
 
     def __init__(self, num_users, num_items, factors=64):
-        _check(num_users, num_items, factors)
+        check_sizes(num_users, num_items, factors)
         super().__init__(num_users, num_items, factors, biases=False)
         self.register_buffer("mean", torch.zeros(()))
 
@@ -189,7 +188,7 @@ class BiasMF(MF):
     """KorenMF: the dot product, a bias per user and per item, and the global mean."""
 
     def __init__(self, num_users, num_items, factors=64):
-        _check(num_users, num_items, factors)
+        check_sizes(num_users, num_items, factors)
         Factorisation.__init__(self, num_users, num_items, factors, biases=True)
         self.register_buffer("mean", torch.zeros(()))
 
@@ -204,7 +203,7 @@ class DotBias(Factorisation):
     """fastai's DotProductBias: the dot product and both biases through a sigmoid scaled into ``y_range``."""
 
     def __init__(self, num_users, num_items, factors=64, y_range=(0.0, 5.5)):
-        _check(num_users, num_items, factors, y_range)
+        check_sizes(num_users, num_items, factors, y_range)
         super().__init__(num_users, num_items, factors, biases=True)
         self.y_range = tuple(float(value) for value in y_range)
 
@@ -219,9 +218,10 @@ class Dot(Factorisation):
     """SimpleCF: a plain dot product; with ``binary``, a logit trained with BCE on 0/1 data."""
 
     def __init__(self, num_users, num_items, factors=64, binary=False):
-        _check(num_users, num_items, factors)
+        check_sizes(num_users, num_items, factors)
         super().__init__(num_users, num_items, factors, biases=False)
         self.binary = bool(binary)
+        self.traits = Traits(output="logit" if self.binary else "rating")
 
     def forward(self, users, items):
         return self.dot(users, items)
@@ -238,7 +238,7 @@ class EmbNN(Factorisation):
     output scaled into ``y_range``."""
 
     def __init__(self, num_users, num_items, factors=64, layers=(100,), dropout=0.0, y_range=(0.0, 5.5)):
-        _check(num_users, num_items, factors, y_range, layers, dropout)
+        check_sizes(num_users, num_items, factors, y_range, layers, dropout)
         super().__init__(num_users, num_items, factors, biases=False)
         widths = [2 * factors] + list(layers)
         tower = []
@@ -260,22 +260,6 @@ RATING_MODELS = {"mf": MF, "biasmf": BiasMF, "dotbias": DotBias, "embnn": EmbNN,
 
 
 # ------------------------------------------------------------------------------------------------ the family
-
-
-@runtime_checkable
-class StartsFromMean(Protocol):
-    """A model whose predictions start from the training ratings' mean."""
-
-    def set_mean(self, value: float): ...
-
-
-@runtime_checkable
-class HasTables(Protocol):
-    """A model whose user and item tables can start from given arrays and be frozen."""
-
-    def load_embeddings(self, users=None, items=None): ...
-
-    def freeze(self, users=False, items=False): ...
 
 
 def is_bias(name):
@@ -306,29 +290,28 @@ class RatingFamily(Family):
     description = "mf, biasmf, dotbias, embnn or dot on ratings (RMSE; docs/ratings.md)"
     weight_decay = {EmbNN: 0.1}  # the factorisations: 0.2; chosen on ML-100k's validation ratings, 3 seeds
     model_defaults = {EmbNN: {"layers": [100], "dropout": 0.0}}
-    ranks_items = False  # measured on held-out ratings
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser, flags):
         group = parser.add_argument_group("rating models (mf, biasmf, dotbias, embnn, dot)")
-        group.add_argument("--y_range", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                           help="dotbias and embnn: the range their sigmoid scales predictions into; default from "
-                                "the training ratings, 1 below the lowest to 0.5 above the highest (0 to 5.5 for 1-5 "
-                                "stars)")
-        group.add_argument("--l2", type=float, default=0.0,
-                           help="rating models: L2 penalty times the squared norms of the embedding rows each batch "
-                                "looks up (a course's regularisation; --weight_decay acts on every row)")
-        group.add_argument("--binary", action="store_true", help="--model dot on 0/1 data: a logit trained with BCE")
-        group.add_argument("--user_embeddings", metavar="FILE.npy",
-                           help="rating models: start the user table from this array (users x factors; e.g. from "
-                                "recommend.py --export)")
-        group.add_argument("--item_embeddings", metavar="FILE.npy", help="the same for the item table")
-        group.add_argument("--freeze_users", action="store_true", help="keep the user table as it starts")
-        group.add_argument("--freeze_items", action="store_true", help="keep the item table as it starts")
+        flags.add(group, "--y_range", nargs=2, type=float, metavar=("LOW", "HIGH"), readers=takes("y_range"),
+                  rule="finite",
+                  help="dotbias and embnn: the range their sigmoid scales predictions into; default from the "
+                       "training ratings, 1 below the lowest to 0.5 above the highest (0 to 5.5 for 1-5 stars)")
+        flags.add(group, "--l2", type=float, default=0.0, readers=takes_l2, rule="0 or more",
+                  help="rating models: L2 penalty times the squared norms of the embedding rows each batch looks up "
+                       "(a course's regularisation; --weight_decay acts on every row)")
+        flags.add(group, "--binary", action="store_true", readers=takes("binary"),
+                  help="--model dot on 0/1 data: a logit trained with BCE")
+        given = lambda model_class: issubclass(model_class, HasTables)  # noqa: E731
+        flags.add(group, "--user_embeddings", metavar="FILE.npy", readers=given,
+                  help="rating models: start the user table from this array (users x factors; e.g. from "
+                       "recommend.py --export)")
+        flags.add(group, "--item_embeddings", metavar="FILE.npy", readers=given,
+                  help="the same for the item table")
+        flags.add(group, "--freeze_users", action="store_true", readers=given, help="keep the user table as it starts")
+        flags.add(group, "--freeze_items", action="store_true", readers=given, help="keep the item table as it starts")
 
-    def flag_checks(self, args):
-        return [("--l2", args.l2, "0 or more")] + [("--y_range", value, "finite") for value in args.y_range or []]
-
-    def flag_problem(self, kind, args):
+    def check_flags(self, args):
         if args.y_range and args.y_range[0] >= args.y_range[1]:
             return f"--y_range LOW HIGH needs LOW < HIGH, got {args.y_range[0]:g} {args.y_range[1]:g}"
         return None
@@ -336,10 +319,11 @@ class RatingFamily(Family):
     def default_epochs(self, args):
         return RATING_EPOCHS
 
-    def choose(self, kind, args, dataset):
-        constructor = self.models[kind]
+    def choose(self, args, dataset):
+        constructor = self.model_class
         given = (args.batch_size, args.learning_rate, args.beta1, args.beta2, args.weight_decay, args.lr_schedule)
-        values, notes, warning = choose_rating_sizes(dataset.num_train, kind, self.weight_decay.get(constructor, 0.2),
+        values, notes, warning = choose_rating_sizes(dataset.num_train, self.kind,
+                                                     self.weight_decay.get(constructor, 0.2),
                                                      *given)
         chosen = {"layers": NVIDIA_LAYERS, "dropout": IMPLICIT_DROPOUT} | self.model_defaults.get(constructor, {})
         values["layers"] = chosen["layers"] if args.layers is None else args.layers
@@ -379,17 +363,17 @@ class RatingFamily(Family):
         values["y_range"] = [low, high]
         return {"y range": (f"{low:g} to {high:g}", "from the ratings' range, fastai's margins; set with --y_range")}
 
-    def check(self, kind, dataset, config):
+    def check(self, dataset, config):
         missing = [name for name, values in (("training", dataset.train_ratings), ("test", dataset.test.ratings))
                    if values is None]
         if missing:
-            raise TaskError(f"{dataset.path}: has no {' or '.join(missing)} ratings, which --model {kind} predicts; "
-                            "convert a source with a rating column (MovieLens files have one), e.g. with convert.py "
-                            "--split random or --test_path")
+            raise TaskError(f"{dataset.path}: has no {' or '.join(missing)} ratings, which --model {self.kind} "
+                            "predicts; convert a source with a rating column (MovieLens files have one), e.g. with "
+                            "convert.py --split random or --test_path")
         if config.binary and not np.isin(np.asarray(dataset.train_ratings), (0, 1)).all():
             raise TaskError(f"{dataset.path}: --binary trains on 0/1 labels, and these ratings are not all 0 or 1")
 
-    def prepare(self, model, kind, dataset, config):
+    def prepare(self, model, dataset, config, load_model):
         """The training ratings' mean for the models that start from it, tables loaded from .npy files (read
         without pickle) and frozen as asked."""
         if isinstance(model, StartsFromMean):
@@ -402,11 +386,7 @@ class RatingFamily(Family):
                 except (OSError, ValueError) as error:
                     raise TaskError(f"{file}: not a readable .npy array ({str(error)[:80]})") from None
                 _check_finite(tables[name], file, name)
-        if not isinstance(model, HasTables):
-            if tables or config.freeze_users or config.freeze_items:
-                raise TaskError(f"--user_embeddings, --item_embeddings and --freeze_users/--freeze_items are for the "
-                                f"rating models with embedding tables ({', '.join(RATING_MODELS)}), not --model "
-                                f"{kind}")
+        if not isinstance(model, HasTables):  # (--flags.add refuses those flags for such a model)
             return model
         try:
             model.load_embeddings(**tables)
@@ -417,18 +397,20 @@ class RatingFamily(Family):
     def undecayed(self, model):
         return [parameter for name, parameter in model.named_parameters() if is_bias(name)]
 
-    def batches(self, kind, config, dataset, runtime, text=None):
+    def batches(self, config, dataset, runtime, text=None):
         ratings = (torch.zeros(dataset.num_train) if dataset.train_ratings is None else
                    torch.from_numpy(np.array(dataset.train_ratings, dtype=np.float32))).to(runtime.device)
         return lambda epoch: dataloading.RatingBatches(dataset.train_users, dataset.train_items, ratings,
-                                                       config.batch_size, train.epoch_seed(config.seed, epoch), text)
+                                                       config.batch_size, dataloading.epoch_seed(config.seed, epoch),
+                                                       text)
 
-    def evaluator(self, kind, config, dataset, model, autocast, runtime, reads_review=False):
+    def evaluator(self, config, dataset, model, autocast, runtime, reads_review=False):
         """RMSE, MAE and MSE of the held-out ratings (``valid_``-prefixed for the validation set); ``reads_review``:
         the model reads each held-out pair's review."""
         batch_size = config.valid_batch_size or evaluation.default_batch_samples(runtime.device)
         # SimpleCF's binary variant outputs logits: its errors are those of the probabilities against the 0/1 labels.
-        predict = (lambda users, items: torch.sigmoid(model(users, items))) if model.binary else model
+        predict = (lambda users, items: torch.sigmoid(model(users, items))) if traits(model).output == "logit" \
+            else model
 
         def evaluate():
             metrics, scored = {}, 0.0
@@ -443,22 +425,17 @@ class RatingFamily(Family):
 
         return evaluate
 
-    def selection(self, kind, dataset, config):
-        return train.Selection(f"{'valid_' if dataset.validation is not None else ''}rmse", higher_is_better=False)
+    def selection(self, dataset, config):
+        return evaluation.Selection(f"{'valid_' if dataset.validation is not None else ''}rmse",
+                                    higher_is_better=False)
 
-    def resume_fields(self, kind, config):
+    def resume_fields(self, config):
         return [("l2", "--l2", 0.0, True)]
 
-    def refusal(self, kind):
-        return "predicts no ratings for every item"
 
-    def prediction(self, kind, model, value):
-        if model.binary:
-            return f"score {value:.4f} (probability {1 / (1 + math.exp(-value)):.3f})"
-        return f"predicted rating {value:.3f}"
-
-    def export_output(self, kind, model):
-        return super().export_output(kind, model) if model.binary else "the predicted rating (float32 [N])"
+def takes_l2(model_class):
+    """A reader rule: the models whose training loss takes --l2 (an L2 penalty on the rows a batch looks up)."""
+    return "l2" in inspect.signature(model_class.training_loss).parameters
 
 
 def held_out_sets(dataset):

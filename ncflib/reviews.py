@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from ncflib import evaluation
-from ncflib import training as train
 from ncflib.errors import TaskError
-from ncflib.ratings import MF, BiasMF, RatingFamily, _check, _table, held_out_sets, squared_error_loss
+from ncflib.families import takes
+from ncflib.protocols import Traits, traits
+from ncflib.ratings import MF, BiasMF, RatingFamily, check_sizes, embedding_table, held_out_sets, squared_error_loss
 
 TEXT_BASES = ("mf", "biasmf")
 
@@ -99,12 +100,12 @@ def text_loss(item_vectors, word_table, scale, words, offsets, sampler, negative
 class TextRating(nn.Module):
     """A rating from the review's words: their embeddings averaged, a linear layer, plus the training mean."""
 
-    rates = True  # predicts a rating (measured by RMSE); textitem predicts none
-    reads_review = True  # reads the held-out review itself: a diagnostic, not a recommender
-    binary = False
+    # Reads the held-out review itself to predict its rating: a diagnostic, not a recommender. Its word table is
+    # looked up by review words, which --embedding_sharding does not shard.
+    traits = Traits(output="rating", reads_review=True, shards=False)
 
     def __init__(self, num_users, num_items, num_words, factors=64):
-        _check(num_users, num_items, factors)
+        check_sizes(num_users, num_items, factors)
         super().__init__()
         self.words = _bag(num_words, factors)
         self.output = nn.Linear(factors, 1)
@@ -132,7 +133,8 @@ class TextProfile(TextRating):
 
     def __init__(self, num_users, num_items, num_words, factors=64):
         super().__init__(num_users, num_items, num_words, factors)
-        self.user_embedding, self.item_embedding = _table(num_users, factors), _table(num_items, factors)
+        self.user_embedding = embedding_table(num_users, factors)
+        self.item_embedding = embedding_table(num_items, factors)
         self.output = nn.Linear(3 * factors, 1)
 
     def features(self, users, items, words, offsets):
@@ -148,15 +150,15 @@ class TextProfile(TextRating):
 class TextItem(nn.Module):
     """Item vectors trained to sit close to the words of their reviews (the text loss alone); no rating."""
 
-    rates, reads_review = False, False
+    traits = Traits(output=None, shards=False)  # predicts nothing for a pair: trained for its item vectors
 
     def __init__(self, num_users, num_items, num_words, factors=64, word_negatives=5):
-        _check(num_users, num_items, factors)
+        check_sizes(num_users, num_items, factors)
         if word_negatives < 1:
             raise ValueError(f"word_negatives must be at least 1, got {word_negatives}.")
         super().__init__()
-        self.item_embedding = _table(num_items, factors, std=0.1)
-        self.word_embedding = _table(num_words, factors, std=0.1)
+        self.item_embedding = embedding_table(num_items, factors, std=0.1)
+        self.word_embedding = embedding_table(num_words, factors, std=0.1)
         self.scale = nn.Parameter(torch.tensor(5.0))
         self.sampler = WordSampler(num_words)
         self.word_negatives = word_negatives
@@ -195,7 +197,7 @@ class TextMF(nn.Module):
     """``mf`` or ``biasmf`` (``base``) whose item factors, through a linear map to the word space, are also trained
     with the text loss, weighted by ``text_weight``. Predicts from user and item alone."""
 
-    rates, reads_review, binary = True, False, False
+    traits = Traits(output="rating", shards=False)
 
     def __init__(self, num_users, num_items, num_words, factors=64, text_base="biasmf", text_weight=0.1,
                  word_negatives=5):
@@ -207,7 +209,7 @@ class TextMF(nn.Module):
         super().__init__()
         self.rating = {"mf": MF, "biasmf": BiasMF}[text_base](num_users, num_items, factors)
         self.to_words = nn.Linear(factors, factors, bias=False)
-        self.word_embedding = _table(num_words, factors, std=0.1)
+        self.word_embedding = embedding_table(num_words, factors, std=0.1)
         self.scale = nn.Parameter(torch.tensor(5.0))
         self.sampler = WordSampler(num_words)
         self.text_weight, self.word_negatives = float(text_weight), word_negatives
@@ -273,65 +275,59 @@ class TextFamily(RatingFamily):
     models = TEXT_MODELS
     description = "textrating, textprofile, textitem or textmf on reviews with text (docs/reviews.md)"
     weight_decay, model_defaults = {}, {}
-    shards_tables = False  # their word tables are looked up by review words, not by user or item
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser, flags):
         group = parser.add_argument_group("review-text models (textrating, textprofile, textitem, textmf)")
-        group.add_argument("--word_negatives", type=int, default=5,
-                           help="textitem and textmf: words drawn against each word of a review in the text loss")
-        group.add_argument("--text_weight", type=float, default=0.1,
-                           help="textmf: the weight of the text loss beside the squared error (0: its base alone)")
-        group.add_argument("--text_base", choices=TEXT_BASES, default="biasmf",
-                           help="textmf: the rating model under it")
+        flags.add(group, "--word_negatives", type=int, default=5, readers=takes("word_negatives"), rule="at least 1",
+                  help="textitem and textmf: words drawn against each word of a review in the text loss")
+        flags.add(group, "--text_weight", type=float, default=0.1, readers=takes("text_weight"), rule="0 or more",
+                  help="textmf: the weight of the text loss beside the squared error (0: its base alone)")
+        flags.add(group, "--text_base", choices=TEXT_BASES, default="biasmf", readers=takes("text_base"),
+                  help="textmf: the rating model under it")
 
-    def flag_checks(self, args):
-        return []
-
-    def flag_problem(self, kind, args):
+    def check_flags(self, args):
         return None
 
-    def describe(self, kind, config):
-        if self.models[kind].reads_review:
+    def describe(self, config, dataset):
+        if traits(self.model_class).reads_review:
             return " (reads the held-out review to predict its rating: a diagnostic, not a recommender)"
         return ""
 
-    def check(self, kind, dataset, config):
+    def check(self, dataset, config):
         if dataset.train_text is None:
-            raise TaskError(f"{dataset.path}: has no review text, which --model {kind} learns from; convert reviews "
-                            "with text (Amazon JSON lines, or --text_col) with convert.py --split random")
+            raise TaskError(f"{dataset.path}: has no review text, which --model {self.kind} learns from; convert "
+                            "reviews with text (Amazon JSON lines, or --text_col) with convert.py --split random")
         if not dataset.vocabulary[0] or dataset.train_text.values.numel() == 0:
             raise TaskError(f"{dataset.path}: its training reviews have no words (the source had no review text, or "
-                            f"--skip_top left none), so --model {kind} has nothing to learn from")
-        if self.models[kind].rates:
-            super().check(kind, dataset, config)
+                            f"--skip_top left none), so --model {self.kind} has nothing to learn from")
+        if self._rates():
+            super().check(dataset, config)
+
+    def _rates(self):
+        return traits(self.model_class).output == "rating"
 
     def data_settings(self, dataset):
         return {"num_words": max(len(dataset.vocabulary[0]), 1)}
 
-    def prepare(self, model, kind, dataset, config):
-        if isinstance(getattr(model, "sampler", None), WordSampler):
+    def prepare(self, model, dataset, config, load_model):
+        if isinstance(model, (TextItem, TextMF)):
             model.sampler.set_counts(dataset.vocabulary[1])
-        return super().prepare(model, kind, dataset, config)
+        return super().prepare(model, dataset, config, load_model)
 
-    def batches(self, kind, config, dataset, runtime, text=None):
-        return super().batches(kind, config, dataset, runtime, dataset.train_text)
+    def batches(self, config, dataset, runtime, text=None):
+        return super().batches(config, dataset, runtime, dataset.train_text)
 
-    def evaluator(self, kind, config, dataset, model, autocast, runtime, reads_review=False):
-        if self.models[kind].rates:
-            return super().evaluator(kind, config, dataset, model, autocast, runtime, self.models[kind].reads_review)
+    def evaluator(self, config, dataset, model, autocast, runtime, reads_review=False):
+        if self._rates():
+            return super().evaluator(config, dataset, model, autocast, runtime, traits(model).reads_review)
         return text_evaluator(dataset, model, autocast,
                               config.valid_batch_size or evaluation.default_batch_samples(runtime.device))
 
-    def selection(self, kind, dataset, config):
-        if self.models[kind].rates:
-            return super().selection(kind, dataset, config)
-        return train.Selection(f"{'valid_' if dataset.validation is not None else ''}text_loss",
-                               higher_is_better=False)
-
-    def refusal(self, kind):
-        if self.models[kind].reads_review:
-            return "reads a review to predict its rating: a diagnostic of what the words tell, not a recommender"
-        return "learns item vectors from review words and predicts no rating"
+    def selection(self, dataset, config):
+        if self._rates():
+            return super().selection(dataset, config)
+        return evaluation.Selection(f"{'valid_' if dataset.validation is not None else ''}text_loss",
+                                    higher_is_better=False)
 
 
 def text_evaluator(dataset, model, autocast, batch_size):

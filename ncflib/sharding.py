@@ -18,6 +18,7 @@ own forward unchanged, the rest of it data-parallel), and ``ShardedPlacement`` i
 """
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from torch import nn
 
 from ncflib.errors import ShardingError
 from ncflib.placement import SHARDING_TYPES, Placement
+from ncflib.protocols import traits
 from ncflib.sparse_adam import CombinedOptimizer
 
 BYTES_PER_WEIGHT = 4  # float32 tables
@@ -390,14 +392,13 @@ class TablesAndDense(CombinedOptimizer):
 class ShardedView:
     """A sharded model as evaluation sees an unsharded one: ``view(users, items)`` predicts pairs and
     ``score(users [B], items [B, C])`` gives each user's candidates' logits, both through the sharded lookup (a
-    collective: every rank calls it as often as the others, hence ``lockstep``, which the sampled evaluation
-    honours). ``score_all`` would need the whole item table on one rank, and is refused."""
-
-    lockstep = True
+    collective: every rank calls it as often as the others, hence its traits' ``lockstep``, which the sampled
+    evaluation honours; its output is the sharded model's). ``score_all`` would need the whole item table on one
+    rank, and is refused."""
 
     def __init__(self, distributed):
         self.distributed = distributed
-        self.binary = getattr(distributed.module.model, "binary", False)
+        self.traits = dataclasses.replace(traits(distributed.module.model), lockstep=True)
 
     @torch.no_grad()
     def __call__(self, users, items, *args):

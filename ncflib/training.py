@@ -5,6 +5,10 @@ evaluation returning metrics by name, and selects the best epoch on one named me
 
     selection = Selection("accuracy")                    # or Selection("loss", higher_is_better=False)
     result = fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, epochs=20)
+    result = loop(solve_step(model, users, items, settings), evaluate, selection, epochs=len(settings))
+
+``loop`` is the one epoch loop (time, record, evaluate, select, save, stop); a model brings its step: a gradient
+epoch (``gradient_step``; ``fit`` is the two together) or a closed-form solve (``solve_step``).
 
 - ``batches_of_epoch(epoch)``: the epoch's batches, with ``len()``; each a ``dataloading.Batch`` (its inputs, this
   rank's sample count, and the global batch's sample count over every rank).
@@ -30,8 +34,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ncflib import sparse_adam
+from dataloading import epoch_seed
 from ncflib.errors import DeviceError, RanksDisagree
+from ncflib.evaluation import Selection  # noqa: F401 - the loop's, kept with the metrics it names
+from ncflib.optimizers import make_optimizer  # noqa: F401 - the loop's, built by the families
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
@@ -43,24 +49,6 @@ class NonFiniteLoss(Exception):
         super().__init__(f"training loss became {loss} in epoch {epoch}")
         self.epoch, self.loss = epoch, loss
 
-
-@dataclass(frozen=True)
-class Selection:
-    """Which epoch is best: the one with the best value of ``metric``, higher or lower being better."""
-
-    metric: str
-    higher_is_better: bool = True
-
-    @property
-    def worst(self):
-        return -math.inf if self.higher_is_better else math.inf
-
-    def improves(self, value, best):
-        return value > best if self.higher_is_better else value < best
-
-    def reaches(self, value, target):
-        """Whether ``value`` meets a target (``--threshold``): at least it, or at most it when lower is better."""
-        return value >= target if self.higher_is_better else value <= target
 
 
 @dataclass(frozen=True)
@@ -143,23 +131,6 @@ def compiled(function, compile_mode):
     return torch.compile(function, mode=compile_mode) if compile_mode else function
 
 
-def make_optimizer(model, name, undecayed=(), **settings):
-    """The optimizer over ``model``'s trainable parameters: 'adam' (AdamW, fused), 'row_sparse_adam' (embedding
-    rows updated only when looked up; see ncflib/sparse_adam.py) or 'sgd' (with momentum beta1 and L2-coupled weight
-    decay, as torch.optim.SGD). ``settings``: lr, betas, eps, weight_decay; the parameters in ``undecayed`` (adam
-    and sgd) get no weight decay."""
-    if name == "row_sparse_adam":
-        return sparse_adam.build_optimizer(model, **settings)
-    skipped = {id(parameter) for parameter in undecayed}
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    groups = [{"params": [parameter for parameter in trainable if id(parameter) not in skipped]},
-              {"params": [parameter for parameter in trainable if id(parameter) in skipped], "weight_decay": 0.0}]
-    groups = [group for group in groups if group["params"]]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["betas"][0],
-                               weight_decay=settings["weight_decay"])
-    return torch.optim.AdamW(groups, **settings, fused=True)
-
 
 def check_ranks_agree(settings, fingerprint, start_epoch, runtime):
     """Stop every rank with one clear error when ranks were given different data or flags, or would resume from
@@ -177,11 +148,6 @@ def check_ranks_agree(settings, fingerprint, start_epoch, runtime):
                             "rank the same --data (same contents), the same command line and a --checkpoint_dir they "
                             "all see (a shared file system)")
 
-
-def epoch_seed(seed, epoch):
-    """The seed of an epoch's batches and dropout. Seeding by (seed, epoch) makes each epoch independent
-    of what ran before, so a resumed run repeats an uninterrupted one exactly."""
-    return seed * 1_000_003 + epoch * 7919
 
 
 def seed_dropout(seed, epoch, rank=0):
@@ -254,44 +220,65 @@ def train_epoch(model, optimizer, scaler, autocast, batches, loss, *, grads_accu
     return totals[0] / totals[1].clamp(min=1), int(totals[1])
 
 
-def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, autocast=None,
-        start_epoch=0, best=None, seed=0, rank=0, world_size=1, grads_accumulated=1, learning_rate=None,
-        threshold=None, patience=None, on_epoch=None, save=None, saved_best=None, show_bar=False, eval_every=1):
-    """Train from ``start_epoch`` to ``epochs``, evaluating after every ``eval_every``-th epoch and the last;
-    returns the run's ``best`` and whether it stopped at ``threshold``.
+def gradient_step(model, optimizer, scaler, loss, batches_of_epoch, *, epochs, autocast=None, seed=0, rank=0,
+                  world_size=1, grads_accumulated=1, learning_rate=None, show_bar=False):
+    """``loop``'s step for a model trained by gradient: one ``train_epoch`` over ``batches_of_epoch(epoch)`` (dropout
+    seeded by the epoch), returning the record's ``train_loss`` and ``learning_rate`` (at the epoch's last step)
+    and the samples of every rank. Raises NonFiniteLoss when the epoch's loss is not finite, before anything of
+    that epoch is reported."""
+    autocast = autocast or contextlib.nullcontext
+
+    def step(epoch):
+        seed_dropout(seed, epoch, rank)
+        train_loss, samples = train_epoch(
+            model, optimizer, scaler, autocast, batches_of_epoch(epoch), loss, grads_accumulated=grads_accumulated,
+            world_size=world_size, learning_rate=learning_rate, position=(epoch, epochs), show_bar=show_bar,
+            description=f"epoch {epoch}")
+        train_loss = float(train_loss)  # the one host sync of the epoch
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(epoch, train_loss)
+        return {"train_loss": train_loss, "learning_rate": optimizer.param_groups[0]["lr"]}, samples
+
+    return step
+
+
+def solve_step(model, users, items, settings):
+    """``loop``'s step for a model solved in closed form (``protocols.SolvedInClosedForm``): epoch e solves the
+    training pairs (users, items [N]) with ``settings[e]``; the record gets what ``solve`` returns."""
+
+    def step(epoch):
+        return model.solve(users, items, settings[epoch]), users.numel()
+
+    return step
+
+
+def loop(step, evaluate, selection, *, epochs, start_epoch=0, best=None, on_epoch=None, save=None, saved_best=None,
+         threshold=None, patience=None, eval_every=1):
+    """The one epoch loop of every model: from ``start_epoch`` to ``epochs``, ``step(epoch)`` (a gradient epoch or
+    a closed-form solve: (record fields, samples)), then evaluation after every ``eval_every``-th epoch and the
+    last; returns the run's ``best`` and whether it stopped at ``threshold``.
 
     ``best`` (from a resumed run, else None) is a dict: ``epoch``, ``metrics`` (the evaluation of that epoch),
     ``seconds`` (training and evaluation time up to it) and ``elapsed`` (up to the last epoch run).
-    ``on_epoch(record)`` is called after each epoch (to log and print) with the epoch's record: ``epoch``,
-    ``train_loss``, the evaluation's metrics, ``learning_rate``, throughputs and times. Then ``save(name, record,
-    best)``, when given, writes "best.pt" for an epoch better than the run's best so far and than ``saved_best`` (a
-    best model already kept, never overwritten by a worse one), and "last.pt" after every epoch.
-    ``patience``: stop after that many epochs in a row without a better selection metric (early stopping).
-    Raises NonFiniteLoss when an epoch's loss is not finite, before anything of that epoch is reported.
+    ``on_epoch(record)`` is called after each epoch (to log and print) with the epoch's record: ``epoch``, the
+    step's fields, the evaluation's metrics, throughputs and times. Then ``save(name, record, best)``, when given,
+    writes "best.pt" for an epoch better than the run's best so far and than ``saved_best`` (a best model already
+    kept, never overwritten by a worse one), and "last.pt" after every epoch. ``patience``: stop after that many
+    epochs in a row without a better selection metric (early stopping).
     """
-    autocast = autocast or contextlib.nullcontext
     best = best or {"epoch": -1, "metrics": {}, "seconds": 0.0, "elapsed": 0.0}
     elapsed, reached = best["elapsed"], False
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        seed_dropout(seed, epoch, rank)
-        train_loss, samples = train_epoch(
-            model, optimizer, scaler, autocast, batches_of_epoch(epoch), loss, grads_accumulated=grads_accumulated,
-            world_size=world_size, learning_rate=learning_rate, position=(epoch, epochs),
-            show_bar=show_bar, description=f"epoch {epoch}")
-        train_loss = float(train_loss)  # the one host sync of the epoch
+        fields, samples = step(epoch)
         train_seconds = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(epoch, train_loss)
-        eval_started = time.perf_counter()
         evaluated = (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
         metrics = evaluate() if evaluated else {}  # (a skipped evaluation: a record of the training alone)
-        eval_seconds = time.perf_counter() - eval_started
+        eval_seconds = time.perf_counter() - started - train_seconds
         elapsed += time.perf_counter() - started
         scored = metrics.pop("eval_samples", None)
-        record = {"epoch": epoch, "train_loss": train_loss, **metrics,
-                  "learning_rate": optimizer.param_groups[0]["lr"],  # at the epoch's last step
-                  "train_throughput": samples / train_seconds, "train_epoch_time": train_seconds,
+        record = {"epoch": epoch, **fields, **metrics,
+                  "train_throughput": samples / max(train_seconds, 1e-9), "train_epoch_time": train_seconds,
                   **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
                   "validation_epoch_time": eval_seconds}
         best, saved_best, reached, stop = close_epoch(
@@ -302,9 +289,18 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
     return best, reached
 
 
+def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *, epochs, autocast=None, seed=0,
+        rank=0, world_size=1, grads_accumulated=1, learning_rate=None, show_bar=False, **options):
+    """``loop`` over the epochs of a model trained by gradient (``gradient_step``); ``options`` are ``loop``'s."""
+    step = gradient_step(model, optimizer, scaler, loss, batches_of_epoch, epochs=epochs, autocast=autocast, seed=seed,
+                         rank=rank, world_size=world_size, grads_accumulated=grads_accumulated,
+                         learning_rate=learning_rate, show_bar=show_bar)
+    return loop(step, evaluate, selection, epochs=epochs, **options)
+
+
 def close_epoch(record, metrics, elapsed, best, selection, *, on_epoch=None, save=None, saved_best=None,
                 threshold=None, patience=None):
-    """What every training loop does once an epoch is over, as ``fit`` documents it: the run's best updated by the
+    """What the loop does once an epoch is over, as ``loop`` documents it: the run's best updated by the
     epoch's ``metrics`` (empty: the epoch was not evaluated), ``on_epoch(record)``, best.pt and last.pt saved, the
     threshold and patience checked. Returns (best, saved_best, reached the threshold, stop)."""
     epoch, evaluated = record["epoch"], bool(metrics)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from dataloading import RatingBatches
-from ncflib import evaluation
+from ncflib import evaluation, serving
 from ncflib import training as train
-from ncflib.ratings import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, StartsFromMean, squared_error_loss
+from ncflib.protocols import StartsFromMean
+from ncflib.ratings import RATING_MODELS, BiasMF, Dot, DotBias, EmbNN, squared_error_loss
 
 # The tutorial's toy matrix: 5 users x 4 items, zeros unobserved.
 TOY = torch.tensor([[5, 3, 0, 1], [4, 0, 0, 1], [1, 1, 0, 5], [1, 0, 0, 4], [0, 1, 5, 4]], dtype=torch.float32)
@@ -268,7 +269,7 @@ def test_recommend_predicts_a_rating_and_lists_the_biases(rated, tmp_path, capsy
     assert recommend.main(["--checkpoint", str(checkpoint), "--predict", "3", "7"]) == 0
     out = capsys.readouterr().out
     model = load_model(checkpoint, load_dataset(data)).eval()
-    users, items = recommend.catalogues(load_dataset(data))
+    users, items = serving.catalogues(load_dataset(data))
     with torch.no_grad():
         expected = model(torch.tensor([users.user("3")]), torch.tensor([items.item("7")])).item()
     assert out.strip() == f"user 3, item 7: predicted rating {expected:.3f}" and 0 < expected < 5.5

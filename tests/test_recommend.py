@@ -12,6 +12,7 @@ import dataloading
 import ncf
 import recommend
 from conftest import run_convert, shared_file
+from ncflib import serving
 from ncflib.checkpoint import load_model
 
 NUM_USERS, NUM_ITEMS = 48, 30
@@ -76,7 +77,7 @@ def test_every_users_list_leaves_out_what_they_saw_and_matches_a_brute_force_ran
     assert code == 0, err
     table = pd.read_csv(output, dtype={"user_id": str, "item_id": str})
     assert list(table.columns) == ["user_id", "rank", "item_id", "score", "title"]
-    users, items = recommend.catalogues(dataset)
+    users, items = serving.catalogues(dataset)
     seen = _seen(dataset)
     model = load_model(checkpoints[kind], dataset).eval()
     every = torch.arange(dataset.num_items)
@@ -101,7 +102,7 @@ def test_one_user_prints_titles_and_include_seen_keeps_their_items(trained, caps
     assert lines[0].startswith("user 1: top 4 of 30 items") and lines[1].split() == ["rank", "item_id", "score",
                                                                                      "title"]
     assert len(lines) == 6 and all("(19" in line for line in lines[2:])
-    users, items = recommend.catalogues(dataset)
+    users, items = serving.catalogues(dataset)
     seen = _seen(dataset)[users.user("1")]
     code, out, _ = _run(capsys, "--checkpoint", checkpoints["gmf"], "--user", "1", "-k", str(NUM_ITEMS - 1),
                         "--include_seen")
@@ -130,7 +131,7 @@ def test_similar_items_by_title_are_nearest_by_cosine_and_leave_out_the_query(tr
     assert code == 0, err
     assert out.splitlines()[0] == ("items nearest to 1 (Star Wars (1977)) by cosine similarity of GMF factors x "
                                    "output weights")
-    _, items = recommend.catalogues(dataset)
+    _, items = serving.catalogues(dataset)
     listed = [items.item(line.split()[1]) for line in out.splitlines()[2:]]
     model = load_model(checkpoints["gmf"], dataset)
     vectors = torch.nn.functional.normalize(model.item_embedding.weight * model.output.weight[0], dim=1).detach()
@@ -162,8 +163,8 @@ def test_fold_in_is_deterministic_leaves_the_model_alone_and_finds_the_users_tas
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     trainable = [parameter.requires_grad for parameter in model.parameters()]
     history = torch.tensor([0, 2, 4, 6, 8])  # items 1, 3, 5, 7, 9: the odd users' taste
-    first = recommend.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3)
-    again = recommend.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3)
+    first = serving.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3)
+    again = serving.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3)
     assert torch.equal(first, again)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert [parameter.requires_grad for parameter in model.parameters()] == trainable
@@ -267,7 +268,7 @@ def test_ml100k_user_1_gets_ten_titles_they_have_not_seen(tmp_path, capsys):
     code, out, err = _run(capsys, "--checkpoint", tmp_path / "ck" / "best.pt", "--user", "1")
     assert code == 0, err
     dataset = dataloading.load_dataset(data)
-    users, items = recommend.catalogues(dataset)
+    users, items = serving.catalogues(dataset)
     listed = [items.item(line.split()[1]) for line in out.splitlines()[2:]]
     assert len(listed) == 10 and not set(listed) & _seen(dataset)[users.user("1")]
     assert all(items.title(index) in out for index in listed)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ncflib.data.splits import Interactions, Split, _index_ids
+from ncflib.data.splits import Interactions, Split, index_ids
 from ncflib.errors import ConversionError
 
 FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf", "lightgcn")
@@ -47,7 +47,7 @@ def detect_format(path):
         raise ConversionError(f"{path}: directory holds no u.data, ratings.dat, ratings.csv or *.train.rating; "
                               "pass the ratings file itself with --path")
     name = path.name.lower()
-    if name.endswith(NCF_SUFFIXES) or _ncf_prefix_exists(path):
+    if name.endswith(NCF_SUFFIXES) or ncf_prefix_exists(path):
         return "ncf"
     if name.endswith((".parquet", ".pq")):
         return "parquet"
@@ -65,7 +65,7 @@ def detect_format(path):
     return "csv"
 
 
-def _ncf_prefix_exists(path):
+def ncf_prefix_exists(path):
     return not path.exists() and Path(str(path) + ".train.rating").is_file()
 
 
@@ -503,8 +503,8 @@ def read_lightgcn(path):
                 users += [int(cells[0])] * (len(cells) - 1)
                 items += [int(cell) for cell in cells[1:]]
         parts[name] = (np.array(users, dtype=np.int64), np.array(items, dtype=np.int64))
-    user_codes, user_ids = _index_ids(np.concatenate([parts["train"][0], parts["test"][0]]))
-    item_codes, item_ids = _index_ids(np.concatenate([parts["train"][1], parts["test"][1]]))
+    user_codes, user_ids = index_ids(np.concatenate([parts["train"][0], parts["test"][0]]))
+    item_codes, item_ids = index_ids(np.concatenate([parts["train"][1], parts["test"][1]]))
     size = parts["train"][0].size
     pairs = {"train": np.stack([user_codes[:size], item_codes[:size]], 1),
              "test": np.stack([user_codes[size:], item_codes[size:]], 1)}

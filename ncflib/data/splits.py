@@ -55,7 +55,7 @@ class Split:
 # ---------------------------------------------------------------------------------------------------- protocol
 
 
-def _index_ids(ids):
+def index_ids(ids):
     """Map original ids to 0..n-1 in sorted id order; returns (codes, unique ids)."""
     if np.issubdtype(ids.dtype, np.integer) and ids.size and ids.min() >= 0 and ids.max() < 4 * ids.size + 1_000_000:
         # Dense non-negative integer ids (the usual case) are indexed by counting, far faster than hashing.
@@ -88,8 +88,8 @@ def leave_last_out(data, min_interactions, rng, progress):
     original user ids, original item ids, counts for the summary).
     """
     num_rows = data.users.size
-    user_codes, user_ids = _index_ids(data.users)
-    item_codes, item_ids = _index_ids(data.items)
+    user_codes, user_ids = index_ids(data.users)
+    item_codes, item_ids = index_ids(data.items)
     num_items = item_ids.size
     position = _time_order(data.timestamps, rng, num_rows)
     progress(f"indexed {user_ids.size:,} users and {num_items:,} items")
@@ -253,8 +253,8 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     rng = np.random.default_rng(seed)
     parts = [data] if test_data is None else [data, test_data]
     file_of = np.concatenate([np.full(part.users.size, number) for number, part in enumerate(parts)])
-    user_codes, user_ids = _index_ids(np.concatenate([part.users for part in parts]))
-    item_codes, item_ids = _index_ids(np.concatenate([part.items for part in parts]))
+    user_codes, user_ids = index_ids(np.concatenate([part.users for part in parts]))
+    item_codes, item_ids = index_ids(np.concatenate([part.items for part in parts]))
     num_rows, num_users, num_items = file_of.size, user_ids.size, item_ids.size
     columns = {}
     for name in ("timestamps", "ratings"):
