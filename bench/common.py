@@ -63,7 +63,7 @@ def run_label(amp, compile_mode, model="neumf", branch_loss=0.0):
     """", branch losses x W, AMP, compiled (MODE)" for the table headers, each part only when it applies (the
     branch losses as the model's family describes them)."""
     config = argparse.Namespace(branch_loss=branch_loss)
-    branches = families.family_of(model).describe(model, config).replace(" (", ", ").rstrip(")")
+    branches = families.family_of(model).describe(config, None).replace(" (", ", ").rstrip(")")
     return f"{branches}{', AMP' if amp else ''}{f', compiled ({compile_mode})' if compile_mode else ''}"
 
 
@@ -125,7 +125,7 @@ def prepare_run(dataset, device, flags):
     """A Run of ncf.py with ``flags`` on ``dataset`` (already on ``device``), its model initialised with seed 0."""
     config, _ = ncf.resolve_config(ncf.parse_args([*flags, "--checkpoint_dir", "", "--device", device.type]), dataset)
     torch.manual_seed(0)
-    model, _, optimizer, loss = ncf.build(config, dataset, device, LOCAL)
+    model, _, optimizer, loss = ncf.build(families.family_of(config.model), config, dataset, device, LOCAL)
     autocast, scaler = train.mixed_precision(config.amp, device)
     positives = dataloading.PositiveSet(dataset.train_users, dataset.train_items, dataset.num_users,
                                         dataset.num_items)

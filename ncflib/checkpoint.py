@@ -59,7 +59,8 @@ def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, met
 
 
 def _write(path, checkpoint):
-    with files.atomic_file(path, CheckpointError, "free some space or pass another --checkpoint_dir") as temporary:
+    with files.atomic_file(path, CheckpointError, "free some space or pass another --checkpoint_dir",
+                           what="the checkpoint") as temporary:
         torch.save(checkpoint, temporary)
 
 
@@ -147,7 +148,7 @@ def resume_fields(config):
     return [("optimizer", "--optimizer", "adam", True), ("eval_protocol", "--eval_protocol", "sampled", True),
             ("embedding_sharding", "--embedding_sharding", "none", True),
             ("lr_schedule", "--lr_schedule", None, True)] + \
-        families.family_of(config["model"]).resume_fields(config["model"], config)
+        families.family_of(config["model"]).resume_fields(config)
 
 
 def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, metric, fields=None, placement=LOCAL):

@@ -63,9 +63,10 @@ def temporary_beside(path):
 
 
 @contextlib.contextmanager
-def atomic_file(path, error=OSError, hint="pass another path"):
+def atomic_file(path, error=OSError, hint="pass another path", what="it"):
     """Yields the temporary file to write ``path``'s contents to; renames it to ``path`` when the block ends, or
-    removes it and raises ``error`` (one line: the path, why, and ``hint``) when writing failed, so a failure never
+    removes it and raises ``error`` (one line: the path, "cannot write ``what``", why, and ``hint``) when writing
+    failed, so a failure never
     leaves a half-written file. Errors other than OSError (and torch's RuntimeError for a failed write) pass
     through after the temporary file is removed."""
     path = Path(path)
@@ -79,7 +80,7 @@ def atomic_file(path, error=OSError, hint="pass another path"):
             raise
         reason = write_failure(failure, path.parent)  # before the partial file goes, freeing its space
         temporary.unlink(missing_ok=True)
-        raise error(f"{path}: cannot write it ({reason}); {hint}") from None
+        raise error(f"{path}: cannot write {what} ({reason}); {hint}") from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

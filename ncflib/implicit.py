@@ -109,7 +109,7 @@ LOSS_FLAGS = (("--temperature", "temperature", ("softmax",)), ("--margin", "marg
               ("--negative_weight", "negative_weight", ("ccl",)))
 
 
-DEFAULT_OF = {"margin": 0.8, "recency_window": 10.0}  # the defaults of the flags above that have one
+DEFAULT_OF = {"margin": 0.8}  # the defaults of the flags above that have one
 
 
 class ImplicitFamily(Family):
@@ -200,8 +200,6 @@ class ImplicitFamily(Family):
                                                                "positive"))
         if args.negative_popularity and not shared:
             return "--negative_popularity draws shared negatives; add --shared_negatives N"
-        if args.recency_window != DEFAULT_OF["recency_window"] and not args.recency:
-            return "--recency_window shapes --recency's weights; add --recency WEIGHT"
         return None
 
     def default_epochs(self, args):

@@ -37,9 +37,12 @@ def planted(tmp_path_factory):
 def train(data, tmp_path, *extra):
     """Run ncf.main in-process with quick settings; returns (exit code, log records)."""
     log = tmp_path / "log.json"
+    extra = list(map(str, extra))
+    model = extra[extra.index("--model") + 1] if "--model" in extra else "neumf"
+    tower = ["--dropout", "0", "--layers", "16", "16", "8"] if model != "gmf" else []  # (GMF reads neither)
+    factors = ["-f", "8"] if model != "mlp" else []  # (the MLP's embeddings are half its first layer)
     args = ["--data", str(data), "-e", "25", "-b", "64", "-n", "4", "-l", "0.01", "--lr_schedule", "constant",
-            "--dropout", "0", "-f", "8", "--layers", "16", "16", "8", "-k", "1", "--checkpoint_dir",
-            str(tmp_path / "ck"), "--log_path", str(log), *map(str, extra)]
+            *factors, *tower, "-k", "1", "--checkpoint_dir", str(tmp_path / "ck"), "--log_path", str(log), *extra]
     code = ncf.main(args)
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return code, records
