@@ -37,7 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1024, 8192], help="-b values to time")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per batch size (the first is a warm-up)")
     parser.add_argument("--model", default="neumf", choices=["neumf", "gmf", "mlp"])
-    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--dropout", type=float, help="dropout of the MLP tower, as ncf.py (default: ncf.py's)")
     parser.add_argument("--append", metavar="FILE.md",
                         help="append the table (command, device, date) to this Markdown file")
     return parser.parse_args(argv)
@@ -47,8 +47,8 @@ def measure(dataset, device, batch_size, args):
     """Median epoch and evaluation times (the first epoch a warm-up), throughputs, peak memory, best HR@10."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run = prepare_run(dataset, device, ["--model", args.model, "-b", str(batch_size), "--dropout", str(args.dropout),
-                                        *run_flags(args)])
+    dropout = ["--dropout", str(args.dropout)] if args.dropout is not None else []
+    run = prepare_run(dataset, device, ["--model", args.model, "-b", str(batch_size), *dropout, *run_flags(args)])
     train_model = train.compiled(run.model, run.config.compile)  # the warm-up epoch pays for compiling
     evaluate = run.evaluator(dataset)
     train_seconds, eval_seconds, hrs = [], [], []

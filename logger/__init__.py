@@ -85,7 +85,8 @@ def describe_run(config, dataset, runtime, notes, model_note=""):
     (``notes``: {what: (value, how chosen)}), as ncf.py prints them at start."""
     lines = [f"data: {dataset.description()}",
              f"model: {config.model}{model_note}"
-             + f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
+             + (f", optimizer {config.optimizer}, weight decay {config.weight_decay:g}"
+                if config.weight_decay is not None else "")  # (none for a model solved in closed form)
              + (f", L2 {config.l2:g} on the rows looked up" if config.l2 else "")
              + {"cosine": ", cosine learning-rate decay", "onecycle": ", one-cycle learning rate"}.get(
                  config.lr_schedule, "")
@@ -109,8 +110,10 @@ def rate(samples_per_second):
 
 
 def epoch_line(record):
-    """How an epoch is printed: losses, the test set's metrics, the validation set's, throughput and time."""
-    losses = f"loss {record['train_loss']:.4f}" + "".join(
+    """How an epoch is printed: losses ("solved" for a model solved in closed form, which has no training loss),
+    the test set's metrics, the validation set's, throughput and time."""
+    trained = f"loss {record['train_loss']:.4f}" if "train_loss" in record else "solved"
+    losses = trained + "".join(
         f"  {label} {record[key]:.4f}" for key, label in (("test_loss", "test loss"), ("valid_loss", "valid loss"))
         if key in record)
     metrics = "  ".join(part for part in (metric_line(record), metric_line(record, "valid_")) if part)

@@ -54,7 +54,8 @@ def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, met
         if write:
             _write(path, {
                 "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": state_dict,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "optimizer": {} if optimizer is None else optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch,
                 "metrics": metrics, "best": best, "config": config, "fingerprint": fingerprint})
 
 
@@ -158,7 +159,8 @@ def resume(path, dataset, model, optimizer, scaler, kind, model_args, config, me
     state = load_checkpoint(path, dataset, for_resume=True)
     check_resumable(state, path, kind, model_args, config, resume_fields(config) if fields is None else fields)
     placement.load(model, path, state)
-    optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None:  # (a model solved in closed form has none)
+        optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     best = state["best"]
     return state["epoch"] + 1, {"epoch": best["epoch"], "metrics": best_metrics(best, metric),

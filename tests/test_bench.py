@@ -220,8 +220,9 @@ def test_alpha_sweep_ends_at_the_two_pretrained_models(tmp_path, capsys):
     assert run_convert(["--synthetic", "60", "40", "1500", "--output", data, "--valid_negative", "20"])[0] == 0
     paths = {}
     for model in ("gmf", "mlp"):
-        assert ncf.main(["--data", str(data), "--model", model, "-e", "2", "-b", "256", "-f", "8", "--layers", "16",
-                         "8", "--checkpoint_dir", str(tmp_path / model)]) == 0
+        sizes = ["-f", "8"] if model == "gmf" else ["--layers", "16", "8"]
+        assert ncf.main(["--data", str(data), "--model", model, "-e", "2", "-b", "256", *sizes, "--checkpoint_dir",
+                         str(tmp_path / model)]) == 0
         paths[model] = str(tmp_path / model / "best.pt")
     capsys.readouterr()
     bench = load_script("alpha_sweep")

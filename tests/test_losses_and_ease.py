@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+import dataloading
 import ncf
 import recommend
 from conftest import run_convert
 from dataloading import ImplicitInputs, SharedInputs
-from ncflib import ease, evaluation, implicit
+from ncflib import ease, evaluation, implicit, serving
+from ncflib.checkpoint import load_model
 from ncflib.losses import LOSSES
 from neumf import GMF
 
@@ -152,7 +154,8 @@ def test_ease_equals_a_dense_solve_of_its_closed_form():
     matrix = (rng.random((7, 5)) < 0.5).astype(np.float64)
     matrix[3] = 0.0  # a user with no training items scores 0 everywhere
     users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
-    model = ease.EASE(7, 5, len(users)).solve(users, items, l2=3.0)
+    model = ease.EASE(7, 5, len(users))
+    assert model.solve(users, items, 3.0) == {"l2_weight": 3.0}
     inverse = np.linalg.inv(matrix.T @ matrix + 3.0 * np.eye(5))
     expected = np.eye(5) - inverse / np.diag(inverse)
     np.testing.assert_allclose(model.item_weights.numpy(), expected, atol=1e-5)
@@ -223,8 +226,22 @@ def test_ease_trains_tests_recommends_and_refuses_a_catalogue_too_large(planted_
     assert recommend.main(["--checkpoint", checkpoint, "--history", "31", "32", "33", "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "from their items" in lines[0] and all(int(line.split()[1]) // 10 == 3 for line in lines[2:5])
+    # --similar_to: the items whose rows of B are nearest (cosine) to the query's, the query left out.
     assert recommend.main(["--checkpoint", checkpoint, "--similar_to", "5", "-k", "3"]) == 0
-    capsys.readouterr()
+    lines = capsys.readouterr().out.splitlines()
+    model = load_model(folder / "best.pt")
+    _, items = serving.catalogues(dataloading.load_dataset(planted_ratio))
+    rows = torch.nn.functional.normalize(model.item_weights, dim=1)
+    similarity = rows @ rows[items.item("5")]
+    similarity[items.item("5")] = -math.inf
+    assert [line.split()[1] for line in lines[2:5]] == [items.ids[i] for i in similarity.topk(3).indices.tolist()]
+    # --export: the arrays EASE names (its item-item weights, its users' items), and how they give a score.
+    assert recommend.main(["--checkpoint", checkpoint, "--export", str(tmp_path / "exported"), "--no_onnx"]) == 0
+    assert "exported 3 arrays" in capsys.readouterr().out
+    assert np.array_equal(np.load(tmp_path / "exported" / "item_weights.npy"), model.item_weights.numpy())
+    description = json.loads((tmp_path / "exported" / "export.json").read_text())
+    assert set(description["files"]) == {"item_weights.npy", "user_offsets.npy", "user_items.npy"}
+    assert "item_weights[j, i]" in description["score"]
     monkeypatch.setattr(ease, "available_bytes", lambda device: 1000)
     assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "ease",
                      "--checkpoint_dir", str(tmp_path / "refused")]) == 1
@@ -250,7 +267,7 @@ def test_full_ranking_defaults_are_gmf_with_sampled_softmax_and_are_printed(plan
     with pytest.raises(SystemExit):
         ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "--model", "mlp", "--similarity",
                   "cosine"])
-    assert "need a model that scores by a dot product" in capsys.readouterr().err
+    assert "--similarity is used by gmf; --model mlp does not read it" in capsys.readouterr().err
 
 
 def test_the_default_temperature_falls_with_the_catalogue():

@@ -237,7 +237,6 @@ def test_a_rating_model_needs_ratings_and_binary_needs_dot(rated, tmp_path, caps
     log.write_text("user,item\n" + "".join(f"{user},{item}\n" for user in range(8) for item in range(user, user + 5)))
     assert run_convert(["--path", log, "--output", plain, "--valid_negative", "3"])[0] == 0
     for flags, message in ((["--data", plain, "--model", "dotbias"], "has no training or test ratings"),
-                           (["--data", data, "--model", "gmf", "--binary"], "--binary is SimpleCF's 0/1 variant"),
                            (["--data", data, "--model", "dot", "--binary"], "are not all 0 or 1")):
         capsys.readouterr()
         import ncf
@@ -247,6 +246,10 @@ def test_a_rating_model_needs_ratings_and_binary_needs_dot(rated, tmp_path, caps
         assert message in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit):
         ncf.parse_args(["--model", "dotbias", "--y_range", "5", "1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a flag of another model: refused at parsing
+        ncf.parse_args(["--data", str(data), "--model", "gmf", "--binary"])
+    assert capsys.readouterr().err.endswith("error: --binary is used by dot; --model gmf does not read it\n")
 
 
 def test_one_cycle_rises_then_falls():
