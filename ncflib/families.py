@@ -149,7 +149,9 @@ class Family:
         return
 
     def default_epochs(self, args):
-        """-e when not given (``args``: the flags as parsed)."""
+        """-e when not given (``args``: the flags as parsed); one solve for a model solved in closed form."""
+        if not trained_by_gradient(self.model_class):
+            return 1
         return DEMO_EPOCHS if args.data is None else DEFAULT_EPOCHS
 
     def choose(self, args, dataset):

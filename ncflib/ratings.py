@@ -31,7 +31,7 @@ from ncflib import evaluation
 from ncflib.defaults import IMPLICIT_DROPOUT, NVIDIA_LAYERS, RATING_EPOCHS, choose_rating_sizes
 from ncflib.errors import TaskError
 from ncflib.families import Family, takes
-from ncflib.protocols import HasTables, StartsFromMean, Traits, traits
+from ncflib.protocols import HasTables, StartsFromMean, TrainedByGradient, Traits, traits
 
 
 def squared_error_loss(l2=0.0):
@@ -435,7 +435,8 @@ class RatingFamily(Family):
 
 def takes_l2(model_class):
     """A reader rule: the models whose training loss takes --l2 (an L2 penalty on the rows a batch looks up)."""
-    return "l2" in inspect.signature(model_class.training_loss).parameters
+    return issubclass(model_class, TrainedByGradient) and "l2" in inspect.signature(
+        model_class.training_loss).parameters
 
 
 def held_out_sets(dataset):

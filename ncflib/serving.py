@@ -357,13 +357,14 @@ def table_columns(owners, scores, items, items_catalogue, owner="user_id", value
 
 def export_arrays(model):
     """{file stem: tensor} of what ``--export`` writes: the model's own choice (``ExportsArrays``), else each of its
-    embedding tables, its output layer and its buffers named ``mean`` (a rating model's global mean)."""
+    embedding tables, its output layer and its buffers (a rating model's global mean, a closed form's solution)."""
     if isinstance(model, ExportsArrays):
         return model.export_arrays()
     arrays = {name.replace(".", "_"): module.weight for name, module in model.named_modules()
               if isinstance(module, torch.nn.Embedding)}
-    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-        if name.startswith("output.") or name.split(".")[-1] == "mean":
+    buffers = dict(model.named_buffers())
+    for name, tensor in itertools.chain(model.named_parameters(), buffers.items()):
+        if name.startswith("output.") or name in buffers:
             arrays[name.replace(".", "_")] = tensor
     return arrays
 
@@ -494,7 +495,7 @@ def recommend_for_history(args, served):
     started = time.perf_counter()
     if isinstance(model, ScoresHistory):  # (EASE: a new user's scores come from their items alone)
         with torch.no_grad():
-            scores, how = model.score_history(history).float(), "from their items"
+            scores, how = model.score_history(history).detach().float().clone(), "from their items"  # (ours)
     else:
         config = served.checkpoint.get("config") or {}
         negatives = args.fold_in_negatives or config.get("negative_samples") or FOLD_IN_NEGATIVES

@@ -1,9 +1,14 @@
-"""The family registry: a family defined here (its own model, batches, loss and metric), registered in one line,
-runs through the same code paths as the built-in ones: train, save, resume, --mode test, load, recommend."""
+"""The family registry and the model contract: a family defined here (its own model, batches, loss and metric),
+registered in one line, runs through the same code paths as the built-in ones (train, save, resume, --mode test,
+load, recommend.py's tasks); a second, closed-form family supplies only its model's solve; flags belong to the
+models that read them; the import graph runs one way."""
 
+import ast
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +25,9 @@ from ncflib.errors import TaskError
 
 
 class ItemPopularity(nn.Module):
-    """Scores each item by a learned number, trained towards the item's share of the training pairs."""
+    """Scores each item by a learned number, trained towards the item's share of the training pairs. Besides what
+    the loop needs (``training_loss``), it offers every item's score (``score_all``), item vectors and the scores of
+    a new user from their items (the same for everyone)."""
 
     def __init__(self, num_users, num_items, scale=1.0):
         super().__init__()
@@ -33,6 +40,12 @@ class ItemPopularity(nn.Module):
 
     def score_all(self, users):
         return self.item_score.weight.T.repeat(users.numel(), 1)
+
+    def item_vectors(self):
+        return {"item score and one": torch.cat([self.item_score.weight, torch.ones_like(self.item_score.weight)], 1)}
+
+    def score_history(self, items):
+        return self.item_score.weight.squeeze(1)
 
     def training_loss(self):
         def loss(model, inputs, autocast):
@@ -55,17 +68,18 @@ class PopularityFamily(families.Family):
     models = {"popularity": ItemPopularity}
     description = "popularity (a test family)"
 
-    def add_arguments(self, parser):
-        parser.add_argument_group("the test family").add_argument("--scale", type=float, default=1.0)
+    def add_arguments(self, parser, flags):
+        flags.add(parser.add_argument_group("the test family"), "--scale", type=float, default=1.0,
+                  readers=tuple(self.models), rule="positive")
 
     def default_epochs(self, args):
         return 3
 
-    def check(self, kind, dataset, config):
+    def check(self, dataset, config):
         if dataset.num_items < 2:
             raise TaskError(f"{dataset.path}: popularity needs two items")
 
-    def batches(self, kind, config, dataset, runtime):
+    def batches(self, config, dataset, runtime):
         targets = popularity(dataset, config.scale)
         items = torch.arange(dataset.num_items, device=targets.device)
 
@@ -76,7 +90,7 @@ class PopularityFamily(families.Family):
 
         return epoch
 
-    def evaluator(self, kind, config, dataset, model, autocast, runtime):
+    def evaluator(self, config, dataset, model, autocast, runtime):
         targets = popularity(dataset, config.scale)
 
         def evaluate():
@@ -86,13 +100,46 @@ class PopularityFamily(families.Family):
 
         return evaluate
 
-    def selection(self, kind, dataset, config):
+    def selection(self, dataset, config):
         return train.Selection("popularity_error", higher_is_better=False)
+
+
+class ItemCount(nn.Module):
+    """Solved in closed form: each item scores its count of training pairs. Nothing but the solve and the scores."""
+
+    def __init__(self, num_users, num_items):
+        super().__init__()
+        self.register_buffer("counts", torch.zeros(num_items))
+
+    def solve(self, users, items, setting):
+        self.counts.copy_(torch.bincount(items, minlength=self.counts.numel()).float())
+        return {}
+
+    def forward(self, users, items):
+        return self.counts[items]
+
+    def score_all(self, users):
+        return self.counts.expand(users.numel(), -1)
+
+
+class CountFamily(families.Family):
+    """A closed-form family: its model and its name, nothing else (its evaluation is the ranking default's)."""
+
+    name = "count"
+    models = {"itemcount": ItemCount}
+    description = "itemcount (a closed-form test family)"
 
 
 @pytest.fixture
 def registered():
     family = families.register(PopularityFamily())
+    yield family
+    families.unregister(family)
+
+
+@pytest.fixture
+def counted():
+    family = families.register(CountFamily())
     yield family
     families.unregister(family)
 
@@ -119,7 +166,9 @@ def run(data, folder, *flags):
 
 def test_a_family_defined_here_trains_resumes_tests_and_loads_like_the_built_in_ones(registered, data, tmp_path,
                                                                                      capsys):
-    assert "popularity" in families.model_kinds() and families.family_of("popularity") is registered
+    bound = families.family_of("popularity")
+    assert "popularity" in families.model_kinds() and bound.name == "popularity"
+    assert bound.kind == "popularity" and bound.model_class is ItemPopularity
     # Trained through ncf.py: its flag, its default epochs, its metric chosen in its direction.
     assert run(data, tmp_path / "whole", "--scale", "2") == 0
     epochs = [record for record in records(tmp_path / "whole" / "log.json") if record["type"] == "epoch"]
@@ -138,7 +187,8 @@ def test_a_family_defined_here_trains_resumes_tests_and_loads_like_the_built_in_
     assert "was trained with --optimizer adam" in capsys.readouterr().err
     # --mode test evaluates the saved model as its family does.
     capsys.readouterr()
-    assert ncf.main(["--data", str(data), "--mode", "test", "--scale", "2", "--load_checkpoint_path",
+    assert ncf.main(["--data", str(data), "--mode", "test", "--model", "popularity", "--scale", "2",
+                     "--load_checkpoint_path",
                      str(tmp_path / "whole" / "best.pt"), "--log_path", str(tmp_path / "test.json")]) == 0
     assert records(tmp_path / "test.json")[-1]["popularity_error"] == pytest.approx(errors[-1])
     # Loaded as the registry builds it, and used by recommend.py (it ranks every item).
@@ -153,6 +203,173 @@ def test_a_family_defined_here_trains_resumes_tests_and_loads_like_the_built_in_
         dataset.test.items[dataset.test.users == user].tolist())
     ranked = [item for item in model.item_score.weight.squeeze(1).argsort(descending=True).tolist() if item not in seen]
     assert top == [dataset.original_ids("items")[0][item] for item in ranked[:3]]
+    served = tmp_path / "whole" / "best.pt"
+    assert_served_like_any_model(served, model, dataset, tmp_path, capsys, item_score="item_score")
+
+
+def assert_served_like_any_model(checkpoint_path, model, dataset, tmp_path, capsys, item_score):
+    """recommend.py's --similar_to, --history and --export on a model of a family defined in this file: what each
+    prints or writes is what the model's own methods give."""
+    ids = dataset.original_ids("items")[0]
+    scores = model.score_all(torch.zeros(1, dtype=torch.long))[0].detach()
+    capsys.readouterr()
+    # --similar_to: nearest by the cosine of the model's item vectors, the query left out.
+    assert recommend.main(["--checkpoint", str(checkpoint_path), "--similar_to", ids[0], "-k", "2"]) == 0
+    nearest = [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:4]]
+    vectors = torch.nn.functional.normalize(torch.cat(list(model.item_vectors().values()), 1).detach(), dim=1)
+    similarity = vectors @ vectors[0]
+    similarity[0] = -math.inf
+    assert nearest == [ids[item] for item in similarity.topk(2).indices.tolist()]
+    # --history: a new user's scores from their items alone, what they had left out.
+    assert recommend.main(["--checkpoint", str(checkpoint_path), "--history", ids[1], "-k", "2"]) == 0
+    listed = [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:4]]
+    order = [item for item in scores.argsort(descending=True, stable=True).tolist() if item != 1]
+    assert set(listed) == {ids[item] for item in order[:2]}
+    # --export: the model's tables, id maps and export.json (no ONNX: the test may run without onnx).
+    folder = tmp_path / f"export-{checkpoint_path.parent.name}"
+    assert recommend.main(["--checkpoint", str(checkpoint_path), "--export", str(folder), "--no_onnx"]) == 0
+    table = np.load(folder / f"{item_score}.npy")
+    assert np.allclose(table.reshape(-1), scores.numpy())
+    assert json.loads((folder / "export.json").read_text())["files"][f"{item_score}.npy"]["shape"][0] == len(ids)
+
+
+def test_a_closed_form_family_supplies_only_a_solve_and_goes_through_every_path(counted, data, tmp_path, capsys):
+    # Trained by the one epoch loop: one solve (no grid), evaluated by the ranking default, kept as best.pt.
+    folder = tmp_path / "count"
+    assert ncf.main(["--data", str(data), "--model", "itemcount", "-k", "3", "--checkpoint_dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   0  solved" in out and "optimizer" not in out.splitlines()[1]
+    epochs = [record for record in records(folder / "log.json") if record["type"] == "epoch"]
+    assert len(epochs) == 1 and "train_loss" not in epochs[0] and "hr@3" in epochs[0]
+    state = checkpoint.load_checkpoint(folder / "best.pt")
+    assert state["optimizer"] == {}
+    dataset = dataloading.load_dataset(data)
+    counts = torch.bincount(dataset.train_items, minlength=dataset.num_items).float()
+    assert torch.equal(state["state_dict"]["counts"], counts)
+    # --mode test gives the run's figure; a resume of the finished run solves nothing more.
+    assert ncf.main(["--data", str(data), "--mode", "test", "-k", "3", "--load_checkpoint_path",
+                     str(folder / "best.pt"), "--log_path", str(tmp_path / "test.json")]) == 0
+    assert records(tmp_path / "test.json")[-1]["hr@3"] == pytest.approx(epochs[0]["hr@3"])
+    assert ncf.main(["--data", str(data), "--model", "itemcount", "-k", "3", "--checkpoint_dir", str(folder),
+                     "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    # recommend.py: its top-k are the most counted items the user has not seen.
+    model = checkpoint.load_model(folder / "best.pt")
+    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--user", "0", "-k", "2"]) == 0
+    top = [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:4]]
+    user = dataset.original_ids("users")[0].index("0")
+    seen = set(dataset.train_items[dataset.train_users == user].tolist()) | set(
+        dataset.test.items[dataset.test.users == user].tolist())
+    ranked = [item for item in counts.argsort(descending=True, stable=True).tolist() if item not in seen]
+    assert set(top) <= {dataset.original_ids("items")[0][item] for item in ranked[:4]}
+    # What it does not offer is refused in one line; what every model has (its arrays) is exported.
+    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--similar_to", "1"]) == 1
+    assert capsys.readouterr().err.strip() == "recommend.py: error: --similar_to: a itemcount model has no item " \
+                                               "vectors to compare"
+    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--export", str(tmp_path / "x"), "--no_onnx"]) == 0
+    assert np.array_equal(np.load(tmp_path / "x" / "counts.npy"), model.counts.numpy())
+    # The gradient flags and sharding are not its: refused at parsing, before any data is read.
+    for flags, message in ((["-e", "3"], "--epochs is used by"), (["-l", "0.1"], "--learning_rate is used by"),
+                           (["--embedding_sharding", "table_wise"], "--embedding_sharding is used by")):
+        with pytest.raises(SystemExit):
+            ncf.parse_args(["--model", "itemcount", *flags])
+        assert f"error: {message}" in capsys.readouterr().err
+
+
+def test_flags_belong_to_the_models_that_read_them(registered, capsys):
+    cases = [(["--model", "dotbias", "--loss", "softmax"], "--loss is used by neumf, gmf, mlp; --model dotbias does "
+                                                           "not read it"),
+             (["--model", "dotbias", "--shared_negatives", "1024"], "--shared_negatives is used by gmf; --model "
+                                                                     "dotbias does not read it"),
+             (["--model", "neumf", "--l2", "0.1"], "--l2 is used by mf, biasmf, dotbias, embnn, dot, textrating, "
+                                                   "textprofile, textmf; --model neumf does not read it"),
+             (["--model", "ease", "-e", "2"], "--epochs is used by"),
+             (["--model", "ease", "--eval_every", "2"], "--eval_every is used by"),
+             (["--model", "ease", "--loss", "softmax"], "--loss is used by neumf, gmf, mlp; --model ease does not"),
+             (["--model", "gmf", "--loss", "bce", "--logq"], "--logq corrects a sampled softmax over shared "
+                                                             "negatives"),
+             (["--model", "gmf", "--loss", "bpr", "--temperature", "0.1"], "--temperature is used by --loss softmax; "
+                                                                           "--loss bpr does not read it"),
+             (["--model", "dotbias", "--recency", "1"], "--recency is used by neumf, gmf, mlp; --model dotbias"),
+             (["--model", "gmf", "--text_weight", "1"], "--text_weight is used by textmf; --model gmf does not"),
+             (["--model", "neumf", "--y_range", "0", "5"], "--y_range is used by dotbias, embnn; --model neumf"),
+             (["--model", "textrating", "--embedding_sharding", "table_wise"], "--embedding_sharding is used by"),
+             (["--model", "gmf", "--scale", "2"], "--scale is used by popularity; --model gmf does not read it"),
+             (["--model", "popularity", "--loss", "bpr"], "--loss is used by neumf, gmf, mlp; --model popularity"),
+             (["--model", "popularity", "--scale", "0"], "--scale must be positive, got 0")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            ncf.parse_args(flags)
+        assert stopped.value.code == 2
+        assert f"ncf.py: error: {message}" in capsys.readouterr().err.replace("__main__.py", "ncf.py"), flags
+    # Given to the models that read them, or at their defaults, the same flags pass; the popularity model (user and
+    # item tables of its own) accepts --embedding_sharding.
+    for flags in (["--model", "gmf", "--loss", "softmax", "--shared_negatives", "64", "--logq"],
+                  ["--model", "dotbias", "--l2", "0.1", "--y_range", "0", "5"],
+                  ["--model", "ease", "--early_stop", "2"],
+                  ["--model", "popularity", "--embedding_sharding", "table_wise"], ["--model", "gmf", "--l2", "0"]):
+        ncf.parse_args(flags)
+
+
+LAYERS = {  # the tiers, lowest first: a module imports from its own tier and those below it, never above
+    "data": ["ncflib.errors", "ncflib.files", "ncflib.textdata", "ncflib.defaults", "ncflib.data"],
+    "models and batches": ["ncflib.protocols", "neumf", "dataloading", "ncflib.losses", "ncflib.evaluation",
+                           "ncflib.sparse_adam", "ncflib.optimizers"],
+    "families": ["ncflib.families", "ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease"],
+    "loop, evaluation, checkpoints": ["ncflib.training", "ncflib.checkpoint", "ncflib.placement", "ncflib.sharding",
+                                      "ncflib.serving", "logger"],
+    "command lines": ["ncf", "convert", "recommend"],
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tier_of(module):
+    matches = [(len(prefix), index) for index, prefixes in enumerate(LAYERS.values()) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    return max(matches)[1] if matches else None
+
+
+def product_modules():
+    """{module name: its file} of every installed module (pyproject's py-modules and packages)."""
+    found = {name: ROOT / f"{name}.py" for name in ("ncf", "convert", "recommend", "neumf", "dataloading")}
+    for package in ("logger", "ncflib"):
+        for file in (ROOT / package).rglob("*.py"):
+            parts = file.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    del found["ncflib"]  # (an empty package file)
+    return found
+
+
+def imports_of(file):
+    """(module imported, names imported from it) of every import statement in ``file``, lazy ones included."""
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module, [alias.name for alias in node.names]
+
+
+def test_every_module_has_a_tier_and_no_import_runs_upward_or_takes_a_private_name():
+    modules = product_modules()
+    assert [name for name in modules if tier_of(name) is None] == []
+    upward, private = [], []
+    for name, file in modules.items():
+        for imported, names in imports_of(file):
+            if imported == "logger.summarize" or name == "logger.summarize":  # (a command line inside logger)
+                continue
+            targets = [imported] + [f"{imported}.{each}" for each in names if f"{imported}.{each}" in modules]
+            for target in targets:
+                if target in modules and tier_of(target) > tier_of(name):
+                    upward.append(f"{name} -> {target}")
+            private += [f"{name}: {imported}.{each}" for each in names if each.startswith("_")]
+    assert upward == [] and private == []
+
+
+def test_the_import_graph_test_fails_on_an_upward_import(tmp_path):
+    file = tmp_path / "probe.py"
+    file.write_text("import ncf\nfrom ncflib.training import _private\n")
+    imported = list(imports_of(file))
+    assert tier_of("ncflib.families") < tier_of("ncf") and ("ncflib.training", ["_private"]) in imported
 
 
 def test_kinds_are_unique_and_unknown_ones_are_one_line_errors(registered):
