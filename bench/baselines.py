@@ -26,11 +26,9 @@ import torch
 import dataloading
 from bench.common import ERRORS, append_result, describe_device
 from logger import metric_label
-from ncflib import evaluation
+from ncflib import ease, evaluation
 from ncflib import training as train
 from ncflib.checkpoint import load_model
-
-LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
 class Popularity:
@@ -49,28 +47,11 @@ class Popularity:
         return self.counts.expand(users.numel(), -1).clone()
 
 
-class EASE:
-    """Steck's embarrassingly shallow autoencoder: item-item weights in closed form, zero on the diagonal."""
-
-    def __init__(self, dataset, regularisation):
-        matrix = torch.zeros(dataset.num_users, dataset.num_items, dtype=torch.float64,
-                             device=dataset.train_users.device)
-        matrix[dataset.train_users, dataset.train_items] = 1.0
-        gram = matrix.T @ matrix
-        gram.diagonal().add_(regularisation)
-        inverse = torch.linalg.inv(gram)
-        self.weights = (-inverse / inverse.diagonal()).float()
-        self.weights.diagonal().zero_()
-        self.history = matrix.float()  # [users, items]
-
-    def eval(self):
-        return self
-
-    def score_all(self, users):
-        return self.history[users] @ self.weights
-
-    def score(self, users, items):
-        return torch.gather(self.score_all(users), 1, items)
+def fit_ease(dataset, regularisation):
+    """ncf.py's EASE (``ncflib.ease``, the same model ``--model ease`` trains) solved with one L2 weight."""
+    model = ease.EASE(dataset.num_users, dataset.num_items, dataset.num_train).to(dataset.train_users.device)
+    model.solve(dataset.train_users, dataset.train_items, regularisation)
+    return model.eval()
 
 
 class ALS:
@@ -113,7 +94,7 @@ def evaluate(model, dataset, protocol, topk):
 def choose_lambda(dataset, protocol, topk):
     """(lambda, its selection metric, which set chose it) of EASE's grid."""
     metric = evaluation.selection_metric(dataset, protocol, topk)
-    results = {value: evaluate(EASE(dataset, value), dataset, protocol, topk)[metric] for value in LAMBDAS}
+    results = {value: evaluate(fit_ease(dataset, value), dataset, protocol, topk)[metric] for value in ease.L2_GRID}
     best = max(results, key=results.get)
     return best, results[best], "validation" if metric.startswith("valid_") else "test"
 
@@ -189,7 +170,8 @@ def main(argv=None):
         entries = [("popularity", Popularity(dataset))]
         if not args.no_ease:
             regularisation, chosen, chosen_on = choose_lambda(dataset, protocol, k)
-            entries.append((f"EASE, lambda {regularisation:g} (chosen on {chosen_on})", EASE(dataset, regularisation)))
+            entries.append((f"EASE, lambda {regularisation:g} (chosen on {chosen_on})",
+                            fit_ease(dataset, regularisation)))
         if args.als:
             entries.append(choose_als(dataset, protocol, k, args))
         entries += [(path, model.to(device)) for path, model in models.items()]

@@ -58,11 +58,15 @@ def test_models_return_one_logit_per_pair(kind):
     assert model(users, items).shape == (2, 2)
 
 
-@pytest.mark.parametrize("make", [lambda: GMF(0, 5), lambda: GMF(5, 5, factors=0), lambda: MLP(5, 5, layers=[15, 8]),
-                                  lambda: MLP(5, 5, layers=[16, 0]), lambda: MLP(5, 5, dropout=1.0),
-                                  lambda: NeuMF(5, 5, layers=[])])
-def test_constructors_validate(make):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("make, message", [
+    (lambda: GMF(0, 5), "num_users and num_items must be positive, got 0 and 5"),
+    (lambda: GMF(5, 5, factors=0), "factors must be positive, got 0"),
+    (lambda: MLP(5, 5, layers=[15, 8]), "so it must be even, got 15"),
+    (lambda: MLP(5, 5, layers=[16, 0]), r"layers must be one or more positive sizes, got \[16, 0\]"),
+    (lambda: MLP(5, 5, dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (lambda: NeuMF(5, 5, layers=[]), r"layers must be one or more positive sizes, got \[\]")])
+def test_constructors_validate(make, message):
+    with pytest.raises(ValueError, match=message):
         make()
 
 

@@ -32,7 +32,7 @@ def test_vocabulary_ranks_by_count_then_alphabet_and_skips_the_most_common():
     values, offsets = textdata.encode(tokens, {word: index for index, word in enumerate(words)})
     assert values.dtype == np.int32 and offsets.dtype == np.int64
     assert values.tolist() == [0, 1, 1, 0] and offsets.tolist() == [0, 2, 3, 4]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_words must be at least 1 and skip_top 0 or more, got 0 and 0"):
         textdata.build_vocabulary(tokens, max_words=0)
 
 
