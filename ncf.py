@@ -173,11 +173,12 @@ def build(family, config, dataset, device, placement):
     model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path)
     if not config.load_checkpoint_path:
         model = family.prepare(model, dataset, config, checkpoint.load_model)
-    model = placement.place(model.to(device))
-    if isinstance(model, SolvedInClosedForm):
+    if isinstance(model, SolvedInClosedForm):  # (sharding refuses such a model at parsing)
+        model = model.to(device)
         return model, model_args, None, train.solve_step(model, dataset.train_users, dataset.train_items,
                                                          family.settings(config))
-    loss = family.loss(model, settings)
+    loss = family.loss(model, settings)  # (asked of the model itself, before a placement wraps it)
+    model = placement.place(model.to(device))
     optimizer = placement.optimizer(model, family.optimizer(placement.dense_module(model), config))
     return model, model_args, optimizer, loss
 
