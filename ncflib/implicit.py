@@ -282,7 +282,10 @@ class ImplicitFamily(Family):
 
     def fold_in_loss(self, model, config):
         """The loss the checkpoint's run trained with (shared negatives: the candidates shared by the history's
-        items; --logq's correction left out, as the fold-in weighs every candidate rather than drawing them)."""
+        items; --logq's correction left out, as the fold-in weighs every candidate rather than drawing them); the
+        model's own for a checkpoint that records no loss (written before --loss existed)."""
+        if "loss" not in config:
+            return super().loss(model, config), "pairs"
         if config.get("shared_negatives"):
             return shared_loss(config["loss"], _loss_options(config)), "shared"
         if config.get("loss", "bce") == "bce":

@@ -12,7 +12,7 @@ import dataloading
 import ncf
 import recommend
 from conftest import run_convert, shared_file
-from ncflib import serving
+from ncflib import checkpoint, families, serving
 from ncflib.checkpoint import load_model
 
 NUM_USERS, NUM_ITEMS = 48, 30
@@ -174,6 +174,33 @@ def test_fold_in_is_deterministic_leaves_the_model_alone_and_finds_the_users_tas
     assert code == 0, err
     assert out.startswith("a new user with 3 items: top 3 of 30 items by fold-in (50 steps), answered in ")
     assert len(out.splitlines()) == 5
+
+
+@pytest.mark.parametrize("loss, layout", [(["--loss", "softmax", "--shared_negatives", "16"], "shared"),
+                                          (["--loss", "bpr", "--shared_negatives", "0"], "blocks")])
+def test_fold_in_fits_with_the_loss_the_run_trained_with(trained, tmp_path, loss, layout, capsys):
+    folder, _, dataset = trained
+    assert ncf.main(["--data", str(folder / "data"), "--model", "gmf", "-e", "12", "-b", "64", "-l", "0.01", "-f", "8",
+                     *loss, "--checkpoint_dir", str(tmp_path / "run")]) == 0
+    state = checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")
+    model = load_model(tmp_path / "run" / "last.pt", dataset).eval()
+    function, found = families.family_of("gmf").fold_in_loss(model, state["config"])
+    assert found == layout
+    history = torch.tensor([1, 3, 5, 7, 9])  # items 2, 4, 6, 8, 10: the odd users' taste
+    scores = serving.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3, loss=(function, found))
+    assert torch.equal(scores, serving.fold_in(model, history, dataset.num_items, 50, 0.05, 4, seed=3,
+                                               loss=(function, found)))
+    scores[history] = -math.inf
+    assert (torch.topk(scores, 5).indices < 15).all()
+    # A checkpoint written before the loss was recorded folds in with its model's own loss, and says so.
+    del state["config"]["loss"]
+    torch.save(state, tmp_path / "old.pt")
+    capsys.readouterr()
+    code, out, err = _run(capsys, "--checkpoint", tmp_path / "old.pt", "--data", folder / "data", "--history", "2",
+                          "4", "-k", "3")
+    assert code == 0, err
+    assert out.startswith("note: the checkpoint records no --loss (written by an earlier version): folding in with "
+                          "the gmf model's own loss")
 
 
 def test_export_reproduces_gmf_scores_and_onnx_equals_pytorch(trained, tmp_path, capsys):
