@@ -13,6 +13,7 @@ import recommend
 from conftest import run_convert, shared_file
 from ncflib import textdata
 from ncflib.data import layout
+from ncflib.protocols import traits
 from ncflib.reviews import TextMF, TextRating, text_loss
 
 GROUPS, ITEMS_PER_GROUP, WORDS_PER_GROUP = 4, 6, 10
@@ -194,7 +195,7 @@ def test_textrating_reads_the_review_and_is_labelled_a_diagnostic(reviewed, tmp_
     assert "reads the held-out review" in out
     summary = json.loads(log.read_text().splitlines()[-1])
     assert summary["best_metrics"]["rmse"] < 0.5  # 'great' and 'poor' give the 5s and 2s away
-    assert isinstance(TextRating(2, 2, 3), torch.nn.Module)
+    assert traits(TextRating).reads_review and traits(TextRating).output == "rating"  # what the refusal reads
     assert recommend.main(["--checkpoint", str(tmp_path / "ck" / "best.pt"), "--user", "U1"]) == 1
     error = capsys.readouterr().err
     assert "diagnostic" in error and len(error.strip().splitlines()) == 1
