@@ -105,7 +105,8 @@ class PopularityFamily(families.Family):
 
 
 class ItemCount(nn.Module):
-    """Solved in closed form: each item scores its count of training pairs. Nothing but the solve and the scores."""
+    """Solved in closed form: each item scores its count of training pairs. Besides the solve, only what it offers
+    users: its scores, item vectors and a new user's scores."""
 
     def __init__(self, num_users, num_items):
         super().__init__()
@@ -120,6 +121,12 @@ class ItemCount(nn.Module):
 
     def score_all(self, users):
         return self.counts.expand(users.numel(), -1)
+
+    def item_vectors(self):
+        return {"count and one": torch.stack([self.counts, torch.ones_like(self.counts)], 1)}
+
+    def score_history(self, items):
+        return self.counts
 
 
 class CountFamily(families.Family):
@@ -262,12 +269,11 @@ def test_a_closed_form_family_supplies_only_a_solve_and_goes_through_every_path(
         dataset.test.items[dataset.test.users == user].tolist())
     ranked = [item for item in counts.argsort(descending=True, stable=True).tolist() if item not in seen]
     assert set(top) <= {dataset.original_ids("items")[0][item] for item in ranked[:4]}
-    # What it does not offer is refused in one line; what every model has (its arrays) is exported.
-    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--similar_to", "1"]) == 1
-    assert capsys.readouterr().err.strip() == "recommend.py: error: --similar_to: a itemcount model has no item " \
-                                               "vectors to compare"
-    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--export", str(tmp_path / "x"), "--no_onnx"]) == 0
-    assert np.array_equal(np.load(tmp_path / "x" / "counts.npy"), model.counts.numpy())
+    # --similar_to, --history and --export as for any model; what it does not offer is refused in one line.
+    assert_served_like_any_model(folder / "best.pt", model, dataset, tmp_path, capsys, item_score="counts")
+    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--biases"]) == 1
+    assert capsys.readouterr().err.strip() == ("recommend.py: error: --biases: a itemcount model has no item biases; "
+                                               "train --model biasmf or dotbias")
     # The gradient flags and sharding are not its: refused at parsing, before any data is read.
     for flags, message in ((["-e", "3"], "--epochs is used by"), (["-l", "0.1"], "--learning_rate is used by"),
                            (["--embedding_sharding", "table_wise"], "--embedding_sharding is used by")):
