@@ -54,6 +54,7 @@ class Progress:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
+        prog="convert.py",
         description="Convert raw interaction logs into an ncf dataset directory (train/test split, test "
                     "negatives, id maps). The input format is detected from the file name and first line.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -120,6 +121,8 @@ def parse_args(argv=None):
     if args.max_words < 1 or args.skip_top < 0:
         parser.error(f"--max_words must be at least 1 and --skip_top 0 or more, got {args.max_words} and "
                      f"{args.skip_top}")
+    if args.validation_fraction != parser.get_default("validation_fraction") and not args.validation:
+        parser.error("--validation_fraction is the share --validation holds out; add --validation, or drop it")
     if args.test_path and (not args.path or args.split != "leave_one_out"):
         parser.error("--test_path goes with --path (its training file) and no --split: the test file is the split")
     for flag, value in (("--test_fraction", args.test_fraction), ("--validation_fraction", args.validation_fraction)):
@@ -187,8 +190,11 @@ def print_summary(metadata, seconds, output):
     if counts.get("test_rows_without_training"):
         lines.append(f"  note              {counts['test_rows_without_training']:,} test rows have a user or item with "
                      f"no training row ({counts['test_users_without_training']:,} users and "
-                     f"{counts['test_items_without_training']:,} items seen only in test); the rating models score "
-                     "them from the known side")
+                     f"{counts['test_items_without_training']:,} items seen only in test); kept, and scored from rows "
+                     "training never moved (the rating models from the known side)")
+    if counts.get("test_pairs_also_in_train_dropped"):
+        lines.append(f"  note              {counts['test_pairs_also_in_train_dropped']:,} test pairs were also "
+                     "training pairs, which full ranking leaves out of the candidates: dropped from the test set")
     if metadata["protocol"].get("name") in ("random", "test_file") and "train_ratings" not in metadata["arrays"]:
         lines.append("  note              the input has no rating column: the rating models (--model dotbias, mf, "
                      "...) will not train on this dataset; the implicit ones rank its test items (full ranking)")
@@ -212,6 +218,9 @@ def _main(argv):
         check_output(args.output, args.force, args.path)
         data = load_interactions(args, progress)
         if isinstance(data, Split):
+            if args.test_path:
+                raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's) and bring "
+                                      "their own test file; drop --test_path")
             given_test_only = data.test_negatives is None  # NGCF/LightGCN's: a validation fraction can be drawn
             if args.split != "leave_one_out" or (args.validation and not given_test_only):
                 raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's); their split "

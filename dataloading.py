@@ -186,6 +186,17 @@ class Dataset:
         ranks = recency_ranks(self.train_users.cpu().numpy(), times)
         return self.with_weights(recency_weights(ranks, weight, window))
 
+    def indexed_counts(self):
+        """{"num_users", "num_items"}: one more than the largest user and item index the arrays hold (convert.py
+        indexes every user and item it keeps, so a dataset's counts are these: a larger count would size tables
+        for users and items that do not exist)."""
+        held = [self.test] + ([self.validation] if self.validation is not None else [])
+        users = [self.train_users] + [part.users for part in held]
+        items = [self.train_items] + [part.items for part in held] + [
+            part.negatives.reshape(-1) for part in held if part.negatives is not None]
+        return {"num_users": int(max(int(part.max()) for part in users if part.numel())) + 1,
+                "num_items": int(max(int(part.max()) for part in items if part.numel())) + 1}
+
     def original_ids(self, kind):
         """(original ids, titles or None) of ``kind`` 'users' or 'items', by contiguous index, from convert.py's
         ``users.csv``/``items.csv``; (None, None) when the dataset has no id maps (NVIDIA's layout, the demo)."""
@@ -203,7 +214,7 @@ def load_dataset(path):
             "num_test": dataset.test.items.numel(),
             "num_validation": 0 if dataset.validation is None else dataset.validation.items.numel(),
             "test_negatives": 0 if dataset.test.negatives is None else dataset.test.negatives.shape[1],
-            "fingerprint": dataset.fingerprint})
+            "fingerprint": dataset.fingerprint, **dataset.indexed_counts()})
     return dataset
 
 

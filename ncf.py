@@ -43,8 +43,9 @@ def parse_args(argv=None):
     ``resolve_config`` turns it into the run's Config. Each flag that not every model reads is declared with its
     readers (``families.Flags``): another model given it stops in one line, as does a value outside its range."""
     parser = argparse.ArgumentParser(
+        prog="ncf.py", formatter_class=_HelpFormatter,
         description="Train and evaluate Neural Collaborative Filtering (GMF, MLP, NeuMF). Flags follow NVIDIA's "
-                    "DeepLearningExamples ncf.py.", formatter_class=_HelpFormatter)
+                    "DeepLearningExamples ncf.py.")
     flags, gradient = families.Flags(parser), families.trained_by_gradient
     add = functools.partial(flags.add, parser)
     add("--data", help="dataset directory from convert.py (or NVIDIA's convert.py); without it, the built-in "

@@ -12,8 +12,11 @@ configuration and the dataset's fingerprint), so testing or resuming needs nothi
 CheckpointError whose message is one line naming it.
 """
 
+import pickle
+import re
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -74,8 +77,7 @@ def load_checkpoint(path, dataset=None, for_resume=False):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: {unreadable(path, error)}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint written by this tool")
     missing = [key for key in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if key not in checkpoint]
@@ -87,6 +89,23 @@ def load_checkpoint(path, dataset=None, for_resume=False):
     if dataset is not None:
         check_dataset(checkpoint, dataset, path)
     return checkpoint
+
+
+def unreadable(path, error):
+    """Why torch could not load ``path``, in words a user can act on (torch's own first line is often a bare key
+    or a paragraph about its defaults)."""
+    if path.stat().st_size == 0:
+        return "empty (a write cut short?); train again or pass another checkpoint"
+    if not zipfile.is_zipfile(path):
+        return ("not a checkpoint: PyTorch checkpoints are zip archives and this file is not one (a text file, a "
+                "file cut short or an array?); pass a best.pt or last.pt written by ncf.py")
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        return (f"holds {'an object of ' + found.group(1) if found else 'objects'} beside tensors and plain values, "
+                "which is never loaded (weights_only: it could run code); pass a best.pt or last.pt written by ncf.py")
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    detail = f" ({lines[0].strip()})" if len(lines) == 1 and len(lines[0]) <= 100 else ""  # torch's, when it is short
+    return f"a damaged checkpoint{detail}; train again or pass another checkpoint"
 
 
 def check_dataset(checkpoint, dataset, path="checkpoint"):

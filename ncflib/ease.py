@@ -13,6 +13,7 @@ closed form (``protocols.SolvedInClosedForm``): the one epoch loop calls ``solve
 """
 
 import os
+import time
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ L2_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)  # Steck used 500 on ML-20M
 # step in place), and the model's B (float32).
 BYTES_PER_ENTRY = 4 + 8 + 4
 EXACT_FLOAT32 = 2**24  # counts up to this are exact in float32
+HEADROOM = 0.9  # the share of the available memory the solve's matrices may take
 
 
 class EASE(nn.Module):
@@ -146,17 +148,53 @@ def needed_bytes(num_items):
 
 
 def available_bytes(device):
-    """Memory free for the solve: the GPU's free memory, or the host's available memory (Linux), else None."""
+    """Memory the solve can have: the GPU's free memory, or the host's available memory (Linux's MemAvailable,
+    which counts the page cache the kernel gives back), else None."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
 
 
+def solve_seconds(num_items, device, size=768):
+    """Seconds one L2 weight's solve is estimated to take on ``device``: about n^3 operations for n items (its
+    Cholesky factor and inverse, float64), at the rate a float64 product of ``size`` x ``size`` matrices runs here
+    (measured now, in a few milliseconds)."""
+    probe = torch.rand(size, size, dtype=torch.float64, device=device)
+    probe @ probe  # (the first product pays for start-up)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    probe @ probe
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = 2 * size**3 / max(time.perf_counter() - started, 1e-9)
+    return float(num_items) ** 3 / rate
+
+
+def _duration(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} minutes" if seconds < 5400 else f"{seconds / 3600:.1f} hours"
+
+
 def _gib(count):
     return f"{count / 2**30:.1f} GiB"
+
+
+def _solve_device(config):
+    """Where the solve will run: --device's choice (the dataset is still on the host when the run is checked)."""
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
 
 
 class EaseFamily(Family):
@@ -180,17 +218,20 @@ class EaseFamily(Family):
 
     def choose(self, args, dataset):
         grid = list(args.ease_l2 or L2_GRID)
+        seconds = solve_seconds(dataset.num_items, _solve_device(args))
         notes = {"L2 weights": (" ".join(f"{value:g}" for value in grid),
-                                ("given" if args.ease_l2 else "the default grid") + ", one an epoch")}
+                                ("given" if args.ease_l2 else "the default grid") + ", one an epoch"),
+                 "EASE solve": (f"about {_gib(needed_bytes(dataset.num_items))} and {_duration(seconds)} an L2 "
+                                f"weight ({_duration(seconds * len(grid))} in all)",
+                                f"estimated from the {dataset.num_items:,} items and this machine's speed")}
         return {"ease_l2": grid, "epochs": len(grid)}, notes, None
 
     def check(self, dataset, config):
         super().check(dataset, config)
-        device = dataset.train_users.device
-        needed, free = needed_bytes(dataset.num_items), available_bytes(device)
-        if free is not None and needed > free:
+        needed, free = needed_bytes(dataset.num_items), available_bytes(_solve_device(config))
+        if free is not None and needed > HEADROOM * free:  # (the rest: the data, the evaluation, the process)
             raise TaskError(f"--model ease needs about {_gib(needed)} for its item x item matrices of "
-                            f"{dataset.num_items:,} items, and {_gib(free)} is free here; use --model gmf")
+                            f"{dataset.num_items:,} items, and {_gib(free)} is available here; use --model gmf")
 
     def data_settings(self, dataset):
         return {"num_train": dataset.num_train}

@@ -50,6 +50,7 @@ _REGISTERED = []  # Family objects, in registration order (--model lists their k
 
 # The valid ranges a flag can declare (``Flags.add(rule=...)``), shown in --help and checked before any data is read.
 RULES = {"at least 1": lambda value: value >= 1, "0 or more": lambda value: 0 <= value < math.inf,
+         "in [0.001, 1000]": lambda value: 0.001 <= value <= 1000, "in [-1, 1)": lambda value: -1 <= value < 1,
          "positive": lambda value: 0 < value < math.inf, "in [0, 1]": lambda value: 0 <= value <= 1,
          "in [0, 1)": lambda value: 0 <= value < 1, "finite": math.isfinite}
 

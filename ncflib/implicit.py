@@ -11,7 +11,7 @@ import torch
 
 import dataloading
 from ncflib import defaults
-from ncflib.errors import CheckpointError
+from ncflib.errors import CheckpointError, TaskError
 from ncflib.families import Family
 from ncflib.losses import LOSSES, masked_hits
 from ncflib.protocols import DotProductScorer, StartsFromPretrained
@@ -136,11 +136,14 @@ class ImplicitFamily(Family):
         flags.add(group, "--similarity", choices=["dot", "cosine"], default=None, readers=tuple(towers),
                   help="gmf: score a pair by the weighted dot product of its embeddings (NCF's) or by their cosine "
                        "(SimpleX's MF); default cosine for ccl, else dot")
-        flags.add(group, "--temperature", type=float, default=None, readers=kinds, rule="positive",
+        # (A scaled score beyond about +-1000 makes the softmax a hard maximum whose loss overflows float32's
+        # exponent range in its gradient; below about 0.001 the scores are flat and nothing is learned.)
+        flags.add(group, "--temperature", type=float, default=None, readers=kinds, rule="in [0.001, 1000]",
                   help="--loss softmax: the scores are divided by it; default 1 for dot, for cosine chosen from the "
                        "catalogue's size (lower for more items; printed)")
-        flags.add(group, "--margin", type=float, default=0.8, readers=kinds, rule="finite",
-                  help="--loss ccl: negatives count only when their cosine exceeds this")
+        flags.add(group, "--margin", type=float, default=0.8, readers=kinds, rule="in [-1, 1)",
+                  help="--loss ccl: negatives count only when their cosine exceeds this (a cosine lies in [-1, 1], "
+                       "so a margin of 1 or more would count none)")
         flags.add(group, "--negative_weight", type=float, default=None, readers=kinds, rule="0 or more",
                   help="--loss ccl: the weight of the mean negative term; default (printed) chosen on validation")
         flags.add(group, "--shared_negatives", type=int, default=None, metavar="N", readers=tuple(towers),
@@ -208,6 +211,12 @@ class ImplicitFamily(Family):
         return super().default_epochs(args)
 
     def choose(self, args, dataset):
+        if args.shared_negatives and args.shared_negatives > dataset.num_items:  # (the default draws with repeats)
+            raise TaskError(f"--shared_negatives {args.shared_negatives:,} draws more negatives per batch than "
+                            f"{dataset.path} has items ({dataset.num_items:,}); pass --shared_negatives "
+                            f"{dataset.num_items:,} or fewer")
+        if args.recency and args.mode == "train":  # before anything is written: the weights need the pairs' times
+            dataset.weighted_by_recency(args.recency, args.recency_window)
         towers = _has_towers(self.model_class)
         contrastive = (args.loss not in (None, "bce") or bool(args.shared_negatives)
                        or (args.eval_protocol == "full" and towers and args.loss is None))

@@ -264,7 +264,8 @@ def loop(step, evaluate, selection, *, epochs, start_epoch=0, best=None, on_epoc
     step's fields, the evaluation's metrics, throughputs and times. Then ``save(name, record, best)``, when given,
     writes "best.pt" for an epoch better than the run's best so far and than ``saved_best`` (a best model already
     kept, never overwritten by a worse one), and "last.pt" after every epoch. ``patience``: stop after that many
-    epochs in a row without a better selection metric (early stopping).
+    evaluations in a row without a better selection metric (early stopping; epochs that were not evaluated do not
+    count, so a patience shorter than ``eval_every`` still waits for an evaluation).
     """
     best = best or {"epoch": -1, "metrics": {}, "seconds": 0.0, "elapsed": 0.0}
     elapsed, reached = best["elapsed"], False
@@ -281,9 +282,11 @@ def loop(step, evaluate, selection, *, epochs, start_epoch=0, best=None, on_epoc
                   "train_throughput": samples / max(train_seconds, 1e-9), "train_epoch_time": train_seconds,
                   **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
                   "validation_epoch_time": eval_seconds}
+        waited = sum(1 for earlier in range(best["epoch"] + 1, epoch + 1)  # evaluations since the best
+                     if (earlier + 1) % eval_every == 0 or earlier + 1 == epochs)
         best, saved_best, reached, stop = close_epoch(
             record, metrics, elapsed, best, selection, on_epoch=on_epoch, save=save, saved_best=saved_best,
-            threshold=threshold, patience=patience)
+            threshold=threshold, patience=patience, waited=waited)
         if stop:
             break
     return best, reached
@@ -299,10 +302,11 @@ def fit(model, optimizer, scaler, loss, batches_of_epoch, evaluate, selection, *
 
 
 def close_epoch(record, metrics, elapsed, best, selection, *, on_epoch=None, save=None, saved_best=None,
-                threshold=None, patience=None):
+                threshold=None, patience=None, waited=None):
     """What the loop does once an epoch is over, as ``loop`` documents it: the run's best updated by the
     epoch's ``metrics`` (empty: the epoch was not evaluated), ``on_epoch(record)``, best.pt and last.pt saved, the
-    threshold and patience checked. Returns (best, saved_best, reached the threshold, stop)."""
+    threshold and patience checked (``waited``: the evaluations since the best before this epoch's, by default
+    every epoch since it). Returns (best, saved_best, reached the threshold, stop)."""
     epoch, evaluated = record["epoch"], bool(metrics)
     value = metrics.get(selection.metric, selection.worst)
     improved = evaluated and selection.improves(value, best["metrics"].get(selection.metric, selection.worst))
@@ -317,5 +321,6 @@ def close_epoch(record, metrics, elapsed, best, selection, *, on_epoch=None, sav
             saved_best = value
         save("last.pt", record, best)
     reached = evaluated and threshold is not None and selection.reaches(value, threshold)
-    stop = reached or (patience is not None and epoch - best["epoch"] >= patience)
+    waited = epoch - best["epoch"] if improved or waited is None else waited
+    stop = reached or (patience is not None and evaluated and best["epoch"] >= 0 and waited >= patience)
     return best, saved_best, reached, stop

@@ -288,3 +288,159 @@ def test_pandas_notices_of_its_own_future_do_not_precede_the_one_line(tmp_path, 
         assert run_convert(["--path", path, "--output", tmp_path / "data"])[0] == 1
     assert not [warning for warning in shown if issubclass(warning.category, category)]
     assert "true/false, not a time" in one_line_error(capsys, "convert.py")
+
+
+# ------------------------------------------------------------------------------------------------ round three
+
+
+def last_line(capsys):
+    """The last stderr line of a command line that stopped at parsing (argparse's usage, then one error line)."""
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--early_stop", "0"], "--early_stop must be at least 1, got 0"),
+    (["--early_stop", "-1"], "--early_stop must be at least 1, got -1"),
+    (["--model", "gmf", "--loss", "softmax", "--temperature", "1e-30"],
+     "--temperature must be in [0.001, 1000], got 1e-30"),
+    (["--model", "gmf", "--loss", "softmax", "--temperature", "0"], "--temperature must be in [0.001, 1000], got 0"),
+    (["--model", "gmf", "--loss", "softmax", "--temperature", "nan"],
+     "--temperature must be in [0.001, 1000], got nan"),
+    (["--model", "gmf", "--loss", "ccl", "--margin", "5"], "--margin must be in [-1, 1), got 5"),
+    (["--model", "gmf", "--loss", "ccl", "--margin", "1"], "--margin must be in [-1, 1), got 1"),
+    (["--model", "gmf", "--loss", "ccl", "--negative_weight", "-1"], "--negative_weight must be 0 or more, got -1"),
+    (["--model", "gmf", "--loss", "ccl", "--negative_weight", "inf"], "--negative_weight must be 0 or more, got inf"),
+    (["--model", "gmf", "--shared_negatives", "8", "--negative_popularity", "-0.5"],
+     "--negative_popularity must be 0 or more, got -0.5"),
+])
+def test_values_that_cannot_mean_what_was_asked_stop_at_parsing(ratio_data, tmp_path, capsys, flags, message):
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        ncf.main(["--data", str(ratio_data), *flags, "--checkpoint_dir", str(tmp_path / "ck")])
+    assert stopped.value.code == 2 and last_line(capsys) == f"ncf.py: error: {message}"
+    assert snapshot(tmp_path) == before
+
+
+def test_more_shared_negatives_than_items_are_refused_before_any_output(ratio_data, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    assert ncf.main(["--data", str(ratio_data), "--model", "gmf", "--eval_protocol", "full", "--shared_negatives",
+                     "100000", "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+    assert one_line_error(capsys, "ncf.py") == (
+        f"ncf.py: error: --shared_negatives 100,000 draws more negatives per batch than {ratio_data} has items (20); "
+        "pass --shared_negatives 20 or fewer")
+    assert snapshot(tmp_path) == before
+
+
+def test_early_stopping_shorter_than_the_evaluations_waits_for_one(ratio_data, tmp_path, capsys):
+    # Evaluated after epoch 2 (every third) and the last (3): a patience of 1 counts evaluations, so the run keeps a
+    # best.pt and reports a real epoch instead of stopping before any evaluation.
+    assert ncf.main(["--data", str(ratio_data), "--model", "gmf", "--eval_protocol", "full", "-e", "4",
+                     "--eval_every", "3", "--early_stop", "1", "--checkpoint_dir", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "best HR@10 -1" not in out and "at epoch -1" not in out
+    records = [json.loads(line) for line in (tmp_path / "ck" / "log.json").read_text().splitlines()]
+    assert [record["epoch"] for record in records if record["type"] == "epoch"][-1] >= 2
+    assert records[-1]["best_epoch"] in (2, 3) and (tmp_path / "ck" / "best.pt").is_file()
+
+
+def test_metadata_counts_larger_than_the_arrays_are_refused_without_the_id_maps(ratio_data, tmp_path, capsys):
+    for key, claimed, actual in (("num_users", 17, 12), ("num_items", 1292, 20)):
+        data = tmp_path / key
+        data.mkdir()
+        for file in ratio_data.iterdir():
+            if file.name not in ("users.csv", "items.csv"):
+                (data / file.name).write_bytes(file.read_bytes())
+        metadata = json.loads((data / "metadata.json").read_text())
+        assert metadata[key] == actual
+        (data / "metadata.json").write_text(json.dumps(metadata | {key: claimed}))
+        before = snapshot(tmp_path)
+        assert ncf.main(["--data", str(data), "-e", "1", "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+        assert one_line_error(capsys, "ncf.py") == (
+            f"ncf.py: error: {data / 'metadata.json'}: records {key} {claimed}, but the arrays give {actual} (edited "
+            "after convert.py wrote them?); re-create the dataset with convert.py")
+        assert snapshot(tmp_path) == before
+
+
+def write_lightgcn(folder, train, test):
+    folder.mkdir()
+    (folder / "train.txt").write_text("".join(" ".join(map(str, line)) + "\n" for line in train))
+    (folder / "test.txt").write_text("".join(" ".join(map(str, line)) + "\n" for line in test))
+    return folder
+
+
+def test_a_lightgcn_folder_counts_what_training_never_saw_and_drops_test_pairs_it_trained_on(tmp_path, capsys):
+    # User 3's train line holds no items; item 9 is only in test; user 0's test item 1 is also a training item.
+    source = write_lightgcn(tmp_path / "lgcn", [[0, 1, 2, 3], [1, 2, 3, 4], [2, 0, 4, 5], [3]],
+                            [[0, 1, 5], [1, 9], [2, 1], [3, 2, 3]])
+    assert convert.main(["--path", str(source), "--output", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert ("  note              3 test rows have a user or item with no training row (1 users and 1 items seen only "
+            "in test); kept, and scored from rows training never moved (the rating models from the known side)") in out
+    assert ("  note              1 test pairs were also training pairs, which full ranking leaves out of the "
+            "candidates: dropped from the test set") in out
+    test = np.load(tmp_path / "data" / "test.npy")
+    assert len(test) == 5 and json.loads((tmp_path / "data" / "metadata.json").read_text())["counts"][
+        "test_pairs_also_in_train_dropped"] == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--test_path", "nowhere.txt"], "these files come split (the NCF paper's or NGCF's) and bring their own test "
+                                     "file; drop --test_path"),
+])
+def test_flags_a_lightgcn_folder_does_not_read_are_refused(tmp_path, capsys, flags, message):
+    source = write_lightgcn(tmp_path / "lgcn", [[0, 1, 2], [1, 2, 3]], [[0, 3], [1, 0]])
+    before = snapshot(tmp_path)
+    assert convert.main(["--path", str(source), "--output", str(tmp_path / "data"), "--quiet", *flags]) == 1
+    assert one_line_error(capsys, "convert.py") == f"convert.py: error: {source}: {message}"
+    assert snapshot(tmp_path) == before
+
+
+def test_a_validation_fraction_without_validation_stops_at_parsing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        convert.main(["--path", str(write_log(tmp_path / "log.csv")), "--output", str(tmp_path / "data"),
+                      "--validation_fraction", "0.2"])
+    assert last_line(capsys) == ("convert.py: error: --validation_fraction is the share --validation holds out; add "
+                                 "--validation, or drop it")
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_wording_names_what_is_wrong(tmp_path, capsys):
+    # A Unix time among ISO dates is a valid time in the other form, not "neither".
+    log = tmp_path / "mixed.csv"
+    log.write_text("user,item,time\n1,1,2020-01-01T00:00:00\n1,2,1577923200\n2,1,2020-01-03T00:00:00\n"
+                   "2,2,2020-01-04T00:00:00\n")
+    assert convert.main(["--path", str(log), "--output", str(tmp_path / "a"), "--quiet"]) == 1
+    assert one_line_error(capsys, "convert.py") == (
+        f"convert.py: error: {log}: line 3: time (column 'time') '1577923200' is a number, while line 2 holds an "
+        "ISO 8601 date ('2020-01-01T00:00:00'); write every time (column 'time') in one of the two forms")
+    # A fractional id is named as a number, not as numpy's repr.
+    log = tmp_path / "u.data"
+    log.write_text("1\t1.5\t4\t100\n1\t2\t4\t101\n2\t1\t3\t102\n2\t2\t5\t103\n")
+    assert convert.main(["--path", str(log), "--output", str(tmp_path / "b"), "--quiet"]) == 1
+    assert one_line_error(capsys, "convert.py") == f"convert.py: error: {log}: line 1: item 1.5 is not an integer"
+    # A text file given as a checkpoint: what it is not, not torch's first line.
+    fake = tmp_path / "best.pt"
+    fake.write_text("hello\n")
+    assert recommend.main(["--checkpoint", str(fake), "--user", "1"]) == 1
+    assert one_line_error(capsys, "recommend.py") == (
+        f"recommend.py: error: {fake}: not a checkpoint: PyTorch checkpoints are zip archives and this file is not one "
+        "(a text file, a file cut short or an array?); pass a best.pt or last.pt written by ncf.py")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "mixed.csv", "u.data"]
+
+
+def test_ease_says_what_its_solve_will_take_and_refuses_what_cannot_fit(ratio_data, tmp_path, capsys, monkeypatch):
+    from ncflib import ease
+
+    assert ncf.main(["--data", str(ratio_data), "--model", "ease", "--eval_protocol", "full", "--ease_l2", "10",
+                     "--checkpoint_dir", ""]) == 0
+    out = capsys.readouterr().out
+    assert "EASE solve: about 0.0 GiB and 0 s an L2 weight (0 s in all) (estimated from the 20 items and this " \
+           "machine's speed)" in out
+    monkeypatch.setattr(ease, "available_bytes", lambda device: 1000)
+    before = snapshot(tmp_path)
+    assert ncf.main(["--data", str(ratio_data), "--model", "ease", "--eval_protocol", "full",
+                     "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+    assert one_line_error(capsys, "ncf.py") == (
+        "ncf.py: error: --model ease needs about 0.0 GiB for its item x item matrices of 20 items, and 0.0 GiB is "
+        "available here; use --model gmf")
+    assert snapshot(tmp_path) == before

@@ -102,6 +102,20 @@ def test_early_stopping_waits_patience_epochs_after_the_best():
     assert [record["epoch"] for record in records] == [0, 1, 2, 3] and best["epoch"] == 1 and not reached
 
 
+def test_early_stopping_counts_evaluations_not_epochs():
+    # Evaluated after epochs 2, 5 and 8 (every third) and the last: a patience of 1 waits for the evaluation after
+    # the best, instead of stopping at the first epoch that was not evaluated.
+    curve = iter([0.3, 0.2, 0.9, 0.1])
+    model = torch.nn.Linear(1, 1)
+    batches = [dataloading.Batch((torch.zeros(1, 1), torch.zeros(1)), 1, 1)]
+    records = []
+    best, _ = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.amp.GradScaler(
+        "cpu", enabled=False), regression_loss, lambda epoch: batches, lambda: {"valid_hr@10": next(curve)},
+        train.Selection("valid_hr@10"), epochs=10, patience=1, eval_every=3, on_epoch=records.append)
+    assert [record["epoch"] for record in records] == [0, 1, 2, 3, 4, 5] and best["epoch"] == 2
+    assert best["metrics"] == {"valid_hr@10": 0.3}
+
+
 def test_fit_evaluates_every_nth_epoch_and_the_last_and_chooses_among_those():
     torch.manual_seed(0)
     features, targets = torch.randn(32, 2), torch.randn(32)

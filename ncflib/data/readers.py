@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ncflib.data.splits import Interactions, Split, index_ids
+from ncflib.data.splits import Interactions, Split, cold_counts, index_ids
 from ncflib.errors import ConversionError
 
 FORMATS = ("movielens-100k", "movielens-1m", "movielens-20m", "csv", "parquet", "amazon", "ncf", "lightgcn")
@@ -109,7 +109,7 @@ def _numeric_column(values, name, path, first_data_line, dtype=np.int64):
     numbers = numbers.to_numpy()
     if np.issubdtype(dtype, np.integer) and not np.array_equal(numbers, np.floor(numbers)):
         row = int(np.argmax(numbers != np.floor(numbers)))
-        raise ConversionError(f"{path}: line {row + first_data_line}: {name} {numbers[row]!r} is not an integer")
+        raise ConversionError(f"{path}: line {row + first_data_line}: {name} {numbers[row]:g} is not an integer")
     return numbers.astype(dtype)
 
 
@@ -277,6 +277,11 @@ def _to_timestamps(values, name, path, first_data_line, notes):
         value = series.iloc[row]
         if pd.isna(value) or str(value).strip() == "":
             raise ConversionError(f"{path}: line {row + first_data_line}: missing {name}")
+        if pd.notna(numbers.iloc[row]):  # a number (a Unix time, say) among dates: both valid, but not together
+            dated = int(np.argmax(dates.notna().to_numpy()))
+            raise ConversionError(f"{path}: line {row + first_data_line}: {name} {str(value)[:40]!r} is a number, "
+                                  f"while line {dated + first_data_line} holds an ISO 8601 date ("
+                                  f"{str(series.iloc[dated])[:40]!r}); write every {name} in one of the two forms")
         raise ConversionError(f"{path}: line {row + first_data_line}: {name} {str(value)[:40]!r} is neither a number "
                               "nor an ISO 8601 date and time")
     return _numeric_column(series, name, path, first_data_line)  # raises, naming the first bad line
@@ -510,11 +515,19 @@ def read_lightgcn(path):
              "test": np.stack([user_codes[size:], item_codes[size:]], 1)}
     for name in pairs:  # sorted by user, repeated pairs dropped
         pairs[name] = np.unique(pairs[name], axis=0).astype(np.int32)
-    overlap = np.intersect1d(pairs["train"][:, 0].astype(np.int64) * item_ids.size + pairs["train"][:, 1],
-                             pairs["test"][:, 0].astype(np.int64) * item_ids.size + pairs["test"][:, 1]).size
+    duplicates = int(user_codes.size - sum(part.shape[0] for part in pairs.values()))
+    # A test pair that is also a training pair can never be hit (full ranking leaves a user's training items out):
+    # dropped from the test set, and counted.
+    keys = {name: part[:, 0].astype(np.int64) * item_ids.size + part[:, 1] for name, part in pairs.items()}
+    also_trained = np.isin(keys["test"], keys["train"])
+    pairs["test"] = pairs["test"][~also_trained]
+    if not pairs["test"].size:
+        raise ConversionError(f"{folder / 'test.txt'}: every test pair is also a training pair, so nothing is left to "
+                              "test; check that train.txt and test.txt are the two parts of one split")
     return Split(train=pairs["train"], test=pairs["test"], test_negatives=None, user_ids=user_ids, item_ids=item_ids,
-                 counts={"input_rows": int(user_codes.size), "users_dropped": 0, "test_pairs_also_in_train": overlap,
-                         "duplicates_dropped": int(user_codes.size - sum(part.shape[0] for part in pairs.values()))},
+                 counts={"input_rows": int(user_codes.size), "users_dropped": 0,
+                         "test_pairs_also_in_train_dropped": int(also_trained.sum()), "duplicates_dropped": duplicates,
+                         **cold_counts(pairs["train"], pairs["test"])},
                  protocol={"split": "as given by the NGCF/LightGCN files", "name": "given", "format": "lightgcn",
                            "validation": False})
 

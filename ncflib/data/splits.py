@@ -55,6 +55,16 @@ class Split:
 # ---------------------------------------------------------------------------------------------------- protocol
 
 
+def cold_counts(train, test):
+    """{test users / items / rows without training}: test users and items no training pair holds, and the test rows
+    with either (a model predicts them from rows training never moved)."""
+    cold_users = ~np.isin(test[:, 0], train[:, 0])
+    cold_items = ~np.isin(test[:, 1], train[:, 1])
+    return {"test_users_without_training": int(np.unique(test[cold_users, 0]).size),
+            "test_items_without_training": int(np.unique(test[cold_items, 1]).size),
+            "test_rows_without_training": int((cold_users | cold_items).sum())}
+
+
 def index_ids(ids):
     """Map original ids to 0..n-1 in sorted id order; returns (codes, unique ids)."""
     if np.issubdtype(ids.dtype, np.integer) and ids.size and ids.min() >= 0 and ids.max() < 4 * ids.size + 1_000_000:
@@ -283,13 +293,8 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
         vocabulary, text_arrays = _encode_texts(texts, {"train": train_rows, "test": test_rows,
                                                         "validation": validation_rows}, max_words, skip_top, progress)
         extra |= text_arrays
-    cold_users = ~np.isin(test[:, 0], train[:, 0])
-    cold_items = ~np.isin(test[:, 1], train[:, 1])
     summary = {"input_rows": int(num_rows), "duplicates_dropped": int(num_rows - kept.size), "users_dropped": 0,
-               "interactions_of_dropped_users": 0, "items_dropped": 0,
-               "test_users_without_training": int(np.unique(test[cold_users, 0]).size),
-               "test_items_without_training": int(np.unique(test[cold_items, 1]).size),
-               "test_rows_without_training": int((cold_users | cold_items).sum())}
+               "interactions_of_dropped_users": 0, "items_dropped": 0, **cold_counts(train, test)}
     protocol = _rating_protocol(test_data, test_fraction, validation, validation_fraction,
                                 vocabulary is not None and {"max_words": max_words, "skip_top": skip_top})
     return Split(train=train, test=test, test_negatives=None, user_ids=user_ids, item_ids=item_ids,
