@@ -35,6 +35,7 @@ from ncflib.data.splits import (
     split_ratings,
 )
 from ncflib.errors import ConversionError
+from ncflib.flags import Flags
 
 
 class Progress:
@@ -58,12 +59,13 @@ def parse_args(argv=None):
         description="Convert raw interaction logs into an ncf dataset directory (train/test split, test "
                     "negatives, id maps). The input format is detected from the file name and first line.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flags = Flags(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--path", help="input file (or a directory holding u.data, ratings.dat, ratings.csv or the "
                                        "NCF paper's PREFIX.train.rating/.test.rating/.test.negative)")
     source.add_argument("--dataset", choices=["demo"], help="a built-in dataset: 'demo' is a small synthetic set "
                                                             "with planted structure, deterministic in --seed")
-    source.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+    flags.add(source, "--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"), rule="at least 1",
                         help="generate a synthetic dataset of this shape (for scale tests)")
     parser.add_argument("--output", required=True, help="dataset directory to create")
     parser.add_argument("--format", choices=FORMATS, help="input format; detected when not given")
@@ -76,9 +78,9 @@ def parse_args(argv=None):
                         help="review text column(s), joined by a space (Amazon files: summary and reviewText "
                              "unless given); kept by the rating splits (--split random, --test_path) as word "
                              "indices over a vocabulary of the training reviews (vocab.csv)")
-    parser.add_argument("--max_words", type=int, default=20000,
+    flags.add(parser, "--max_words", type=int, default=20000, rule="at least 1",
                         help="vocabulary size: the most common words of the training reviews kept")
-    parser.add_argument("--skip_top", type=int, default=0,
+    flags.add(parser, "--skip_top", type=int, default=0, rule="0 or more",
                         help="leave this many of the most common words (the, and, ...) out of the vocabulary first")
     parser.add_argument("--sep", default="auto", help="column separator for delimited files ('tab', ',', ';', "
                                                       "'::', ...); 'auto' detects it")
@@ -94,7 +96,7 @@ def parse_args(argv=None):
     parser.add_argument("--test_path", help="a second file of the --path format whose rows are the test set "
                                             "(MovieLens u1.test beside u1.base): ratings kept as given, ids indexed "
                                             "over both files")
-    parser.add_argument("--test_fraction", type=float, default=0.2,
+    flags.add(parser, "--test_fraction", type=float, default=0.2, rule="in (0, 1)",
                         help="with --split ratio or time_ratio: the share of each user's items held out for test "
                              "(at least one, and at least one left to train)")
     parser.add_argument("--validation", action="store_true",
@@ -103,35 +105,26 @@ def parse_args(argv=None):
                              "then need 3 interactions), with the ratio splits --validation_fraction of the items "
                              "left after the test items, with NGCF/LightGCN's files --validation_fraction of each "
                              "user's train.txt items (test.txt as given)")
-    parser.add_argument("--validation_fraction", type=float, default=0.1,
+    flags.add(parser, "--validation_fraction", type=float, default=0.1, rule="in (0, 1)",
                         help="with --validation and a ratio split: the share of each user's remaining items held "
                              "out for validation")
-    parser.add_argument("--valid_negative", type=int, default=100,
+    flags.add(parser, "--valid_negative", type=int, default=100, rule="0 or more",
                         help="test negatives drawn per user with leave_one_out (ignored for the NCF files, which "
                              "carry their own); 0: none, for rating prediction or full ranking only")
-    parser.add_argument("--min_interactions", type=int, default=2,
+    flags.add(parser, "--min_interactions", type=int, default=2, rule="at least 2",
                         help="drop users with fewer distinct interactions than this (at least 2: one to test, one "
                              "to train)")
     parser.add_argument("--seed", type=int, default=0, help="seed for negatives, ties without time, synthetic data")
     parser.add_argument("--force", action="store_true", help="replace an existing --output directory")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     args = parser.parse_args(argv)
-    if args.valid_negative < 0:
-        parser.error("--valid_negative must be 0 (no negatives) or more")
-    if args.max_words < 1 or args.skip_top < 0:
-        parser.error(f"--max_words must be at least 1 and --skip_top 0 or more, got {args.max_words} and "
-                     f"{args.skip_top}")
+    problem = flags.problem(args)
+    if problem:
+        parser.error(problem)
     if args.validation_fraction != parser.get_default("validation_fraction") and not args.validation:
         parser.error("--validation_fraction is the share --validation holds out; add --validation, or drop it")
     if args.test_path and (not args.path or args.split != "leave_one_out"):
         parser.error("--test_path goes with --path (its training file) and no --split: the test file is the split")
-    for flag, value in (("--test_fraction", args.test_fraction), ("--validation_fraction", args.validation_fraction)):
-        if not 0 < value < 1:
-            parser.error(f"{flag} must be between 0 and 1, got {value}")
-    if args.min_interactions < 2:
-        parser.error("--min_interactions must be at least 2 (each user needs a test item and a training item)")
-    if args.synthetic and min(args.synthetic) < 1:
-        parser.error("--synthetic USERS ITEMS INTERACTIONS must all be positive")
     return args
 
 

@@ -15,7 +15,6 @@ tasks are ``ncflib.serving``'s records, one per flag.
 """
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ncflib import families, files
 from ncflib import training as train
 from ncflib.checkpoint import check_dataset, load_checkpoint, model_from_checkpoint
 from ncflib.errors import UsageError
+from ncflib.flags import Flags
 from ncflib.serving import (
     FOLD_IN_L2,
     FOLD_IN_LEARNING_RATE,
@@ -73,7 +73,9 @@ def parse_args(argv=None):
     task.add_argument("--export", metavar="DIR",
                       help="write the embeddings (.npy), id maps (users.csv, items.csv) and the scoring model "
                            "(model.onnx: user and item index tensors in, logits out) to the new folder DIR")
-    parser.add_argument("-k", "--topk", type=int, default=10, help="how many items to list per user or item")
+    flags = Flags(parser)
+    flags.add(parser, "-k", "--topk", type=int, default=10, rule="at least 1",
+              help="how many items to list per user or item")
     parser.add_argument("--include_seen", action="store_true",
                         help="keep the items a user already interacted with among the candidates")
     parser.add_argument("--output", metavar="FILE",
@@ -83,16 +85,16 @@ def parse_args(argv=None):
                              "refused unless --force")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --output or --plot_items file")
-    parser.add_argument("--fold_in_steps", type=int, default=FOLD_IN_STEPS,
-                        help="Adam steps fitting a new user's vector for --history")
-    parser.add_argument("--fold_in_lr", type=float, default=FOLD_IN_LEARNING_RATE,
-                        help="learning rate of those steps")
-    parser.add_argument("--fold_in_negatives", type=int,
-                        help="negatives drawn per history item at each fold-in step; default: as many as the model "
-                             "trained with (its -n)")
-    parser.add_argument("--fold_in_l2", type=float, default=FOLD_IN_L2,
-                        help="weight of the fold-in's L2 pull of the new user's rows toward the mean user's (against "
-                             "the summed loss: the more history, the less it pulls)")
+    flags.add(parser, "--fold_in_steps", type=int, default=FOLD_IN_STEPS, rule="at least 1",
+              help="Adam steps fitting a new user's vector for --history")
+    flags.add(parser, "--fold_in_lr", type=float, default=FOLD_IN_LEARNING_RATE, rule="positive",
+              help="learning rate of those steps")
+    flags.add(parser, "--fold_in_negatives", type=int, rule="at least 1",
+              help="negatives drawn per history item at each fold-in step; default: as many as the model trained "
+                   "with (its -n)")
+    flags.add(parser, "--fold_in_l2", type=float, default=FOLD_IN_L2, rule="0 or more",
+              help="weight of the fold-in's L2 pull of the new user's rows toward the mean user's (against the "
+                   "summed loss: the more history, the less it pulls)")
     parser.add_argument("-s", "--seed", type=int, default=0, help="seed of the fold-in's negatives")
     parser.add_argument("--no_onnx", action="store_true", help="--export without model.onnx (no onnx packages)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -101,14 +103,9 @@ def parse_args(argv=None):
                         help="score in bfloat16 (float16 on GPUs without it): faster on a GPU or a CPU with AVX-512 "
                              "BF16 (docs/speed.md), and the model's deeper layers lose precision (GMF is unaffected)")
     args = parser.parse_args(argv)
-    for flag, value in (("-k/--topk", args.topk), ("--fold_in_steps", args.fold_in_steps),
-                        ("--fold_in_negatives", args.fold_in_negatives)):
-        if value is not None and value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
-    if not (math.isfinite(args.fold_in_lr) and args.fold_in_lr > 0):
-        parser.error(f"--fold_in_lr must be a positive number, got {args.fold_in_lr}")
-    if not (math.isfinite(args.fold_in_l2) and args.fold_in_l2 >= 0):
-        parser.error(f"--fold_in_l2 must be a number >= 0, got {args.fold_in_l2}")
+    problem = flags.problem(args)
+    if problem:
+        parser.error(problem)
     if args.output and (args.export or Path(args.output).suffix.lower() not in OUTPUT_FORMATS):
         parser.error("--output takes a .parquet, .csv or .jsonl file, with --user, --users, --similar_to or "
                      "--history" if not args.export else "--output does not go with --export, which writes a folder")

@@ -11,9 +11,9 @@ loop (``ncflib.training``), checkpoints and ``recommend.py``'s tasks (``ncflib.s
 those. A family overrides only what differs from the defaults here, which are those of a ranking model on implicit
 feedback:
 
-- flags: ``add_arguments(parser, flags)`` declares its flag group through ``flags.add``, each flag with the models
-  that read it and its valid range (another model given it stops in one line); ``check_flags(args)`` the rules
-  between flags;
+- flags: ``add_arguments(parser, flags)`` declares its flag group through ``flags.add`` (``ncflib.flags``), each
+  flag with the models that read it and its valid range (another model given it stops in one line);
+  ``check_flags(args)`` the rules between flags;
 - settings: ``default_epochs(args)``, ``choose(args, dataset)`` (what the data decides), ``describe(config, dataset)``;
 - data and model: ``check(dataset, config)``, ``training_data(dataset, config)``, ``data_settings(dataset)``,
   ``prepare(model, dataset, config, load_model)``;
@@ -30,10 +30,8 @@ feedback:
 import copy
 import importlib
 import inspect
-import math
-from dataclasses import dataclass
 
-from ncflib import evaluation
+from ncflib import evaluation, flags
 from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS
 from ncflib.errors import TaskError
 from ncflib.optimizers import make_optimizer
@@ -48,63 +46,13 @@ _REGISTERED = []  # Family objects, in registration order (--model lists their k
 
 # ------------------------------------------------------------------------------------------------ flags and readers
 
-# The valid ranges a flag can declare (``Flags.add(rule=...)``), shown in --help and checked before any data is read.
-RULES = {"at least 1": lambda value: value >= 1, "0 or more": lambda value: 0 <= value < math.inf,
-         "in [0.001, 1000]": lambda value: 0.001 <= value <= 1000, "in [-1, 1)": lambda value: -1 <= value < 1,
-         "positive": lambda value: 0 < value < math.inf, "in [0, 1]": lambda value: 0 <= value <= 1,
-         "in [0, 1)": lambda value: 0 <= value < 1, "finite": math.isfinite}
 
-
-@dataclass(frozen=True)
-class Owned:
-    """A flag's name as the user writes it, which models read it (None: every model; else a function of the model
-    class, or a tuple of kinds) and its valid range (a key of ``RULES``, or None)."""
-
-    flag: str
-    readers: object = None
-    rule: str | None = None
-
-    def read_by(self, kind):
-        if self.readers is None:
-            return True
-        if callable(self.readers):
-            return bool(self.readers(constructor(kind)))
-        return kind in self.readers
-
-
-class Flags:
-    """ncf.py's flags with the models that read them and their ranges: ``add`` declares a flag, ``problem`` finds
-    the first flag given a value its range excludes, or given (not at its default) to a model that does not read
-    it."""
+class Flags(flags.Flags):
+    """``flags.Flags`` whose readers are this registry's models: a flag given to a model that does not read it stops
+    in one line naming the models that do."""
 
     def __init__(self, parser):
-        self.parser, self.owned = parser, {}
-
-    def add(self, group, *names, readers=None, rule=None, **options):
-        """``group.add_argument(*names, **options)``, with who reads it and its range (appended to its help)."""
-        if rule is not None:
-            options["help"] = f"{options.get('help', '')} [{rule}]".strip()
-        action = group.add_argument(*names, **options)
-        long_names = [name for name in names if name.startswith("--")]
-        self.owned[action.dest] = Owned("/".join(names) if len(names[0]) > 2 else long_names[0], readers, rule)
-        return action
-
-    def problem(self, args):
-        """The first problem of ``args`` with the ranges and the readers of the flags, as one line, or None."""
-        for name, owned in self.owned.items():
-            value = getattr(args, name)
-            values = value if isinstance(value, list) else [value]
-            if owned.rule and any(item is not None and not RULES[owned.rule](item) for item in values):
-                wrong = next(item for item in values if item is not None and not RULES[owned.rule](item))
-                return f"{owned.flag} must be {owned.rule}, got {wrong:g}" if isinstance(wrong, float) else \
-                    f"{owned.flag} must be {owned.rule}, got {wrong}"
-        for name, owned in self.owned.items():
-            value = getattr(args, name)
-            if value in (None, False) or value == self.parser.get_default(name) or owned.read_by(args.model):
-                continue
-            readers = [kind for kind in model_kinds() if owned.read_by(kind)]
-            return f"{owned.flag} is used by {', '.join(readers)}; --model {args.model} does not read it"
-        return None
+        super().__init__(parser, model_kinds, constructor)
 
 
 def takes(name):

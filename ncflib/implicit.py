@@ -138,7 +138,7 @@ class ImplicitFamily(Family):
                        "(SimpleX's MF); default cosine for ccl, else dot")
         # (A scaled score beyond about +-1000 makes the softmax a hard maximum whose loss overflows float32's
         # exponent range in its gradient; below about 0.001 the scores are flat and nothing is learned.)
-        flags.add(group, "--temperature", type=float, default=None, readers=kinds, rule="in [0.001, 1000]",
+        flags.add(group, "--temperature", type=float, default=None, readers=kinds, rule="in [1e-3, 1e3]",
                   help="--loss softmax: the scores are divided by it; default 1 for dot, for cosine chosen from the "
                        "catalogue's size (lower for more items; printed)")
         flags.add(group, "--margin", type=float, default=0.8, readers=kinds, rule="in [-1, 1)",

@@ -318,7 +318,7 @@ def test_flags_belong_to_the_models_that_read_them(registered, capsys):
 
 
 LAYERS = {  # the tiers, lowest first: a module imports from its own tier and those below it, never above
-    "data": ["ncflib.errors", "ncflib.files", "ncflib.textdata", "ncflib.defaults", "ncflib.data"],
+    "data": ["ncflib.errors", "ncflib.files", "ncflib.flags", "ncflib.textdata", "ncflib.defaults", "ncflib.data"],
     "models and batches": ["ncflib.protocols", "neumf", "dataloading", "ncflib.losses", "ncflib.evaluation",
                            "ncflib.sparse_adam", "ncflib.optimizers"],
     "families": ["ncflib.families", "ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease"],
