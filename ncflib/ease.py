@@ -107,7 +107,11 @@ class EASE(nn.Module):
             self._gram = None  # the old G freed before the new one is made
             self.set_interactions(users, items)
             self._gram = ((users, items), self.gram())
-        self.use(self._gram[1], l2)
+        try:
+            self.use(self._gram[1], l2)
+        except torch.linalg.LinAlgError:  # (the flag's range keeps this away; a last guard, in one line)
+            raise TaskError(f"--ease_l2 {l2:g}: G + {l2:g} I is not positive definite in float64; pass a larger L2 "
+                            "weight") from None
         return {"l2_weight": float(l2)}
 
     def use(self, gram, l2):
@@ -207,8 +211,9 @@ class EaseFamily(Family):
 
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("EASE (--model ease)")
+        # (Below 1e-3, G + l2 I of an item without training pairs is singular to float64's precision.)
         flags.add(group, "--ease_l2", type=float, nargs="+", default=None, metavar="L2", readers=tuple(self.models),
-                  rule="positive",
+                  rule="in [1e-3, 1e9]",
                   help="the L2 weights tried, each solved and evaluated as an epoch, the best kept (chosen on the "
                        f"validation set when the dataset has one); default {' '.join(map(str, L2_GRID))}. "
                        "--early_stop counts L2 weights without a better one")

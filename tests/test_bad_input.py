@@ -312,6 +312,11 @@ def last_line(capsys):
     (["--model", "gmf", "--loss", "ccl", "--negative_weight", "inf"], "--negative_weight must be 0 or more, got inf"),
     (["--model", "gmf", "--shared_negatives", "8", "--negative_popularity", "-0.5"],
      "--negative_popularity must be 0 or more, got -0.5"),
+    (["--model", "gmf", "--shared_negatives", "8", "--negative_popularity", "inf"],
+     "--negative_popularity must be 0 or more, got inf"),
+    (["--model", "gmf", "--loss", "ccl", "--margin", "nan"], "--margin must be in [-1, 1), got nan"),
+    (["--model", "ease", "--eval_protocol", "full", "--ease_l2", "500", "1e-300"],  # (G + l2 I singular in float64)
+     "--ease_l2 must be in [1e-3, 1e9], got 1e-300"),
 ])
 def test_values_that_cannot_mean_what_was_asked_stop_at_parsing(ratio_data, tmp_path, capsys, flags, message):
     before = snapshot(tmp_path)
