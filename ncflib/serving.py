@@ -14,6 +14,7 @@ import contextlib
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -432,17 +433,57 @@ class _Scoring(torch.nn.Module):
         return self.model(user, item).float()
 
 
+@contextlib.contextmanager
+def _silenced_output():
+    """Standard output and error discarded for the block, down to the file descriptors: the exporter prints a
+    traced graph where a model's shapes depend on its data (EASE's users' items), and not always through Python's
+    streams. Its errors still arrive as exceptions."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, null = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, null):
+            os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    """The exporters' loggers held at ERROR for the block: their notes (torchvision ops skipped, a traced graph for
+    a data-dependent shape) say nothing a user can act on, and went to the terminal around the one-line result."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _export_onnx(model, file, num_users, num_items):
     """Export the model's scoring to ``file``; with onnxruntime, the largest difference from PyTorch's logits
     over 1,000 random pairs (float32)."""
     scoring = _Scoring(model.float().cpu()).eval()
     batch = torch.export.Dim("batch")
     example = (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(scoring, example, str(file), input_names=["user", "item"], output_names=["logit"],
-                          dynamic_shapes=({0: batch}, {0: batch}), dynamo=True, external_data=False,
-                          verbose=False)
+    try:
+        with _silenced_output(), warnings.catch_warnings(), _quiet_loggers("torch", "onnx_ir", "onnxscript"):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(scoring, example, str(file), input_names=["user", "item"], output_names=["logit"],
+                              dynamic_shapes=({0: batch}, {0: batch}), dynamo=True, external_data=False,
+                              verbose=False)
+    except Exception as error:  # noqa: BLE001 - the exporter raises many kinds for a model it cannot trace
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
+        raise UsageError(f"model.onnx: torch.onnx could not export this {type(model).__name__} ({first}); pass "
+                         "--no_onnx for its arrays alone") from None
     try:
         import onnxruntime
     except ImportError:

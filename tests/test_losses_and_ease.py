@@ -250,6 +250,20 @@ def test_ease_trains_tests_recommends_and_refuses_a_catalogue_too_large(planted_
     assert not (tmp_path / "refused").exists()
 
 
+def test_ease_exports_to_onnx_in_one_line(planted_ratio, tmp_path, capfd):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "ease",
+                     "--ease_l2", "10", "--checkpoint_dir", str(tmp_path / "ease")]) == 0
+    capfd.readouterr()
+    # EASE's shapes depend on its data: the exporter's traced graph and notes, printed to the terminal's file
+    # descriptors, stay out of it; the scores of model.onnx are EASE's.
+    assert recommend.main(["--checkpoint", str(tmp_path / "ease" / "best.pt"), "--export", str(tmp_path / "x")]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == "" and len(captured.out.splitlines()) == 1, captured
+    assert float(captured.out.split("largest difference ")[1]) < 1e-4
+
+
 def test_full_ranking_defaults_are_gmf_with_sampled_softmax_and_are_printed(planted_ratio, capsys):
     assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "-e", "1",
                      "--checkpoint_dir", ""]) == 0
