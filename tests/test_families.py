@@ -4,6 +4,7 @@ load, recommend.py's tasks); a second, closed-form family supplies only its mode
 models that read them; the import graph runs one way."""
 
 import ast
+import importlib.util
 import json
 import math
 import subprocess
@@ -238,6 +239,9 @@ def assert_served_like_any_model(checkpoint_path, model, dataset, tmp_path, caps
     table = np.load(folder / f"{item_score}.npy")
     assert np.allclose(table.reshape(-1), scores.numpy())
     assert json.loads((folder / "export.json").read_text())["files"][f"{item_score}.npy"]["shape"][0] == len(ids)
+    if importlib.util.find_spec("onnxscript") and importlib.util.find_spec("onnxruntime"):  # and as ONNX
+        assert recommend.main(["--checkpoint", str(checkpoint_path), "--export", str(folder.with_suffix(".onnx"))]) == 0
+        assert float(capsys.readouterr().out.split("largest difference ")[1]) < 1e-5
 
 
 def test_a_closed_form_family_supplies_only_a_solve_and_goes_through_every_path(counted, data, tmp_path, capsys):
