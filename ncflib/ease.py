@@ -195,7 +195,7 @@ def _gib(count):
     return f"{count / 2**30:.1f} GiB"
 
 
-def _solve_device(config):
+def solve_device(config):
     """Where the solve will run: --device's choice (the dataset is still on the host when the run is checked)."""
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_cuda else "cpu")
@@ -223,7 +223,7 @@ class EaseFamily(Family):
 
     def choose(self, args, dataset):
         grid = list(args.ease_l2 or L2_GRID)
-        seconds = solve_seconds(dataset.num_items, _solve_device(args))
+        seconds = solve_seconds(dataset.num_items, solve_device(args))
         notes = {"L2 weights": (" ".join(f"{value:g}" for value in grid),
                                 ("given" if args.ease_l2 else "the default grid") + ", one an epoch"),
                  "EASE solve": (f"about {_gib(needed_bytes(dataset.num_items))} and {_duration(seconds)} an L2 "
@@ -233,7 +233,7 @@ class EaseFamily(Family):
 
     def check(self, dataset, config):
         super().check(dataset, config)
-        needed, free = needed_bytes(dataset.num_items), available_bytes(_solve_device(config))
+        needed, free = needed_bytes(dataset.num_items), available_bytes(solve_device(config))
         if free is not None and needed > HEADROOM * free:  # (the rest: the data, the evaluation, the process)
             raise TaskError(f"--model ease needs about {_gib(needed)} for its item x item matrices of "
                             f"{dataset.num_items:,} items, and {_gib(free)} is available here; use --model gmf")

@@ -1,0 +1,232 @@
+"""RP3beta (Paudel et al., ACM TiiS 2017): a sparse item-item model from a three-step random walk, as a model
+family (``--model rp3beta``).
+
+A walk goes from item i to a user u who has it, then to another item j of that user. With X the users x items matrix
+of training pairs, d_u and d_i the degrees of users and items, each step's probability is raised to ``alpha``:
+
+    W[i, j] = sum_u (X[u, i] / d_i)^alpha (X[u, j] / d_u)^alpha / d_j^beta
+
+``beta`` penalises popular targets (P3alpha at beta 0). Each item keeps its ``neighbours`` best targets (the
+diagonal left out), so memory grows with items x neighbours, never items^2: W is computed a block of source items
+at a time (a sparse product of the block's rows of X^T with X). A user's scores are their items' rows of W, summed,
+so a new user needs no fold-in. It is solved in closed form (``protocols.SolvedInClosedForm``): the epoch loop
+solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keeps the best on validation.
+
+    model = RP3beta(num_users, num_items, num_train, neighbours=200)
+    model.solve(users, items, (0.75, 0.25, 200))   # the training pairs, one setting
+    scores = model.score_all(torch.tensor([0, 1]))  # [2, num_items]
+"""
+
+import itertools
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from ncflib.ease import available_bytes, solve_device
+from ncflib.errors import TaskError
+from ncflib.families import Family
+from ncflib.protocols import Traits
+
+# (alpha, beta, neighbours) settings tried by default, one an epoch; the best is chosen on validation. Published
+# tunings of RP3beta land in alpha 0.5-1 and beta 0-0.6 (Dacrema et al., RecSys 2019), with a few hundred neighbours.
+GRID = tuple(itertools.product((0.5, 0.8, 1.1), (0.0, 0.3, 0.6), (200,)))
+BLOCK_ENTRIES = 2**24  # dense scores per block of source items (a block of rows of W, before its top neighbours)
+
+
+def parse_setting(text):
+    """(alpha, beta, neighbours) from 'ALPHA,BETA,NEIGHBOURS' (--rp3_grid); a ValueError naming what is wrong."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ValueError(f"{text!r} is not ALPHA,BETA,NEIGHBOURS")
+    alpha, beta, neighbours = float(parts[0]), float(parts[1]), int(parts[2])
+    if not (0 < alpha <= 10 and 0 <= beta <= 10 and neighbours >= 1):
+        raise ValueError(f"{text!r}: alpha must be in (0, 10], beta in [0, 10] and neighbours at least 1")
+    return alpha, beta, neighbours
+
+
+class RP3beta(nn.Module):
+    """Each item's ``neighbours`` best targets (``neighbour_items`` [I, K]) and their weights (``neighbour_weights``
+    [I, K]), the setting they were solved with, and the training pairs by user (``user_offsets`` [U + 1],
+    ``user_items`` [N]) from which a user's scores are summed."""
+
+    traits = Traits(output="score", large_chunks=True, shards=False,
+                    formula="score of item j for a user = the sum, over the user's items i and their neighbours k "
+                            "with neighbour_items[i, k] == j, of neighbour_weights[i, k]")
+
+    def __init__(self, num_users, num_items, num_train=0, neighbours=200):
+        super().__init__()
+        if num_users < 1 or num_items < 1 or num_train < 0 or neighbours < 1:
+            raise ValueError(f"num_users, num_items and neighbours must be positive and num_train 0 or more, got "
+                             f"{num_users}, {num_items}, {neighbours} and {num_train}.")
+        self.num_items, self.width = num_items, min(neighbours, num_items)
+        self.register_buffer("neighbour_items", torch.zeros(num_items, self.width, dtype=torch.long))
+        self.register_buffer("neighbour_weights", torch.zeros(num_items, self.width))
+        self.register_buffer("setting", torch.zeros(3))
+        self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
+
+    def set_interactions(self, users, items):
+        """Keep the training pairs (users, items [N]) by user, as ``user_offsets`` and ``user_items``."""
+        order = torch.argsort(users * self.num_items + items)
+        counts = torch.bincount(users, minlength=self.user_offsets.numel() - 1)
+        self.user_offsets.copy_(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        self.user_items.copy_(items[order])
+
+    def items_of(self, users):
+        """(the users' training items, one user after another [n], how many each user has [B])."""
+        starts = self.user_offsets[users]
+        counts = self.user_offsets[users + 1] - starts
+        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        return self.user_items[torch.repeat_interleave(starts, counts) + position], counts
+
+    def solve(self, users, items, setting):
+        """Fit the training pairs (users, items [N]) with ``setting`` (alpha, beta, neighbours): each item's best
+        targets by W, a block of source items at a time. Returns the epoch record's setting."""
+        alpha, beta, neighbours = setting
+        keep = min(int(neighbours), self.width)
+        self.set_interactions(users, items)
+        num_users = self.user_offsets.numel() - 1
+        user_degree = torch.bincount(users, minlength=num_users).double().clamp(min=1)
+        item_degree = torch.bincount(items, minlength=self.num_items).double().clamp(min=1)
+        ones = torch.ones(users.numel(), dtype=torch.float64, device=users.device)
+        # The two steps: item -> user, (X[u, i] / d_i)^alpha, and user -> item, (X[u, j] / d_u)^alpha.
+        with warnings.catch_warnings():  # (torch's note that its CSR support is in beta: nothing to act on)
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            backward = torch.sparse_coo_tensor(torch.stack([items, users]), ones * item_degree[items] ** -alpha,
+                                               (self.num_items, num_users), check_invariants=True)
+            forward = torch.sparse_coo_tensor(torch.stack([users, items]), ones * user_degree[users] ** -alpha,
+                                              (num_users, self.num_items), check_invariants=True)
+            backward, forward = (matrix.coalesce().to_sparse_csr() for matrix in (backward, forward))
+        penalty = item_degree ** -beta  # [I]: the popularity of the target, to the power beta
+        block = max(1, BLOCK_ENTRIES // self.num_items)
+        self.neighbour_items.zero_()
+        self.neighbour_weights.zero_()
+        for start in range(0, self.num_items, block):
+            stop = min(start + block, self.num_items)
+            rows = _row_block(backward, start, stop)
+            walks = torch.sparse.mm(rows, forward).to_dense() * penalty  # [b, I]
+            walks[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # no walk back to itself
+            best, where = walks.topk(keep, dim=1)
+            self.neighbour_items[start:stop, :keep] = where
+            self.neighbour_weights[start:stop, :keep] = best.float()
+        self.setting.copy_(torch.tensor([alpha, beta, float(keep)]))
+        return {"alpha": float(alpha), "beta": float(beta), "neighbours": keep}
+
+    def scores_of(self, items, owners, size):
+        """[size, num_items] the sums of the rows of W of ``items`` [n] into row ``owners[n]``."""
+        scores = torch.zeros(size, self.num_items, device=self.neighbour_weights.device)
+        rows = owners[:, None].expand(-1, self.width)
+        scores.index_put_((rows.reshape(-1), self.neighbour_items[items].reshape(-1)),
+                          self.neighbour_weights[items].reshape(-1), accumulate=True)
+        return scores
+
+    def forward(self, users, items):
+        """Scores of the pairs (users, items [B])."""
+        return self.score_all(users).gather(1, items[:, None]).squeeze(1)
+
+    def score(self, users, items):
+        """[B, C] scores of users [B] for their candidates items [B, C]."""
+        return self.score_all(users).gather(1, items)
+
+    def score_all(self, users):
+        """[B, num_items] scores of users [B] for every item: their items' rows of W, summed."""
+        items, counts = self.items_of(users)
+        return self.scores_of(items, torch.repeat_interleave(torch.arange(users.numel(), device=users.device),
+                                                             counts), users.numel())
+
+    def score_history(self, items):
+        """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""
+        return self.scores_of(items, torch.zeros_like(items), 1)[0]
+
+    def export_arrays(self):
+        """{file stem: tensor}: each item's neighbours and weights, with the training pairs by user."""
+        return {"neighbour_items": self.neighbour_items, "neighbour_weights": self.neighbour_weights,
+                "user_offsets": self.user_offsets, "user_items": self.user_items}
+
+
+def _row_block(matrix, start, stop):
+    """Rows ``start:stop`` of a sparse CSR matrix, as a sparse CSR matrix."""
+    crow = matrix.crow_indices()
+    low, high = int(crow[start]), int(crow[stop])
+    return torch.sparse_csr_tensor(crow[start:stop + 1] - low, matrix.col_indices()[low:high],
+                                   matrix.values()[low:high], (stop - start, matrix.shape[1]), check_invariants=False)
+
+
+def needed_bytes(num_items, num_train, neighbours):
+    """Bytes held while solving: the neighbours (index and weight), a dense block of walks and its top-k, the two
+    sparse step matrices (index and value per training pair, twice), the pairs by user."""
+    block = max(1, BLOCK_ENTRIES // num_items)
+    return num_items * neighbours * 12 + 3 * block * num_items * 8 + num_train * 48
+
+
+class RP3betaFamily(Family):
+    """``--model rp3beta``: solved in closed form, full-ranking or sampled evaluation as the implicit models, its
+    setting chosen on validation from ``--rp3_grid``. ``FAMILY`` is the registry's object."""
+
+    name = "rp3beta"
+    models = {"rp3beta": RP3beta}
+    description = "rp3beta, the sparse item-item random walk (RP3beta, Paudel et al. 2017)"
+
+    def add_arguments(self, parser, flags):
+        group = parser.add_argument_group("RP3beta (--model rp3beta)")
+        flags.add(group, "--rp3_grid", type=_setting, nargs="+", default=None, metavar="ALPHA,BETA,NEIGHBOURS",
+                  readers=tuple(self.models),
+                  help="the settings tried, each solved and evaluated as an epoch, the best kept (chosen on the "
+                       "validation set when the dataset has one); default every alpha of 0.5 0.8 1.1 with every "
+                       "beta of 0 0.3 0.6, 200 neighbours. --early_stop counts settings without a better one")
+
+    def default_epochs(self, args):
+        return len(args.rp3_grid or GRID)
+
+    def choose(self, args, dataset):
+        grid = list(args.rp3_grid or GRID)
+        neighbours = max(setting[2] for setting in grid)
+        notes = {"RP3beta settings": ("; ".join(f"{alpha:g},{beta:g},{count}" for alpha, beta, count in grid),
+                                      ("given" if args.rp3_grid else "the default grid") + ", one an epoch"),
+                 "RP3beta memory": (_gib(needed_bytes(dataset.num_items, dataset.num_train, neighbours)),
+                                    f"estimated from {dataset.num_items:,} items, {dataset.num_train:,} training "
+                                    f"pairs and {neighbours} neighbours")}
+        return {"rp3_grid": [list(setting) for setting in grid], "epochs": len(grid),
+                "neighbours": neighbours}, notes, None
+
+    def check(self, dataset, config):
+        super().check(dataset, config)
+        neighbours = max(setting[2] for setting in (config.rp3_grid or GRID))
+        needed = needed_bytes(dataset.num_items, dataset.num_train, neighbours)
+        free = available_bytes(solve_device(config))
+        if free is not None and needed > 0.9 * free:
+            raise TaskError(f"--model rp3beta needs about {_gib(needed)} for {dataset.num_items:,} items' "
+                            f"{neighbours} neighbours, and {_gib(free)} is available here; pass fewer neighbours "
+                            "in --rp3_grid")
+
+    def data_settings(self, dataset):
+        return {"num_train": dataset.num_train}
+
+    def describe(self, config, dataset):
+        return " (closed form: each setting solved and evaluated in turn)"
+
+    def settings(self, config):
+        return [tuple(setting) for setting in config.rp3_grid]
+
+    def resume_fields(self, config):
+        return [("rp3_grid", "--rp3_grid", None, True)]
+
+
+def _setting(text):
+    """argparse's type for one --rp3_grid setting."""
+    import argparse
+
+    try:
+        return parse_setting(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _gib(count):
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{math.ceil(count / 2**20)} MiB"
+
+
+FAMILY = RP3betaFamily()
