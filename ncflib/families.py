@@ -39,7 +39,7 @@ from ncflib.protocols import SolvedInClosedForm, traits
 
 # The built-in families: the module of each, which exports ``FAMILY``. Imported on first use, so that importing the
 # registry imports no model code.
-BUILTIN = ("ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease", "ncflib.rp3beta")
+BUILTIN = ("ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease", "ncflib.rp3beta", "ncflib.gfcf")
 
 _REGISTERED = []  # Family objects, in registration order (--model lists their kinds in this order)
 

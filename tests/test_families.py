@@ -326,7 +326,7 @@ LAYERS = {  # the tiers, lowest first: a module imports from its own tier and th
     "models and batches": ["ncflib.protocols", "neumf", "dataloading", "ncflib.losses", "ncflib.evaluation",
                            "ncflib.sparse_adam", "ncflib.optimizers"],
     "families": ["ncflib.families", "ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease",
-                 "ncflib.rp3beta"],
+                 "ncflib.rp3beta", "ncflib.gfcf"],
     "loop, evaluation, checkpoints": ["ncflib.training", "ncflib.checkpoint", "ncflib.placement", "ncflib.sharding",
                                       "ncflib.serving", "logger"],
     "command lines": ["ncf", "convert", "recommend"],

@@ -1,0 +1,248 @@
+"""GF-CF (Shen et al., CIKM 2021): a graph filter over the normalised interaction matrix, as a model family
+(``--model gfcf``).
+
+With X the users x items matrix of training pairs and D_u, D_i the degrees of users and items, the normalised matrix
+is R = D_u^-1/2 X D_i^-1/2. A user's scores (their row x of X) are a linear filter plus an ideal low-pass filter:
+
+    s = x R^T R  +  alpha * x D_i^-1/2 V V^T D_i^1/2
+
+where V [items, rank] holds R's top right singular vectors (a truncated SVD, from a randomized sparse solver). The
+linear filter is applied as two sparse products per block of users, never as an items x items matrix; ``alpha``
+and ``rank`` are the setting, one per epoch of the loop, chosen on validation (``--gfcf_grid``). It is solved in
+closed form (``protocols.SolvedInClosedForm``): the SVD is computed once, at the grid's largest rank, and each
+setting takes its leading columns. A new user's scores come from their items alone.
+
+    model = GFCF(num_users, num_items, num_train, rank=256)
+    model.solve(users, items, (0.3, 256))         # the training pairs, one setting
+    scores = model.score_all(torch.tensor([0, 1]))  # [2, num_items]
+"""
+
+import itertools
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from ncflib.ease import available_bytes, solve_device
+from ncflib.errors import TaskError
+from ncflib.families import Family
+from ncflib.protocols import Traits
+
+# (alpha, rank) settings tried by default, one an epoch, the best chosen on validation: the paper's alpha 0.3 at rank
+# 256 (Gowalla, Yelp2018), the linear filter alone (alpha 0: its choice on Amazon-Book), and either side of both.
+GRID = tuple(itertools.product((0.0, 0.1, 0.3, 0.6), (64, 256)))
+OVERSAMPLING, POWER_ITERATIONS = 32, 6  # of the randomized SVD: its error on the leading vectors falls with both
+
+
+def parse_setting(text):
+    """(alpha, rank) from 'ALPHA,RANK' (--gfcf_grid); a ValueError naming what is wrong."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"{text!r} is not ALPHA,RANK")
+    alpha, rank = float(parts[0]), int(parts[1])
+    if not (0 <= alpha <= 100 and rank >= 1):
+        raise ValueError(f"{text!r}: alpha must be in [0, 100] and rank at least 1")
+    return alpha, rank
+
+
+class GFCF(nn.Module):
+    """The training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]), the degree scales of users and
+    items (``user_scale`` = d_u^-1/2, ``item_scale`` = d_i^-1/2, 0 for an item without training pairs), the leading
+    right singular vectors of the normalised matrix (``item_vectors_`` [I, rank]) and the setting (alpha, rank)."""
+
+    traits = Traits(output="score", large_chunks=True, shards=False,
+                    formula="with R = user_scale[u] * X[u, i] * item_scale[i] over the training pairs (user_items) "
+                            "and x a user's row of X: score = x R^T R + alpha * ((x * item_scale) @ V[:, :rank]) "
+                            "@ V[:, :rank]^T / item_scale, V = singular_vectors, (alpha, rank) = setting")
+
+    def __init__(self, num_users, num_items, num_train=0, rank=256):
+        super().__init__()
+        if num_users < 1 or num_items < 1 or num_train < 0 or rank < 1:
+            raise ValueError(f"num_users, num_items and rank must be positive and num_train 0 or more, got "
+                             f"{num_users}, {num_items}, {rank} and {num_train}.")
+        self.num_items, self.rank = num_items, min(rank, num_users, num_items)
+        self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
+        self.register_buffer("user_scale", torch.zeros(num_users))
+        self.register_buffer("item_scale", torch.zeros(num_items))
+        self.register_buffer("singular_vectors", torch.zeros(num_items, self.rank))
+        self.register_buffer("setting", torch.zeros(2))
+        self._solved_for, self._normalised = None, None  # (the pairs the SVD is of; R and R^T, made on first use)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._normalised = None  # R is rebuilt from the loaded pairs
+
+    def set_interactions(self, users, items):
+        """Keep the training pairs (users, items [N]) by user, and the degree scales."""
+        order = torch.argsort(users * self.num_items + items)
+        counts = torch.bincount(users, minlength=self.user_offsets.numel() - 1)
+        self.user_offsets.copy_(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        self.user_items.copy_(items[order])
+        item_degree = torch.bincount(items, minlength=self.num_items).float()
+        self.user_scale.copy_(counts.float().clamp(min=1) ** -0.5)
+        self.item_scale.copy_(torch.where(item_degree > 0, item_degree.clamp(min=1) ** -0.5, 0.0))
+        self._normalised = None
+
+    def items_of(self, users):
+        """(the users' training items, one user after another [n], how many each user has [B])."""
+        starts = self.user_offsets[users]
+        counts = self.user_offsets[users + 1] - starts
+        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        return self.user_items[torch.repeat_interleave(starts, counts) + position], counts
+
+    def normalised(self, layout=torch.sparse_csr):
+        """(R [U, I], R^T [I, U]) as sparse matrices of ``layout``, built from the training pairs."""
+        if self._normalised is None or self._normalised[0] != layout:
+            num_users = self.user_offsets.numel() - 1
+            counts = self.user_offsets.diff()
+            users = torch.repeat_interleave(torch.arange(num_users, device=counts.device), counts)
+            values = self.user_scale[users] * self.item_scale[self.user_items]
+            with warnings.catch_warnings():  # (torch's note that its CSR support is in beta: nothing to act on)
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+                pairs = [torch.sparse_coo_tensor(torch.stack(index), values, shape, check_invariants=True).coalesce()
+                         for index, shape in (((users, self.user_items), (num_users, self.num_items)),
+                                              ((self.user_items, users), (self.num_items, num_users)))]
+                if layout == torch.sparse_csr:
+                    pairs = [matrix.to_sparse_csr() for matrix in pairs]
+            self._normalised = (layout, *pairs)
+        return self._normalised[1:]
+
+    def solve(self, users, items, setting):
+        """Fit the training pairs (users, items [N]) with ``setting`` (alpha, rank): the truncated SVD of R at this
+        model's rank, computed once for the same pairs, its leading ``rank`` vectors taken. Returns the setting."""
+        alpha, rank = setting
+        if self._solved_for is None or self._solved_for[0] is not users or self._solved_for[1] is not items:
+            self.set_interactions(users, items)
+            matrix, _ = self.normalised(torch.sparse_coo)
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(0)  # the randomized solver's draws: the same vectors for the same data
+            try:
+                _, _, vectors = torch.svd_lowrank(matrix, q=min(self.rank + OVERSAMPLING, *matrix.shape),
+                                                  niter=POWER_ITERATIONS)
+            finally:
+                torch.random.set_rng_state(generator_state)
+            self.singular_vectors.copy_(vectors[:, :self.rank])
+            self._solved_for = (users, items)
+        self.setting.copy_(torch.tensor([float(alpha), float(min(rank, self.rank))]))
+        return {"alpha": float(alpha), "rank": min(int(rank), self.rank)}
+
+    def filtered(self, rows):
+        """[B, num_items] the scores of users whose rows of X are ``rows`` [B, num_items] (dense)."""
+        forward, backward = self.normalised()
+        linear = torch.sparse.mm(backward, torch.sparse.mm(forward, rows.T)).T  # x R^T R, as (R^T (R x^T))^T
+        alpha, rank = float(self.setting[0]), int(self.setting[1])
+        if not alpha:
+            return linear
+        vectors = self.singular_vectors[:, :rank]
+        inverse = torch.where(self.item_scale > 0, 1.0 / self.item_scale.clamp(min=1e-30), 0.0)
+        return linear + alpha * ((rows * self.item_scale) @ vectors) @ vectors.T * inverse
+
+    def rows(self, users):
+        """[B, num_items] the users' rows of X (1 for each of their training items)."""
+        items, counts = self.items_of(users)
+        row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+        matrix = torch.zeros(users.numel(), self.num_items, device=self.item_scale.device)
+        matrix[row, items] = 1.0
+        return matrix
+
+    def forward(self, users, items):
+        """Scores of the pairs (users, items [B])."""
+        return self.score_all(users).gather(1, items[:, None]).squeeze(1)
+
+    def score(self, users, items):
+        """[B, C] scores of users [B] for their candidates items [B, C]."""
+        return self.score_all(users).gather(1, items)
+
+    def score_all(self, users):
+        """[B, num_items] scores of users [B] for every item."""
+        return self.filtered(self.rows(users))
+
+    def score_history(self, items):
+        """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""
+        row = torch.zeros(1, self.num_items, device=self.item_scale.device)
+        row[0, items] = 1.0
+        return self.filtered(row)[0]
+
+    def export_arrays(self):
+        """{file stem: tensor}: the pairs by user, the degree scales, the singular vectors and the setting."""
+        return {"user_offsets": self.user_offsets, "user_items": self.user_items, "user_scale": self.user_scale,
+                "item_scale": self.item_scale, "singular_vectors": self.singular_vectors, "setting": self.setting}
+
+
+def needed_bytes(num_users, num_items, num_train, rank):
+    """Bytes held while solving and scoring: the sparse R and R^T (index pairs and values, as COO and CSR), the
+    SVD's work (a few [U + I, rank + oversampling] blocks) and the vectors."""
+    return num_train * 2 * 40 + 4 * (num_users + num_items) * (rank + OVERSAMPLING) * 4 + num_items * rank * 4
+
+
+class GFCFFamily(Family):
+    """``--model gfcf``: solved in closed form, full-ranking or sampled evaluation as the implicit models, its
+    setting chosen on validation from ``--gfcf_grid``. ``FAMILY`` is the registry's object."""
+
+    name = "gfcf"
+    models = {"gfcf": GFCF}
+    description = "gfcf, the graph filter of GF-CF (Shen et al. 2021)"
+
+    def add_arguments(self, parser, flags):
+        group = parser.add_argument_group("GF-CF (--model gfcf)")
+        flags.add(group, "--gfcf_grid", type=_setting, nargs="+", default=None, metavar="ALPHA,RANK",
+                  readers=tuple(self.models),
+                  help="the settings tried, each evaluated as an epoch, the best kept (chosen on the validation set "
+                       "when the dataset has one): ALPHA weighs the ideal low-pass filter of the RANK leading "
+                       "singular vectors against the linear filter; default every alpha of 0 0.1 0.3 0.6 with "
+                       "rank 64 and 256. --early_stop counts settings without a better one")
+
+    def default_epochs(self, args):
+        return len(args.gfcf_grid or GRID)
+
+    def choose(self, args, dataset):
+        grid = list(args.gfcf_grid or GRID)
+        rank = max(setting[1] for setting in grid)
+        needed = needed_bytes(dataset.num_users, dataset.num_items, dataset.num_train, rank)
+        notes = {"GF-CF settings": ("; ".join(f"{alpha:g},{count}" for alpha, count in grid),
+                                   ("given" if args.gfcf_grid else "the default grid") + ", one an epoch"),
+                 "GF-CF memory": (_size(needed), f"estimated from {dataset.num_users:,} users, "
+                                                 f"{dataset.num_items:,} items, {dataset.num_train:,} training pairs "
+                                                 f"and rank {rank}")}
+        return {"gfcf_grid": [list(setting) for setting in grid], "epochs": len(grid), "rank": rank}, notes, None
+
+    def check(self, dataset, config):
+        super().check(dataset, config)
+        rank = max(setting[1] for setting in (config.gfcf_grid or GRID))
+        needed = needed_bytes(dataset.num_users, dataset.num_items, dataset.num_train, rank)
+        free = available_bytes(solve_device(config))
+        if free is not None and needed > 0.9 * free:
+            raise TaskError(f"--model gfcf needs about {_size(needed)} at rank {rank}, and {_size(free)} is "
+                            "available here; pass lower ranks in --gfcf_grid")
+
+    def data_settings(self, dataset):
+        return {"num_train": dataset.num_train}
+
+    def describe(self, config, dataset):
+        return " (closed form: one SVD, then each setting evaluated in turn)"
+
+    def settings(self, config):
+        return [tuple(setting) for setting in config.gfcf_grid]
+
+    def resume_fields(self, config):
+        return [("gfcf_grid", "--gfcf_grid", None, True)]
+
+
+def _setting(text):
+    """argparse's type for one --gfcf_grid setting."""
+    import argparse
+
+    try:
+        return parse_setting(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _size(count):
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{math.ceil(count / 2**20)} MiB"
+
+
+FAMILY = GFCFFamily()
