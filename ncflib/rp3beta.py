@@ -19,10 +19,12 @@ solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keep
 
 import itertools
 import math
+import sys
 import warnings
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ncflib.ease import available_bytes, solve_device
 from ncflib.errors import TaskError
@@ -104,7 +106,9 @@ class RP3beta(nn.Module):
         block = max(1, BLOCK_ENTRIES // self.num_items)
         self.neighbour_items.zero_()
         self.neighbour_weights.zero_()
-        for start in range(0, self.num_items, block):
+        starts = range(0, self.num_items, block)
+        for start in tqdm(starts, desc="rp3beta", unit="block", leave=False, file=sys.stderr,
+                          disable=len(starts) < 8 or not sys.stderr.isatty()):  # (a bar on solves of many blocks)
             stop = min(start + block, self.num_items)
             rows = _row_block(backward, start, stop)
             walks = torch.sparse.mm(rows, forward).to_dense() * penalty  # [b, I]
