@@ -236,7 +236,9 @@ class EaseFamily(Family):
         needed, free = needed_bytes(dataset.num_items), available_bytes(solve_device(config))
         if free is not None and needed > HEADROOM * free:  # (the rest: the data, the evaluation, the process)
             raise TaskError(f"--model ease needs about {_gib(needed)} for its item x item matrices of "
-                            f"{dataset.num_items:,} items, and {_gib(free)} is available here; use --model gmf")
+                            f"{dataset.num_items:,} items, more than {HEADROOM:.0%} of the {_gib(free)} available "
+                            "here (the rest holds the data and the evaluation); use --model gfcf or rp3beta, whose "
+                            "memory grows with the interactions")
 
     def data_settings(self, dataset):
         return {"num_train": dataset.num_train}

@@ -446,6 +446,7 @@ def test_ease_says_what_its_solve_will_take_and_refuses_what_cannot_fit(ratio_da
     assert ncf.main(["--data", str(ratio_data), "--model", "ease", "--eval_protocol", "full",
                      "--checkpoint_dir", str(tmp_path / "ck")]) == 1
     assert one_line_error(capsys, "ncf.py") == (
-        "ncf.py: error: --model ease needs about 0.0 GiB for its item x item matrices of 20 items, and 0.0 GiB is "
-        "available here; use --model gmf")
+        "ncf.py: error: --model ease needs about 0.0 GiB for its item x item matrices of 20 items, more than 90% of "
+        "the 0.0 GiB available here (the rest holds the data and the evaluation); use --model gfcf or rp3beta, whose "
+        "memory grows with the interactions")
     assert snapshot(tmp_path) == before

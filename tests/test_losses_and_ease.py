@@ -246,7 +246,7 @@ def test_ease_trains_tests_recommends_and_refuses_a_catalogue_too_large(planted_
     assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "ease",
                      "--checkpoint_dir", str(tmp_path / "refused")]) == 1
     error = capsys.readouterr().err
-    assert len(error.strip().splitlines()) == 1 and "GiB" in error and "--model gmf" in error
+    assert len(error.strip().splitlines()) == 1 and "GiB" in error and "--model gfcf or rp3beta" in error
     assert not (tmp_path / "refused").exists()
 
 
