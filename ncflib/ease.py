@@ -12,6 +12,7 @@ closed form (``protocols.SolvedInClosedForm``): the one epoch loop calls ``solve
     scores = model.score_all(torch.tensor([0, 1]))  # [2, num_items]
 """
 
+import math
 import os
 import time
 
@@ -31,25 +32,15 @@ EXACT_FLOAT32 = 2**24  # counts up to this are exact in float32
 HEADROOM = 0.9  # the share of the available memory the solve's matrices may take
 
 
-class EASE(nn.Module):
-    """The item-item weights ``item_weights`` [I, I], the L2 weight they were solved with (``l2_weight``), and the
-    training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]) from which a user's row of X is built.
-    Its scores cost no work per (user, item) beyond the sum, so full ranking scores it in large chunks of users."""
+class PairsByUser(nn.Module):
+    """The training pairs of a model solved in closed form, by user (``user_offsets`` [U + 1], ``user_items`` [N]):
+    a user's row of X, from which EASE, RP3beta and GF-CF score them."""
 
-    traits = Traits(output="score", large_chunks=True, shards=False,
-                    formula="score of item i for a user = the sum of item_weights[j, i] over the user's items j")
-
-    def __init__(self, num_users, num_items, num_train=0):
+    def __init__(self, num_users, num_items, num_train):
         super().__init__()
-        if num_users < 1 or num_items < 1 or num_train < 0:
-            raise ValueError(f"num_users and num_items must be positive and num_train 0 or more, got {num_users}, "
-                             f"{num_items} and {num_train}.")
         self.num_items = num_items
-        self.register_buffer("item_weights", torch.zeros(num_items, num_items))
-        self.register_buffer("l2_weight", torch.zeros(()))
         self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
         self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
-        self._gram = None  # (the training pairs it was computed from, G): kept between the settings of a grid
 
     def set_interactions(self, users, items):
         """Keep the training pairs (users, items [N]) by user, as ``user_offsets`` and ``user_items``."""
@@ -70,9 +61,27 @@ class EASE(nn.Module):
         """[B, I] the users' rows of X (1 for each of their training items)."""
         items, counts = self.items_of(users)
         row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
-        matrix = torch.zeros(users.numel(), self.num_items, device=self.item_weights.device)
+        matrix = torch.zeros(users.numel(), self.num_items, device=self.user_items.device)
         matrix[row, items] = 1.0
         return matrix
+
+
+class EASE(PairsByUser):
+    """The item-item weights ``item_weights`` [I, I], the L2 weight they were solved with (``l2_weight``), and the
+    training pairs by user from which a user's row of X is built. Its scores cost no work per (user, item) beyond
+    the sum, so full ranking scores it in large chunks of users."""
+
+    traits = Traits(output="score", large_chunks=True, shards=False,
+                    formula="score of item i for a user = the sum of item_weights[j, i] over the user's items j")
+
+    def __init__(self, num_users, num_items, num_train=0):
+        if num_users < 1 or num_items < 1 or num_train < 0:
+            raise ValueError(f"num_users and num_items must be positive and num_train 0 or more, got {num_users}, "
+                             f"{num_items} and {num_train}.")
+        super().__init__(num_users, num_items, num_train)
+        self.register_buffer("item_weights", torch.zeros(num_items, num_items))
+        self.register_buffer("l2_weight", torch.zeros(()))
+        self._gram = None  # (the training pairs it was computed from, G): kept between the settings of a grid
 
     def gram(self, chunk=4096):
         """G = X^T X [I, I], accumulated over chunks of users: float32, whose sums of 0/1 products are exact while
@@ -201,13 +210,43 @@ def solve_device(config):
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-class EaseFamily(Family):
+def memory_size(count):
+    """Bytes in the unit that suits them: GiB from a tenth of one, else MiB (rounded up)."""
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{math.ceil(count / 2**20)} MiB"
+
+
+class ClosedFormFamily(Family):
+    """What the closed-form families share: their model is fitted to the training pairs (``num_train`` of them),
+    one setting of the grid flag ``grid_flag`` an epoch, a resumed run keeping the same grid, and the memory their
+    solve needs checked before it starts (``memory_problem``)."""
+
+    grid_flag = None  # the flag's name without dashes, e.g. "ease_l2"
+
+    def data_settings(self, dataset):
+        return {"num_train": dataset.num_train}
+
+    def settings(self, config):
+        return [tuple(setting) if isinstance(setting, list) else setting for setting in getattr(config,
+                                                                                            self.grid_flag)]
+
+    def resume_fields(self, config):
+        return [(self.grid_flag, f"--{self.grid_flag}", None, True)]
+
+    @staticmethod
+    def memory_problem(needed, config):
+        """The available memory (bytes) when ``needed`` is more than ``HEADROOM`` of it, else None."""
+        free = available_bytes(solve_device(config))
+        return free if free is not None and needed > HEADROOM * free else None
+
+
+class EaseFamily(ClosedFormFamily):
     """``--model ease``: closed form, full-ranking or sampled evaluation as the implicit models, the L2 weight
     chosen on validation from ``--ease_l2``'s values. ``FAMILY`` is the registry's object."""
 
     name = "ease"
     models = {"ease": EASE}
     description = "ease, the closed-form item-item model (EASE, Steck 2019)"
+    grid_flag = "ease_l2"
 
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("EASE (--model ease)")
@@ -233,24 +272,16 @@ class EaseFamily(Family):
 
     def check(self, dataset, config):
         super().check(dataset, config)
-        needed, free = needed_bytes(dataset.num_items), available_bytes(solve_device(config))
-        if free is not None and needed > HEADROOM * free:  # (the rest: the data, the evaluation, the process)
+        needed = needed_bytes(dataset.num_items)
+        free = self.memory_problem(needed, config)  # (the rest: the data, the evaluation, the process)
+        if free is not None:
             raise TaskError(f"--model ease needs about {_gib(needed)} for its item x item matrices of "
                             f"{dataset.num_items:,} items, more than {HEADROOM:.0%} of the {_gib(free)} available "
                             "here (the rest holds the data and the evaluation); use --model gfcf or rp3beta, whose "
                             "memory grows with the interactions")
 
-    def data_settings(self, dataset):
-        return {"num_train": dataset.num_train}
-
     def describe(self, config, dataset):
         return " (closed form: each L2 weight solved and evaluated in turn)"
-
-    def settings(self, config):
-        return list(config.ease_l2)
-
-    def resume_fields(self, config):
-        return [("ease_l2", "--ease_l2", None, True)]
 
 
 FAMILY = EaseFamily()

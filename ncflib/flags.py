@@ -10,6 +10,7 @@ does not read it, as one line for ``parser.error``.
     problem = flags.problem(parser.parse_args())  # None, or "--fold_in_lr must be positive, got -1"
 """
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,20 @@ RULES = {"at least 1": lambda value: value >= 1, "at least 2": lambda value: val
          "in (0, 1)": lambda value: 0 < value < 1, "in [-1, 1)": lambda value: -1 <= value < 1,
          "in [1e-3, 1e3]": lambda value: 1e-3 <= value <= 1e3, "in [1e-3, 1e9]": lambda value: 1e-3 <= value <= 1e9,
          "finite": math.isfinite}
+
+
+def parsed_by(parse):
+    """An argparse ``type`` from ``parse`` (text -> value, a ValueError naming what is wrong): the ValueError's
+    words become argparse's one-line error for the flag."""
+
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__  # (argparse names the type in its messages)
+    return convert
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,13 @@ setting takes its leading columns. A new user's scores come from their items alo
 """
 
 import itertools
-import math
 import warnings
 
 import torch
-from torch import nn
 
-from ncflib.ease import available_bytes, solve_device
+from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
 from ncflib.errors import TaskError
-from ncflib.families import Family
+from ncflib.flags import parsed_by
 from ncflib.protocols import Traits
 
 # (alpha, rank) settings tried by default, one an epoch, the best chosen on validation: the paper's alpha 0.3 at rank
@@ -46,10 +44,10 @@ def parse_setting(text):
     return alpha, rank
 
 
-class GFCF(nn.Module):
-    """The training pairs by user (``user_offsets`` [U + 1], ``user_items`` [N]), the degree scales of users and
-    items (``user_scale`` = d_u^-1/2, ``item_scale`` = d_i^-1/2, 0 for an item without training pairs), the leading
-    right singular vectors of the normalised matrix (``item_vectors_`` [I, rank]) and the setting (alpha, rank)."""
+class GFCF(PairsByUser):
+    """The training pairs by user (``PairsByUser``), the degree scales of users and items (``user_scale`` =
+    d_u^-1/2, ``item_scale`` = d_i^-1/2, 0 for an item without training pairs), the leading right singular vectors
+    of the normalised matrix (``singular_vectors`` [I, rank]) and the setting (alpha, rank)."""
 
     traits = Traits(output="score", large_chunks=True, shards=False,
                     formula="with R = user_scale[u] * X[u, i] * item_scale[i] over the training pairs (user_items) "
@@ -57,13 +55,11 @@ class GFCF(nn.Module):
                             "@ V[:, :rank]^T / item_scale, V = singular_vectors, (alpha, rank) = setting")
 
     def __init__(self, num_users, num_items, num_train=0, rank=256):
-        super().__init__()
         if num_users < 1 or num_items < 1 or num_train < 0 or rank < 1:
             raise ValueError(f"num_users, num_items and rank must be positive and num_train 0 or more, got "
                              f"{num_users}, {num_items}, {rank} and {num_train}.")
-        self.num_items, self.rank = num_items, min(rank, num_users, num_items)
-        self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
-        self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
+        super().__init__(num_users, num_items, num_train)
+        self.rank = min(rank, num_users, num_items)
         self.register_buffer("user_scale", torch.zeros(num_users))
         self.register_buffer("item_scale", torch.zeros(num_items))
         self.register_buffer("singular_vectors", torch.zeros(num_items, self.rank))
@@ -76,22 +72,11 @@ class GFCF(nn.Module):
 
     def set_interactions(self, users, items):
         """Keep the training pairs (users, items [N]) by user, and the degree scales."""
-        order = torch.argsort(users * self.num_items + items)
-        counts = torch.bincount(users, minlength=self.user_offsets.numel() - 1)
-        self.user_offsets.copy_(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
-        self.user_items.copy_(items[order])
+        super().set_interactions(users, items)
         item_degree = torch.bincount(items, minlength=self.num_items).float()
-        self.user_scale.copy_(counts.float().clamp(min=1) ** -0.5)
+        self.user_scale.copy_(self.user_offsets.diff().float().clamp(min=1) ** -0.5)
         self.item_scale.copy_(torch.where(item_degree > 0, item_degree.clamp(min=1) ** -0.5, 0.0))
         self._normalised = None
-
-    def items_of(self, users):
-        """(the users' training items, one user after another [n], how many each user has [B])."""
-        starts = self.user_offsets[users]
-        counts = self.user_offsets[users + 1] - starts
-        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
-            counts.cumsum(0) - counts, counts)
-        return self.user_items[torch.repeat_interleave(starts, counts) + position], counts
 
     def normalised(self, layout=torch.sparse_csr):
         """(R [U, I], R^T [I, U]) as sparse matrices of ``layout``, built from the training pairs."""
@@ -140,14 +125,6 @@ class GFCF(nn.Module):
         inverse = torch.where(self.item_scale > 0, 1.0 / self.item_scale.clamp(min=1e-30), 0.0)
         return linear + alpha * ((rows * self.item_scale) @ vectors) @ vectors.T * inverse
 
-    def rows(self, users):
-        """[B, num_items] the users' rows of X (1 for each of their training items)."""
-        items, counts = self.items_of(users)
-        row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
-        matrix = torch.zeros(users.numel(), self.num_items, device=self.item_scale.device)
-        matrix[row, items] = 1.0
-        return matrix
-
     def forward(self, users, items):
         """Scores of the pairs (users, items [B])."""
         return self.score_all(users).gather(1, items[:, None]).squeeze(1)
@@ -178,17 +155,18 @@ def needed_bytes(num_users, num_items, num_train, rank):
     return num_train * 2 * 40 + 4 * (num_users + num_items) * (rank + OVERSAMPLING) * 4 + num_items * rank * 4
 
 
-class GFCFFamily(Family):
+class GFCFFamily(ClosedFormFamily):
     """``--model gfcf``: solved in closed form, full-ranking or sampled evaluation as the implicit models, its
     setting chosen on validation from ``--gfcf_grid``. ``FAMILY`` is the registry's object."""
 
     name = "gfcf"
+    grid_flag = "gfcf_grid"
     models = {"gfcf": GFCF}
     description = "gfcf, the graph filter of GF-CF (Shen et al. 2021)"
 
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("GF-CF (--model gfcf)")
-        flags.add(group, "--gfcf_grid", type=_setting, nargs="+", default=None, metavar="ALPHA,RANK",
+        flags.add(group, "--gfcf_grid", type=parsed_by(parse_setting), nargs="+", default=None, metavar="ALPHA,RANK",
                   readers=tuple(self.models),
                   help="the settings tried, each evaluated as an epoch, the best kept (chosen on the validation set "
                        "when the dataset has one): ALPHA weighs the ideal low-pass filter of the RANK leading "
@@ -204,7 +182,7 @@ class GFCFFamily(Family):
         needed = needed_bytes(dataset.num_users, dataset.num_items, dataset.num_train, rank)
         notes = {"GF-CF settings": ("; ".join(f"{alpha:g},{count}" for alpha, count in grid),
                                    ("given" if args.gfcf_grid else "the default grid") + ", one an epoch"),
-                 "GF-CF memory": (_size(needed), f"estimated from {dataset.num_users:,} users, "
+                 "GF-CF memory": (memory_size(needed), f"estimated from {dataset.num_users:,} users, "
                                                  f"{dataset.num_items:,} items, {dataset.num_train:,} training pairs "
                                                  f"and rank {rank}")}
         return {"gfcf_grid": [list(setting) for setting in grid], "epochs": len(grid), "rank": rank}, notes, None
@@ -213,36 +191,13 @@ class GFCFFamily(Family):
         super().check(dataset, config)
         rank = max(setting[1] for setting in (config.gfcf_grid or GRID))
         needed = needed_bytes(dataset.num_users, dataset.num_items, dataset.num_train, rank)
-        free = available_bytes(solve_device(config))
-        if free is not None and needed > 0.9 * free:
-            raise TaskError(f"--model gfcf needs about {_size(needed)} at rank {rank}, and {_size(free)} is "
-                            "available here; pass lower ranks in --gfcf_grid")
-
-    def data_settings(self, dataset):
-        return {"num_train": dataset.num_train}
+        free = self.memory_problem(needed, config)
+        if free is not None:
+            raise TaskError(f"--model gfcf needs about {memory_size(needed)} at rank {rank}, and "
+                            f"{memory_size(free)} is available here; pass lower ranks in --gfcf_grid")
 
     def describe(self, config, dataset):
         return " (closed form: one SVD, then each setting evaluated in turn)"
-
-    def settings(self, config):
-        return [tuple(setting) for setting in config.gfcf_grid]
-
-    def resume_fields(self, config):
-        return [("gfcf_grid", "--gfcf_grid", None, True)]
-
-
-def _setting(text):
-    """argparse's type for one --gfcf_grid setting."""
-    import argparse
-
-    try:
-        return parse_setting(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _size(count):
-    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{math.ceil(count / 2**20)} MiB"
 
 
 FAMILY = GFCFFamily()

@@ -18,17 +18,15 @@ solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keep
 """
 
 import itertools
-import math
 import sys
 import warnings
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from ncflib.ease import available_bytes, solve_device
+from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
 from ncflib.errors import TaskError
-from ncflib.families import Family
+from ncflib.flags import parsed_by
 from ncflib.protocols import Traits
 
 # (alpha, beta, neighbours) settings tried by default, one an epoch; the best is chosen on validation. Published
@@ -48,41 +46,24 @@ def parse_setting(text):
     return alpha, beta, neighbours
 
 
-class RP3beta(nn.Module):
+class RP3beta(PairsByUser):
     """Each item's ``neighbours`` best targets (``neighbour_items`` [I, K]) and their weights (``neighbour_weights``
-    [I, K]), the setting they were solved with, and the training pairs by user (``user_offsets`` [U + 1],
-    ``user_items`` [N]) from which a user's scores are summed."""
+    [I, K]), the setting they were solved with, and the training pairs by user from which a user's scores are
+    summed."""
 
     traits = Traits(output="score", large_chunks=True, shards=False,
                     formula="score of item j for a user = the sum, over the user's items i and their neighbours k "
                             "with neighbour_items[i, k] == j, of neighbour_weights[i, k]")
 
     def __init__(self, num_users, num_items, num_train=0, neighbours=200):
-        super().__init__()
         if num_users < 1 or num_items < 1 or num_train < 0 or neighbours < 1:
             raise ValueError(f"num_users, num_items and neighbours must be positive and num_train 0 or more, got "
                              f"{num_users}, {num_items}, {neighbours} and {num_train}.")
-        self.num_items, self.width = num_items, min(neighbours, num_items)
+        super().__init__(num_users, num_items, num_train)
+        self.width = min(neighbours, num_items)
         self.register_buffer("neighbour_items", torch.zeros(num_items, self.width, dtype=torch.long))
         self.register_buffer("neighbour_weights", torch.zeros(num_items, self.width))
         self.register_buffer("setting", torch.zeros(3))
-        self.register_buffer("user_offsets", torch.zeros(num_users + 1, dtype=torch.long))
-        self.register_buffer("user_items", torch.zeros(num_train, dtype=torch.long))
-
-    def set_interactions(self, users, items):
-        """Keep the training pairs (users, items [N]) by user, as ``user_offsets`` and ``user_items``."""
-        order = torch.argsort(users * self.num_items + items)
-        counts = torch.bincount(users, minlength=self.user_offsets.numel() - 1)
-        self.user_offsets.copy_(torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
-        self.user_items.copy_(items[order])
-
-    def items_of(self, users):
-        """(the users' training items, one user after another [n], how many each user has [B])."""
-        starts = self.user_offsets[users]
-        counts = self.user_offsets[users + 1] - starts
-        position = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
-            counts.cumsum(0) - counts, counts)
-        return self.user_items[torch.repeat_interleave(starts, counts) + position], counts
 
     def solve(self, users, items, setting):
         """Fit the training pairs (users, items [N]) with ``setting`` (alpha, beta, neighbours): each item's best
@@ -166,18 +147,19 @@ def needed_bytes(num_items, num_train, neighbours):
     return num_items * neighbours * 12 + 3 * block * num_items * 8 + num_train * 48
 
 
-class RP3betaFamily(Family):
+class RP3betaFamily(ClosedFormFamily):
     """``--model rp3beta``: solved in closed form, full-ranking or sampled evaluation as the implicit models, its
     setting chosen on validation from ``--rp3_grid``. ``FAMILY`` is the registry's object."""
 
     name = "rp3beta"
+    grid_flag = "rp3_grid"
     models = {"rp3beta": RP3beta}
     description = "rp3beta, the sparse item-item random walk (RP3beta, Paudel et al. 2017)"
 
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("RP3beta (--model rp3beta)")
-        flags.add(group, "--rp3_grid", type=_setting, nargs="+", default=None, metavar="ALPHA,BETA,NEIGHBOURS",
-                  readers=tuple(self.models),
+        flags.add(group, "--rp3_grid", type=parsed_by(parse_setting), nargs="+", default=None,
+                  metavar="ALPHA,BETA,NEIGHBOURS", readers=tuple(self.models),
                   help="the settings tried, each solved and evaluated as an epoch, the best kept (chosen on the "
                        "validation set when the dataset has one); default every alpha of 0.5 0.8 1.1 with every "
                        "beta of 0 0.3 0.6, 200 neighbours. --early_stop counts settings without a better one")
@@ -190,7 +172,7 @@ class RP3betaFamily(Family):
         neighbours = max(setting[2] for setting in grid)
         notes = {"RP3beta settings": ("; ".join(f"{alpha:g},{beta:g},{count}" for alpha, beta, count in grid),
                                       ("given" if args.rp3_grid else "the default grid") + ", one an epoch"),
-                 "RP3beta memory": (_gib(needed_bytes(dataset.num_items, dataset.num_train, neighbours)),
+                 "RP3beta memory": (memory_size(needed_bytes(dataset.num_items, dataset.num_train, neighbours)),
                                     f"estimated from {dataset.num_items:,} items, {dataset.num_train:,} training "
                                     f"pairs and {neighbours} neighbours")}
         return {"rp3_grid": [list(setting) for setting in grid], "epochs": len(grid),
@@ -200,37 +182,14 @@ class RP3betaFamily(Family):
         super().check(dataset, config)
         neighbours = max(setting[2] for setting in (config.rp3_grid or GRID))
         needed = needed_bytes(dataset.num_items, dataset.num_train, neighbours)
-        free = available_bytes(solve_device(config))
-        if free is not None and needed > 0.9 * free:
-            raise TaskError(f"--model rp3beta needs about {_gib(needed)} for {dataset.num_items:,} items' "
-                            f"{neighbours} neighbours, and {_gib(free)} is available here; pass fewer neighbours "
-                            "in --rp3_grid")
-
-    def data_settings(self, dataset):
-        return {"num_train": dataset.num_train}
+        free = self.memory_problem(needed, config)
+        if free is not None:
+            raise TaskError(f"--model rp3beta needs about {memory_size(needed)} for {dataset.num_items:,} items' "
+                            f"{neighbours} neighbours, and {memory_size(free)} is available here; pass fewer "
+                            "neighbours in --rp3_grid")
 
     def describe(self, config, dataset):
         return " (closed form: each setting solved and evaluated in turn)"
-
-    def settings(self, config):
-        return [tuple(setting) for setting in config.rp3_grid]
-
-    def resume_fields(self, config):
-        return [("rp3_grid", "--rp3_grid", None, True)]
-
-
-def _setting(text):
-    """argparse's type for one --rp3_grid setting."""
-    import argparse
-
-    try:
-        return parse_setting(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _gib(count):
-    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{math.ceil(count / 2**20)} MiB"
 
 
 FAMILY = RP3betaFamily()

@@ -47,3 +47,19 @@ def tiny_log():
         (13, 101, 3, 700),  # a single interaction: dropped
         (14, 105, 2, 10), (14, 103, 2, 20), (14, 102, 2, 5),  # file order differs from time order; test: 103
     ]
+
+
+@pytest.fixture(scope="module")
+def planted_ratio(tmp_path_factory):
+    """Four groups of users, each interacting with most items of its own group: a ratio split (80/20, with
+    validation) where a model that learned the groups ranks each user's held-out items first."""
+    folder = tmp_path_factory.mktemp("planted_ratio")
+    rng = np.random.default_rng(0)
+    lines = ["user,item"]
+    for user in range(48):
+        group = user % 4
+        lines += [f"{user},{group * 10 + item}" for item in rng.choice(10, size=8, replace=False)]
+    (folder / "log.csv").write_text("\n".join(lines) + "\n")
+    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--split", "ratio",
+                        "--validation"])[0] == 0
+    return folder / "data"

@@ -8,7 +8,6 @@ import torch
 
 import ncf
 import recommend
-from conftest import run_convert
 from ncflib.checkpoint import load_model
 from ncflib.gfcf import GFCF, parse_setting
 
@@ -53,22 +52,9 @@ def test_a_setting_names_what_is_wrong(text, message):
         parse_setting(text)
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """Four groups of users, each with most items of its own group: a ratio split with validation."""
-    folder = tmp_path_factory.mktemp("gfcf_planted")
-    rng = np.random.default_rng(0)
-    lines = ["user,item"] + [f"{user},{user % 4 * 10 + item}" for user in range(48)
-                             for item in rng.choice(10, size=8, replace=False)]
-    (folder / "log.csv").write_text("\n".join(lines) + "\n")
-    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--split", "ratio",
-                        "--validation"])[0] == 0
-    return folder / "data"
-
-
-def test_gfcf_trains_tests_and_recommends(planted, tmp_path, capsys):
+def test_gfcf_trains_tests_and_recommends(planted_ratio, tmp_path, capsys):
     folder = tmp_path / "gfcf"
-    assert ncf.main(["--data", str(planted), "--eval_protocol", "full", "-k", "5", "--model", "gfcf",
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "gfcf",
                      "--gfcf_grid", "0,4", "0.3,8", "--checkpoint_dir", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "GF-CF settings: 0,4; 0.3,8 (given, one an epoch)" in out and "GF-CF memory:" in out
@@ -78,7 +64,7 @@ def test_gfcf_trains_tests_and_recommends(planted, tmp_path, capsys):
     best = records[-1]["best_metrics"]
     assert best["recall@5"] >= 0.9
     # A loaded checkpoint scores as the trained model did (R rebuilt from its pairs), under --mode test too.
-    assert ncf.main(["--data", str(planted), "--eval_protocol", "full", "-k", "5", "--mode", "test",
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--mode", "test",
                      "--load_checkpoint_path", str(folder / "best.pt"), "--log_path", str(tmp_path / "t.json")]) == 0
     assert json.loads((tmp_path / "t.json").read_text().splitlines()[-1])["recall@5"] == pytest.approx(
         best["recall@5"])

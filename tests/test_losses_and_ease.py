@@ -14,7 +14,6 @@ import torch
 import dataloading
 import ncf
 import recommend
-from conftest import run_convert
 from dataloading import ImplicitInputs, SharedInputs
 from ncflib import ease, evaluation, implicit, serving
 from ncflib.checkpoint import load_model
@@ -118,22 +117,6 @@ def test_a_shared_negative_that_is_the_rows_own_positive_adds_nothing(name):
 
 def _no_autocast():
     return torch.autocast("cpu", enabled=False)
-
-
-@pytest.fixture(scope="module")
-def planted_ratio(tmp_path_factory):
-    """Four groups of users, each interacting with most items of its own group: a ratio split (80/20, with
-    validation) where a model that learned the groups ranks each user's held-out items first."""
-    folder = tmp_path_factory.mktemp("planted_ratio")
-    rng = np.random.default_rng(0)
-    lines = ["user,item"]
-    for user in range(48):
-        group = user % 4
-        lines += [f"{user},{group * 10 + item}" for item in rng.choice(10, size=8, replace=False)]
-    (folder / "log.csv").write_text("\n".join(lines) + "\n")
-    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--split", "ratio",
-                        "--validation"])[0] == 0
-    return folder / "data"
 
 
 @pytest.mark.parametrize("flags", [["--loss", "softmax", "-l", "0.005"], ["--loss", "bpr", "--similarity", "dot"],

@@ -10,7 +10,6 @@ import torch
 import dataloading
 import ncf
 import recommend
-from conftest import run_convert
 from ncflib import serving
 from ncflib.checkpoint import load_model
 from ncflib.rp3beta import RP3beta, parse_setting
@@ -71,22 +70,9 @@ def test_a_setting_names_what_is_wrong(text, message):
         parse_setting(text)
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """Four groups of users, each with most items of its own group: a ratio split with validation."""
-    folder = tmp_path_factory.mktemp("rp3_planted")
-    rng = np.random.default_rng(0)
-    lines = ["user,item"] + [f"{user},{user % 4 * 10 + item}" for user in range(48)
-                             for item in rng.choice(10, size=8, replace=False)]
-    (folder / "log.csv").write_text("\n".join(lines) + "\n")
-    assert run_convert(["--path", folder / "log.csv", "--output", folder / "data", "--split", "ratio",
-                        "--validation"])[0] == 0
-    return folder / "data"
-
-
-def test_rp3beta_trains_tests_resumes_and_recommends(planted, tmp_path, capsys):
+def test_rp3beta_trains_tests_resumes_and_recommends(planted_ratio, tmp_path, capsys):
     folder = tmp_path / "rp3"
-    assert ncf.main(["--data", str(planted), "--eval_protocol", "full", "-k", "5", "--model", "rp3beta",
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--model", "rp3beta",
                      "--rp3_grid", "0.5,0,4", "1,0.5,8", "--checkpoint_dir", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "RP3beta settings: 0.5,0,4; 1,0.5,8 (given, one an epoch)" in out and "RP3beta memory:" in out
@@ -97,13 +83,13 @@ def test_rp3beta_trains_tests_resumes_and_recommends(planted, tmp_path, capsys):
     best = records[-1]["best_metrics"]
     assert best["recall@5"] >= 0.9  # the held-out items are the user's group's
     # --mode test gives the same figure; a resume of the finished run solves nothing more.
-    assert ncf.main(["--data", str(planted), "--eval_protocol", "full", "-k", "5", "--mode", "test",
+    assert ncf.main(["--data", str(planted_ratio), "--eval_protocol", "full", "-k", "5", "--mode", "test",
                      "--load_checkpoint_path", str(folder / "best.pt"), "--log_path", str(tmp_path / "t.json")]) == 0
     assert json.loads((tmp_path / "t.json").read_text().splitlines()[-1])["recall@5"] == pytest.approx(
         best["recall@5"])
     capsys.readouterr()
     model = load_model(folder / "best.pt")
-    dataset = dataloading.load_dataset(planted)
+    dataset = dataloading.load_dataset(planted_ratio)
     users, items = serving.catalogues(dataset)
     # A new user from their items alone: the rest of that group.
     assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--history", "31", "32", "33", "-k", "3"]) == 0
