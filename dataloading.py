@@ -96,11 +96,12 @@ class Dataset:
     train_weights: torch.Tensor | None = None  # [N] float32, each positive's loss weight (--recency); None: all 1
     train_text: Ragged | None = None  # each training pair's review as word indices, when the dataset has text
     vocabulary: tuple | None = None  # (words, counts) of vocab.csv: what the word indices mean
+    validation_timestamps: np.ndarray | None = None  # [V] int64, host memory: the validation pairs' times (--refit)
 
     @classmethod
     def from_arrays(cls, num_users, num_items, train, test, test_negatives, path, train_timestamps=None,
                     train_ratings=None, validation=None, validation_negatives=None, test_ratings=None,
-                    validation_ratings=None, texts=None, vocabulary=None):
+                    validation_ratings=None, texts=None, vocabulary=None, validation_timestamps=None):
         """Check the arrays and build the dataset; a DatasetError naming ``path`` otherwise. ``train`` [N, 2] and
         ``test`` [T, 2] are (user, item) rows, the test rows sorted by user; ``test_negatives`` [U, K] (or None,
         for splits with several test items per user) holds each test user's sampled negatives; ``validation`` and
@@ -111,7 +112,8 @@ class Dataset:
             _check_arrays(path, num_users, num_items, train, validation, validation_negatives, "validation")
         for name, side, rows in (("train_timestamps", train_timestamps, train), ("train_ratings", train_ratings, train),
                                  ("test_ratings", test_ratings, test), ("validation_ratings", validation_ratings,
-                                                                        validation)):
+                                                                        validation),
+                                 ("validation_timestamps", validation_timestamps, validation)):
             if side is not None and (rows is None or side.shape != (rows.shape[0],)):
                 raise DatasetError(f"{path}: {name} has shape {side.shape}, expected one per "
                                    f"{name.split('_')[0]} pair; re-create the dataset with convert.py")
@@ -132,7 +134,9 @@ class Dataset:
                    HeldOut.from_pairs(test, test_negatives, test_ratings, texts.get("test")), fingerprint, str(path),
                    None if validation is None else HeldOut.from_pairs(validation, validation_negatives,
                                                                       validation_ratings, texts.get("validation")),
-                   train_timestamps, train_ratings, train_text=texts.get("train"), vocabulary=vocabulary)
+                   train_timestamps, train_ratings, train_text=texts.get("train"), vocabulary=vocabulary,
+                   validation_timestamps=None if validation_timestamps is None else
+                   np.asarray(validation_timestamps).astype(np.int64, copy=False))
 
     # The leave-one-out test set as earlier versions held it: one item per test user, with its negatives.
     @property
@@ -186,6 +190,40 @@ class Dataset:
         ranks = recency_ranks(self.train_users.cpu().numpy(), times)
         return self.with_weights(recency_weights(ranks, weight, window))
 
+    def with_validation_trained(self):
+        """The dataset that a refit trains on (--refit): the validation pairs joined to the training pairs, with
+        their ratings, times and reviews where the training pairs have them, and no validation set; the same test
+        set and fingerprint (the refit model belongs to this dataset's folder). A DatasetError when the validation
+        pairs lack a side the training pairs have."""
+        held = self.validation
+        if held is None:
+            raise DatasetError(f"{self.path}: has no validation split to train on; convert it with --validation")
+        users = torch.repeat_interleave(held.users, held.offsets.diff())
+
+        def joined(name, train_side, held_side, join):
+            if train_side is None:
+                return None
+            if held_side is None:
+                raise DatasetError(f"{self.path}: the training pairs have {name} and the validation pairs none, so "
+                                   "the two cannot be trained on together; re-create the dataset with convert.py")
+            return join(train_side, held_side)
+
+        def numpy_join(train_side, held_side):
+            return np.concatenate([np.asarray(train_side), np.asarray(held_side).astype(np.asarray(train_side).dtype)])
+
+        def text_join(train_side, held_side):
+            return type(train_side)(torch.cat([train_side.values, held_side.values]),
+                                    torch.cat([train_side.offsets, held_side.offsets[1:] + train_side.offsets[-1]]))
+
+        return dataclasses.replace(
+            self, train_users=torch.cat([self.train_users, users.to(self.train_users.device)]),
+            train_items=torch.cat([self.train_items, held.items.to(self.train_items.device)]), validation=None,
+            train_timestamps=joined("timestamps", self.train_timestamps, self.validation_timestamps, numpy_join),
+            train_ratings=joined("ratings", self.train_ratings,
+                                 None if held.ratings is None else held.ratings.cpu().numpy(), numpy_join),
+            train_text=joined("review text", self.train_text, held.text, text_join),
+            train_weights=None, validation_timestamps=None)
+
     def indexed_counts(self):
         """{"num_users", "num_items"}: one more than the largest user and item index the arrays hold (convert.py
         indexes every user and item it keeps, so a dataset's counts are these: a larger count would size tables
@@ -233,7 +271,8 @@ def dataset_from_split(split, name):
     return Dataset.from_arrays(split.user_ids.size, split.item_ids.size, split.train, split.test,
                                split.test_negatives, name, split.extra_arrays.get("train_timestamps"),
                                split.extra_arrays.get("train_ratings"), split.validation, split.validation_negatives,
-                               split.extra_arrays.get("test_ratings"), split.extra_arrays.get("validation_ratings"))
+                               split.extra_arrays.get("test_ratings"), split.extra_arrays.get("validation_ratings"),
+                               validation_timestamps=split.extra_arrays.get("validation_timestamps"))
 
 
 def _check_arrays(path, num_users, num_items, train, held, negatives, name="test"):

@@ -82,6 +82,11 @@ def parse_args(argv=None):
     add("--early_stop", type=int, default=None, metavar="EPOCHS", rule="at least 1",
         help="stop after this many epochs without a better selection metric (default: run every epoch); the best "
              "epoch is chosen on the validation set when the dataset has one")
+    add("--refit", action="store_true",
+        help="with a validation split: after choosing the epoch (or a closed form's setting) on it, fit that choice "
+             "once more on the training and validation pairs and evaluate the test set once, with that model; "
+             "CHECKPOINT_DIR/best.pt is then the refit model, and the choosing run's models go to "
+             "CHECKPOINT_DIR/chosen/")
     add("-b1", "--beta1", type=float, default=None, readers=gradient, rule="in [0, 1)",
         help="Adam beta1; default: NVIDIA's 0.25 for batches of 2^18 or more, else 0.9 (printed)")
     add("-b2", "--beta2", type=float, default=None, readers=gradient, rule="in [0, 1)",
@@ -135,7 +140,9 @@ def parse_args(argv=None):
     if args.model is None:  # NeuMF's tower is too slow to rank every item; GMF scores them with one product
         args.model = "gmf" if args.eval_protocol == "full" else "neumf"
     family = families.family_of(args.model)
-    problem = flags.problem(args) or family.check_flags(args)
+    problem = flags.problem(args) or family.check_flags(args) or (
+        args.refit and args.mode == "test" and "--refit trains a model again; --mode test evaluates a checkpoint as "
+                                               "it is: drop one of them")
     if problem:
         parser.error(problem)
     if args.epochs is None:
@@ -184,12 +191,12 @@ def build(family, config, dataset, device, placement):
     return model, model_args, optimizer, loss
 
 
-def restore(config, folder, model, model_args, optimizer, scaler, dataset, metric, placement, say):
-    """(first epoch, best so far by ``metric``): from CHECKPOINT_DIR/last.pt under --resume (refused when trained
-    with other settings), else (0, None)."""
+def restore(config, folder, model, model_args, optimizer, scaler, dataset, metric, placement, say, resume):
+    """(first epoch, best so far by ``metric``): from ``folder``/last.pt when ``resume`` (refused when trained with
+    other settings), else (0, None)."""
     last_path = folder / "last.pt" if folder else None
-    if not (config.resume and last_path and last_path.is_file()):
-        if config.resume:
+    if not (resume and last_path and last_path.is_file()):
+        if resume:
             say("no checkpoint to resume from; starting from scratch")
         return 0, None
     resumed = checkpoint.resume(last_path, dataset, model, optimizer, scaler, config.model, model_args,
@@ -200,8 +207,13 @@ def restore(config, folder, model, model_args, optimizer, scaler, dataset, metri
 
 def test_mode(config, dataset, runtime, log, autocast, say):
     """--mode test: evaluate a checkpoint once, as its model's family evaluates it."""
-    model = checkpoint.load_model(config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt", dataset)
+    path = config.load_checkpoint_path or Path(config.checkpoint_dir) / "best.pt"
+    state = checkpoint.load_checkpoint(path, dataset)
+    model = checkpoint.model_from_checkpoint(state, path)
     family = families.family_of(families.kind_of(model))
+    if state["config"].get("refit_of") and dataset.validation is not None:  # it trained on them: ranked as such
+        say(f"{path}: refit on the training and validation pairs; the test set is evaluated as its run did")
+        dataset = dataset.with_validation_trained()
     config = dataclasses.replace(config, model=family.kind)
     family.check(dataset, config)
     metrics = evaluation.timed(family.evaluator(config, dataset, model.to(runtime.device), autocast, runtime))
@@ -223,35 +235,49 @@ def step_of(built, config, runtime, scaler, autocast, placement, family, dataset
         show_bar=runtime.is_main and sys.stderr.isatty())
 
 
-def fit(family, config, dataset, runtime, built, scaler, autocast, placement, folder, log, say):
+def fit(family, config, dataset, runtime, built, scaler, autocast, placement, folder, log, say, refit_of=None):
     """Run the epoch loop on ``built`` (``build``'s model, arguments, optimizer and step) with its family's
     evaluation and selection metric (the best epoch chosen on the validation set when there is one, else on the
-    test items); logs, prints and keeps best.pt/last.pt. Returns (the best epoch's dict, whether --threshold
-    stopped the run)."""
+    test items); logs, prints and keeps best.pt/last.pt in ``folder``. Returns (the best epoch's dict, whether
+    --threshold stopped the run).
+
+    ``refit_of`` (--refit's second run, on the training and validation pairs): the choosing run's best epoch and
+    its ``plan`` (``Family.refit_plan``'s epochs). Then the loop runs those epochs and evaluates once, at the last;
+    nothing stops it early, and its best.pt replaces any there (the choice was made on validation, not here)."""
     model, model_args, optimizer, _ = built
     chosen_on = family.selection(dataset, config)
+    epochs, eval_every, patience, threshold = ((refit_of["epochs"], refit_of["epochs"], None, None) if refit_of else
+                                               (config.epochs, config.eval_every, config.early_stop, config.threshold))
+    resume = config.resume and (refit_of is None or refit_of.get("resumed", False))
     start_epoch, best = restore(config, folder, model, model_args, optimizer, scaler, dataset, chosen_on.metric,
-                                placement, say)
+                                placement, say, resume)
     train.check_ranks_agree(dataclasses.asdict(config), dataset.fingerprint, start_epoch, runtime)
     saving = folder is not None and runtime.is_main
     saved_best = checkpoint.prepare_folder(folder, dataset.fingerprint, config.model, chosen_on.metric) if saving \
         else None
-    log.forget_epochs_from(start_epoch)  # those a killed run logged after its last checkpoint
-    log.write("config", dataclasses.asdict(config) | {
+    if refit_of:
+        saved_best = None
+    kinds = ("refit_config", "refit_epoch") if refit_of else ("config", "epoch")
+    log.forget_epochs_from(start_epoch, *kinds)  # those a killed run logged after its last checkpoint
+    saved_config = dataclasses.asdict(config) | ({"refit_of": {key: refit_of[key] for key in ("epoch", "metrics",
+                                                                                              "epochs", "chosen",
+                                                                                              "seconds")}}
+                                                 if refit_of else {})
+    log.write(kinds[0], saved_config | {
         "num_users": dataset.num_users, "num_items": dataset.num_items, "num_train": dataset.num_train,
         "world_size": runtime.world_size, "device": str(runtime.device)})
 
     def save(name, record, best):  # (on every rank of a sharded run, whose ranks each write their shards)
         checkpoint.save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler,
-                                   record["epoch"], record, best, dataclasses.asdict(config), dataset.fingerprint,
+                                   record["epoch"], record, best, saved_config, dataset.fingerprint,
                                    write=saving, placement=placement)
 
     def on_epoch(record):
-        log.write("epoch", record)
-        say(epoch_line(record))
-        if config.threshold is not None and chosen_on.metric in record and chosen_on.reaches(
-                record[chosen_on.metric], config.threshold):
-            say(f"reached the target {metric_label(chosen_on.metric)} {config.threshold} in epoch {record['epoch']}; "
+        log.write(kinds[1], record)
+        say(("refit " if refit_of else "") + epoch_line(record))
+        if threshold is not None and chosen_on.metric in record and chosen_on.reaches(record[chosen_on.metric],
+                                                                                      threshold):
+            say(f"reached the target {metric_label(chosen_on.metric)} {threshold} in epoch {record['epoch']}; "
                 "stopping")
 
     evaluate = placement.evaluator(
@@ -260,12 +286,46 @@ def fit(family, config, dataset, runtime, built, scaler, autocast, placement, fo
     try:
         return train.loop(
             step_of(built, config, runtime, scaler, autocast, placement, family, dataset), evaluate, chosen_on,
-            epochs=config.epochs, start_epoch=start_epoch, best=best, threshold=config.threshold, on_epoch=on_epoch,
+            epochs=epochs, start_epoch=start_epoch, best=best, threshold=threshold, on_epoch=on_epoch,
             save=save if saving or (folder and placement.sharded) else None, saved_best=saved_best,
-            patience=config.early_stop, eval_every=config.eval_every)
+            patience=patience, eval_every=eval_every)
     except train.NonFiniteLoss as error:
         raise UsageError(f"{error}; lower --learning_rate (now {config.learning_rate:g}); the best checkpoint so far "
                          "is kept") from None
+
+
+def refit_under_way(config, folder, dataset):
+    """The choice a killed --refit run had made (the ``refit_of`` its CHECKPOINT_DIR/last.pt records), when --resume
+    finds one: the refit then resumes without choosing again. Else None."""
+    last_path = folder / "last.pt" if folder else None
+    if not (config.refit and config.resume and last_path and last_path.is_file()):
+        return None
+    return checkpoint.load_checkpoint(last_path, dataset, for_resume=True)["config"].get("refit_of")
+
+
+def refit(family, config, dataset, chosen, runtime, scaler, autocast, folder, log, say):
+    """--refit's second run: the choice ``chosen`` (the choosing run's best epoch, or a resumed refit's record of
+    it) fitted on the training and validation pairs (``dataset`` as loaded, before its family's training data)
+    and evaluated on the test set once. Returns (its best, which is its one evaluated epoch, and the choice)."""
+    if "epochs" in chosen:  # a refit resumed: its plan is recorded
+        refit_config, _, _ = family.refit_plan(config, chosen["epoch"])
+        chosen = chosen | {"resumed": True}
+    else:
+        refit_config, epochs, words = family.refit_plan(config, chosen["epoch"])
+        validation = {key: value for key, value in chosen["metrics"].items() if key.startswith("valid_")}
+        chosen = {"epoch": chosen["epoch"], "metrics": validation, "epochs": epochs, "chosen": words,
+                  "seconds": chosen["elapsed"]}
+    trained = family.training_data(dataset.with_validation_trained(), refit_config).to(runtime.device)
+    say(f"refit: {chosen['chosen']} (chosen on the validation set), fitted on the {trained.num_train:,} training and "
+        "validation pairs; the test set is evaluated once, at its end")
+    torch.manual_seed(config.seed)
+    placement = placement_for(config.embedding_sharding, config.export_full, config.eval_protocol,
+                              table_optimizer=config.table_optimizer, table_lr=config.table_lr,
+                              learning_rate=config.learning_rate, device=runtime.device, say=say)
+    built = build(family, refit_config, trained, runtime.device, placement)
+    best, _ = fit(family, refit_config, trained, runtime, built, scaler, autocast, placement, folder, log, say,
+                  refit_of=chosen)
+    return best, chosen
 
 
 def main(argv=None):
@@ -284,6 +344,7 @@ def run(args):
     dataset = dataloading.load_dataset_or_demo(args.data)
     config, notes = resolve_config(args, dataset)
     family = families.family_of(config.model)
+    raw = dataset  # (--refit trains on it again, with its validation pairs)
     if config.mode == "train":
         dataset = family.training_data(dataset, config)
     dataset = dataset.to(runtime.device)
@@ -297,14 +358,26 @@ def run(args):
     say = print if runtime.is_main else (lambda *_, **__: None)
     if config.mode == "test":
         return test_mode(config, dataset, runtime, log, autocast, say)
+    if config.refit and raw.validation is None:
+        raise UsageError(f"--refit fits the epoch or setting chosen on a validation set again, and {raw.path} has "
+                         "none; convert the data with --validation, or drop --refit")
     torch.manual_seed(config.seed)
     say(describe_run(config, dataset, runtime, notes, family.describe(config, dataset)))
     placement = placement_for(config.embedding_sharding, config.export_full, config.eval_protocol,
                               table_optimizer=config.table_optimizer, table_lr=config.table_lr,
                               learning_rate=config.learning_rate, device=runtime.device, say=say)
-    built = build(family, config, dataset, runtime.device, placement)
-    best, reached = fit(family, config, dataset, runtime, built, scaler, autocast, placement, folder, log, say)
-    record, lines = summary(best, config.topk, reached, dataset.validation is not None)
+    chosen = refit_under_way(config, folder, raw)
+    if chosen is None:
+        built = build(family, config, dataset, runtime.device, placement)
+        best, reached = fit(family, config, dataset, runtime, built, scaler, autocast, placement,
+                            folder / "chosen" if folder and config.refit else folder, log, say)
+    else:
+        say(f"resuming the refit of {chosen['chosen']} (chosen on the validation set)")
+        best, reached = chosen, False
+    if config.refit:
+        best, chosen = refit(family, config, raw, best, runtime, scaler, autocast, folder, log, say)
+    record, lines = summary(best, config.topk, reached, dataset.validation is not None,
+                            refit=chosen if config.refit else None)
     log.write("summary", record)
     say(lines)
     return 0

@@ -30,17 +30,18 @@ class RunLogger:
             handle.write(json.dumps(record) + "\n")
 
 
-    def forget_epochs_from(self, epoch):
-        """Drop the latest run's epoch records numbered ``epoch`` or later: a resumed run repeats the epochs that a
-        killed one logged after its last checkpoint, and the log keeps each epoch once. Rewritten atomically."""
+    def forget_epochs_from(self, epoch, start="config", kind="epoch"):
+        """Drop the latest run's epoch records (type ``kind``, after the last record of type ``start``) numbered
+        ``epoch`` or later: a resumed run repeats the epochs that a killed one logged after its last checkpoint, and
+        the log keeps each epoch once. Rewritten atomically."""
         if self.path is None or not self.path.is_file() or epoch == 0:
             return
         lines = self.path.read_text().splitlines(keepends=True)
         records = [_parse(line) for line in lines]
-        starts = [index for index, record in enumerate(records) if record and record.get("type") == "config"]
+        starts = [index for index, record in enumerate(records) if record and record.get("type") == start]
         latest = starts[-1] if starts else 0
         kept = [line for index, (line, record) in enumerate(zip(lines, records))
-                if not (index > latest and record and record.get("type") == "epoch"
+                if not (index > latest and record and record.get("type") == kind
                         and record.get("epoch", -1) >= epoch)]
         if len(kept) < len(lines):
             with atomic_file(self.path, hint="pass another --log_path") as temporary:
@@ -121,20 +122,29 @@ def epoch_line(record):
             f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
 
 
-def summary(best, topk, reached=False, validated=False):
+def summary(best, topk, reached=False, validated=False, refit=None):
     """(summary record with NVIDIA's key names, printed lines) of a run's best epoch (``training.fit``'s ``best``; the
     run stopped at its --threshold when ``reached``): its test metrics, and which items chose it (``selected_on``:
-    the validation set's, when ``validated``, else the test set's own)."""
+    the validation set's, when ``validated``, else the test set's own). With ``refit`` (--refit: the choice, with
+    its ``epoch``, validation ``metrics``, words ``chosen`` and ``seconds``), ``best`` is the refit model's one
+    evaluation: the test metrics are its, the epoch and validation metrics the choice's, the times both runs'."""
     metrics = best["metrics"]
     hr, ndcg = metrics.get(f"hr@{topk}", -1.0), metrics.get(f"ndcg@{topk}", 0.0)
-    record = {"best_accuracy": hr, "best_ndcg": ndcg, "best_epoch": best["epoch"],
-              "time_to_best_model": best["seconds"], "time_to_target": best["elapsed"] if reached else None,
-              "total_time": best["elapsed"], "selected_on": "validation" if validated else "test",
+    epoch, seconds = (refit["epoch"], refit["seconds"] + best["seconds"]) if refit else (best["epoch"], best["seconds"])
+    elapsed = best["elapsed"] + (refit["seconds"] if refit else 0.0)
+    record = {"best_accuracy": hr, "best_ndcg": ndcg, "best_epoch": epoch,
+              "time_to_best_model": seconds, "time_to_target": elapsed if reached else None,
+              "total_time": elapsed, "selected_on": "validation" if validated else "test",
               "best_metrics": metrics}
-    line = (f"best {metric_line(metrics) or f'HR@{topk} {hr:.4f}  NDCG@{topk} {ndcg:.4f}'}  at epoch {best['epoch']}"
-            f"  ({best['seconds']:.1f} s of training and evaluation)")
+    found = metric_line(metrics) or f"HR@{topk} {hr:.4f}  NDCG@{topk} {ndcg:.4f}"
+    if refit:
+        record |= {"refit": True, "refit_choice": refit["chosen"], "chosen_metrics": refit["metrics"]}
+        return record, (f"test {found}  of the model refit on the training and validation pairs  ({seconds:.1f} s "
+                        f"of training and evaluation, both runs)\n{refit['chosen']} chosen on the validation set "
+                        f"({metric_line(refit['metrics'], 'valid_')}; epoch {epoch}); best.pt is the refit model")
+    line = f"best {found}  at epoch {epoch}  ({seconds:.1f} s of training and evaluation)"
     chosen = (f"the best epoch was chosen on the validation set ({metric_line(metrics, 'valid_')})" if validated
-              else "the best epoch was chosen on the test items (the dataset has no validation split)")
+              else "the best epoch was chosen on the test items (the dataset has no validation set)")
     return record, f"{line}\n{chosen}"
 
 

@@ -27,8 +27,12 @@ def summary_table(records):
     for record in records:
         if record.get("type") == "summary":
             lines.append("summary: " + ", ".join(f"{key} {_format(value)}" for key, value in record.items()
-                                                 if key not in ("type", "time", "best_metrics", "selected_on")))
-            if "best_epoch" in record:
+                                                 if key not in ("type", "time", "best_metrics", "selected_on",
+                                                                "chosen_metrics", "refit", "refit_choice")))
+            if record.get("refit"):
+                lines.append(f"{record['refit_choice']} was chosen on the validation set; the test figures are "
+                             "those of the model refit on the training and validation pairs")
+            elif "best_epoch" in record:
                 lines.append("the best epoch was chosen on " + (
                     "the validation set" if record.get("selected_on") == "validation" else
                     "the test items (no validation set: its figures are optimistic)"))

@@ -78,6 +78,10 @@ def load_checkpoint(path, dataset=None, for_resume=False):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
         raise CheckpointError(f"{path}: {unreadable(path, error)}") from None
+    damaged = _damaged_entry(path)
+    if damaged:
+        raise CheckpointError(f"{path}: a damaged checkpoint (its part {damaged} does not match the checksum written "
+                              "with it); train again or pass another checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint written by this tool")
     missing = [key for key in REQUIRED_KEYS + (RESUME_KEYS if for_resume else ()) if key not in checkpoint]
@@ -89,6 +93,17 @@ def load_checkpoint(path, dataset=None, for_resume=False):
     if dataset is not None:
         check_dataset(checkpoint, dataset, path)
     return checkpoint
+
+
+def _damaged_entry(path):
+    """The first part of the zip archive ``path`` whose bytes differ from its recorded CRC-32 (torch reads the parts
+    without checking them, so a flipped byte in a tensor loads as a wrong weight), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        return damaged and damaged.partition("/")[2]  # (the first folder is the name the file was written under)
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"? ({error})"
 
 
 def unreadable(path, error):
@@ -167,7 +182,7 @@ def resume_fields(config):
     model family's."""
     return [("optimizer", "--optimizer", "adam", True), ("eval_protocol", "--eval_protocol", "sampled", True),
             ("embedding_sharding", "--embedding_sharding", "none", True),
-            ("lr_schedule", "--lr_schedule", None, True)] + \
+            ("lr_schedule", "--lr_schedule", None, True), ("refit", "--refit", False, True)] + \
         families.family_of(config["model"]).resume_fields(config)
 
 

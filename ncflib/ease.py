@@ -12,6 +12,7 @@ closed form (``protocols.SolvedInClosedForm``): the one epoch loop calls ``solve
     scores = model.score_all(torch.tensor([0, 1]))  # [2, num_items]
 """
 
+import dataclasses
 import math
 import os
 import time
@@ -215,6 +216,10 @@ def memory_size(count):
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{math.ceil(count / 2**20)} MiB"
 
 
+def _number(value):
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
 class ClosedFormFamily(Family):
     """What the closed-form families share: their model is fitted to the training pairs (``num_train`` of them),
     one setting of the grid flag ``grid_flag`` an epoch, a resumed run keeping the same grid, and the memory their
@@ -231,6 +236,12 @@ class ClosedFormFamily(Family):
 
     def resume_fields(self, config):
         return [(self.grid_flag, f"--{self.grid_flag}", None, True)]
+
+    def refit_plan(self, config, chosen_epoch):
+        setting = self.settings(config)[chosen_epoch]
+        shown = ",".join(map(_number, setting)) if isinstance(setting, tuple) else _number(setting)
+        return (dataclasses.replace(config, **{self.grid_flag: [setting], "epochs": 1}), 1,
+                f"--{self.grid_flag} {shown}")
 
     @staticmethod
     def memory_problem(needed, config):

@@ -28,6 +28,7 @@ feedback:
 """
 
 import copy
+import dataclasses
 import importlib
 import inspect
 
@@ -166,6 +167,16 @@ class Family:
     def settings(self, config):
         """The settings a model solved in closed form is fitted with, one per epoch: here the epochs' numbers."""
         return list(range(config.epochs))
+
+    def refit_plan(self, config, chosen_epoch):
+        """(the configuration a refit on training plus validation pairs runs with, the epochs it runs, what was
+        chosen in words) for --refit, given the epoch chosen on validation. Here, a model trained by gradient reruns
+        epochs 0 to the chosen one under the same configuration, so that each epoch has the learning rate it had in
+        the run that chose it; a model solved in closed form solves once with the chosen epoch's setting."""
+        if not trained_by_gradient(self.model_class):
+            setting = self.settings(config)[chosen_epoch]
+            return dataclasses.replace(config, epochs=1), 1, f"setting {chosen_epoch} ({setting})"
+        return config, chosen_epoch + 1, f"{chosen_epoch + 1} epoch{'s' if chosen_epoch else ''}"
 
     # --- evaluation
     def evaluator(self, config, dataset, model, autocast, runtime):

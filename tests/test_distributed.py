@@ -209,3 +209,19 @@ def test_ranks_with_different_flags_stop_with_one_message(synthetic, tmp_path):
                             timeout=120, cwd=tmp_path)
     assert result.returncode != 0
     assert "the ranks disagree on the dataset, the flags or the epoch to resume from" in result.stderr
+
+
+@pytest.mark.slow  # torchrun with two CPU processes: `python -m pytest -m slow` (and CI) runs it
+def test_two_ranks_refit_on_the_training_and_validation_pairs(tmp_path):
+    data = tmp_path / "data"
+    assert run_convert(["--synthetic", "600", "400", "24000", "--validation", "--output", data])[0] == 0
+    result = launch("--data", data, *QUICK[:1], "3", *QUICK[2:], "--refit", "--checkpoint_dir", tmp_path / "ck")
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = read_log(tmp_path / "ck" / "log.json")
+    chosen = records[-1]["best_epoch"]
+    assert [record["type"] for record in records] == (["config"] + ["epoch"] * 3 + ["refit_config"]
+                                                      + ["refit_epoch"] * (chosen + 1) + ["summary"])
+    assert records[-1]["refit"] and records[-1]["best_accuracy"] > 0.3  # chance is about 0.1
+    best = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
+    assert best["config"]["refit_of"]["epoch"] == chosen and best["epoch"] == chosen
+    assert sorted(path.name for path in (tmp_path / "ck" / "chosen").iterdir()) == ["best.pt", "last.pt"]

@@ -265,7 +265,7 @@ def _read_ours(path):
             for name in ("validation", "validation_negatives")}
     # Mapped, not read: only --recency uses the times, and on ML-20M they are 160 MB.
     side = {name: _load_array(path / f"{name}.npy", mmap=True) if (path / f"{name}.npy").is_file() else None
-            for name in ("train_timestamps", "train_ratings")}
+            for name in ("train_timestamps", "train_ratings", "validation_timestamps")}
     held |= {name: _load_array(path / f"{name}.npy") if (path / f"{name}.npy").is_file() else None
              for name in ("test_ratings", "validation_ratings")}
     return {"num_users": num_users, "num_items": num_items, "train": train, "test": test, "test_negatives": negatives,
