@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -449,4 +450,27 @@ def test_ease_says_what_its_solve_will_take_and_refuses_what_cannot_fit(ratio_da
         "ncf.py: error: --model ease needs about 0.0 GiB for its item x item matrices of 20 items, more than 90% of "
         "the 0.0 GiB available here (the rest holds the data and the evaluation); use --model gfcf or rp3beta, whose "
         "memory grows with the interactions")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_with_a_flipped_byte_in_its_weights_is_refused(checkpoint, ratio_data, tmp_path, capsys):
+    # torch reads a checkpoint's parts without checking them: the byte would load as a wrong weight, silently.
+    content = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:
+        part = next(info for info in archive.infolist() if "/data/" in info.filename and info.file_size >= 16)
+    header = part.header_offset  # (a zip's local header: 30 bytes, then the name and the extra field)
+    start = header + 30 + int.from_bytes(content[header + 26:header + 28], "little") + int.from_bytes(
+        content[header + 28:header + 30], "little")
+    content[start + 8] ^= 0xFF
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(content))
+    before = snapshot(tmp_path)
+    for main, program in ((recommend.main, "recommend.py"), (ncf.main, "ncf.py")):
+        args = (["--checkpoint", str(damaged), "--data", str(ratio_data), "--user", "0"] if program == "recommend.py"
+                else ["--data", str(ratio_data), "--eval_protocol", "full", "--mode", "test", "--load_checkpoint_path",
+                      str(damaged)])
+        assert main(args) == 1
+        err = one_line_error(capsys, program)
+        assert err == (f"{program}: error: {damaged}: a damaged checkpoint (its part {part.filename.partition('/')[2]} "
+                       "does not match the checksum written with it); train again or pass another checkpoint")
     assert snapshot(tmp_path) == before
