@@ -224,6 +224,11 @@ class Dataset:
             train_text=joined("review text", self.train_text, held.text, text_join),
             train_weights=None, validation_timestamps=None)
 
+    def without_test(self):
+        """The dataset as a --refit run's choice is evaluated on it: its validation set alone (the test set is
+        evaluated once, by the refit)."""
+        return dataclasses.replace(self, test=None)
+
     def indexed_counts(self):
         """{"num_users", "num_items"}: one more than the largest user and item index the arrays hold (convert.py
         indexes every user and item it keeps, so a dataset's counts are these: a larger count would size tables

@@ -280,8 +280,9 @@ def fit(family, config, dataset, runtime, built, scaler, autocast, placement, fo
             say(f"reached the target {metric_label(chosen_on.metric)} {threshold} in epoch {record['epoch']}; "
                 "stopping")
 
+    evaluated = dataset.without_test() if config.refit and dataset.validation is not None else dataset
     evaluate = placement.evaluator(
-        model, lambda plain: family.evaluator(config, dataset, plain, autocast, runtime),
+        model, lambda plain: family.evaluator(config, evaluated, plain, autocast, runtime),
         lambda: checkpoint.build_model(config.model, **model_args).to(runtime.device))
     try:
         return train.loop(

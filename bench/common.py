@@ -160,24 +160,29 @@ def result_of_log(log_path):
     summary = next(line for line in reversed(lines) if line["type"] == "summary")
     start = max(index for index, line in enumerate(lines) if line["type"] == "config")
     epochs = [line for line in lines[start:] if line["type"] == "epoch"]
-    hr_key = next(key for key in epochs[0] if key.startswith("hr@"))
+    # (A --refit run's choosing epochs evaluate the validation set alone: its curves are the validation set's.)
+    prefix = "valid_" if summary.get("refit") else ""
+    hr_key = next(key for key in epochs[0] if key.startswith(prefix + "hr@"))
     metrics = summary.get("best_metrics", {})
     # The selection metric: Recall@k under full ranking, else HR@k (of the validation set, when it chose).
-    valid = next((value for prefix in ("valid_recall@", "valid_hr@") for key, value in metrics.items()
-                  if key.startswith(prefix)), None)
+    valid = next((value for prefix in ("valid_recall@", "valid_hr@") for key, value in
+                  summary.get("chosen_metrics", metrics).items() if key.startswith(prefix)), None)
     recall = {key: value for key, value in metrics.items() if key.startswith(("recall@", "ndcg@"))}
     return {"hr": summary["best_accuracy"], "ndcg": summary["best_ndcg"], "best_epoch": summary["best_epoch"],
             **({"recall": recall[next(key for key in recall if key.startswith("recall@"))]}
                if any(key.startswith("recall@") for key in recall) else {}),
             "selected_on": summary.get("selected_on", "test"), "total_time": round(summary["total_time"], 1),
             "curve": [round(epoch[hr_key], 4) for epoch in epochs],
-            **_recall_curve(epochs),
-            **({"valid": valid} if valid is not None else {}), "metrics": metrics}
+            **_recall_curve(epochs, prefix),
+            **({"valid": valid} if valid is not None else {}), "metrics": metrics,
+            **({"refit": summary["refit_choice"], "chosen_metrics": summary["chosen_metrics"]}
+               if summary.get("refit") else {})}
 
 
-def _recall_curve(epochs):
-    """{recall_curve, elapsed} of a full-ranking run's epoch records ({} for sampled evaluation)."""
-    key = next((key for key in epochs[0] if key.startswith("recall@")), None)
+def _recall_curve(epochs, prefix=""):
+    """{recall_curve, elapsed} of a full-ranking run's epoch records ({} for sampled evaluation); ``prefix``
+    'valid_': the validation set's Recall@k."""
+    key = next((key for key in epochs[0] if key.startswith(prefix + "recall@")), None)
     if key is None:
         return {}
     seconds = itertools.accumulate(epoch.get("train_epoch_time", 0.0) + epoch.get("validation_epoch_time", 0.0)

@@ -23,6 +23,9 @@ def main(argv=None):
     parser.add_argument("--config", required=True, help="the run's flags, as a sweep grid line names them")
     parser.add_argument("--seed", type=int, required=True, help="the run's -s")
     parser.add_argument("--output", required=True, help="JSON-lines file to append to")
+    parser.add_argument("--peak_memory", type=float, metavar="MIB",
+                        help="the run's peak resident memory in MiB, as measured (e.g. /usr/bin/time -f %%M, in KiB, "
+                             "divided by 1024)")
     args = parser.parse_args(argv)
     try:
         result = result_of_log(args.log)
@@ -30,6 +33,7 @@ def main(argv=None):
         print(f"record_run: error: {args.log}: not a finished ncf.py log ({error!r:.80})", file=sys.stderr)
         return 1
     record = {"config": args.config, "seed": args.seed, "status": 0, "seconds": result["total_time"], **result,
+              **({"peak_memory_mib": round(args.peak_memory)} if args.peak_memory is not None else {}),
               "date": str(datetime.date.today()), "machine": f"{platform.machine()}, {platform.node()}"}
     with open(args.output, "a") as sink:
         sink.write(json.dumps(record) + "\n")

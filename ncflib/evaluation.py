@@ -341,6 +341,13 @@ def default_batch_samples(device):
     return 2**14 if torch.device(device).type == "cpu" else 2**20
 
 
+def held_out_sets(dataset):
+    """[(metric prefix, HeldOut)]: the test set (unless the dataset is ``without_test``), then the validation set
+    when the dataset has one."""
+    return ([("", dataset.test)] if dataset.test is not None else []) + (
+        [("valid_", dataset.validation)] if dataset.validation is not None else [])
+
+
 def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, world_size=1, compile_mode=None):
     """A function returning the metrics of ``model`` (the plain module) as one dict: the test set's under their
     names, the validation set's (when there is one) prefixed ``valid_``, and ``eval_samples``, the pairs scored.
@@ -351,7 +358,7 @@ def evaluator(model, dataset, protocol, topk, batch_samples, autocast, rank=0, w
     torch.compile the scoring. ``batch_samples`` None: ``default_batch_samples``.
     """
     batch_samples = batch_samples or default_batch_samples(dataset.train_users.device)
-    sets = [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
+    sets = held_out_sets(dataset)
     if protocol == "sampled":
         score = torch.compile(model.score, mode=compile_mode) if compile_mode else None
         runs = [(prefix, _sampled_run(model, held, topk, batch_samples, autocast, rank, world_size, score))

@@ -341,7 +341,7 @@ class RatingFamily(Family):
         seen_users = torch.bincount(dataset.train_users.cpu(), minlength=dataset.num_users) > 0
         seen_items = torch.bincount(dataset.train_items.cpu(), minlength=dataset.num_items) > 0
         notes = {}
-        for prefix, held in held_out_sets(dataset):
+        for prefix, held in evaluation.held_out_sets(dataset):
             users = torch.repeat_interleave(held.users, held.offsets.diff()).cpu()
             cold = ~(seen_users[users] & seen_items[held.items.cpu()])
             if cold.any():
@@ -415,7 +415,7 @@ class RatingFamily(Family):
         def evaluate():
             metrics, scored = {}, 0.0
             model.eval()
-            for prefix, held in held_out_sets(dataset):
+            for prefix, held in evaluation.held_out_sets(dataset):
                 users = torch.repeat_interleave(held.users, held.offsets.diff())
                 result = evaluation.rating_metrics(predict, users, held.items, held.ratings, batch_size, autocast,
                                                    held.text if reads_review else None)
@@ -437,11 +437,6 @@ def takes_l2(model_class):
     """A reader rule: the models whose training loss takes --l2 (an L2 penalty on the rows a batch looks up)."""
     return issubclass(model_class, TrainedByGradient) and "l2" in inspect.signature(
         model_class.training_loss).parameters
-
-
-def held_out_sets(dataset):
-    """[(metric prefix, HeldOut)]: the test set, then the validation set when the dataset has one."""
-    return [("", dataset.test)] + ([("valid_", dataset.validation)] if dataset.validation is not None else [])
 
 
 FAMILY = RatingFamily()

@@ -28,7 +28,7 @@ from ncflib import evaluation
 from ncflib.errors import TaskError
 from ncflib.families import takes
 from ncflib.protocols import Traits, traits
-from ncflib.ratings import MF, BiasMF, RatingFamily, check_sizes, embedding_table, held_out_sets, squared_error_loss
+from ncflib.ratings import MF, BiasMF, RatingFamily, check_sizes, embedding_table, squared_error_loss
 
 TEXT_BASES = ("mf", "biasmf")
 
@@ -337,7 +337,7 @@ def text_evaluator(dataset, model, autocast, batch_size):
     def evaluate():
         metrics, scored = {}, 0
         model.eval()
-        for prefix, held in held_out_sets(dataset):
+        for prefix, held in evaluation.held_out_sets(dataset):
             users = torch.repeat_interleave(held.users, held.offsets.diff())
             generator = torch.Generator(users.device).manual_seed(0)
             total, reviews = 0.0, 0
