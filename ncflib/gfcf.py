@@ -18,9 +18,11 @@ setting takes its leading columns. A new user's scores come from their items alo
 """
 
 import itertools
+import sys
 import warnings
 
 import torch
+from tqdm import tqdm
 
 from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
 from ncflib.errors import TaskError
@@ -65,7 +67,8 @@ class GFCF(PairsByUser):
         self.register_buffer("item_scale", torch.zeros(num_items))
         self.register_buffer("singular_vectors", torch.zeros(num_items, self.rank))
         self.register_buffer("setting", torch.zeros(2))
-        self._solved_for, self._normalised = None, None  # (the pairs the SVD is of; R and R^T, made on first use)
+        # (the pairs solved for, whether the vectors are computed for them; R and R^T, made on first use)
+        self._solved_for, self._has_vectors, self._normalised = None, False, None
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -98,22 +101,44 @@ class GFCF(PairsByUser):
 
     def solve(self, users, items, setting):
         """Fit the training pairs (users, items [N]) with ``setting`` (alpha, rank): the truncated SVD of R at this
-        model's rank, computed once for the same pairs, its leading ``rank`` vectors taken. Returns the setting."""
+        model's rank, computed once for the same pairs (and only once a setting's alpha needs it), its leading
+        ``rank`` vectors taken. Returns the setting."""
         alpha, rank = setting
         if self._solved_for is None or self._solved_for[0] is not users or self._solved_for[1] is not items:
             self.set_interactions(users, items)
-            matrix, _ = self.normalised(torch.sparse_coo)
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(0)  # the randomized solver's draws: the same vectors for the same data
-            try:
-                _, _, vectors = torch.svd_lowrank(matrix, q=min(self.rank + OVERSAMPLING, *matrix.shape),
-                                                  niter=POWER_ITERATIONS)
-            finally:
-                torch.random.set_rng_state(generator_state)
-            self.singular_vectors.copy_(vectors[:, :self.rank])
-            self._solved_for = (users, items)
+            self.singular_vectors.zero_()
+            self._solved_for, self._has_vectors = (users, items), False
+        if alpha and not self._has_vectors:
+            self.singular_vectors.copy_(self.leading_vectors()[:, :self.rank])
+            self._has_vectors = True
         self.setting.copy_(torch.tensor([float(alpha), float(min(rank, self.rank))]))
         return {"alpha": float(alpha), "rank": min(int(rank), self.rank)}
+
+    def leading_vectors(self):
+        """[I, rank + oversampling] approximate leading right singular vectors of R: a randomized range finder
+        with ``POWER_ITERATIONS`` power iterations, each product re-orthonormalised (Halko, Martinsson and Tropp
+        2011, algorithm 4.4; torch.svd_lowrank's steps, with a progress bar over its sparse products on a
+        terminal). Its Gaussian draws are seeded, so the same pairs give the same vectors."""
+        forward, backward = self.normalised()
+        width = min(self.rank + OVERSAMPLING, *forward.shape)
+        generator = torch.Generator(device=forward.device).manual_seed(0)
+        start = torch.randn(self.num_items, width, generator=generator, device=forward.device)
+        products = 2 * POWER_ITERATIONS + 2
+        with tqdm(total=products, desc="gfcf svd", unit="product", leave=False, file=sys.stderr,
+                  disable=forward.values().numel() < 2**22 or not sys.stderr.isatty()) as bar:
+
+            def times(matrix, dense):
+                bar.update()
+                return torch.linalg.qr(torch.sparse.mm(matrix, dense)).Q
+
+            basis = times(forward, start)  # [U, width]: the range of R
+            for _ in range(POWER_ITERATIONS):
+                basis = times(forward, times(backward, basis))
+            projected = torch.sparse.mm(backward, basis).T  # B = Q^T R, [width, I], as (R^T Q)^T
+            bar.update()
+            _, _, right = torch.linalg.svd(projected, full_matrices=False)
+            bar.update()
+        return right.T
 
     def filtered(self, rows):
         """[B, num_items] the scores of users whose rows of X are ``rows`` [B, num_items] (dense)."""
@@ -171,8 +196,9 @@ class GFCFFamily(ClosedFormFamily):
                   readers=tuple(self.models),
                   help="the settings tried, each evaluated as an epoch, the best kept (chosen on the validation set "
                        "when the dataset has one): ALPHA weighs the ideal low-pass filter of the RANK leading "
-                       "singular vectors against the linear filter; default every alpha of 0 0.1 0.3 0.6 with "
-                       "rank 64 and 256. --early_stop counts settings without a better one")
+                       "singular vectors against the linear filter; default alpha 0 (the linear filter alone), "
+                       "then every alpha of 0.1 0.3 0.6 with rank 64 and 256. --early_stop counts settings without "
+                       "a better one")
 
     def default_epochs(self, args):
         return len(args.gfcf_grid or GRID)

@@ -32,7 +32,8 @@ from ncflib.protocols import Traits
 # (alpha, beta, neighbours) settings tried by default, one an epoch; the best is chosen on validation. Published
 # tunings of RP3beta land in alpha 0.5-1 and beta 0-0.6 (Dacrema et al., RecSys 2019), with a few hundred neighbours.
 GRID = tuple(itertools.product((0.5, 0.8, 1.1), (0.0, 0.3, 0.6), (200,)))
-BLOCK_ENTRIES = 2**24  # dense scores per block of source items (a block of rows of W, before its top neighbours)
+BLOCK_ENTRIES = 2**24  # walk entries per block of source items (a block of rows of W, before its top neighbours)
+DENSE_SHARE = 4  # a block whose walks fill at least 1/DENSE_SHARE of its rows is ranked dense (torch.topk)
 
 
 def parse_setting(text):
@@ -84,19 +85,21 @@ class RP3beta(PairsByUser):
                                               (num_users, self.num_items), check_invariants=True)
             backward, forward = (matrix.coalesce().to_sparse_csr() for matrix in (backward, forward))
         penalty = item_degree ** -beta  # [I]: the popularity of the target, to the power beta
-        block = max(1, BLOCK_ENTRIES // self.num_items)
         self.neighbour_items.zero_()
         self.neighbour_weights.zero_()
-        starts = range(0, self.num_items, block)
-        for start in tqdm(starts, desc="rp3beta", unit="block", leave=False, file=sys.stderr,
-                          disable=len(starts) < 8 or not sys.stderr.isatty()):  # (a bar on solves of many blocks)
-            stop = min(start + block, self.num_items)
-            rows = _row_block(backward, start, stop)
-            walks = torch.sparse.mm(rows, forward).to_dense() * penalty  # [b, I]
-            walks[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # no walk back to itself
-            best, where = walks.topk(keep, dim=1)
-            self.neighbour_items[start:stop, :keep] = where
-            self.neighbour_weights[start:stop, :keep] = best.float()
+        blocks = walk_blocks(users, items, user_degree, self.num_items)
+        for start, stop in tqdm(blocks, desc="rp3beta", unit="block", leave=False, file=sys.stderr,
+                                disable=len(blocks) < 8 or not sys.stderr.isatty()):  # (a bar on many blocks)
+            walks = torch.sparse.mm(_row_block(backward, start, stop), forward)  # [b, I], CSR
+            size = (stop - start) * self.num_items
+            if size <= 2 * BLOCK_ENTRIES and walks.values().numel() * DENSE_SHARE >= size:
+                where, best = _dense_top(walks, penalty, start, keep)
+                self.neighbour_items[start:stop, :keep] = where
+                self.neighbour_weights[start:stop, :keep] = best.float()
+            else:
+                rows, places, where, best = _sparse_top(walks, penalty, start, keep)
+                self.neighbour_items[start + rows, places] = where
+                self.neighbour_weights[start + rows, places] = best.float()
         self.setting.copy_(torch.tensor([alpha, beta, float(keep)]))
         return {"alpha": float(alpha), "beta": float(beta), "neighbours": keep}
 
@@ -132,6 +135,46 @@ class RP3beta(PairsByUser):
                 "user_offsets": self.user_offsets, "user_items": self.user_items}
 
 
+def walk_blocks(users, items, user_degree, num_items):
+    """[(start, stop)]: consecutive blocks of source items whose walk rows together hold at most about
+    ``BLOCK_ENTRIES`` entries (a row holds at most the sum of its users' degrees, and at most ``num_items``), so a
+    block's product stays bounded whatever the catalogue's size and skew (one item at least per block)."""
+    reach = torch.bincount(items, weights=user_degree[users], minlength=num_items).clamp(max=num_items)
+    ends = torch.cumsum(reach.double(), 0)
+    blocks, start = [], 0
+    while start < num_items:
+        before = float(ends[start - 1]) if start else 0.0
+        stop = int(torch.searchsorted(ends, torch.tensor(before + BLOCK_ENTRIES, dtype=ends.dtype), right=True))
+        stop = min(max(stop, start + 1), num_items)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def _dense_top(walks, penalty, start, keep):
+    """(targets [b, keep], weights [b, keep]): each walk row's best targets, the row made dense (most of it is
+    filled: a small or dense catalogue)."""
+    scores = walks.to_dense() * penalty
+    count = scores.shape[0]
+    scores[torch.arange(count), torch.arange(start, start + count)] = 0.0  # no walk back to itself
+    best, where = scores.topk(keep, dim=1)
+    return where, best
+
+
+def _sparse_top(walks, penalty, start, keep):
+    """(rows, places, targets, weights) [n]: each walk row's best ``keep`` targets among its stored entries (a
+    large, sparse catalogue: no dense row), row ``rows[n]`` keeping ``targets[n]`` in place ``places[n]``; a row
+    with fewer entries keeps them all (its other places stay at weight 0)."""
+    crow, targets = walks.crow_indices(), walks.col_indices()
+    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
+    values = torch.where(targets == rows + start, 0.0, walks.values() * penalty[targets])  # no walk to itself
+    order = torch.sort(values, descending=True, stable=True).indices  # by weight, then (stably) by row
+    order = order[torch.sort(rows[order], stable=True).indices]
+    places = torch.arange(order.numel(), device=order.device) - crow[rows[order]]
+    kept = order[places < keep]
+    return rows[kept], places[places < keep], targets[kept], values[kept]
+
+
 def _row_block(matrix, start, stop):
     """Rows ``start:stop`` of a sparse CSR matrix, as a sparse CSR matrix."""
     crow = matrix.crow_indices()
@@ -141,10 +184,10 @@ def _row_block(matrix, start, stop):
 
 
 def needed_bytes(num_items, num_train, neighbours):
-    """Bytes held while solving: the neighbours (index and weight), a dense block of walks and its top-k, the two
-    sparse step matrices (index and value per training pair, twice), the pairs by user."""
-    block = max(1, BLOCK_ENTRIES // num_items)
-    return num_items * neighbours * 12 + 3 * block * num_items * 8 + num_train * 48
+    """Bytes held while solving: the neighbours (index and weight), a block of walks (sparse, with its sort's
+    work, or dense, twice as many entries, with its top-k), the two sparse step matrices (index and value per
+    training pair, twice), the pairs by user."""
+    return num_items * neighbours * 12 + 6 * BLOCK_ENTRIES * 8 + num_train * 48 + num_items * 16
 
 
 class RP3betaFamily(ClosedFormFamily):

@@ -117,3 +117,34 @@ def test_rp3beta_flags_are_its_own_and_checked(capsys):
         with pytest.raises(SystemExit):
             ncf.parse_args(flags)
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("block_entries", [2**24, 40, 1])
+def test_the_sparse_ranking_of_large_catalogues_keeps_the_dense_rankings_neighbours(monkeypatch, block_entries):
+    # Large sparse catalogues rank each walk row among its stored entries, in blocks bounded by their walks; the
+    # neighbours and weights are those of the dense ranking (ties aside: weights here are distinct enough).
+    import ncflib.rp3beta as rp3
+
+    rng = np.random.default_rng(5)
+    matrix = (rng.random((40, 30)) < rng.random(30) * 0.3).astype(np.float64)
+    users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
+    dense = RP3beta(40, 30, len(users), neighbours=8)
+    dense.solve(users, items, (0.7, 0.4, 8))
+    monkeypatch.setattr(rp3, "BLOCK_ENTRIES", block_entries)
+    monkeypatch.setattr(rp3, "DENSE_SHARE", 0)  # (never dense)
+    blocks = rp3.walk_blocks(users, items, torch.bincount(users, minlength=40).double().clamp(min=1), 30)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 30 and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert (len(blocks) == 1) == (block_entries == 2**24) and (len(blocks) == 30) == (block_entries == 1)
+    sparse = RP3beta(40, 30, len(users), neighbours=8)
+    sparse.solve(users, items, (0.7, 0.4, 8))
+    full = walk(matrix, 0.7, 0.4)
+    for row in range(30):
+        stored = np.count_nonzero(full[row])
+        kept = min(8, stored)  # a row with fewer walks than places keeps them all, the rest at weight 0
+        np.testing.assert_allclose(np.sort(sparse.neighbour_weights[row].numpy())[::-1][:kept],
+                                   np.sort(dense.neighbour_weights[row].numpy())[::-1][:kept], rtol=1e-6)
+        positive = sparse.neighbour_weights[row] > 0
+        assert set(sparse.neighbour_items[row][positive].tolist()) == set(
+            dense.neighbour_items[row][dense.neighbour_weights[row] > 0].tolist())
+    users_all = torch.arange(40)
+    torch.testing.assert_close(sparse.score_all(users_all), dense.score_all(users_all))
