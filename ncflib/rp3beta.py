@@ -167,9 +167,11 @@ def _sparse_top(walks, penalty, start, keep):
     with fewer entries keeps them all (its other places stay at weight 0)."""
     crow, targets = walks.crow_indices(), walks.col_indices()
     rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
-    values = torch.where(targets == rows + start, 0.0, walks.values() * penalty[targets])  # no walk to itself
-    order = torch.sort(values, descending=True, stable=True).indices  # by weight, then (stably) by row
-    order = order[torch.sort(rows[order], stable=True).indices]
+    values = torch.where(targets == rows + start, 0.0, walks.values() * penalty[targets]).float()  # none to itself
+    # One sort, by row and then by weight, highest first: the bits of a float32 of 0 or more, read as an integer,
+    # grow with it, so (row, weight) packs into one int64 key.
+    key = rows * 2**31 + (2**31 - 1 - values.view(torch.int32).long())
+    order = torch.sort(key).indices
     places = torch.arange(order.numel(), device=order.device) - crow[rows[order]]
     kept = order[places < keep]
     return rows[kept], places[places < keep], targets[kept], values[kept]
