@@ -34,7 +34,7 @@ from ncflib.data.splits import (
     split_interactions,
     split_ratings,
 )
-from ncflib.errors import ConversionError
+from ncflib.errors import ConversionError, warnings_after
 from ncflib.flags import Flags
 
 
@@ -197,6 +197,7 @@ def print_summary(metadata, seconds, output):
     print("\n".join(lines))
 
 
+@warnings_after
 def main(argv=None):
     with warnings.catch_warnings():
         # pandas' notices of its own future changes (Pandas4Warning) say nothing a user of this tool can act on

@@ -25,7 +25,7 @@ from logger import RunLogger, describe_run, epoch_line, metric_label, metric_lin
 from ncflib import checkpoint, evaluation, families
 from ncflib import training as train
 from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS
-from ncflib.errors import UsageError
+from ncflib.errors import UsageError, warnings_after
 from ncflib.placement import add_arguments as add_sharding_arguments
 from ncflib.placement import placement_for
 from ncflib.protocols import SolvedInClosedForm
@@ -235,7 +235,17 @@ def step_of(built, config, runtime, scaler, autocast, placement, family, dataset
         show_bar=runtime.is_main and sys.stderr.isatty())
 
 
-def fit(family, config, dataset, runtime, built, scaler, autocast, placement, folder, log, say, refit_of=None):
+@dataclasses.dataclass(frozen=True)
+class Observer:
+    """What a caller of ``run`` (the tuner) watches: ``on_epoch(record)`` after each epoch's record is logged; with
+    ``validation_only``, the epochs evaluate the validation set alone (the test items stay unseen)."""
+
+    on_epoch: object = None
+    validation_only: bool = False
+
+
+def fit(family, config, dataset, runtime, built, scaler, autocast, placement, folder, log, say, refit_of=None,
+        observer=Observer()):
     """Run the epoch loop on ``built`` (``build``'s model, arguments, optimizer and step) with its family's
     evaluation and selection metric (the best epoch chosen on the validation set when there is one, else on the
     test items); logs, prints and keeps best.pt/last.pt in ``folder``. Returns (the best epoch's dict, whether
@@ -275,12 +285,15 @@ def fit(family, config, dataset, runtime, built, scaler, autocast, placement, fo
     def on_epoch(record):
         log.write(kinds[1], record)
         say(("refit " if refit_of else "") + epoch_line(record))
+        if observer.on_epoch is not None:
+            observer.on_epoch(record)
         if threshold is not None and chosen_on.metric in record and chosen_on.reaches(record[chosen_on.metric],
                                                                                       threshold):
             say(f"reached the target {metric_label(chosen_on.metric)} {threshold} in epoch {record['epoch']}; "
                 "stopping")
 
-    evaluated = dataset.without_test() if config.refit and dataset.validation is not None else dataset
+    evaluated = (dataset.without_test() if (config.refit or observer.validation_only) and dataset.validation is not None
+                 else dataset)
     evaluate = placement.evaluator(
         model, lambda plain: family.evaluator(config, evaluated, plain, autocast, runtime),
         lambda: checkpoint.build_model(config.model, **model_args).to(runtime.device))
@@ -329,6 +342,7 @@ def refit(family, config, dataset, chosen, runtime, scaler, autocast, folder, lo
     return best, chosen
 
 
+@warnings_after
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -339,8 +353,8 @@ def main(argv=None):
         return 1
 
 
-def run(args):
-    """The named steps of a run."""
+def run(args, observer=Observer()):
+    """The named steps of a run; ``observer`` (an ``Observer``) watches its epochs."""
     runtime = train.setup_devices(args.device)
     dataset = dataloading.load_dataset_or_demo(args.data)
     config, notes = resolve_config(args, dataset)
@@ -371,7 +385,7 @@ def run(args):
     if chosen is None:
         built = build(family, config, dataset, runtime.device, placement)
         best, reached = fit(family, config, dataset, runtime, built, scaler, autocast, placement,
-                            folder / "chosen" if folder and config.refit else folder, log, say)
+                            folder / "chosen" if folder and config.refit else folder, log, say, observer=observer)
     else:
         say(f"resuming the refit of {chosen['chosen']} (chosen on the validation set)")
         best, reached = chosen, False

@@ -24,7 +24,7 @@ import dataloading
 from ncflib import families, files
 from ncflib import training as train
 from ncflib.checkpoint import check_dataset, load_checkpoint, model_from_checkpoint
-from ncflib.errors import UsageError
+from ncflib.errors import UsageError, warnings_after
 from ncflib.flags import Flags
 from ncflib.serving import (
     FOLD_IN_L2,
@@ -132,6 +132,7 @@ def load(args):
                   autocast, *catalogues(dataset))
 
 
+@warnings_after
 def main(argv=None):
     args = parse_args(argv)
     try:

@@ -243,6 +243,9 @@ class ClosedFormFamily(Family):
         return (dataclasses.replace(config, **{self.grid_flag: [setting], "epochs": 1}), 1,
                 f"--{self.grid_flag} {shown}")
 
+    def tuned_by_default(self, protocol):
+        return True
+
     @staticmethod
     def memory_problem(needed, config):
         """The available memory (bytes) when ``needed`` is more than ``HEADROOM`` of it, else None."""
@@ -293,6 +296,9 @@ class EaseFamily(ClosedFormFamily):
 
     def describe(self, config, dataset):
         return " (closed form: each L2 weight solved and evaluated in turn)"
+
+    def search_space(self, trial, protocol):
+        return ["--ease_l2", f"{trial.suggest_float('ease.l2', 1.0, 1e4, log=True):.4g}"]
 
 
 FAMILY = EaseFamily()

@@ -35,3 +35,25 @@ class DeviceError(UsageError):
 
 class RanksDisagree(UsageError):
     """torchrun's ranks were given different data, settings or epochs to resume from."""
+
+
+def warnings_after(main):
+    """``main`` (a command's main(argv) -> exit status) with the Python warnings its run raises held until it ends:
+    shown then, as they would have been, when it succeeds; dropped when it ends in a one-line error, which they
+    would otherwise precede in their two-line form (a library's notice about its own internals, before the line
+    that says what to fix)."""
+    import functools
+    import warnings
+
+    @functools.wraps(main)
+    def held(argv=None):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            status = main(argv)
+        if not status:
+            for warning in caught:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno,
+                                       source=warning.source)
+        return status
+
+    return held

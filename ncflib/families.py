@@ -190,6 +190,17 @@ class Family:
         """The ``evaluation.Selection`` (metric name and direction) the best epoch is chosen on."""
         return evaluation.Selection(evaluation.selection_metric(dataset, config.eval_protocol, config.topk))
 
+    # --- tuning (``ncflib.tune``)
+    def tuned_by_default(self, protocol):
+        """Whether the tuner tries this model when --models is not given, under evaluation ``protocol``."""
+        return False
+
+    def search_space(self, trial, protocol):
+        """The ncf.py flags of one tuning trial of this model: an Optuna ``trial``'s suggestions, each named
+        ``<model>.<setting>``, under evaluation ``protocol``. The defaults' own choices (batch size, schedule)
+        stay as the data chooses them."""
+        raise NotImplementedError(f"--model {self.kind} declares no search space")
+
     # --- resuming and serving
     def resume_fields(self, config):
         """(key, flag, value of checkpoints older than the flag, whether it applies) of the family's settings that a

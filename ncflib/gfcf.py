@@ -226,5 +226,9 @@ class GFCFFamily(ClosedFormFamily):
     def describe(self, config, dataset):
         return " (closed form: one SVD, then each setting evaluated in turn)"
 
+    def search_space(self, trial, protocol):
+        alpha = trial.suggest_float("gfcf.alpha", 0.0, 1.0)
+        return ["--gfcf_grid", f"{alpha:.4g},{trial.suggest_categorical('gfcf.rank', [32, 64, 128, 256, 512])}"]
+
 
 FAMILY = GFCFFamily()

@@ -12,7 +12,7 @@ import torch
 import dataloading
 from ncflib import defaults
 from ncflib.errors import CheckpointError, TaskError
-from ncflib.families import Family
+from ncflib.families import Family, takes
 from ncflib.losses import LOSSES, masked_hits
 from ncflib.protocols import DotProductScorer, StartsFromPretrained
 from neumf import GMF, MLP, NeuMF, grouping
@@ -182,6 +182,23 @@ class ImplicitFamily(Family):
                   rule="positive",
                   help="with --recency: how many of a user's latest pairs get most of the extra weight (the extra "
                        "falls by e each PAIRS pairs further back)")
+
+    def tuned_by_default(self, protocol):
+        return self.kind == "gmf" or protocol == "sampled"  # (NeuMF's and MLP's towers rank every item slowly)
+
+    def search_space(self, trial, protocol):
+        kind = self.kind
+        flags = ["-l", f"{trial.suggest_float(f'{kind}.learning_rate', 3e-4, 1e-2, log=True):.4g}",
+                 "-f", str(trial.suggest_categorical(f"{kind}.factors", [32, 64, 128])),
+                 "--weight_decay", f"{trial.suggest_float(f'{kind}.weight_decay', 1e-4, 0.3, log=True):.4g}",
+                 "-e", str(trial.suggest_categorical(f"{kind}.epochs", [10, 20, 30, 40]))]
+        if protocol == "full" and kind == "gmf":  # the full-ranking default: a sampled softmax on cosines
+            flags += ["--temperature", f"{trial.suggest_float(f'{kind}.temperature', 0.05, 0.5, log=True):.4g}"]
+        else:
+            flags += ["-n", str(trial.suggest_categorical(f"{kind}.negatives", [4, 8, 16]))]
+        if takes("dropout")(self.model_class):
+            flags += ["--dropout", f"{trial.suggest_float(f'{kind}.dropout', 0.0, 0.5):.3g}"]
+        return flags
 
     def check_flags(self, args):
         if bool(args.pretrain_gmf) != bool(args.pretrain_mlp):

@@ -291,6 +291,15 @@ class RatingFamily(Family):
     weight_decay = {EmbNN: 0.1}  # the factorisations: 0.2; chosen on ML-100k's validation ratings, 3 seeds
     model_defaults = {EmbNN: {"layers": [100], "dropout": 0.0}}
 
+    def search_space(self, trial, protocol):
+        kind = self.kind
+        flags = ["-l", f"{trial.suggest_float(f'{kind}.learning_rate', 1e-3, 3e-2, log=True):.4g}",
+                 "--weight_decay", f"{trial.suggest_float(f'{kind}.weight_decay', 1e-3, 0.5, log=True):.4g}",
+                 "-e", str(trial.suggest_categorical(f"{kind}.epochs", [3, 5, 8, 12]))]
+        if takes("factors")(self.model_class):
+            flags += ["-f", str(trial.suggest_categorical(f"{kind}.factors", [16, 32, 64, 128]))]
+        return flags
+
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("rating models (mf, biasmf, dotbias, embnn, dot)")
         flags.add(group, "--y_range", nargs=2, type=float, metavar=("LOW", "HIGH"), readers=takes("y_range"),

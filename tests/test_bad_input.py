@@ -474,3 +474,25 @@ def test_a_checkpoint_with_a_flipped_byte_in_its_weights_is_refused(checkpoint, 
         assert err == (f"{program}: error: {damaged}: a damaged checkpoint (its part {part.filename.partition('/')[2]} "
                        "does not match the checksum written with it); train again or pass another checkpoint")
     assert snapshot(tmp_path) == before
+
+
+def test_a_librarys_warning_never_precedes_the_one_line_error(ratio_data, tmp_path, capsys, monkeypatch):
+    # A warning raised on the way to a refusal (torch's, say, in its two-line form) is dropped: the one line that
+    # says what to fix stands alone. A run that succeeds still shows its warnings.
+    import warnings
+
+    import dataloading
+
+    real = dataloading.load_dataset
+
+    def warn_then(path):
+        warnings.warn("a library's notice about its own internals", UserWarning, stacklevel=1)
+        return real(path)
+
+    monkeypatch.setattr(dataloading, "load_dataset", warn_then)
+    assert ncf.main(["--data", str(ratio_data), "-e", "1", "--eval_protocol", "full", "--shared_negatives", "100000",
+                     "--checkpoint_dir", str(tmp_path / "ck")]) == 1
+    assert one_line_error(capsys, "ncf.py").startswith("ncf.py: error: --shared_negatives")
+    with pytest.warns(UserWarning, match="its own internals"):
+        assert ncf.main(["--data", str(ratio_data), "--model", "gmf", "-e", "1", "-f", "4", "--eval_protocol",
+                         "full", "--checkpoint_dir", str(tmp_path / "ok")]) == 0

@@ -403,3 +403,34 @@ def test_the_ml1m_pipeline_records_each_run_from_its_log_and_runs_them_in_turn_w
               for name in names}
     for before, after in zip(names, names[1:]):
         assert stamps[after][0] > stamps[before][-1]
+
+
+def test_closed_form_scale_fits_and_ranks_a_synthetic_catalogue_and_records_its_costs(tmp_path, capsys):
+    from bench import closed_form_scale
+
+    output = tmp_path / "scale.jsonl"
+    args = ["--users", "60", "--items", "300", "--interactions", "3000", "--workdir", str(tmp_path / "work"),
+            "--output", str(output)]
+    assert closed_form_scale.main(args) == 0
+    assert closed_form_scale.main([*args, "--model", "gfcf", "--flags", "--gfcf_grid 0.3,16"]) == 0  # (data reused)
+    rp3beta, gfcf = [json.loads(line) for line in output.read_text().splitlines()]
+    assert (rp3beta["model"], rp3beta["flags"], gfcf["flags"]) == ("rp3beta", "--rp3_grid 0.8,0.3,200",
+                                                                   "--gfcf_grid 0.3,16")
+    assert rp3beta["items"] <= 300 and rp3beta["users"] <= 60 and rp3beta["training_pairs"] < 3000
+    assert 0 < rp3beta["recall@20"] <= 1 and rp3beta["fit_seconds"] >= 0 and rp3beta["peak_memory_mib"] > 50
+    assert rp3beta["wall_seconds"] >= rp3beta["fit_seconds"] + rp3beta["evaluation_seconds"]
+    assert len(list((tmp_path / "work").glob("data-*"))) == 1
+
+
+def test_record_run_reads_a_refit_log_and_keeps_the_measured_peak_memory(tmp_path, planted_ratio):
+    assert ncf.main(["--data", str(planted_ratio), "--model", "gfcf", "--gfcf_grid", "0,4", "0.3,4", "--refit",
+                     "--eval_protocol", "full", "-k", "5", "--checkpoint_dir", str(tmp_path / "ck")]) == 0
+    summary = json.loads((tmp_path / "ck" / "log.json").read_text().splitlines()[-1])
+    results = tmp_path / "results.jsonl"
+    assert load_script("record_run").main([str(tmp_path / "ck" / "log.json"), "--config", "--model gfcf --refit",
+                                           "--seed", "0", "--output", str(results), "--peak_memory", "321.4"]) == 0
+    record = json.loads(results.read_text())
+    assert record["refit"] == summary["refit_choice"] and record["peak_memory_mib"] == 321
+    assert record["recall"] == summary["best_metrics"]["recall@5"]  # the refit's test figure
+    assert record["valid"] == summary["chosen_metrics"]["valid_recall@5"]  # the choice's validation figure
+    assert len(record["curve"]) == len(record["recall_curve"]) == 2  # the choosing run's validation curve

@@ -329,7 +329,7 @@ LAYERS = {  # the tiers, lowest first: a module imports from its own tier and th
                  "ncflib.rp3beta", "ncflib.gfcf"],
     "loop, evaluation, checkpoints": ["ncflib.training", "ncflib.checkpoint", "ncflib.placement", "ncflib.sharding",
                                       "ncflib.serving", "logger"],
-    "command lines": ["ncf", "convert", "recommend"],
+    "command lines": ["ncf", "convert", "recommend", "ncflib.tune"],
 }
 ROOT = Path(__file__).resolve().parents[1]
 
