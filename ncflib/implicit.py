@@ -189,9 +189,10 @@ class ImplicitFamily(Family):
     def search_space(self, trial, protocol):
         kind = self.kind
         flags = ["-l", f"{trial.suggest_float(f'{kind}.learning_rate', 3e-4, 1e-2, log=True):.4g}",
-                 "-f", str(trial.suggest_categorical(f"{kind}.factors", [32, 64, 128])),
                  "--weight_decay", f"{trial.suggest_float(f'{kind}.weight_decay', 1e-4, 0.3, log=True):.4g}",
                  "-e", str(trial.suggest_categorical(f"{kind}.epochs", [10, 20, 30, 40]))]
+        if takes("factors")(self.model_class):
+            flags += ["-f", str(trial.suggest_categorical(f"{kind}.factors", [32, 64, 128]))]
         if protocol == "full" and kind == "gmf":  # the full-ranking default: a sampled softmax on cosines
             flags += ["--temperature", f"{trial.suggest_float(f'{kind}.temperature', 0.05, 0.5, log=True):.4g}"]
         else:

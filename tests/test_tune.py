@@ -117,6 +117,21 @@ def test_a_family_declares_its_own_search_space(planted_ratio, tmp_path, capsys)
         families.unregister(family)
 
 
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_every_built_in_search_space_gives_flags_its_model_reads(protocol):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for kind in families.model_kinds():
+        family = families.family_of(kind)
+        try:
+            for _ in range(3):
+                flags = family.search_space(study.ask(), protocol)
+                ncf.parse_args(["--model", kind, *tune.protocol_flags(
+                    type("Args", (), {"eval_protocol": protocol, "topk": 10, "device": "cpu", "seed": 0}), kind),
+                    *flags])  # (a refused flag exits)
+        except NotImplementedError:
+            assert not family.tuned_by_default(protocol)  # (a family without a space is never tried by default)
+
+
 def test_refusals_in_one_line(planted_ratio, tmp_path, capsys):
     no_validation = tmp_path / "plain"
     assert run_convert(["--path", planted_ratio.parent / "log.csv", "--output", no_validation, "--split",
