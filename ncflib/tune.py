@@ -319,8 +319,8 @@ def write_table(study, path, metric):
 
 def draw_plots(study, output, metric):
     """history.png (each trial's validation figure and the best so far), importance.png (each family's settings
-    by their importance, fANOVA over its finished trials) and seconds.png (validation figure against seconds,
-    per family)."""
+    by their importance, by Optuna's default evaluator over its finished trials) and seconds.png (validation
+    figure against seconds, per family)."""
     import matplotlib
 
     matplotlib.use("Agg")
