@@ -226,6 +226,14 @@ class ClosedFormFamily(Family):
     solve needs checked before it starts (``memory_problem``)."""
 
     grid_flag = None  # the flag's name without dashes, e.g. "ease_l2"
+    default_grid = ()  # its settings when the flag is not given
+
+    def grid(self, args):
+        """The settings of the grid flag as given, else the default grid."""
+        return list(getattr(args, self.grid_flag) or self.default_grid)
+
+    def default_epochs(self, args):
+        return len(self.grid(args))
 
     def data_settings(self, dataset):
         return {"num_train": dataset.num_train}
@@ -261,6 +269,7 @@ class EaseFamily(ClosedFormFamily):
     models = {"ease": EASE}
     description = "ease, the closed-form item-item model (EASE, Steck 2019)"
     grid_flag = "ease_l2"
+    default_grid = L2_GRID
 
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("EASE (--model ease)")
@@ -271,11 +280,8 @@ class EaseFamily(ClosedFormFamily):
                        f"validation set when the dataset has one); default {' '.join(map(str, L2_GRID))}. "
                        "--early_stop counts L2 weights without a better one")
 
-    def default_epochs(self, args):
-        return len(args.ease_l2 or L2_GRID)
-
     def choose(self, args, dataset):
-        grid = list(args.ease_l2 or L2_GRID)
+        grid = self.grid(args)
         seconds = solve_seconds(dataset.num_items, solve_device(args))
         notes = {"L2 weights": (" ".join(f"{value:g}" for value in grid),
                                 ("given" if args.ease_l2 else "the default grid") + ", one an epoch"),

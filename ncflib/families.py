@@ -66,6 +66,18 @@ def trained_by_gradient(model_class):
     return not issubclass(model_class, SolvedInClosedForm)
 
 
+def gradient_space(trial, kind, model_class, rates, decays, epochs, factors):
+    """The ncf.py flags of a gradient-trained model's common settings in one tuning trial (``Family.search_space``):
+    the learning rate and weight decay in the (low, high) ranges ``rates`` and ``decays`` (log scale), the epochs
+    from ``epochs``, and the factors from ``factors`` where the model takes them; each named ``<kind>.<setting>``."""
+    flags = ["-l", f"{trial.suggest_float(f'{kind}.learning_rate', *rates, log=True):.4g}",
+             "--weight_decay", f"{trial.suggest_float(f'{kind}.weight_decay', *decays, log=True):.4g}",
+             "-e", str(trial.suggest_categorical(f"{kind}.epochs", list(epochs)))]
+    if takes("factors")(model_class):
+        flags += ["-f", str(trial.suggest_categorical(f"{kind}.factors", list(factors)))]
+    return flags
+
+
 def ranks_items(model_class):
     """A reader rule: the models evaluated by ranking items (not by predicted ratings or a text loss)."""
     return traits(model_class).output in ("logit", "score")

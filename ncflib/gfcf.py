@@ -187,6 +187,7 @@ class GFCFFamily(ClosedFormFamily):
 
     name = "gfcf"
     grid_flag = "gfcf_grid"
+    default_grid = GRID
     models = {"gfcf": GFCF}
     description = "gfcf, the graph filter of GF-CF (Shen et al. 2021)"
 
@@ -200,11 +201,8 @@ class GFCFFamily(ClosedFormFamily):
                        "then every alpha of 0.1 0.3 0.6 with rank 64 and 256. --early_stop counts settings without "
                        "a better one")
 
-    def default_epochs(self, args):
-        return len(args.gfcf_grid or GRID)
-
     def choose(self, args, dataset):
-        grid = list(args.gfcf_grid or GRID)
+        grid = self.grid(args)
         rank = max(setting[1] for setting in grid)
         needed = needed_bytes(dataset.num_users, dataset.num_items, dataset.num_train, rank)
         notes = {"GF-CF settings": ("; ".join(f"{alpha:g},{count}" for alpha, count in grid),
@@ -216,7 +214,7 @@ class GFCFFamily(ClosedFormFamily):
 
     def check(self, dataset, config):
         super().check(dataset, config)
-        rank = max(setting[1] for setting in (config.gfcf_grid or GRID))
+        rank = max(setting[1] for setting in self.grid(config))
         needed = needed_bytes(dataset.num_users, dataset.num_items, dataset.num_train, rank)
         free = self.memory_problem(needed, config)
         if free is not None:

@@ -12,7 +12,7 @@ import torch
 import dataloading
 from ncflib import defaults
 from ncflib.errors import CheckpointError, TaskError
-from ncflib.families import Family, takes
+from ncflib.families import Family, gradient_space, takes
 from ncflib.losses import LOSSES, masked_hits
 from ncflib.protocols import DotProductScorer, StartsFromPretrained
 from neumf import GMF, MLP, NeuMF, grouping
@@ -184,16 +184,14 @@ class ImplicitFamily(Family):
                        "falls by e each PAIRS pairs further back)")
 
     def tuned_by_default(self, protocol):
-        return self.kind == "gmf" or protocol == "sampled"  # (NeuMF's and MLP's towers rank every item slowly)
+        # (A model scored by one dot product ranks every item fast; NeuMF's and MLP's MLP towers do not.)
+        return _has_towers(self.model_class) or protocol == "sampled"
 
     def search_space(self, trial, protocol):
         kind = self.kind
-        flags = ["-l", f"{trial.suggest_float(f'{kind}.learning_rate', 3e-4, 1e-2, log=True):.4g}",
-                 "--weight_decay", f"{trial.suggest_float(f'{kind}.weight_decay', 1e-4, 0.3, log=True):.4g}",
-                 "-e", str(trial.suggest_categorical(f"{kind}.epochs", [10, 20, 30, 40]))]
-        if takes("factors")(self.model_class):
-            flags += ["-f", str(trial.suggest_categorical(f"{kind}.factors", [32, 64, 128]))]
-        if protocol == "full" and kind == "gmf":  # the full-ranking default: a sampled softmax on cosines
+        flags = gradient_space(trial, kind, self.model_class, (3e-4, 1e-2), (1e-4, 0.3), (10, 20, 30, 40),
+                               (32, 64, 128))
+        if protocol == "full" and _has_towers(self.model_class):  # its full-ranking default: a sampled softmax
             flags += ["--temperature", f"{trial.suggest_float(f'{kind}.temperature', 0.05, 0.5, log=True):.4g}"]
         else:
             flags += ["-n", str(trial.suggest_categorical(f"{kind}.negatives", [4, 8, 16]))]

@@ -30,7 +30,7 @@ import dataloading
 from ncflib import evaluation
 from ncflib.defaults import IMPLICIT_DROPOUT, NVIDIA_LAYERS, RATING_EPOCHS, choose_rating_sizes
 from ncflib.errors import TaskError
-from ncflib.families import Family, takes
+from ncflib.families import Family, gradient_space, takes
 from ncflib.protocols import HasTables, StartsFromMean, TrainedByGradient, Traits, traits
 
 
@@ -292,13 +292,8 @@ class RatingFamily(Family):
     model_defaults = {EmbNN: {"layers": [100], "dropout": 0.0}}
 
     def search_space(self, trial, protocol):
-        kind = self.kind
-        flags = ["-l", f"{trial.suggest_float(f'{kind}.learning_rate', 1e-3, 3e-2, log=True):.4g}",
-                 "--weight_decay", f"{trial.suggest_float(f'{kind}.weight_decay', 1e-3, 0.5, log=True):.4g}",
-                 "-e", str(trial.suggest_categorical(f"{kind}.epochs", [3, 5, 8, 12]))]
-        if takes("factors")(self.model_class):
-            flags += ["-f", str(trial.suggest_categorical(f"{kind}.factors", [16, 32, 64, 128]))]
-        return flags
+        return gradient_space(trial, self.kind, self.model_class, (1e-3, 3e-2), (1e-3, 0.5), (3, 5, 8, 12),
+                              (16, 32, 64, 128))
 
     def add_arguments(self, parser, flags):
         group = parser.add_argument_group("rating models (mf, biasmf, dotbias, embnn, dot)")

@@ -200,6 +200,7 @@ class RP3betaFamily(ClosedFormFamily):
 
     name = "rp3beta"
     grid_flag = "rp3_grid"
+    default_grid = GRID
     models = {"rp3beta": RP3beta}
     description = "rp3beta, the sparse item-item random walk (RP3beta, Paudel et al. 2017)"
 
@@ -211,11 +212,8 @@ class RP3betaFamily(ClosedFormFamily):
                        "validation set when the dataset has one); default every alpha of 0.5 0.8 1.1 with every "
                        "beta of 0 0.3 0.6, 200 neighbours. --early_stop counts settings without a better one")
 
-    def default_epochs(self, args):
-        return len(args.rp3_grid or GRID)
-
     def choose(self, args, dataset):
-        grid = list(args.rp3_grid or GRID)
+        grid = self.grid(args)
         neighbours = max(setting[2] for setting in grid)
         notes = {"RP3beta settings": ("; ".join(f"{alpha:g},{beta:g},{count}" for alpha, beta, count in grid),
                                       ("given" if args.rp3_grid else "the default grid") + ", one an epoch"),
@@ -227,7 +225,7 @@ class RP3betaFamily(ClosedFormFamily):
 
     def check(self, dataset, config):
         super().check(dataset, config)
-        neighbours = max(setting[2] for setting in (config.rp3_grid or GRID))
+        neighbours = max(setting[2] for setting in self.grid(config))
         needed = needed_bytes(dataset.num_items, dataset.num_train, neighbours)
         free = self.memory_problem(needed, config)
         if free is not None:

@@ -215,13 +215,14 @@ def machine_lock(output):
 
 
 def counts(study):
-    """(trials finished: complete, pruned, or failed by their own error; trials running or waiting)."""
+    """(trials finished: complete, pruned, or failed by their own error; trials running or waiting; whether one
+    waits: a dead worker's trial queued again)."""
     trials = study.get_trials(deepcopy=False)
     finished = sum(trial.state.name in FINISHED or (trial.state == optuna.trial.TrialState.FAIL
                                                 and "error" in trial.user_attrs) for trial in trials)
-    pending = sum(trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-                  for trial in trials)
-    return finished, pending
+    waiting = sum(trial.state == optuna.trial.TrialState.WAITING for trial in trials)
+    running = sum(trial.state == optuna.trial.TrialState.RUNNING for trial in trials)
+    return finished, running + waiting, waiting > 0
 
 
 def work(args, output, deadline, say, quiet=False):
@@ -235,10 +236,9 @@ def work(args, output, deadline, say, quiet=False):
     while True:
         with machine_lock(output):
             optuna.storages.fail_stale_trials(study)  # (a dead worker's trials: failed, then queued again)
-            finished, pending = counts(study)
+            finished, pending, waiting = counts(study)
             if finished >= args.trials or (deadline is not None and time.time() > deadline):
                 return
-            waiting = any(trial.state == optuna.trial.TrialState.WAITING for trial in study.get_trials(deepcopy=False))
             trial = study.ask() if finished + pending < args.trials or waiting else None
         if trial is None:  # the last trials are running elsewhere: wait for them (or for them to be found dead)
             time.sleep(min(HEARTBEAT_SECONDS, 2.0))
@@ -406,7 +406,7 @@ def tune(args):
     kinds, selection = chosen_models(args, dataset)
     output.mkdir(parents=True, exist_ok=True)
     _, study = study_of(args, output)
-    finished, _ = counts(study)
+    finished, _, _ = counts(study)
     say(f"study {study.study_name} ({args.storage or output / 'study.db'}): {finished} of {args.trials} trials "
         f"finished; models {', '.join(kinds)}; chosen on the validation {label(selection.metric)}")
     if args.jobs == 1:
