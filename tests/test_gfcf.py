@@ -79,3 +79,18 @@ def test_gfcf_trains_tests_and_recommends(planted_ratio, tmp_path, capsys):
         ncf.parse_args(["--model", "gmf", "--gfcf_grid", "0.3,8"])
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "--gfcf_grid is used by gfcf; --model gmf does not read it")
+
+
+def test_the_svd_waits_for_a_setting_that_needs_it_and_is_kept_for_the_next():
+    rng = np.random.default_rng(1)
+    matrix = (rng.random((12, 9)) < 0.4).astype(np.float64)
+    users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
+    model = GFCF(12, 9, len(users), rank=4)
+    model.solve(users, items, (0.0, 4))  # the linear filter alone: no SVD
+    assert not model.singular_vectors.any()
+    model.solve(users, items, (0.3, 4))
+    vectors = model.singular_vectors.clone()
+    assert vectors.any()
+    np.testing.assert_allclose(model.score_all(torch.arange(12)).numpy(), graph_filter(matrix, 0.3, 4), atol=2e-5)
+    model.solve(users, items, (0.6, 2))  # the same pairs: the same vectors, their leading columns taken
+    assert torch.equal(model.singular_vectors, vectors)
