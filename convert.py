@@ -6,6 +6,7 @@
     python convert.py --path AMAZON_FASHION_5.json.gz --valid_negative 20 --output data/fashion
     python convert.py --path ncf-data/ml-1m --output data/ml1m-ncf     # the NCF paper's .train/.test files
     python convert.py --dataset demo --output data/demo
+    python convert.py --path new-ratings.csv --update data/ml100k --output data/ml100k-2   # extend a dataset
 
 Every (user, item) interaction is a positive; repeated pairs are dropped. Each user's latest interaction is held out
 as the test item, ranked at evaluation time against ``--valid_negative`` items the user never interacted with. The
@@ -35,7 +36,8 @@ from ncflib.data.splits import (
     split_ratings,
 )
 from ncflib.errors import ConversionError, warnings_after
-from ncflib.flags import Flags
+from ncflib.data.update import SPLIT_FLAGS, check_columns, duplicates_of_old, read_previous, update_counts
+from ncflib.flags import Flags, given
 
 
 class Progress:
@@ -115,17 +117,50 @@ def parse_args(argv=None):
                         help="drop users with fewer distinct interactions than this (at least 2: one to test, one "
                              "to train)")
     parser.add_argument("--seed", type=int, default=0, help="seed for negatives, ties without time, synthetic data")
+    parser.add_argument("--update", metavar="DATASET",
+                        help="extend DATASET (a directory convert.py wrote) with the log --path: every interaction of "
+                             "DATASET (training, validation and test, with times and ratings) and the log's are split "
+                             "again with DATASET's protocol and settings, its users and items keep their indices, new "
+                             "ones follow in order of first appearance; the log is read with DATASET's format and "
+                             "columns; a (user, item) pair DATASET holds is dropped from the log and counted")
     parser.add_argument("--force", action="store_true", help="replace an existing --output directory")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
     args = parser.parse_args(argv)
     problem = flags.problem(args)
     if problem:
         parser.error(problem)
+    if args.update:
+        if not args.path:
+            parser.error("--update extends a dataset with a log: pass the log with --path")
+        split_flags = sorted(given(parser, argv) & set(SPLIT_FLAGS))
+        if split_flags:
+            parser.error(f"--{split_flags[0]}: an update splits with the settings of the dataset it extends; drop it")
     if args.validation_fraction != parser.get_default("validation_fraction") and not args.validation:
         parser.error("--validation_fraction is the share --validation holds out; add --validation, or drop it")
     if args.test_path and (not args.path or args.split != "leave_one_out"):
         parser.error("--test_path goes with --path (its training file) and no --split: the test file is the split")
     return args
+
+
+def load_update(args, progress):
+    """``--update``: (the old dataset and the new log joined as Interactions, its ``Previous``, the log's rows and how
+    many repeat the old dataset's pairs); the split settings of ``args`` set to the old dataset's."""
+    previous = read_previous(args.update)
+    for name, value in previous.settings().items():
+        setattr(args, name, value)
+    columns = {"user": args.user_col, "item": args.item_col, "time": args.time_col, "rating": args.rating_col}
+    check_columns(previous, args.format or previous.source.get("format"), columns)
+    for key, column in (previous.source.get("columns") or {}).items():
+        if key != "text" and column is not None and columns.get(key) is None:
+            setattr(args, f"{key}_col", column)
+    args.format = previous.source.get("format")
+    log = load_interactions(args, progress)
+    if isinstance(log, Split):  # (check_columns refused other formats: only an edited metadata gets here)
+        raise ConversionError(f"{args.path}: comes split; --update extends a dataset with a plain log")
+    progress(f"read {previous.path}: {previous.users.size:,} interactions of {previous.user_ids.size:,} users and "
+             f"{previous.item_ids.size:,} items")
+    data = previous.joined(log)
+    return data, previous, log.users.size, duplicates_of_old(previous, data)
 
 
 def load_interactions(args, progress, test_file=False):
@@ -173,6 +208,13 @@ def print_summary(metadata, seconds, output):
            f"{metadata.get('num_test', 0):,} test items (no sampled negatives: full ranking or ratings)"),
         f"  split             {metadata['protocol']['split']}",
     ]
+    update = counts.get("update")
+    if update:
+        lines[2] = f"  input rows        {counts['input_rows']:,} of the log, and {update['old_interactions']:,} " \
+                   f"interactions of {update['from']}"
+        lines.insert(3, f"  update            {update['new_users']:,} new users, {update['new_items']:,} new items, "
+                        f"{update['new_interactions']:,} new interactions; {update['duplicates_of_old']:,} rows of the "
+                        f"log repeat pairs of {update['from']} (dropped); old ids keep their indices")
     if metadata.get("num_validation"):
         lines.insert(-1, f"  validation        {metadata['num_validation']:,} held-out items")
     if "vocabulary_size" in metadata:
@@ -210,7 +252,12 @@ def _main(argv):
     progress = Progress(args.quiet)
     try:
         check_output(args.output, args.force, args.path)
-        data = load_interactions(args, progress)
+        previous = None
+        if args.update:
+            data, previous, log_rows, repeated = load_update(args, progress)
+            known = (previous.user_ids, previous.item_ids)
+        else:
+            data, known = load_interactions(args, progress), (None, None)
         if isinstance(data, Split):
             if args.test_path:
                 raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's) and bring "
@@ -225,14 +272,20 @@ def _main(argv):
         elif args.test_path or args.split == "random":
             test_data = load_interactions(args, progress, test_file=True) if args.test_path else None
             split = split_ratings(data, args.seed, progress, test_data, args.test_fraction, args.validation,
-                                  args.validation_fraction, args.max_words, args.skip_top)
+                                  args.validation_fraction, args.max_words, args.skip_top, known)
             source = {**data.source, **({"test_path": str(args.test_path)} if args.test_path else {})}
         else:
             if data.texts is not None:
                 progress("review text is kept by the rating splits only (--split random or --test_path); left out")
             split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress,
-                                       args.split, args.test_fraction, args.validation, args.validation_fraction)
+                                       args.split, args.test_fraction, args.validation, args.validation_fraction,
+                                       known)
             source = data.source
+        if previous is not None:
+            split.counts["update"] = update_counts(previous, split, log_rows, repeated)
+            split.counts["duplicates_dropped"] -= repeated  # (counted apart: rows of the log the dataset held)
+            split.counts["input_rows"] -= previous.users.size
+            source = {**source, "update_of": str(previous.path)}
         metadata = write_dataset(split, args.output, source, args.seed, args.force, progress)
     except ConversionError as error:
         print(f"convert.py: error: {error}", file=sys.stderr)

@@ -88,3 +88,14 @@ class Flags:
             readers = [kind for kind in self.kinds() if owned.read_by(kind, self.model_class)]
             return f"{owned.flag} is used by {', '.join(readers)}; --model {args.model} does not read it"
         return None
+
+
+def given(parser, argv=None):
+    """The destinations of the flags the command line ``argv`` (default ``sys.argv[1:]``) gives explicitly, whatever
+    their values (a flag given its default value counts): argparse fills a default only where the namespace has
+    none, so a namespace of placeholders keeps a placeholder wherever nothing was given."""
+    unset = object()
+    namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions
+                                      if action.dest != argparse.SUPPRESS})
+    parsed = parser.parse_args(argv, namespace=namespace)
+    return {name for name, value in vars(parsed).items() if value is not unset}

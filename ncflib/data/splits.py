@@ -76,6 +76,24 @@ def index_ids(ids):
     return codes.astype(np.int64), np.asarray(uniques)
 
 
+def as_text(ids):
+    """Original ids as the id maps hold them (text), whatever type the reader gave."""
+    return np.asarray(ids).astype(str).astype(object)
+
+
+def index_known(ids, known):
+    """(codes, ids by code) as ``index_ids``, except that the ``known`` ids (text: an id map being extended) keep
+    their positions and the others follow in order of first appearance in ``ids``; None ``known``: ``index_ids``."""
+    if known is None:
+        return index_ids(ids)
+    ids = as_text(ids)
+    codes = pd.Index(known).get_indexer(ids).astype(np.int64)
+    unknown = codes < 0
+    new_codes, new_ids = pd.factorize(ids[unknown], sort=False)
+    codes[unknown] = new_codes + len(known)
+    return codes, np.concatenate([np.asarray(known, dtype=object), np.asarray(new_ids, dtype=object)])
+
+
 def _time_order(timestamps, rng, num_rows):
     """Each row's position when rows are sorted by time, ties in file order; a seeded random order without time."""
     if timestamps is None:
@@ -91,15 +109,16 @@ def _time_order(timestamps, rng, num_rows):
     return position
 
 
-def leave_last_out(data, min_interactions, rng, progress):
+def leave_last_out(data, min_interactions, rng, progress, known=(None, None)):
     """Drop repeated pairs (keeping the earliest), drop light users, and hold out each user's latest interaction.
+    ``known`` (user ids, item ids): id maps being extended (``index_known``), whose users and items must all stay.
 
     Returns (rows of the kept interactions sorted by user then time, user codes, item codes, per-user counts,
     original user ids, original item ids, counts for the summary).
     """
     num_rows = data.users.size
-    user_codes, user_ids = index_ids(data.users)
-    item_codes, item_ids = index_ids(data.items)
+    user_codes, user_ids = index_known(data.users, known[0])
+    item_codes, item_ids = index_known(data.items, known[1])
     num_items = item_ids.size
     position = _time_order(data.timestamps, rng, num_rows)
     progress(f"indexed {user_ids.size:,} users and {num_items:,} items")
@@ -140,6 +159,10 @@ def leave_last_out(data, min_interactions, rng, progress):
     item_used = np.zeros(num_items, dtype=bool)
     item_used[item_codes[kept_rows]] = True
     item_index = np.cumsum(item_used) - 1
+    for ids, dropped, what in ((known[0], light, "user"), (known[1], ~item_used, "item")):
+        if ids is not None and dropped[:len(ids)].any():  # (an update keeps every pair: so never, unless edited)
+            raise ConversionError(f"the dataset being updated lost {what} {ids[np.argmax(dropped[:len(ids)])]} in "
+                                  "the new split; re-create it with convert.py")
     users = user_index[user_codes[kept_rows]]
     items = item_index[item_codes[kept_rows]]
     summary = {"input_rows": int(num_rows), "duplicates_dropped": int(duplicates),
@@ -211,17 +234,18 @@ SPLITS = ("leave_one_out", "ratio", "time_ratio", "random")
 
 
 def split_interactions(data, min_interactions, num_negatives, seed, progress, split="leave_one_out",
-                       test_fraction=0.2, validation=False, validation_fraction=0.1):
+                       test_fraction=0.2, validation=False, validation_fraction=0.1, known=(None, None)):
     """Apply the protocol to raw interactions: de-duplicate, filter, hold out the test (and validation) items, and,
     for leave-one-out, sample each user's test (and validation) negatives.
 
     ``split``: 'leave_one_out' holds out each user's latest interaction (with ``validation``, the one before it
     too); 'ratio' a random ``test_fraction`` of each user's items (NGCF/LightGCN), 'time_ratio' the latest share;
     with ``validation``, a ``validation_fraction`` of each user's remaining items is held out the same way.
+    ``known``: the (user, item) id maps of a dataset being extended (``index_known``).
     """
     rng = np.random.default_rng(seed)
     needed = max(min_interactions, 3 if validation and split == "leave_one_out" else 2)
-    rows, users, items, counts, user_ids, item_ids, summary = leave_last_out(data, needed, rng, progress)
+    rows, users, items, counts, user_ids, item_ids, summary = leave_last_out(data, needed, rng, progress, known)
     num_users, num_items = user_ids.size, item_ids.size
     is_test, is_validation = _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction)
     negatives = validation_negatives = None
@@ -251,7 +275,7 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress, sp
 
 
 def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, validation=False, validation_fraction=0.1,
-                  max_words=20000, skip_top=0):
+                  max_words=20000, skip_top=0, known=(None, None)):
     """The splits of rating prediction, with every rating kept as given: a random ``test_fraction`` of all
     interactions held out (fastai's random split), or, with ``test_data``, that file's rows as the test set
     (MovieLens ``u1.base`` / ``u1.test``), the ids of both files indexed together. A repeated (user, item) pair
@@ -259,12 +283,12 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     ``validation_fraction`` of the training rows is held out. No user or item is dropped and no negatives are drawn;
     a test user or item with no training row keeps its index (a model predicts it from biases and the mean). With
     review text, each part's reviews become word indices over a vocabulary counted on the training reviews alone
-    (``max_words`` and ``skip_top``: ``textdata.build_vocabulary``)."""
+    (``max_words`` and ``skip_top``: ``textdata.build_vocabulary``). ``known``: as ``split_interactions``'s."""
     rng = np.random.default_rng(seed)
     parts = [data] if test_data is None else [data, test_data]
     file_of = np.concatenate([np.full(part.users.size, number) for number, part in enumerate(parts)])
-    user_codes, user_ids = index_ids(np.concatenate([part.users for part in parts]))
-    item_codes, item_ids = index_ids(np.concatenate([part.items for part in parts]))
+    user_codes, user_ids = index_known(np.concatenate([part.users for part in parts]), known[0])
+    item_codes, item_ids = index_known(np.concatenate([part.items for part in parts]), known[1])
     num_rows, num_users, num_items = file_of.size, user_ids.size, item_ids.size
     columns = {}
     for name in ("timestamps", "ratings"):
@@ -342,6 +366,10 @@ def _rating_protocol(test_data, test_fraction, validation, validation_fraction, 
     protocol = {"split": split, "name": "random" if test_data is None else "test_file",
                 "duplicates": "repeated (user, item) pairs within a file: the latest row kept, its rating as given",
                 "min_interactions": 1, "validation": bool(validation)}
+    if test_data is None:
+        protocol["test_fraction"] = test_fraction
+    if validation:
+        protocol["validation_fraction"] = validation_fraction
     if text:
         protocol["text"] = {"tokens": "lower case, runs of letters and digits", "vocabulary": "the training reviews'",
                             **text}
@@ -430,6 +458,9 @@ def _protocol(split, timed, min_interactions, test_fraction, validation, validat
                                     if validation else ""))
     protocol = {"split": text, "name": split, "duplicates": "repeated (user, item) pairs dropped, the earliest kept",
                 "min_interactions": min_interactions, "validation": bool(validation)}
+    if split != "leave_one_out":
+        protocol |= {"test_fraction": test_fraction, **({"validation_fraction": validation_fraction}
+                                                         if validation else {})}
     if split == "leave_one_out" and test_negatives:
         protocol["test_negatives"] = "uniform without repeats among items the user never interacted with"
     return protocol

@@ -1,0 +1,183 @@
+"""``convert.py --update``: a dataset extended by a new log, its old users and items keeping their indices.
+
+The old dataset's interactions (training, validation and test, with their times and ratings) are read back from its
+arrays and id maps, the new log is read as the old one was (its format and columns, from the old metadata), and the
+two are split again with the old protocol and settings; the split indexes ids ``known`` first (the old id maps, in
+their order), then new ones in order of first appearance in the new log.
+
+    old = read_previous("data/ml100k")                  # Previous: interactions, id maps, settings
+    settings = old.settings()                            # the flags of the conversion that made it
+    data = old.joined(new_log)                           # Interactions: the old rows first, then the log's
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ncflib.data.layout import read_id_map
+from ncflib.data.splits import Interactions, as_text
+from ncflib.errors import ConversionError
+
+# The protocols an update can split again (the given-file ones came with their test set, which a new log cannot
+# extend).
+UPDATABLE = ("leave_one_out", "ratio", "time_ratio", "random")
+
+# convert.py's flags that set how a dataset is split: an update takes them all from the old dataset.
+SPLIT_FLAGS = ("split", "test_fraction", "validation", "validation_fraction", "valid_negative", "min_interactions",
+               "seed", "test_path", "max_words", "skip_top", "text_col")
+
+
+@dataclass
+class Previous:
+    """The dataset an update extends: its folder, metadata, id maps (strings, by index) and interactions."""
+
+    path: Path
+    metadata: dict
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    titles: dict
+    users: np.ndarray  # [N] int64 indices: training, then validation, then test pairs
+    items: np.ndarray
+    timestamps: np.ndarray | None
+    ratings: np.ndarray | None
+
+    @property
+    def protocol(self):
+        return self.metadata["protocol"]
+
+    @property
+    def source(self):
+        return self.metadata.get("source", {})
+
+    def settings(self):
+        """{convert.py flag dest: value} of the conversion that made the dataset, as far as the update uses them."""
+        protocol = self.protocol
+        name = protocol["name"]
+        settings = {"split": "random" if name == "random" else name, "seed": int(self.metadata.get("seed", 0)),
+                    "validation": bool(protocol.get("validation")),
+                    "min_interactions": int(protocol.get("min_interactions", 2)),
+                    "valid_negative": int(self.metadata.get("test_negatives", 0))}
+        for key, pattern in (("test_fraction", r"(?:the (?:random|latest) |random: )([0-9.eE-]+)"),
+                             ("validation_fraction", r"then (?:the (?:random|latest) )?([0-9.eE-]+)")):
+            found = re.search(pattern, protocol.get("split", ""))  # (datasets written before these were recorded)
+            if key in protocol or found:
+                settings[key] = float(protocol[key]) if key in protocol else float(found.group(1))
+        return settings
+
+    def joined(self, log):
+        """Interactions of this dataset's rows (original ids as text) followed by ``log``'s (read as the dataset's
+        source was); a ConversionError when the log lacks a side the dataset has (times, ratings), or has one it
+        lacks."""
+        where = log.source.get("path", "the new log")
+        for name, old, new in (("time", self.timestamps, log.timestamps), ("rating", self.ratings, log.ratings)):
+            if (old is None) != (new is None):
+                has, lacks = (self.path, where) if new is None else (where, self.path)
+                raise ConversionError(f"{where}: {has} has a {name} column and {lacks} none; an update needs the "
+                                      "columns of the dataset it extends (--{name}_col names one), or convert the "
+                                      "whole log again".replace("{name}", name))
+        titles = {**{str(key): value for key, value in log.titles.items()}, **self.titles}
+
+        def join(old, new, dtype):
+            return None if old is None else np.concatenate([np.asarray(old, dtype=dtype), np.asarray(new, dtype=dtype)])
+
+        return Interactions(
+            users=np.concatenate([self.user_ids[self.users], as_text(log.users)]),
+            items=np.concatenate([self.item_ids[self.items], as_text(log.items)]),
+            timestamps=join(self.timestamps, log.timestamps, np.int64),
+            ratings=join(self.ratings, log.ratings, np.float32), titles=titles, source=log.source,
+            first_data_line=log.first_data_line)
+
+
+def read_previous(path):
+    """The dataset at ``path`` (written by convert.py) as a ``Previous``; a ConversionError naming what keeps it from
+    being extended."""
+    path = Path(path)
+    file = path / "metadata.json"
+    try:
+        metadata = json.loads(file.read_text())
+        protocol = metadata["protocol"]
+        name = protocol["name"]
+    except FileNotFoundError:
+        raise ConversionError(f"--update {path}: no metadata.json here; pass a dataset written by convert.py") \
+            from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConversionError(f"--update {path}: unreadable metadata.json ({error}); pass a dataset written by "
+                              "convert.py") from None
+    if name not in UPDATABLE:
+        raise ConversionError(f"--update {path}: its split ({name}) came with its files, which a new log cannot "
+                              f"extend; --update re-splits datasets made with --split {', '.join(UPDATABLE)}")
+    if (path / "vocab.csv").is_file():
+        raise ConversionError(f"--update {path}: holds review text, whose vocabulary an update would change; convert "
+                              "the whole log again")
+    user_ids, _ = read_id_map(path / "users.csv")
+    item_ids, item_titles = read_id_map(path / "items.csv")
+    if user_ids is None or item_ids is None:
+        raise ConversionError(f"--update {path}: no users.csv and items.csv (id maps); pass a dataset written by "
+                              "convert.py")
+    parts = [part for part in ("train", "validation", "test") if (path / f"{part}.npy").is_file()]
+
+    def load(name):
+        try:
+            return np.load(path / f"{name}.npy", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ConversionError(f"--update {path / (name + '.npy')}: unreadable ({str(error)[:80]}); re-create "
+                                  "the dataset with convert.py") from None
+
+    pairs = [load(part) for part in parts]
+    sides = {}
+    for side in ("timestamps", "ratings"):
+        present = [(path / f"{part}_{side}.npy").is_file() for part in parts]
+        if any(present) and not all(pair.shape[0] == 0 or here for pair, here in zip(pairs, present)):
+            raise ConversionError(f"--update {path}: some parts have {side} and some none; re-create the dataset "
+                                  "with convert.py")
+        sides[side] = np.concatenate([load(f"{part}_{side}") for part, here in zip(parts, present) if here]) \
+            if any(present) else None
+    rows = np.concatenate(pairs).astype(np.int64)
+    if rows.size and (rows[:, 0].max() >= len(user_ids) or rows[:, 1].max() >= len(item_ids)):
+        raise ConversionError(f"--update {path}: its arrays index users or items its id maps lack; re-create the "
+                              "dataset with convert.py")
+    titles = {} if item_titles is None else {key: title for key, title in zip(item_ids, item_titles) if title}
+    return Previous(path, metadata, np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object), titles,
+                    rows[:, 0], rows[:, 1], sides["timestamps"], sides["ratings"])
+
+
+def check_columns(previous, fmt, columns):
+    """A ConversionError when the new log's format or columns (as given or detected) differ from those the dataset
+    was made from."""
+    old_format = previous.source.get("format")
+    if fmt != old_format:
+        raise ConversionError(f"--path: reads as {fmt}, but {previous.path} was made from {old_format} input; pass "
+                              f"a log of the same format (or --format {old_format})")
+    old_columns = previous.source.get("columns") or {}
+    for key, value in columns.items():
+        old = old_columns.get(key)
+        if value is not None and key != "text" and str(value) != str(old):
+            raise ConversionError(f"--{key}_col {value}: {previous.path} read its {key} column from "
+                                  f"{old if old is not None else 'nowhere'}; an update reads the same columns")
+
+
+def update_counts(previous, split, log_rows, duplicates_of_old):
+    """The summary's counts of what the update added."""
+    old_pairs = previous.users.size
+    new_pairs = int(split.train.shape[0] + split.test.shape[0]
+                    + (0 if split.validation is None else split.validation.shape[0]))
+    return {"from": str(previous.path), "from_fingerprint": previous.metadata.get("fingerprint"),
+            "old_users": int(previous.user_ids.size), "old_items": int(previous.item_ids.size),
+            "old_interactions": int(old_pairs), "log_rows": int(log_rows),
+            "new_users": int(split.user_ids.size - previous.user_ids.size),
+            "new_items": int(split.item_ids.size - previous.item_ids.size),
+            "new_interactions": new_pairs - int(old_pairs), "duplicates_of_old": int(duplicates_of_old)}
+
+
+def duplicates_of_old(previous, data):
+    """How many rows of the new log (the rows of ``data`` after the old ones) repeat a (user, item) pair the old
+    dataset holds."""
+    old = previous.users.size
+    users, _ = pd.factorize(data.users)
+    items, _ = pd.factorize(data.items)
+    pairs = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
+    return int(np.isin(pairs[old:], pairs[:old]).sum())
