@@ -22,10 +22,11 @@ import torch
 
 import dataloading
 from logger import RunLogger, describe_run, epoch_line, metric_label, metric_line, summary
-from ncflib import checkpoint, evaluation, families
+from ncflib import checkpoint, evaluation, families, warm
 from ncflib import training as train
 from ncflib.defaults import DEFAULT_EPOCHS, DEMO_EPOCHS, RATING_EPOCHS
-from ncflib.errors import UsageError, warnings_after
+from ncflib.errors import CheckpointError, UsageError, warnings_after
+from ncflib.flags import given
 from ncflib.placement import add_arguments as add_sharding_arguments
 from ncflib.placement import placement_for
 from ncflib.protocols import SolvedInClosedForm
@@ -110,6 +111,12 @@ def parse_args(argv=None):
     add("--checkpoint_dir", default="checkpoints",
         help="where best.pt (best model) and last.pt (for --resume) are written; '' for none")
     add("--load_checkpoint_path", help="checkpoint to start training from, or to test in --mode test")
+    add("--warm_start", metavar="CHECKPOINT",
+        help="train from CHECKPOINT (a best.pt of the dataset that convert.py --update extended into --data): its "
+             "model and settings unless flags override them, every weight whose shape still fits, the user and item "
+             "tables grown for the new ids as a fresh model's; the optimizer starts fresh, and -e defaults to fewer "
+             "epochs, from the share of new training pairs (printed); a model solved in closed form is solved "
+             "afresh")
     add("--mode", choices=["train", "test"], default="train",
         help="'test' evaluates --load_checkpoint_path (default CHECKPOINT_DIR/best.pt)")
     add("--grads_accumulated", type=int, default=1, readers=gradient, rule="at least 1",
@@ -137,6 +144,19 @@ def parse_args(argv=None):
     add("--resume", action="store_true",
         help="continue from CHECKPOINT_DIR/last.pt when it exists (else start from scratch)")
     args = parser.parse_args(argv)
+    args.flags_given = sorted(given(parser, argv))  # (recorded in checkpoints: what a --warm_start carries over)
+    if args.warm_start:
+        problem = ("--warm_start starts a training run; --mode test evaluates a checkpoint: drop one of them"
+                   if args.mode == "test" else "--warm_start and --load_checkpoint_path both name the starting "
+                   "weights: keep one" if args.load_checkpoint_path else None)
+        try:
+            problem = problem or warm.inherit(
+                args, set(args.flags_given), warm.load(args.warm_start), args.warm_start,
+                lambda name, kind: name not in flags.owned or flags.owned[name].read_by(kind, families.constructor))
+        except CheckpointError as error:
+            problem = str(error)
+        if problem:
+            parser.error(problem)
     if args.model is None:  # NeuMF's tower is too slow to rank every item; GMF scores them with one product
         args.model = "gmf" if args.eval_protocol == "full" else "neumf"
     family = families.family_of(args.model)
@@ -145,8 +165,8 @@ def parse_args(argv=None):
                                                "it is: drop one of them")
     if problem:
         parser.error(problem)
-    if args.epochs is None:
-        args.epochs = family.default_epochs(args)
+    if args.epochs is None and not (args.warm_start and families.trained_by_gradient(family.model_class)):
+        args.epochs = family.default_epochs(args)  # (a warm start's is chosen from the data, by resolve_config)
     args.amp = args.amp or args.opt_level in ("O1", "O2")
     return args
 
@@ -167,19 +187,33 @@ def resolve_config(args, dataset):
     values, notes, warning = family.choose(args, dataset)
     if warning:
         print(warning, file=sys.stderr)
+    if args.warm_start and args.mode == "train":
+        state = warm.load(args.warm_start)
+        warm.check_ids(state, dataset, args.warm_start)
+        if args.epochs is None:
+            values["epochs"], reason = warm.default_epochs(state, dataset, family.default_epochs(args))
+            notes["epochs"] = (values["epochs"], reason)
     fields = vars(args) | values
     return config_type(tuple(fields))(**fields), notes
 
 
-def build(family, config, dataset, device, placement):
+def build(family, config, dataset, device, placement, say=print):
     """(model, its constructor arguments, optimizer or None, the epoch loop's step): fresh and readied by its family
-    (NeuMF from pre-trained GMF and MLP, a rating model from the mean), or from --load_checkpoint_path; placed by
-    ``placement`` (--embedding_sharding). A gradient-trained model gets its optimizer and loss; a model solved in
-    closed form neither."""
+    (NeuMF from pre-trained GMF and MLP, a rating model from the mean), from --load_checkpoint_path, or grown from
+    --warm_start's (said with ``say``); placed by ``placement`` (--embedding_sharding). A gradient-trained model
+    gets its optimizer and loss; a model solved in closed form neither."""
     settings = dataclasses.asdict(config) | family.data_settings(dataset)
     model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
-    model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path)
-    if not config.load_checkpoint_path:
+    warm_start = config.warm_start and families.trained_by_gradient(family.model_class)
+    if warm_start:
+        model, words = warm.grown_model(warm.load(config.warm_start), config.warm_start, config.model, model_args)
+        say(words)
+    else:
+        model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path)
+        if config.warm_start:
+            say(f"warm start: {config.model} is solved in closed form, so it is solved afresh on {dataset.path} with "
+                f"the settings of {config.warm_start} (one solve costs what loading it would save)")
+    if not (config.load_checkpoint_path or warm_start):
         model = family.prepare(model, dataset, config, checkpoint.load_model)
     if isinstance(model, SolvedInClosedForm):  # (sharding refuses such a model at parsing)
         model = model.to(device)
@@ -280,7 +314,9 @@ def fit(family, config, dataset, runtime, built, scaler, autocast, placement, fo
     def save(name, record, best):  # (on every rank of a sharded run, whose ranks each write their shards)
         checkpoint.save_checkpoint(folder / name, model, config.model, model_args, optimizer, scaler,
                                    record["epoch"], record, best, saved_config, dataset.fingerprint,
-                                   write=saving, placement=placement)
+                                   write=saving, placement=placement, ids=ids)
+
+    ids = warm.id_record(dataset) if saving else None
 
     def on_epoch(record):
         log.write(kinds[1], record)
@@ -336,7 +372,7 @@ def refit(family, config, dataset, chosen, runtime, scaler, autocast, folder, lo
     placement = placement_for(config.embedding_sharding, config.export_full, config.eval_protocol,
                               table_optimizer=config.table_optimizer, table_lr=config.table_lr,
                               learning_rate=config.learning_rate, device=runtime.device, say=say)
-    built = build(family, refit_config, trained, runtime.device, placement)
+    built = build(family, refit_config, trained, runtime.device, placement, say)
     best, _ = fit(family, refit_config, trained, runtime, built, scaler, autocast, placement, folder, log, say,
                   refit_of=chosen)
     return best, chosen
@@ -383,7 +419,7 @@ def run(args, observer=Observer()):
                               learning_rate=config.learning_rate, device=runtime.device, say=say)
     chosen = refit_under_way(config, folder, raw)
     if chosen is None:
-        built = build(family, config, dataset, runtime.device, placement)
+        built = build(family, config, dataset, runtime.device, placement, say)
         best, reached = fit(family, config, dataset, runtime, built, scaler, autocast, placement,
                             folder / "chosen" if folder and config.refit else folder, log, say, observer=observer)
     else:

@@ -46,11 +46,12 @@ def build_model(kind, num_users, num_items, **settings):
 
 
 def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, metrics, best, config, fingerprint,
-                    write=True, placement=LOCAL):
+                    write=True, placement=LOCAL, ids=None):
     """Write atomically: a temporary file beside the target, then a rename, so a crash never leaves half a file;
     a failed write (a full disk) removes its temporary file and raises a CheckpointError. The model's
     ``placement`` gives the state to save and writes what the file does not hold (a sharded run's every rank
-    writes its shards: then all ranks call this, and only those with ``write`` write the file)."""
+    writes its shards: then all ranks call this, and only those with ``write`` write the file). ``ids``: what
+    ``warm.id_record`` says of the dataset's id maps (so that a warm start can match an extended dataset)."""
     path = Path(path)
     placement.save_shards(model, path, epoch)
     with placement.state_to_save(model, path, write) as state_dict:
@@ -59,7 +60,8 @@ def save_checkpoint(path, model, kind, model_args, optimizer, scaler, epoch, met
                 "format": CHECKPOINT_FORMAT, "model": kind, "model_args": model_args, "state_dict": state_dict,
                 "optimizer": {} if optimizer is None else optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch,
-                "metrics": metrics, "best": best, "config": config, "fingerprint": fingerprint})
+                "metrics": metrics, "best": best, "config": config, "fingerprint": fingerprint,
+                **({} if ids is None else {"ids": ids})})
 
 
 def _write(path, checkpoint):
