@@ -32,9 +32,17 @@ RUN_FLAGS = {"data", "checkpoint_dir", "load_checkpoint_path", "mode", "log_path
              "embedding_sharding", "export_full", "table_optimizer", "table_lr", "model", "flags_given"}
 
 
-@functools.cache
 def _id_digest(path, kind, count):
-    ids, _ = read_id_map(Path(path) / f"{kind}.csv")
+    """SHA-256 of the first ``count`` ids of the id map ``kind`` of the dataset at ``path`` (None without one)."""
+    file = Path(path) / f"{kind}.csv"
+    if not file.is_file():
+        return None
+    return _file_digest(str(file), file.stat().st_mtime_ns, count)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(file, modified, count):  # (``modified``: a rewritten id map is read again)
+    ids, _ = read_id_map(Path(file))
     if ids is None or len(ids) < count:
         return None
     return hashlib.sha256("\n".join(ids[:count]).encode()).hexdigest()
@@ -55,9 +63,15 @@ def id_record(dataset):
     return record | {"num_train": int(dataset.num_train)}
 
 
-@functools.cache
 def load(path):
-    """The checkpoint at ``path`` (a CheckpointError in one line when it cannot be read)."""
+    """The checkpoint at ``path`` (a CheckpointError in one line when it cannot be read), loaded once while the file
+    stays as it is."""
+    path = Path(path)
+    return _load(str(path), path.stat().st_mtime_ns if path.is_file() else None)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path, modified):
     return checkpoint.load_checkpoint(path)
 
 
