@@ -303,7 +303,7 @@ class EaseFamily(ClosedFormFamily):
     def describe(self, config, dataset):
         return " (closed form: each L2 weight solved and evaluated in turn)"
 
-    def search_space(self, trial, protocol):
+    def search_space(self, trial, protocol, timed=False):
         return ["--ease_l2", f"{trial.suggest_float('ease.l2', 1.0, 1e4, log=True):.4g}"]
 
 

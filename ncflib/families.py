@@ -207,9 +207,10 @@ class Family:
         """Whether the tuner tries this model when --models is not given, under evaluation ``protocol``."""
         return False
 
-    def search_space(self, trial, protocol):
+    def search_space(self, trial, protocol, timed=False):
         """The ncf.py flags of one tuning trial of this model: an Optuna ``trial``'s suggestions, each named
-        ``<model>.<setting>``, under evaluation ``protocol``. The defaults' own choices (batch size, schedule)
+        ``<model>.<setting>``, under evaluation ``protocol``, on data whose training pairs have distinct times
+        when ``timed``. The defaults' own choices (batch size, schedule)
         stay as the data chooses them."""
         raise NotImplementedError(f"--model {self.kind} declares no search space")
 

@@ -224,7 +224,7 @@ class GFCFFamily(ClosedFormFamily):
     def describe(self, config, dataset):
         return " (closed form: one SVD, then each setting evaluated in turn)"
 
-    def search_space(self, trial, protocol):
+    def search_space(self, trial, protocol, timed=False):
         alpha = trial.suggest_float("gfcf.alpha", 0.0, 1.0)
         return ["--gfcf_grid", f"{alpha:.4g},{trial.suggest_categorical('gfcf.rank', [32, 64, 128, 256, 512])}"]
 

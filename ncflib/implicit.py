@@ -187,7 +187,7 @@ class ImplicitFamily(Family):
         # (A model scored by one dot product ranks every item fast; NeuMF's and MLP's MLP towers do not.)
         return _has_towers(self.model_class) or protocol == "sampled"
 
-    def search_space(self, trial, protocol):
+    def search_space(self, trial, protocol, timed=False):
         kind = self.kind
         flags = gradient_space(trial, kind, self.model_class, (3e-4, 1e-2), (1e-4, 0.3), (10, 20, 30, 40),
                                (32, 64, 128))
@@ -197,6 +197,8 @@ class ImplicitFamily(Family):
             flags += ["-n", str(trial.suggest_categorical(f"{kind}.negatives", [4, 8, 16]))]
         if takes("dropout")(self.model_class):
             flags += ["--dropout", f"{trial.suggest_float(f'{kind}.dropout', 0.0, 0.5):.3g}"]
+        if timed and protocol == "sampled":  # (leave-one-out holds out each user's latest item: recent pairs matter)
+            flags += ["--recency", str(trial.suggest_categorical(f"{kind}.recency", [0, 2, 4, 8, 16]))]
         return flags
 
     def check_flags(self, args):

@@ -291,7 +291,7 @@ class RatingFamily(Family):
     weight_decay = {EmbNN: 0.1}  # the factorisations: 0.2; chosen on ML-100k's validation ratings, 3 seeds
     model_defaults = {EmbNN: {"layers": [100], "dropout": 0.0}}
 
-    def search_space(self, trial, protocol):
+    def search_space(self, trial, protocol, timed=False):
         return gradient_space(trial, self.kind, self.model_class, (1e-3, 3e-2), (1e-3, 0.5), (3, 5, 8, 12),
                               (16, 32, 64, 128))
 

@@ -236,7 +236,7 @@ class RP3betaFamily(ClosedFormFamily):
     def describe(self, config, dataset):
         return " (closed form: each setting solved and evaluated in turn)"
 
-    def search_space(self, trial, protocol):
+    def search_space(self, trial, protocol, timed=False):
         alpha, beta = trial.suggest_float("rp3beta.alpha", 0.2, 1.5), trial.suggest_float("rp3beta.beta", 0.0, 0.9)
         neighbours = trial.suggest_categorical("rp3beta.neighbours", [50, 100, 200, 400, 800])
         return ["--rp3_grid", f"{alpha:.4g},{beta:.4g},{neighbours}"]

@@ -163,7 +163,7 @@ def objective(trial, args, kinds, selection, output):
     """Train one trial's model on the training pairs, its epochs evaluated on the validation set alone; its value
     is the best epoch's validation metric (negated RMSE for the rating models)."""
     kind = trial.suggest_categorical("model", kinds)
-    flags = families.family_of(kind).search_space(trial, args.eval_protocol)
+    flags = families.family_of(kind).search_space(trial, args.eval_protocol, args.timed)
     command = trial_command(args, kind, flags)
     trial.set_user_attr("command", shlex.join(command))
     sign = 1.0 if selection.higher_is_better else -1.0
@@ -398,6 +398,8 @@ def tune(args):
     if dataset.validation is None:
         raise UsageError(f"--data {args.data}: has no validation split, and trials are chosen on one (never on the "
                          "test items); convert it with --validation")
+    times = dataset.train_timestamps
+    args.timed = times is not None and times.size > 0 and times.min() != times.max()  # (--recency has a use)
     say = print
     if args.worker is not None:
         output.mkdir(parents=True, exist_ok=True)

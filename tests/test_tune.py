@@ -100,7 +100,7 @@ def test_a_family_declares_its_own_search_space(planted_ratio, tmp_path, capsys)
         def default_epochs(self, args):
             return len(args.smoothing)
 
-        def search_space(self, trial, protocol):
+        def search_space(self, trial, protocol, timed=False):
             return ["--smoothing", f"{trial.suggest_float('tunedcount.smoothing', 0.0, 3.0):.3g}"]
 
     family = families.register(SmoothedFamily())
@@ -123,8 +123,10 @@ def test_every_built_in_search_space_gives_flags_its_model_reads(protocol):
     for kind in families.model_kinds():
         family = families.family_of(kind)
         try:
-            for _ in range(3):
-                flags = family.search_space(study.ask(), protocol)
+            for timed in (False, True, True):
+                flags = family.search_space(study.ask(), protocol, timed)
+                if kind == "gmf":  # (the recent pairs weigh in where the held-out item is each user's latest)
+                    assert ("--recency" in flags) == (timed and protocol == "sampled")
                 ncf.parse_args(["--model", kind, *tune.protocol_flags(
                     type("Args", (), {"eval_protocol": protocol, "topk": 10, "device": "cpu", "seed": 0}), kind),
                     *flags])  # (a refused flag exits)
