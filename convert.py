@@ -35,8 +35,8 @@ from ncflib.data.splits import (
     split_interactions,
     split_ratings,
 )
-from ncflib.errors import ConversionError, warnings_after
 from ncflib.data.update import SPLIT_FLAGS, check_columns, duplicates_of_old, read_previous, update_counts
+from ncflib.errors import ConversionError, warnings_after
 from ncflib.flags import Flags, given
 
 

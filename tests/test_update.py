@@ -28,14 +28,15 @@ def id_map(folder, kind):
         return [row["original_id"] for row in csv.DictReader(handle)]
 
 
-def pairs(folder, metadata_ids=True):
+def pairs(folder):
     """Every (user id, item id) pair of a dataset, by original ids, with its time and rating."""
     metadata, arrays = load_output(folder)
     users, items = id_map(folder, "users"), id_map(folder, "items")
     found = {}
     for part in ("train", "validation", "test"):
         if part in arrays:
-            for (user, item), when, rating in zip(arrays[part], arrays[f"{part}_timestamps"], arrays[f"{part}_ratings"]):
+            sides = zip(arrays[part], arrays[f"{part}_timestamps"], arrays[f"{part}_ratings"])
+            for (user, item), when, rating in sides:
                 found[(users[user], items[item])] = (int(when), float(rating))
     return found
 
@@ -71,7 +72,8 @@ def test_an_update_keeps_every_old_id_and_pair_and_appends_the_new_ones_in_order
     for kind in ("users", "items"):
         assert id_map(new, kind)[:len(id_map(old, kind))] == id_map(old, kind)
     # New ids follow in order of first appearance in the log.
-    log = list(csv.DictReader(open(grown / "new.csv")))
+    with open(grown / "new.csv", newline="") as handle:
+        log = list(csv.DictReader(handle))
     for kind, column in (("users", "user"), ("items", "item")):
         known, appended = set(id_map(old, kind)), []
         for row in log:
