@@ -328,7 +328,7 @@ LAYERS = {  # the tiers, lowest first: a module imports from its own tier and th
     "families": ["ncflib.families", "ncflib.implicit", "ncflib.ratings", "ncflib.reviews", "ncflib.ease",
                  "ncflib.rp3beta", "ncflib.gfcf"],
     "loop, evaluation, checkpoints": ["ncflib.training", "ncflib.checkpoint", "ncflib.placement", "ncflib.sharding",
-                                      "ncflib.serving", "logger"],
+                                      "ncflib.serving", "ncflib.warm", "logger"],
     "command lines": ["ncf", "convert", "recommend", "ncflib.tune"],
 }
 ROOT = Path(__file__).resolve().parents[1]
