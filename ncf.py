@@ -146,11 +146,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.flags_given = sorted(given(parser, argv))  # (recorded in checkpoints: what a --warm_start carries over)
     if args.warm_start:
-        problem = ("--warm_start starts a training run; --mode test evaluates a checkpoint: drop one of them"
-                   if args.mode == "test" else "--warm_start and --load_checkpoint_path both name the starting "
-                   "weights: keep one" if args.load_checkpoint_path else None)
+        if args.mode == "test":
+            parser.error("--warm_start starts a training run; --mode test evaluates a checkpoint: drop one of them")
+        if args.load_checkpoint_path:
+            parser.error("--warm_start and --load_checkpoint_path both name the starting weights: keep one")
         try:
-            problem = problem or warm.inherit(
+            problem = warm.inherit(
                 args, set(args.flags_given), warm.load(args.warm_start), args.warm_start,
                 lambda name, kind: name not in flags.owned or flags.owned[name].read_by(kind, families.constructor))
         except CheckpointError as error:
@@ -207,6 +208,7 @@ def build(family, config, dataset, device, placement, say=print):
     warm_start = config.warm_start and families.trained_by_gradient(family.model_class)
     if warm_start:
         model, words = warm.grown_model(warm.load(config.warm_start), config.warm_start, config.model, model_args)
+        warm.release()
         say(words)
     else:
         model = checkpoint.initial_model(config.model, model_args, dataset, config.load_checkpoint_path)

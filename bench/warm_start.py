@@ -37,8 +37,7 @@ def run(command, log_file):
 def cut_log(log, share, workdir):
     """The log's rows sorted by time (ties in file order), cut at ``share``: two CSV files (user, item, rating,
     time) under ``workdir``."""
-    sys.path.insert(0, str(ROOT))
-    from ncflib.data.readers import detect_format, read
+    from ncflib.data.readers import detect_format, read  # (run as python -m bench.warm_start from the root)
 
     data = read(Path(log), detect_format(Path(log)))
     if data.timestamps is None:

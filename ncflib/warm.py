@@ -52,7 +52,7 @@ def id_record(dataset):
     """What a checkpoint records of the dataset it was trained on, so that a warm start can check that another
     dataset extends it: {side: [count, digest of its original ids]} and the training pairs; None for a dataset
     without id maps (the demo, NVIDIA's layout)."""
-    if not dataset.path or not (Path(dataset.path) / "users.csv").is_file():
+    if not dataset.path:
         return None
     record = {}
     for kind, count in (("users", dataset.num_users), ("items", dataset.num_items)):
@@ -70,9 +70,15 @@ def load(path):
     return _load(str(path), path.stat().st_mtime_ns if path.is_file() else None)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
 def _load(path, modified):
     return checkpoint.load_checkpoint(path)
+
+
+def release():
+    """Let go of the loaded checkpoint once its weights are in the model (a later ``load`` reads it again), so that
+    training does not hold a second copy of its tables."""
+    _load.cache_clear()
 
 
 def inherit(args, given, state, path, reads):
@@ -135,7 +141,8 @@ def check_ids(state, dataset, path):
         raise CheckpointError(f"--warm_start {path}: records no id maps (trained on a dataset without users.csv and "
                               "items.csv, or by an earlier version), so it cannot be matched to "
                               f"{dataset.path}; train from scratch")
-    for kind, (count, digest) in ((kind, record[kind]) for kind in ("users", "items")):
+    for kind in ("users", "items"):
+        count, digest = record[kind]
         if _id_digest(str(dataset.path), kind, count) != digest:
             have = getattr(dataset, f"num_{kind}")
             raise CheckpointError(

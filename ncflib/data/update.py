@@ -56,8 +56,7 @@ class Previous:
     def settings(self):
         """{convert.py flag dest: value} of the conversion that made the dataset, as far as the update uses them."""
         protocol = self.protocol
-        name = protocol["name"]
-        settings = {"split": "random" if name == "random" else name, "seed": int(self.metadata.get("seed", 0)),
+        settings = {"split": protocol["name"], "seed": int(self.metadata.get("seed", 0)),
                     "validation": bool(protocol.get("validation")),
                     "min_interactions": int(protocol.get("min_interactions", 2)),
                     "valid_negative": int(self.metadata.get("test_negatives", 0))}
@@ -77,8 +76,8 @@ class Previous:
             if (old is None) != (new is None):
                 has, lacks = (self.path, where) if new is None else (where, self.path)
                 raise ConversionError(f"{where}: {has} has a {name} column and {lacks} none; an update needs the "
-                                      "columns of the dataset it extends (--{name}_col names one), or convert the "
-                                      "whole log again".replace("{name}", name))
+                                      f"columns of the dataset it extends (--{name}_col names one), or convert the "
+                                      "whole log again")
         titles = {**{str(key): value for key, value in log.titles.items()}, **self.titles}
 
         def join(old, new, dtype):
@@ -155,7 +154,7 @@ def check_columns(previous, fmt, columns):
     old_columns = previous.source.get("columns") or {}
     for key, value in columns.items():
         old = old_columns.get(key)
-        if value is not None and key != "text" and str(value) != str(old):
+        if value is not None and str(value) != str(old):
             raise ConversionError(f"--{key}_col {value}: {previous.path} read its {key} column from "
                                   f"{old if old is not None else 'nowhere'}; an update reads the same columns")
 
