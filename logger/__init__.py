@@ -112,13 +112,14 @@ def rate(samples_per_second):
 
 def epoch_line(record):
     """How an epoch is printed: losses ("solved" for a model solved in closed form, which has no training loss),
-    the test set's metrics, the validation set's, throughput and time."""
+    the test set's metrics, the validation set's, throughput (of a gradient epoch) and time."""
     trained = f"loss {record['train_loss']:.4f}" if "train_loss" in record else "solved"
     losses = trained + "".join(
         f"  {label} {record[key]:.4f}" for key, label in (("test_loss", "test loss"), ("valid_loss", "valid loss"))
         if key in record)
     metrics = "  ".join(part for part in (metric_line(record), metric_line(record, "valid_")) if part)
-    return (f"epoch {record['epoch']:3d}  {losses}  {metrics}  {rate(record['train_throughput'])}  "
+    speed = f"{rate(record['train_throughput'])}  " if "train_throughput" in record else ""
+    return (f"epoch {record['epoch']:3d}  {losses}  {metrics}  {speed}"
             f"{record['train_epoch_time'] + record['validation_epoch_time']:.1f} s")
 
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ncflib.protocols import DotProductScorer, FastRanker, RanksCandidates, traits
+from ncflib.protocols import DotProductScorer, FastRanker, RanksCandidates, SparseScorer, traits
+from ncflib import rowsums
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,58 @@ def users_per_full_chunk(num_items, device, max_scores=2**20, model=None):
     return max(1, min(max_scores, cap) // num_items)
 
 
+class CompactScores:
+    """Full ranking of a ``SparseScorer``, a chunk of users at a time, without a users x items matrix: each user's
+    row keeps their listed candidates, their held-out items, and k + 1 of their other candidates (all scoring 0:
+    enough to decide whether a held-out item scoring 0 is in the top k), so ``full_rank_sums`` of the compact rows
+    equals that of the dense rows. Candidates are every item but those in ``seen``."""
+
+    def __init__(self, num_items, seen, topk, device):
+        self.num_items, self.seen, self.topk = num_items, seen, topk
+        self.users = max(1, rowsums.CAPACITY // num_items)
+        # Per (user of the chunk, item): -1 (nothing), -2 (seen, not a candidate) or its column in the compact row.
+        self.slots = torch.full((self.users * num_items,), -1, dtype=torch.int64, device=device)
+
+    def __call__(self, entries, users, held_rows, held_items):
+        """(scores [B, L] with -inf beyond each row's candidates, the held-out items' columns [T]) of the chunk's
+        ``users`` [B], given their ``entries`` (``score_entries``) and held-out pairs (held_rows, held_items)."""
+        rows, items, values = entries
+        batch = users.numel()
+        seen_flat = []
+        for offsets, seen_items in self.seen:
+            seen_rows, positions = _ragged_rows(offsets, offsets[users], offsets[users + 1])
+            seen_flat.append(seen_rows * self.num_items + seen_items[positions])
+        seen_flat = torch.cat(seen_flat) if seen_flat else rows.new_zeros(0)
+        seen_counts = torch.bincount(seen_flat // self.num_items, minlength=batch)
+        self.slots[seen_flat] = -2
+        flat = rows * self.num_items + items
+        candidate = self.slots[flat] != -2
+        rows, flat, values = rows[candidate], flat[candidate], values[candidate]
+        listed = torch.bincount(rows, minlength=batch)
+        starts = torch.cumsum(listed, 0) - listed
+        columns = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+        self.slots[flat] = columns
+        held_flat = held_rows * self.num_items + held_items
+        held_columns = self.slots[held_flat]
+        # Held-out items that are not listed score 0: each gets a column after the row's listed ones.
+        unlisted = held_columns < 0
+        extra_rows = held_rows[unlisted]
+        extra = torch.bincount(extra_rows, minlength=batch)
+        extra_starts = torch.cumsum(extra, 0) - extra
+        held_columns[unlisted] = listed[extra_rows] + torch.arange(extra_rows.numel(), device=rows.device) - \
+            extra_starts[extra_rows]
+        self.slots[seen_flat] = -1  # the buffer is clear again for the next chunk
+        self.slots[flat] = -1
+        # Of the candidates scoring 0 that are neither listed nor held out, k + 1 (or all there are).
+        others = (self.num_items - seen_counts - listed - extra).clamp(min=0).clamp(max=self.topk + 1)
+        filled = listed + extra + others
+        scores = torch.full((batch, int(filled.max()) if batch else 0), -math.inf, device=values.device)
+        scores[rows, columns] = values.float()
+        zeros = torch.arange(scores.shape[1], device=rows.device)[None, :]
+        scores[(zeros >= listed[:, None]) & (zeros < filled[:, None])] = 0.0
+        return scores, held_columns
+
+
 @torch.no_grad()
 def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_size=1, score=None):
     """This rank's sums over its share of ``held``'s users (a dataloading.HeldOut), in the order of ``FULL_SUMS``:
@@ -254,6 +307,16 @@ def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_
     num_users = held.users.numel()
     share = math.ceil(num_users / world_size)
     totals = torch.zeros(len(FULL_SUMS), dtype=torch.float64, device=held.users.device)
+    if score is None and isinstance(model, SparseScorer):
+        compact = CompactScores(model.num_items, seen, topk, held.users.device)
+        for start in range(rank * share, min(num_users, (rank + 1) * share), compact.users):
+            stop = min(start + compact.users, (rank + 1) * share, num_users)
+            starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
+            rows, positions = _ragged_rows(held.offsets, starts, ends)
+            scores, columns = compact(model.score_entries(held.users[start:stop]), held.users[start:stop], rows,
+                                      held.items[positions])
+            totals += full_rank_sums(scores, columns, rows, ends - starts, topk)
+        return totals
     with autocast():
         score = all_item_scorer(model, score)
     for start in range(rank * share, min(num_users, (rank + 1) * share), users_per_chunk):

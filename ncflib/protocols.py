@@ -94,6 +94,16 @@ class FastRanker(Protocol):
 
 
 @runtime_checkable
+class SparseScorer(Protocol):
+    """A model whose scores are zero but for a few items per user (RP3beta's sums of neighbour rows): full ranking
+    reads only those, never a users x items matrix, so a catalogue of millions costs what its scores hold."""
+
+    def score_entries(self, users: torch.Tensor):
+        """(rows, items, scores) [n]: each user's listed items and scores, a user's entries together, users in
+        order; every item not listed scores 0, and no listed score is below 0."""
+
+
+@runtime_checkable
 class DotProductScorer(Protocol):
     """A model whose score is the dot product of a user vector and an item vector (plus a bias): shared negatives
     and --similarity cosine need it, and full ranking scores it in large chunks."""

@@ -19,7 +19,6 @@ solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keep
 
 import itertools
 import sys
-import warnings
 
 import torch
 from tqdm import tqdm
@@ -28,12 +27,13 @@ from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
 from ncflib.errors import TaskError
 from ncflib.flags import parsed_by
 from ncflib.protocols import Traits
+from ncflib import rowsums
+from ncflib.rowsums import RowSums, grouped_top, ragged
 
 # (alpha, beta, neighbours) settings tried by default, one an epoch; the best is chosen on validation. Published
 # tunings of RP3beta land in alpha 0.5-1 and beta 0-0.6 (Dacrema et al., RecSys 2019), with a few hundred neighbours.
 GRID = tuple(itertools.product((0.5, 0.8, 1.1), (0.0, 0.3, 0.6), (200,)))
 BLOCK_ENTRIES = 2**22  # walk entries per block of source items (a block of rows of W, before its top neighbours)
-DENSE_SHARE = 4  # a block whose walks fill at least 1/DENSE_SHARE of its rows is ranked dense (torch.topk)
 
 
 def parse_setting(text):
@@ -73,44 +73,69 @@ class RP3beta(PairsByUser):
         keep = min(int(neighbours), self.width)
         self.set_interactions(users, items)
         num_users = self.user_offsets.numel() - 1
-        user_degree = torch.bincount(users, minlength=num_users).double().clamp(min=1)
-        item_degree = torch.bincount(items, minlength=self.num_items).double().clamp(min=1)
-        ones = torch.ones(users.numel(), dtype=torch.float64, device=users.device)
-        # The two steps: item -> user, (X[u, i] / d_i)^alpha, and user -> item, (X[u, j] / d_u)^alpha.
-        with warnings.catch_warnings():  # (torch's note that its CSR support is in beta: nothing to act on)
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-            backward = torch.sparse_coo_tensor(torch.stack([items, users]), ones * item_degree[items] ** -alpha,
-                                               (self.num_items, num_users), check_invariants=True)
-            forward = torch.sparse_coo_tensor(torch.stack([users, items]), ones * user_degree[users] ** -alpha,
-                                              (num_users, self.num_items), check_invariants=True)
-            # (COO products: torch's CSR x CSR product on a CPU kept about 600 MB of every Yelp2018-sized solve.)
-            backward, forward = backward.coalesce().to_sparse_csr(), forward.coalesce()
-        penalty = item_degree ** -beta  # [I]: the popularity of the target, to the power beta
-        self.neighbour_items.zero_()
+        user_counts = self.user_offsets.diff()
+        item_counts = torch.bincount(items, minlength=self.num_items)
+        # The two steps' probabilities to the power alpha: item i -> user u, (1 / d_i)^alpha, a factor of the whole
+        # row i; user u -> item j, (1 / d_u)^alpha, summed over the users the row walks through. The target's
+        # popularity penalty (1 / d_j)^beta.
+        step_out = item_counts.double().clamp(min=1) ** -alpha
+        step_in = user_counts.double().clamp(min=1) ** -alpha
+        penalty = item_counts.double().clamp(min=1) ** -beta
+        item_offsets = torch.cat([item_counts.new_zeros(1), item_counts.cumsum(0)])
+        item_users = users[torch.argsort(items * num_users + users)]  # each item's users, item after item
+        # Places a row does not fill (fewer walks than neighbours) hold the item itself at weight 0: no score moves.
+        self.neighbour_items.copy_(torch.arange(self.num_items, device=users.device)[:, None].expand(-1, self.width))
         self.neighbour_weights.zero_()
-        blocks = walk_blocks(users, items, user_degree, self.num_items)
+        sums = RowSums(self.num_items, groups=self.num_items, device=users.device)
+        blocks = walk_blocks(item_offsets, item_users, user_counts, self.num_items, sums.groups)
         for start, stop in tqdm(blocks, desc="rp3beta", unit="block", leave=False, file=sys.stderr,
                                 disable=len(blocks) < 8 or not sys.stderr.isatty()):  # (a bar on many blocks)
-            walks = torch.sparse.mm(_row_block(backward, start, stop).to_sparse_coo(), forward).coalesce()  # [b, I]
-            size = (stop - start) * self.num_items
-            if size <= 2 * BLOCK_ENTRIES and walks.values().numel() * DENSE_SHARE >= size:
-                where, best = _dense_top(walks, penalty, start, keep)
-                self.neighbour_items[start:stop, :keep] = where
-                self.neighbour_weights[start:stop, :keep] = best.float()
-            else:
-                rows, places, where, best = _sparse_top(walks, penalty, start, keep)
-                self.neighbour_items[start + rows, places] = where
-                self.neighbour_weights[start + rows, places] = best.float()
+            low, high = int(item_offsets[start]), int(item_offsets[stop])
+            sources = torch.repeat_interleave(torch.arange(stop - start, device=users.device),
+                                              item_counts[start:stop])  # [n] the block row of each (item, user)
+            walkers = item_users[low:high]
+            steps, positions = ragged(self.user_offsets[walkers], user_counts[walkers])
+            rows, targets, walks = sums(sources[steps], self.user_items[positions], step_in[walkers][steps])
+            other = targets != rows + start  # no walk back to itself
+            rows, targets = rows[other], targets[other]
+            weights = walks[other] * step_out[start + rows] * penalty[targets]
+            rows, places, targets, weights = grouped_top(rows, targets, weights, stop - start, keep)
+            self.neighbour_items[start + rows, places] = targets
+            self.neighbour_weights[start + rows, places] = weights.float()
         self.setting.copy_(torch.tensor([alpha, beta, float(keep)]))
         return {"alpha": float(alpha), "beta": float(beta), "neighbours": keep}
 
-    def scores_of(self, items, owners, size):
-        """[size, num_items] the sums of the rows of W of ``items`` [n] into row ``owners[n]``."""
-        scores = torch.zeros(size, self.num_items, device=self.neighbour_weights.device)
-        rows = owners[:, None].expand(-1, self.width)
-        scores.index_put_((rows.reshape(-1), self.neighbour_items[items].reshape(-1)),
-                          self.neighbour_weights[items].reshape(-1), accumulate=True)
-        return scores
+    def score_entries(self, users):
+        """(rows, items, scores) [n] of the users' [B] nonzero candidates: each user's items' rows of W summed,
+        user ``rows[n]`` scoring ``items[n]``, a user's entries together, users in order. Items not listed score 0."""
+        if users.numel() == 0:
+            empty = users.new_zeros(0)
+            return empty, empty, self.neighbour_weights.new_zeros(0)
+        sums = self._sums(users.numel())
+        parts = []
+        for start in range(0, users.numel(), sums.groups):
+            chunk = users[start:start + sums.groups]
+            items, counts = self.items_of(chunk)
+            owners = torch.repeat_interleave(torch.arange(chunk.numel(), device=users.device), counts * self.width)
+            rows, targets, scores = sums(owners, self.neighbour_items[items].reshape(-1),
+                                         self.neighbour_weights[items].reshape(-1))
+            parts.append((rows + start, targets, scores.float()))
+        return tuple(torch.cat(part) for part in zip(*parts))
+
+    def _sums(self, users):
+        """The ``RowSums`` buffer of scoring, kept between calls (large enough for ``users`` or a full pass)."""
+        sums = getattr(self, "_row_sums", None)
+        device = self.neighbour_weights.device
+        if sums is None or sums.total.device != device or sums.groups < min(users, rowsums.CAPACITY // self.num_items):
+            sums = RowSums(self.num_items, groups=users, dtype=torch.float32, device=device)
+            self._row_sums = sums
+        return sums
+
+    def scores_of(self, rows, items, scores, size):
+        """[size, num_items] the entries (rows, items, scores) made dense (unlisted items score 0)."""
+        dense = torch.zeros(size, self.num_items, device=self.neighbour_weights.device)
+        dense[rows, items] = scores
+        return dense
 
     def forward(self, users, items):
         """Scores of the pairs (users, items [B])."""
@@ -122,13 +147,14 @@ class RP3beta(PairsByUser):
 
     def score_all(self, users):
         """[B, num_items] scores of users [B] for every item: their items' rows of W, summed."""
-        items, counts = self.items_of(users)
-        return self.scores_of(items, torch.repeat_interleave(torch.arange(users.numel(), device=users.device),
-                                                             counts), users.numel())
+        return self.scores_of(*self.score_entries(users), users.numel())
 
     def score_history(self, items):
         """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""
-        return self.scores_of(items, torch.zeros_like(items), 1)[0]
+        sums = self._sums(1)
+        rows, targets, scores = sums(torch.zeros(items.numel() * self.width, dtype=torch.long, device=items.device),
+                                     self.neighbour_items[items].reshape(-1), self.neighbour_weights[items].reshape(-1))
+        return self.scores_of(rows, targets, scores.float(), 1)[0]
 
     def export_arrays(self):
         """{file stem: tensor}: each item's neighbours and weights, with the training pairs by user."""
@@ -136,62 +162,31 @@ class RP3beta(PairsByUser):
                 "user_offsets": self.user_offsets, "user_items": self.user_items}
 
 
-def walk_blocks(users, items, user_degree, num_items):
-    """[(start, stop)]: consecutive blocks of source items whose walk rows together hold at most about
-    ``BLOCK_ENTRIES`` entries (a row holds at most the sum of its users' degrees, and at most ``num_items``), so a
-    block's product stays bounded whatever the catalogue's size and skew (one item at least per block)."""
-    reach = torch.bincount(items, weights=user_degree[users], minlength=num_items).clamp(max=num_items)
-    ends = torch.cumsum(reach.double(), 0)
+def walk_blocks(item_offsets, item_users, user_counts, num_items, max_rows):
+    """[(start, stop)]: consecutive blocks of at most ``max_rows`` source items whose walks together hold at most
+    about ``BLOCK_ENTRIES`` entries (a row's walks are the sum of its users' degrees), so a block's work and memory
+    stay bounded whatever the catalogue's size and skew (one item at least per block)."""
+    owners = torch.repeat_interleave(torch.arange(num_items, device=item_users.device), item_offsets.diff())
+    reach = torch.zeros(num_items, dtype=torch.float64, device=item_users.device).index_add_(
+        0, owners, user_counts[item_users].double())
+    ends = torch.cumsum(reach, 0)
     blocks, start = [], 0
     while start < num_items:
         before = float(ends[start - 1]) if start else 0.0
         stop = int(torch.searchsorted(ends, torch.tensor(before + BLOCK_ENTRIES, dtype=ends.dtype), right=True))
-        stop = min(max(stop, start + 1), num_items)
+        stop = min(max(stop, start + 1), start + max_rows, num_items)
         blocks.append((start, stop))
         start = stop
     return blocks
 
 
-def _dense_top(walks, penalty, start, keep):
-    """(targets [b, keep], weights [b, keep]): each walk row's best targets, the row made dense (most of it is
-    filled: a small or dense catalogue). ``walks``: the block's walks, a coalesced sparse COO matrix."""
-    scores = walks.to_dense() * penalty
-    count = scores.shape[0]
-    scores[torch.arange(count), torch.arange(start, start + count)] = 0.0  # no walk back to itself
-    best, where = scores.topk(keep, dim=1)
-    return where, best
-
-
-def _sparse_top(walks, penalty, start, keep):
-    """(rows, places, targets, weights) [n]: each walk row's best ``keep`` targets among its stored entries (a
-    large, sparse catalogue: no dense row), row ``rows[n]`` keeping ``targets[n]`` in place ``places[n]``; a row
-    with fewer entries keeps them all (its other places stay at weight 0)."""
-    rows, targets = walks.indices()
-    starts = torch.cumsum(torch.bincount(rows, minlength=walks.shape[0]), 0) - torch.bincount(rows,
-                                                                                          minlength=walks.shape[0])
-    values = torch.where(targets == rows + start, 0.0, walks.values() * penalty[targets]).float()  # none to itself
-    # One sort, by row and then by weight, highest first: the bits of a float32 of 0 or more, read as an integer,
-    # grow with it, so (row, weight) packs into one int64 key.
-    key = rows * 2**31 + (2**31 - 1 - values.view(torch.int32).long())
-    order = torch.sort(key).indices
-    places = torch.arange(order.numel(), device=order.device) - starts[rows[order]]
-    kept = order[places < keep]
-    return rows[kept], places[places < keep], targets[kept], values[kept]
-
-
-def _row_block(matrix, start, stop):
-    """Rows ``start:stop`` of a sparse CSR matrix, as a sparse CSR matrix."""
-    crow = matrix.crow_indices()
-    low, high = int(crow[start]), int(crow[stop])
-    return torch.sparse_csr_tensor(crow[start:stop + 1] - low, matrix.col_indices()[low:high],
-                                   matrix.values()[low:high], (stop - start, matrix.shape[1]), check_invariants=False)
-
-
 def needed_bytes(num_items, num_train, neighbours):
-    """Bytes held while solving: the neighbours (index and weight), a block of walks (sparse, with its sort's
-    work, or dense, twice as many entries, with its top-k), the two sparse step matrices (index and value per
-    training pair, twice), the pairs by user."""
-    return num_items * neighbours * 12 + 6 * BLOCK_ENTRIES * 8 + num_train * 48 + num_items * 16
+    """Bytes held while solving and scoring: the neighbours (index and weight); the buffers of at most
+    ``rowsums.CAPACITY`` entries each: the fit's sums (float64, int64 owners) and a block's padded rows for their
+    top neighbours (float64), the scores' sums (float32, int64) and full ranking's slots (int64); a block's walks
+    (about ten 8-byte numbers an entry); the training pairs, by user and by item."""
+    buffer = min(rowsums.CAPACITY, num_items * num_items)
+    return num_items * neighbours * 12 + buffer * 44 + BLOCK_ENTRIES * 80 + num_train * 48
 
 
 class RP3betaFamily(ClosedFormFamily):

@@ -244,10 +244,12 @@ def gradient_step(model, optimizer, scaler, loss, batches_of_epoch, *, epochs, a
 
 def solve_step(model, users, items, settings):
     """``loop``'s step for a model solved in closed form (``protocols.SolvedInClosedForm``): epoch e solves the
-    training pairs (users, items [N]) with ``settings[e]``; the record gets what ``solve`` returns."""
+    training pairs (users, items [N]) with ``settings[e]``; the record gets what ``solve`` returns, and no
+    throughput: a solve's seconds do not grow with its pairs (a setting solved from a factorisation kept from the
+    one before takes milliseconds), so pairs per second would say nothing."""
 
     def step(epoch):
-        return model.solve(users, items, settings[epoch]), users.numel()
+        return model.solve(users, items, settings[epoch]), None
 
     return step
 
@@ -255,8 +257,8 @@ def solve_step(model, users, items, settings):
 def loop(step, evaluate, selection, *, epochs, start_epoch=0, best=None, on_epoch=None, save=None, saved_best=None,
          threshold=None, patience=None, eval_every=1):
     """The one epoch loop of every model: from ``start_epoch`` to ``epochs``, ``step(epoch)`` (a gradient epoch or
-    a closed-form solve: (record fields, samples)), then evaluation after every ``eval_every``-th epoch and the
-    last; returns the run's ``best`` and whether it stopped at ``threshold``.
+    a closed-form solve: (record fields, samples, or None for a solve)), then evaluation after every
+    ``eval_every``-th epoch and the last; returns the run's ``best`` and whether it stopped at ``threshold``.
 
     ``best`` (from a resumed run, else None) is a dict: ``epoch``, ``metrics`` (the evaluation of that epoch),
     ``seconds`` (training and evaluation time up to it) and ``elapsed`` (up to the last epoch run).
@@ -279,7 +281,8 @@ def loop(step, evaluate, selection, *, epochs, start_epoch=0, best=None, on_epoc
         elapsed += time.perf_counter() - started
         scored = metrics.pop("eval_samples", None)
         record = {"epoch": epoch, **fields, **metrics,
-                  "train_throughput": samples / max(train_seconds, 1e-9), "train_epoch_time": train_seconds,
+                  **({"train_throughput": samples / max(train_seconds, 1e-9)} if samples is not None else {}),
+                  "train_epoch_time": train_seconds,
                   **({"eval_throughput": scored / eval_seconds} if scored is not None else {}),
                   "validation_epoch_time": eval_seconds}
         waited = sum(1 for earlier in range(best["epoch"] + 1, epoch + 1)  # evaluations since the best

@@ -119,35 +119,30 @@ def test_rp3beta_flags_are_its_own_and_checked(capsys):
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("block_entries", [2**24, 40, 1])
-def test_the_sparse_ranking_of_large_catalogues_keeps_the_dense_rankings_neighbours(monkeypatch, block_entries):
-    # Large sparse catalogues rank each walk row among its stored entries, in blocks bounded by their walks; the
-    # neighbours and weights are those of the dense ranking (ties aside: weights here are distinct enough).
+@pytest.mark.parametrize("block_entries, rows_per_pass", [(2**24, None), (40, None), (1, None), (2**24, 3),
+                                                         (50, 1)])
+def test_blocks_and_passes_do_not_change_the_neighbours(monkeypatch, block_entries, rows_per_pass):
+    # Blocks bounded by their walks (BLOCK_ENTRIES) and by the rows of the sums' buffer (its capacity) give the
+    # weights of one pass over every item: each kept target carries its own weight of W, and every target clearly
+    # above the last kept one is kept (which of near-equal weights is kept is torch.topk's choice).
+    from ncflib import rowsums
     import ncflib.rp3beta as rp3
 
     rng = np.random.default_rng(5)
     matrix = (rng.random((40, 30)) < rng.random(30) * 0.3).astype(np.float64)
     users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
-    dense = RP3beta(40, 30, len(users), neighbours=8)
-    dense.solve(users, items, (0.7, 0.4, 8))
     monkeypatch.setattr(rp3, "BLOCK_ENTRIES", block_entries)
-    monkeypatch.setattr(rp3, "DENSE_SHARE", 0)  # (never dense)
-    blocks = rp3.walk_blocks(users, items, torch.bincount(users, minlength=40).double().clamp(min=1), 30)
-    assert blocks[0][0] == 0 and blocks[-1][1] == 30 and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
-    assert (len(blocks) == 1) == (block_entries == 2**24) and (len(blocks) == 30) == (block_entries == 1)
-    sparse = RP3beta(40, 30, len(users), neighbours=8)
-    sparse.solve(users, items, (0.7, 0.4, 8))
+    if rows_per_pass:
+        monkeypatch.setattr(rowsums, "CAPACITY", 30 * rows_per_pass)  # passes of that many rows of W
+    model = RP3beta(40, 30, len(users), neighbours=8)
+    model.solve(users, items, (0.7, 0.4, 8))
     full = walk(matrix, 0.7, 0.4)
     for row in range(30):
-        stored = np.count_nonzero(full[row])
-        kept = min(8, stored)  # a row with fewer walks than places keeps them all, the rest at weight 0
-        np.testing.assert_allclose(np.sort(sparse.neighbour_weights[row].numpy())[::-1][:kept],
-                                   np.sort(dense.neighbour_weights[row].numpy())[::-1][:kept], rtol=1e-6)
-        # Each kept target carries its own weight of W, and every target clearly above the last kept one is kept
-        # (which of near-equal weights is kept may differ between the two rankings).
-        positive = sparse.neighbour_weights[row] > 0
-        targets = sparse.neighbour_items[row][positive].numpy()
-        np.testing.assert_allclose(sparse.neighbour_weights[row][positive].numpy(), full[row, targets], rtol=1e-6)
+        kept = min(8, np.count_nonzero(full[row]))  # a row with fewer walks than places keeps them all
+        assert np.count_nonzero(model.neighbour_weights[row].numpy()) == kept
+        positive = model.neighbour_weights[row] > 0
+        targets = model.neighbour_items[row][positive].numpy()
+        np.testing.assert_allclose(model.neighbour_weights[row][positive].numpy(), full[row, targets], rtol=1e-6)
         if kept:
             last = np.sort(full[row])[::-1][kept - 1]
             assert set(np.flatnonzero(full[row] > last * (1 + 1e-5))) <= set(targets.tolist())
