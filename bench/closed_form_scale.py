@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +64,7 @@ def main(argv=None):
         print(f"converted the synthetic catalogue in {seconds:.0f} s (peak {peak:,.0f} MiB)")
     flags = shlex.split(args.flags if args.flags is not None else DEFAULT_FLAGS[args.model])
     run = work / f"{args.model}-{shape}"
+    shutil.rmtree(run, ignore_errors=True)  # (a fresh run: its log holds this run's epoch alone)
     command = [sys.executable, "ncf.py", "--data", str(data), "--model", args.model, "--eval_protocol", "full", "-k",
                "20", *flags, "--checkpoint_dir", str(run)]
     status, seconds, peak = run_child(command, work / f"{args.model}-{shape}.txt")

@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 
 from ncflib.protocols import DotProductScorer, FastRanker, RanksCandidates, SparseScorer, traits
-from ncflib import rowsums
 
 
 @dataclass(frozen=True)
@@ -247,6 +246,9 @@ def users_per_full_chunk(num_items, device, max_scores=2**20, model=None):
     return max(1, min(max_scores, cap) // num_items)
 
 
+COMPACT_ENTRIES = 2**25  # (user, item) slots of a chunk of full ranking from listed scores (256 MiB)
+
+
 class CompactScores:
     """Full ranking of a ``SparseScorer``, a chunk of users at a time, without a users x items matrix: each user's
     row keeps their listed candidates, their held-out items, and k + 1 of their other candidates (all scoring 0:
@@ -255,7 +257,7 @@ class CompactScores:
 
     def __init__(self, num_items, seen, topk, device):
         self.num_items, self.seen, self.topk = num_items, seen, topk
-        self.users = max(1, rowsums.CAPACITY // num_items)
+        self.users = max(1, COMPACT_ENTRIES // num_items)
         # Per (user of the chunk, item): -1 (nothing), -2 (seen, not a candidate) or its column in the compact row.
         self.slots = torch.full((self.users * num_items,), -1, dtype=torch.int64, device=device)
 
@@ -307,7 +309,7 @@ def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_
     num_users = held.users.numel()
     share = math.ceil(num_users / world_size)
     totals = torch.zeros(len(FULL_SUMS), dtype=torch.float64, device=held.users.device)
-    if score is None and isinstance(model, SparseScorer):
+    if score is None and isinstance(model, SparseScorer) and held.users.device.type == "cpu":
         compact = CompactScores(model.num_items, seen, topk, held.users.device)
         for start in range(rank * share, min(num_users, (rank + 1) * share), compact.users):
             stop = min(start + compact.users, (rank + 1) * share, num_users)

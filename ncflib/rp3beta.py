@@ -18,22 +18,24 @@ solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keep
 """
 
 import itertools
+import math
 import sys
 
+import numpy as np
+import scipy.sparse
 import torch
 from tqdm import tqdm
 
 from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
 from ncflib.errors import TaskError
 from ncflib.flags import parsed_by
+from ncflib.evaluation import COMPACT_ENTRIES
 from ncflib.protocols import Traits
-from ncflib import rowsums
-from ncflib.rowsums import RowSums, grouped_top, ragged
 
 # (alpha, beta, neighbours) settings tried by default, one an epoch; the best is chosen on validation. Published
 # tunings of RP3beta land in alpha 0.5-1 and beta 0-0.6 (Dacrema et al., RecSys 2019), with a few hundred neighbours.
 GRID = tuple(itertools.product((0.5, 0.8, 1.1), (0.0, 0.3, 0.6), (200,)))
-BLOCK_ENTRIES = 2**22  # walk entries per block of source items (a block of rows of W, before its top neighbours)
+BLOCK_ENTRIES = 2**21  # walk entries per block of source items (a block of rows of W, before its top neighbours)
 
 
 def parse_setting(text):
@@ -68,68 +70,72 @@ class RP3beta(PairsByUser):
 
     def solve(self, users, items, setting):
         """Fit the training pairs (users, items [N]) with ``setting`` (alpha, beta, neighbours): each item's best
-        targets by W, a block of source items at a time. Returns the epoch record's setting."""
+        targets by W, a block of source items at a time (sparse products on the CPU, whatever the model's device).
+        Returns the epoch record's setting."""
         alpha, beta, neighbours = setting
         keep = min(int(neighbours), self.width)
         self.set_interactions(users, items)
+        users, items = users.cpu().numpy(), items.cpu().numpy()
         num_users = self.user_offsets.numel() - 1
-        user_counts = self.user_offsets.diff()
-        item_counts = torch.bincount(items, minlength=self.num_items)
-        # The two steps' probabilities to the power alpha: item i -> user u, (1 / d_i)^alpha, a factor of the whole
-        # row i; user u -> item j, (1 / d_u)^alpha, summed over the users the row walks through. The target's
-        # popularity penalty (1 / d_j)^beta.
-        step_out = item_counts.double().clamp(min=1) ** -alpha
-        step_in = user_counts.double().clamp(min=1) ** -alpha
-        penalty = item_counts.double().clamp(min=1) ** -beta
-        item_offsets = torch.cat([item_counts.new_zeros(1), item_counts.cumsum(0)])
-        item_users = users[torch.argsort(items * num_users + users)]  # each item's users, item after item
+        user_counts = np.bincount(users, minlength=num_users)
+        item_counts = np.bincount(items, minlength=self.num_items)
+        # Row i of X^T walks out of item i to its users; row u of X from user u to their items, weighted by that
+        # step's probability to the power alpha, (1 / d_u)^alpha. The first step's, (1 / d_i)^alpha, is a factor of
+        # the whole row i, and the target's popularity penalty (1 / d_j)^beta a factor of column j.
+        step_out = np.maximum(item_counts, 1.0) ** -alpha
+        step_in = np.maximum(user_counts, 1.0) ** -alpha
+        penalty = np.maximum(item_counts, 1.0) ** -beta
+        backward = scipy.sparse.csr_array((step_out[items], (items, users)), shape=(self.num_items, num_users))
+        forward = scipy.sparse.csr_array((step_in[users] * penalty[items], (users, items)),
+                                         shape=(num_users, self.num_items))
         # Places a row does not fill (fewer walks than neighbours) hold the item itself at weight 0: no score moves.
-        self.neighbour_items.copy_(torch.arange(self.num_items, device=users.device)[:, None].expand(-1, self.width))
-        self.neighbour_weights.zero_()
-        sums = RowSums(self.num_items, groups=self.num_items, device=users.device)
-        blocks = walk_blocks(item_offsets, item_users, user_counts, self.num_items, sums.groups)
+        targets_kept = torch.arange(self.num_items)[:, None].repeat(1, self.width)
+        weights_kept = torch.zeros(self.num_items, self.width)
+        blocks = walk_blocks(backward, user_counts)
         for start, stop in tqdm(blocks, desc="rp3beta", unit="block", leave=False, file=sys.stderr,
                                 disable=len(blocks) < 8 or not sys.stderr.isatty()):  # (a bar on many blocks)
-            low, high = int(item_offsets[start]), int(item_offsets[stop])
-            sources = torch.repeat_interleave(torch.arange(stop - start, device=users.device),
-                                              item_counts[start:stop])  # [n] the block row of each (item, user)
-            walkers = item_users[low:high]
-            steps, positions = ragged(self.user_offsets[walkers], user_counts[walkers])
-            rows, targets, walks = sums(sources[steps], self.user_items[positions], step_in[walkers][steps])
-            other = targets != rows + start  # no walk back to itself
-            rows, targets = rows[other], targets[other]
-            weights = walks[other] * step_out[start + rows] * penalty[targets]
-            rows, places, targets, weights = grouped_top(rows, targets, weights, stop - start, keep)
-            self.neighbour_items[start + rows, places] = targets
-            self.neighbour_weights[start + rows, places] = weights.float()
+            walks = backward[start:stop] @ forward  # [b, I]: W's rows of the block's source items
+            rows, places, targets, weights = row_top(
+                torch.from_numpy(walks.indptr.astype(np.int64)), torch.from_numpy(walks.indices.astype(np.int64)),
+                torch.from_numpy(walks.data), keep, skip=torch.arange(start, stop))  # (no walk back to itself)
+            targets_kept[start + rows, places] = targets
+            weights_kept[start + rows, places] = weights.float()
+        self.neighbour_items.copy_(targets_kept)
+        self.neighbour_weights.copy_(weights_kept)
         self.setting.copy_(torch.tensor([alpha, beta, float(keep)]))
         return {"alpha": float(alpha), "beta": float(beta), "neighbours": keep}
 
+    def _matrix(self):
+        """W's kept weights as a CPU sparse matrix (items x items, its zero weights left out), made once for the
+        weights it was made from."""
+        key = (self.neighbour_weights.data_ptr(), self.neighbour_weights._version, self.neighbour_items._version)
+        cached = getattr(self, "_kept", None)
+        if cached is None or cached[0] != key:
+            weights, targets = self.neighbour_weights.cpu(), self.neighbour_items.cpu()
+            kept = weights != 0
+            offsets = np.concatenate([[0], np.cumsum(kept.sum(1).numpy())])
+            matrix = scipy.sparse.csr_array((weights[kept].numpy(), targets[kept].numpy(), offsets),
+                                            shape=(self.num_items, self.num_items))
+            self._kept = cached = (key, matrix)
+        return cached[1]
+
     def score_entries(self, users):
         """(rows, items, scores) [n] of the users' [B] nonzero candidates: each user's items' rows of W summed,
-        user ``rows[n]`` scoring ``items[n]``, a user's entries together, users in order. Items not listed score 0."""
-        if users.numel() == 0:
-            empty = users.new_zeros(0)
-            return empty, empty, self.neighbour_weights.new_zeros(0)
-        sums = self._sums(users.numel())
-        parts = []
-        for start in range(0, users.numel(), sums.groups):
-            chunk = users[start:start + sums.groups]
-            items, counts = self.items_of(chunk)
-            owners = torch.repeat_interleave(torch.arange(chunk.numel(), device=users.device), counts * self.width)
-            rows, targets, scores = sums(owners, self.neighbour_items[items].reshape(-1),
-                                         self.neighbour_weights[items].reshape(-1))
-            parts.append((rows + start, targets, scores.float()))
-        return tuple(torch.cat(part) for part in zip(*parts))
+        user ``rows[n]`` scoring ``items[n]``, a user's entries together, users in order. Items not listed score 0.
+        Summed on the CPU (sparse products), returned on the model's device."""
+        items, counts = self.items_of(users.to(self.user_offsets.device))
+        return self._sums(items.cpu().numpy(), counts.cpu().numpy(), users.device)
 
-    def _sums(self, users):
-        """The ``RowSums`` buffer of scoring, kept between calls (large enough for ``users`` or a full pass)."""
-        sums = getattr(self, "_row_sums", None)
-        device = self.neighbour_weights.device
-        if sums is None or sums.total.device != device or sums.groups < min(users, rowsums.CAPACITY // self.num_items):
-            sums = RowSums(self.num_items, groups=users, dtype=torch.float32, device=device)
-            self._row_sums = sums
-        return sums
+    def _sums(self, items, counts, device):
+        """(rows, items, scores) of the sums of the rows of W of ``items`` [n] (numpy), row j summing ``counts[j]``
+        of them in turn."""
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        history = scipy.sparse.csr_array((np.ones(items.size, dtype=np.float32), items, offsets),
+                                         shape=(counts.size, self.num_items))
+        scores = history @ self._matrix()
+        rows = torch.repeat_interleave(torch.arange(counts.size), torch.from_numpy(np.diff(scores.indptr)))
+        return (rows.to(device), torch.from_numpy(scores.indices.astype(np.int64)).to(device),
+                torch.from_numpy(scores.data.astype(np.float32)).to(device))
 
     def scores_of(self, rows, items, scores, size):
         """[size, num_items] the entries (rows, items, scores) made dense (unlisted items score 0)."""
@@ -151,10 +157,7 @@ class RP3beta(PairsByUser):
 
     def score_history(self, items):
         """[num_items] scores of a user who interacted with ``items`` (not in training): no fold-in needed."""
-        sums = self._sums(1)
-        rows, targets, scores = sums(torch.zeros(items.numel() * self.width, dtype=torch.long, device=items.device),
-                                     self.neighbour_items[items].reshape(-1), self.neighbour_weights[items].reshape(-1))
-        return self.scores_of(rows, targets, scores.float(), 1)[0]
+        return self.scores_of(*self._sums(items.cpu().numpy(), np.array([items.numel()]), items.device), 1)[0]
 
     def export_arrays(self):
         """{file stem: tensor}: each item's neighbours and weights, with the training pairs by user."""
@@ -162,31 +165,62 @@ class RP3beta(PairsByUser):
                 "user_offsets": self.user_offsets, "user_items": self.user_items}
 
 
-def walk_blocks(item_offsets, item_users, user_counts, num_items, max_rows):
-    """[(start, stop)]: consecutive blocks of at most ``max_rows`` source items whose walks together hold at most
-    about ``BLOCK_ENTRIES`` entries (a row's walks are the sum of its users' degrees), so a block's work and memory
-    stay bounded whatever the catalogue's size and skew (one item at least per block)."""
-    owners = torch.repeat_interleave(torch.arange(num_items, device=item_users.device), item_offsets.diff())
-    reach = torch.zeros(num_items, dtype=torch.float64, device=item_users.device).index_add_(
-        0, owners, user_counts[item_users].double())
-    ends = torch.cumsum(reach, 0)
-    blocks, start = [], 0
-    while start < num_items:
-        before = float(ends[start - 1]) if start else 0.0
-        stop = int(torch.searchsorted(ends, torch.tensor(before + BLOCK_ENTRIES, dtype=ends.dtype), right=True))
-        stop = min(max(stop, start + 1), start + max_rows, num_items)
+def walk_blocks(backward, user_counts):
+    """[(start, stop)]: consecutive blocks of source items (rows of ``backward``, X^T) whose walks together take at
+    most about ``BLOCK_ENTRIES`` steps (a row's steps are the sum of its users' degrees: its product's work and most
+    of its entries), so a block's work and memory stay bounded whatever the catalogue's size and skew (one item at
+    least per block)."""
+    steps = np.bincount(np.repeat(np.arange(backward.shape[0]), np.diff(backward.indptr)),
+                        weights=user_counts[backward.indices], minlength=backward.shape[0])
+    ends = np.cumsum(steps)
+    blocks, start, count = [], 0, backward.shape[0]
+    while start < count:
+        before = ends[start - 1] if start else 0.0
+        stop = min(max(int(np.searchsorted(ends, before + BLOCK_ENTRIES, side="right")), start + 1), count)
         blocks.append((start, stop))
         start = stop
     return blocks
 
 
+def row_top(offsets, columns, values, keep, skip=None):
+    """(rows, places, columns, values) [n]: the ``keep`` largest values of each row of a sparse matrix (row r's
+    entries at ``offsets[r]:offsets[r + 1]`` of ``columns`` and ``values``), leaving out row r's entry in column
+    ``skip[r]`` when ``skip`` [R] is given; row ``rows[n]`` keeps ``columns[n]`` in place ``places[n]``. A row of at
+    most ``keep`` entries keeps them in their order; longer rows are ranked, best first, in groups of rows of
+    similar length (one ``topk`` per power of two of length), so no row is padded to more than twice its length."""
+    counts = offsets.diff()
+    skip = torch.full_like(counts, -1) if skip is None else skip
+    short = (counts <= keep).nonzero().squeeze(1)
+    rows = torch.repeat_interleave(short, counts[short])
+    first = torch.cumsum(counts[short], 0) - counts[short]
+    places = torch.arange(rows.numel()) - torch.repeat_interleave(first, counts[short])
+    entries = offsets[rows] + places
+    other = columns[entries] != skip[rows]
+    parts = [(rows[other], places[other], columns[entries[other]], values[entries[other]])]
+    long = (counts > keep).nonzero().squeeze(1)
+    sizes = torch.ceil(torch.log2(counts[long].double())).long()
+    for size in sizes.unique().tolist():
+        members = long[sizes == size]
+        width = int(counts[members].max())
+        span = torch.arange(width)
+        index = (offsets[members][:, None] + span).clamp(max=values.numel() - 1)
+        padded = torch.where(span < counts[members][:, None], values[index], -math.inf)
+        # One more than kept: the skipped column, when it is among them, makes room for the next.
+        best, where = padded.topk(keep + 1, dim=1)
+        chosen = columns[index.gather(1, where)]
+        other = chosen != skip[members][:, None]
+        place = torch.cumsum(other.long(), 1) - 1
+        kept = other & (place < keep)
+        parts.append((members[:, None].expand_as(where)[kept], place[kept], chosen[kept], best[kept]))
+    return tuple(torch.cat(part) for part in zip(*parts))
+
+
 def needed_bytes(num_items, num_train, neighbours):
-    """Bytes held while solving and scoring: the neighbours (index and weight); the buffers of at most
-    ``rowsums.CAPACITY`` entries each: the fit's sums (float64, int64 owners) and a block's padded rows for their
-    top neighbours (float64), the scores' sums (float32, int64) and full ranking's slots (int64); a block's walks
-    (about ten 8-byte numbers an entry); the training pairs, by user and by item."""
-    buffer = min(rowsums.CAPACITY, num_items * num_items)
-    return num_items * neighbours * 12 + buffer * 44 + BLOCK_ENTRIES * 80 + num_train * 48
+    """Bytes held while solving and scoring: the neighbours (index and weight, twice while a solve writes them)
+    and their sparse matrix for scoring; a block's walks with their ranking (about 100 bytes a step); the
+    training pairs (by user, and the two sparse step matrices); full ranking's slots."""
+    return (num_items * neighbours * (24 + 8) + BLOCK_ENTRIES * 100 + num_train * 72
+            + min(COMPACT_ENTRIES, num_items * num_items) * 8)
 
 
 class RP3betaFamily(ClosedFormFamily):

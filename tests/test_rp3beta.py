@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 
 import dataloading
@@ -119,21 +120,20 @@ def test_rp3beta_flags_are_its_own_and_checked(capsys):
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("block_entries, rows_per_pass", [(2**24, None), (40, None), (1, None), (2**24, 3),
-                                                         (50, 1)])
-def test_blocks_and_passes_do_not_change_the_neighbours(monkeypatch, block_entries, rows_per_pass):
-    # Blocks bounded by their walks (BLOCK_ENTRIES) and by the rows of the sums' buffer (its capacity) give the
-    # weights of one pass over every item: each kept target carries its own weight of W, and every target clearly
-    # above the last kept one is kept (which of near-equal weights is kept is torch.topk's choice).
-    from ncflib import rowsums
+@pytest.mark.parametrize("block_entries", [2**24, 40, 1])
+def test_blocks_do_not_change_the_neighbours(monkeypatch, block_entries):
+    # Blocks bounded by their walks (BLOCK_ENTRIES: one block, a few items each, one item each) give each item's
+    # neighbours of W: each kept target carries its own weight of W, and every target clearly above the last kept
+    # one is kept (which of near-equal weights is kept is torch.topk's choice).
     import ncflib.rp3beta as rp3
 
     rng = np.random.default_rng(5)
     matrix = (rng.random((40, 30)) < rng.random(30) * 0.3).astype(np.float64)
     users, items = (torch.from_numpy(index) for index in np.nonzero(matrix))
     monkeypatch.setattr(rp3, "BLOCK_ENTRIES", block_entries)
-    if rows_per_pass:
-        monkeypatch.setattr(rowsums, "CAPACITY", 30 * rows_per_pass)  # passes of that many rows of W
+    blocks = rp3.walk_blocks(scipy.sparse.csr_array(matrix.T), matrix.sum(1))
+    assert blocks[0][0] == 0 and blocks[-1][1] == 30 and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert (len(blocks) == 1) == (block_entries == 2**24) and (len(blocks) == 30) == (block_entries == 1)
     model = RP3beta(40, 30, len(users), neighbours=8)
     model.solve(users, items, (0.7, 0.4, 8))
     full = walk(matrix, 0.7, 0.4)
@@ -143,6 +143,7 @@ def test_blocks_and_passes_do_not_change_the_neighbours(monkeypatch, block_entri
         positive = model.neighbour_weights[row] > 0
         targets = model.neighbour_items[row][positive].numpy()
         np.testing.assert_allclose(model.neighbour_weights[row][positive].numpy(), full[row, targets], rtol=1e-6)
+        assert (model.neighbour_items[row][~positive] == row).all()  # the places left: the item itself, weight 0
         if kept:
             last = np.sort(full[row])[::-1][kept - 1]
             assert set(np.flatnonzero(full[row] > last * (1 + 1e-5))) <= set(targets.tolist())
