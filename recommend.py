@@ -53,7 +53,8 @@ def parse_args(argv=None):
                            "header is skipped), scored in chunks with a progress bar; write them with --output")
     task.add_argument("--similar_to", nargs="+", metavar="ITEM",
                       help="the items nearest to each ITEM (an original id, or a title or part of one) by cosine "
-                           "similarity of the model's item vectors")
+                           "similarity of the model's item vectors, or, for RP3beta and GF-CF, by the scores of a "
+                           "user who has ITEM alone (their item-item weights)")
     task.add_argument("--history", nargs="+", metavar="ITEM",
                       help="top-k items for someone not in training who interacted with these items (ids or "
                            "titles): a user vector fitted to them with every other weight frozen (fold-in)")

@@ -195,7 +195,8 @@ def solve_seconds(num_items, device, size=768):
     return float(num_items) ** 3 / rate
 
 
-def _duration(seconds):
+def duration(seconds):
+    """Seconds in the unit that suits them: seconds below 90, minutes below 90 minutes, else hours."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} minutes" if seconds < 5400 else f"{seconds / 3600:.1f} hours"
@@ -285,8 +286,8 @@ class EaseFamily(ClosedFormFamily):
         seconds = solve_seconds(dataset.num_items, solve_device(args))
         notes = {"L2 weights": (" ".join(f"{value:g}" for value in grid),
                                 ("given" if args.ease_l2 else "the default grid") + ", one an epoch"),
-                 "EASE solve": (f"about {_gib(needed_bytes(dataset.num_items))} and {_duration(seconds)} an L2 "
-                                f"weight ({_duration(seconds * len(grid))} in all)",
+                 "EASE solve": (f"about {_gib(needed_bytes(dataset.num_items))} and {duration(seconds)} an L2 "
+                                f"weight ({duration(seconds * len(grid))} in all)",
                                 f"estimated from the {dataset.num_items:,} items and this machine's speed")}
         return {"ease_l2": grid, "epochs": len(grid)}, notes, None
 

@@ -18,8 +18,11 @@ Under torchrun each rank scores its share of the users and the sums are all-redu
 figures of a single-process evaluation.
 """
 
+import collections
+import contextlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -246,59 +249,112 @@ def users_per_full_chunk(num_items, device, max_scores=2**20, model=None):
     return max(1, min(max_scores, cap) // num_items)
 
 
-COMPACT_ENTRIES = 2**25  # (user, item) slots of a chunk of full ranking from listed scores (256 MiB)
+@contextlib.contextmanager
+def product_threads():
+    """A pool of threads for sparse products (scipy's let go of the GIL) as many as torch's threads, with torch's
+    own threads down to one meanwhile (two pools of busy threads on the same cores slow each other: OpenMP's
+    threads spin while they wait)."""
+    count = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(count)
+
+
+def ahead(pool, work, items, window=2):
+    """``work(item)`` for each of ``items``, in order, computed on ``pool`` up to ``window`` items ahead of the
+    one yielded."""
+    running = collections.deque()
+    for item in items:
+        running.append(pool.submit(work, item))
+        if len(running) > window:
+            yield running.popleft().result()
+    while running:
+        yield running.popleft().result()
+
+
+COMPACT_ENTRIES = 2**24  # users x items of a chunk of full ranking from listed scores: its listed entries at most
 
 
 class CompactScores:
-    """Full ranking of a ``SparseScorer``, a chunk of users at a time, without a users x items matrix: each user's
-    row keeps their listed candidates, their held-out items, and k + 1 of their other candidates (all scoring 0:
-    enough to decide whether a held-out item scoring 0 is in the top k), so ``full_rank_sums`` of the compact rows
-    equals that of the dense rows. Candidates are every item but those in ``seen``."""
+    """Full ranking of a ``SparseScorer``, a chunk of users at a time, without a users x items matrix. Each user's
+    compact row holds every listed candidate scoring at least the user's cut (the (k + 1 + s)-th largest listed
+    score, s the user's seen items: at least k + 1 candidates score that much, so every candidate of the top k and
+    every tie of the k-th is there), the held-out items among them, and, for a user whose row holds every listed
+    score (or whose cut is 0), their held-out items that are not listed and k + 1 of their other candidates, all
+    scoring 0. A held-out item left out scores below k candidates, never a hit: it points at a -inf column. So
+    ``full_rank_sums`` of the compact rows equals that of the dense rows. Candidates are every item but those in
+    ``seen``."""
 
-    def __init__(self, num_items, seen, topk, device):
+    def __init__(self, num_items, seen, topk):
         self.num_items, self.seen, self.topk = num_items, seen, topk
         self.users = max(1, COMPACT_ENTRIES // num_items)
-        # Per (user of the chunk, item): -1 (nothing), -2 (seen, not a candidate) or its column in the compact row.
-        self.slots = torch.full((self.users * num_items,), -1, dtype=torch.int64, device=device)
 
     def __call__(self, entries, users, held_rows, held_items):
         """(scores [B, L] with -inf beyond each row's candidates, the held-out items' columns [T]) of the chunk's
         ``users`` [B], given their ``entries`` (``score_entries``) and held-out pairs (held_rows, held_items)."""
         rows, items, values = entries
-        batch = users.numel()
-        seen_flat = []
-        for offsets, seen_items in self.seen:
-            seen_rows, positions = _ragged_rows(offsets, offsets[users], offsets[users + 1])
-            seen_flat.append(seen_rows * self.num_items + seen_items[positions])
-        seen_flat = torch.cat(seen_flat) if seen_flat else rows.new_zeros(0)
-        seen_counts = torch.bincount(seen_flat // self.num_items, minlength=batch)
-        self.slots[seen_flat] = -2
-        flat = rows * self.num_items + items
-        candidate = self.slots[flat] != -2
-        rows, flat, values = rows[candidate], flat[candidate], values[candidate]
+        batch, device = users.numel(), users.device
+        seen_rows, seen_items = [], []
+        for offsets, part in self.seen:
+            owners, positions = _ragged_rows(offsets, offsets[users], offsets[users + 1])
+            seen_rows.append(owners)
+            seen_items.append(part[positions])
+        seen_rows, seen_items = torch.cat(seen_rows), torch.cat(seen_items)
+        seen_counts = torch.bincount(seen_rows, minlength=batch)
+        cut = _cuts(rows, values, batch, self.topk + 1 + seen_counts)
+        kept = values >= cut[rows]
+        rows, items, values = rows[kept], items[kept], values[kept]
+        keys = rows * self.num_items + items
+        candidate = ~torch.isin(keys, seen_rows * self.num_items + seen_items)
+        rows, keys, values = rows[candidate], keys[candidate], values[candidate]
         listed = torch.bincount(rows, minlength=batch)
-        starts = torch.cumsum(listed, 0) - listed
-        columns = torch.arange(rows.numel(), device=rows.device) - starts[rows]
-        self.slots[flat] = columns
-        held_flat = held_rows * self.num_items + held_items
-        held_columns = self.slots[held_flat]
-        # Held-out items that are not listed score 0: each gets a column after the row's listed ones.
-        unlisted = held_columns < 0
-        extra_rows = held_rows[unlisted]
-        extra = torch.bincount(extra_rows, minlength=batch)
-        extra_starts = torch.cumsum(extra, 0) - extra
-        held_columns[unlisted] = listed[extra_rows] + torch.arange(extra_rows.numel(), device=rows.device) - \
-            extra_starts[extra_rows]
-        self.slots[seen_flat] = -1  # the buffer is clear again for the next chunk
-        self.slots[flat] = -1
-        # Of the candidates scoring 0 that are neither listed nor held out, k + 1 (or all there are).
-        others = (self.num_items - seen_counts - listed - extra).clamp(min=0).clamp(max=self.topk + 1)
+        columns = torch.arange(rows.numel(), device=device) - (torch.cumsum(listed, 0) - listed)[rows]
+        # The held-out items' places: found among the kept keys (sorted once), else a column of 0 or of -inf.
+        ordered, order = torch.sort(keys)
+        held_keys = held_rows * self.num_items + held_items
+        place = torch.searchsorted(ordered, held_keys).clamp(max=max(ordered.numel() - 1, 0))
+        found = (ordered[place] == held_keys) if ordered.numel() else torch.zeros_like(held_keys, dtype=torch.bool)
+        held_columns = torch.where(found, columns[order[place]] if ordered.numel() else held_keys, -1)
+        complete = cut <= 0  # every listed score is in the row: unlisted candidates score 0, as its lowest
+        zero_held = ~found & complete[held_rows]
+        extra = torch.bincount(held_rows[zero_held], minlength=batch)
+        extra_rows = held_rows[zero_held]
+        held_columns[zero_held] = listed[extra_rows] + torch.arange(extra_rows.numel(), device=device) - (
+            torch.cumsum(extra, 0) - extra)[extra_rows]
+        others = torch.where(complete, (self.num_items - seen_counts - listed - extra).clamp(min=0, max=self.topk + 1),
+                             0)
         filled = listed + extra + others
-        scores = torch.full((batch, int(filled.max()) if batch else 0), -math.inf, device=values.device)
+        width = int(filled.max()) + 1 if batch else 1  # (one -inf column at least, for held-out items left out)
+        held_columns[held_columns < 0] = width - 1
+        scores = torch.full((batch, width), -math.inf, device=device)
         scores[rows, columns] = values.float()
-        zeros = torch.arange(scores.shape[1], device=rows.device)[None, :]
-        scores[(zeros >= listed[:, None]) & (zeros < filled[:, None])] = 0.0
+        span = torch.arange(width, device=device)[None, :]
+        scores[(span >= listed[:, None]) & (span < filled[:, None])] = 0.0
         return scores, held_columns
+
+
+def _cuts(rows, values, batch, need):
+    """[B] each row's ``need``-th largest value among its entries (rows given grouped, in order), or -inf for a
+    row with no more than ``need`` entries; rows ranked in groups of similar length (one ``topk`` per power of
+    two), so none is padded to more than twice its length."""
+    counts = torch.bincount(rows, minlength=batch)
+    cut = torch.full((batch,), -math.inf, dtype=values.dtype, device=values.device)
+    long = (counts > need).nonzero().squeeze(1)
+    if not long.numel():
+        return cut
+    offsets = torch.cumsum(counts, 0) - counts
+    sizes = torch.ceil(torch.log2(counts[long].double())).long()
+    for size in sizes.unique().tolist():
+        members = long[sizes == size]
+        span = torch.arange(int(counts[members].max()), device=values.device)
+        index = (offsets[members][:, None] + span).clamp(max=values.numel() - 1)
+        padded = torch.where(span < counts[members][:, None], values[index], -math.inf)
+        best = padded.topk(int(need[members].max()), dim=1).values
+        cut[members] = best.gather(1, (need[members] - 1)[:, None]).squeeze(1)
+    return cut
 
 
 @torch.no_grad()
@@ -310,14 +366,17 @@ def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_
     share = math.ceil(num_users / world_size)
     totals = torch.zeros(len(FULL_SUMS), dtype=torch.float64, device=held.users.device)
     if score is None and isinstance(model, SparseScorer) and held.users.device.type == "cpu":
-        compact = CompactScores(model.num_items, seen, topk, held.users.device)
-        for start in range(rank * share, min(num_users, (rank + 1) * share), compact.users):
-            stop = min(start + compact.users, (rank + 1) * share, num_users)
-            starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
-            rows, positions = _ragged_rows(held.offsets, starts, ends)
-            scores, columns = compact(model.score_entries(held.users[start:stop]), held.users[start:stop], rows,
-                                      held.items[positions])
-            totals += full_rank_sums(scores, columns, rows, ends - starts, topk)
+        compact = CompactScores(model.num_items, seen, topk)
+        chunks = [(start, min(start + compact.users, (rank + 1) * share, num_users))
+                  for start in range(rank * share, min(num_users, (rank + 1) * share), compact.users)]
+        with product_threads() as pool:  # (the next chunks' scores are summed while this one is ranked)
+            listed = ahead(pool, lambda chunk: model.score_entries(held.users[chunk[0]:chunk[1]]), chunks,
+                           window=pool._max_workers)
+            for (start, stop), entries in zip(chunks, listed):
+                starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
+                rows, positions = _ragged_rows(held.offsets, starts, ends)
+                scores, columns = compact(entries, held.users[start:stop], rows, held.items[positions])
+                totals += full_rank_sums(scores, columns, rows, ends - starts, topk)
         return totals
     with autocast():
         score = all_item_scorer(model, score)

@@ -19,12 +19,13 @@ setting takes its leading columns. A new user's scores come from their items alo
 
 import itertools
 import sys
+import time
 import warnings
 
 import torch
 from tqdm import tqdm
 
-from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
+from ncflib.ease import ClosedFormFamily, PairsByUser, duration, memory_size, solve_device
 from ncflib.errors import TaskError
 from ncflib.flags import parsed_by
 from ncflib.protocols import Traits
@@ -175,6 +176,38 @@ class GFCF(PairsByUser):
                 "item_scale": self.item_scale, "singular_vectors": self.singular_vectors, "setting": self.setting}
 
 
+def svd_seconds(num_users, num_items, num_train, width, device, probe_rows=2**14):
+    """Seconds the randomized SVD at ``width`` columns (rank + oversampling) is estimated to take on ``device``:
+    ``2 * POWER_ITERATIONS + 2`` sparse products of R or R^T with a [n, width] block, each followed by a QR, timed
+    now on a probe (a sparse product of ``num_train`` pairs' share of ``probe_rows`` rows at 8 columns, and a QR of
+    ``probe_rows`` x ``width``: a fraction of a second) and scaled by pairs x columns and by rows x columns^2."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    rows = min(probe_rows, num_users + num_items)
+    count = max(1, min(num_train, 2**20))
+    index = torch.stack([torch.randint(0, rows, (count,), generator=generator),
+                         torch.randint(0, num_items, (count,), generator=generator)]).to(device)
+    matrix = torch.sparse_coo_tensor(index, torch.ones(count, device=device), (rows, num_items),
+                                     check_invariants=True).coalesce()
+    dense = torch.randn(num_items, 8, generator=generator).to(device)
+    block = torch.randn(rows, width, generator=generator).to(device)
+
+    def timed(work):
+        work()  # (the first call pays for start-up)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    product = timed(lambda: torch.sparse.mm(matrix, dense)) / (matrix.values().numel() * 8)
+    factor = timed(lambda: torch.linalg.qr(block)) / (rows * width**2)
+    steps = 2 * POWER_ITERATIONS + 2
+    # Half the products are of R (num_users rows), half of R^T (num_items rows); every one touches each pair once.
+    return steps * (product * num_train * width + factor * (num_users + num_items) / 2 * width**2)
+
+
 def needed_bytes(num_users, num_items, num_train, rank):
     """Bytes held while solving and scoring: the sparse R and R^T (index pairs and values, as COO and CSR), the
     SVD's work (a few [U + I, rank + oversampling] blocks) and the vectors."""
@@ -210,6 +243,12 @@ class GFCFFamily(ClosedFormFamily):
                  "GF-CF memory": (memory_size(needed), f"estimated from {dataset.num_users:,} users, "
                                                  f"{dataset.num_items:,} items, {dataset.num_train:,} training pairs "
                                                  f"and rank {rank}")}
+        if any(alpha for alpha, _ in grid):  # (the linear filter alone needs no SVD)
+            width = min(rank + OVERSAMPLING, dataset.num_users, dataset.num_items)
+            seconds = svd_seconds(dataset.num_users, dataset.num_items, dataset.num_train, width, solve_device(args))
+            notes["GF-CF SVD"] = (f"about {duration(seconds)}, once for every setting",
+                                  f"estimated from the pairs, the rank {rank} plus {OVERSAMPLING} and this "
+                                  "machine's speed on a probe")
         return {"gfcf_grid": [list(setting) for setting in grid], "epochs": len(grid), "rank": rank}, notes, None
 
     def check(self, dataset, config):

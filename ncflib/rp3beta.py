@@ -20,22 +20,23 @@ solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keep
 import itertools
 import math
 import sys
+import time
 
 import numpy as np
 import scipy.sparse
 import torch
 from tqdm import tqdm
 
-from ncflib.ease import ClosedFormFamily, PairsByUser, memory_size
+from ncflib.ease import ClosedFormFamily, PairsByUser, duration, memory_size
 from ncflib.errors import TaskError
+from ncflib.evaluation import COMPACT_ENTRIES, ahead, product_threads
 from ncflib.flags import parsed_by
-from ncflib.evaluation import COMPACT_ENTRIES
 from ncflib.protocols import Traits
 
 # (alpha, beta, neighbours) settings tried by default, one an epoch; the best is chosen on validation. Published
 # tunings of RP3beta land in alpha 0.5-1 and beta 0-0.6 (Dacrema et al., RecSys 2019), with a few hundred neighbours.
 GRID = tuple(itertools.product((0.5, 0.8, 1.1), (0.0, 0.3, 0.6), (200,)))
-BLOCK_ENTRIES = 2**21  # walk entries per block of source items (a block of rows of W, before its top neighbours)
+BLOCK_ENTRIES = 2**21  # walk steps per block of source items (a block of rows of W, before its top neighbours)
 
 
 def parse_setting(text):
@@ -92,18 +93,28 @@ class RP3beta(PairsByUser):
         targets_kept = torch.arange(self.num_items)[:, None].repeat(1, self.width)
         weights_kept = torch.zeros(self.num_items, self.width)
         blocks = walk_blocks(backward, user_counts)
-        for start, stop in tqdm(blocks, desc="rp3beta", unit="block", leave=False, file=sys.stderr,
-                                disable=len(blocks) < 8 or not sys.stderr.isatty()):  # (a bar on many blocks)
-            walks = backward[start:stop] @ forward  # [b, I]: W's rows of the block's source items
-            rows, places, targets, weights = row_top(
-                torch.from_numpy(walks.indptr.astype(np.int64)), torch.from_numpy(walks.indices.astype(np.int64)),
-                torch.from_numpy(walks.data), keep, skip=torch.arange(start, stop))  # (no walk back to itself)
-            targets_kept[start + rows, places] = targets
-            weights_kept[start + rows, places] = weights.float()
+        # The blocks' products ([b, I]: W's rows of the block's source items) run on threads (scipy lets go of the
+        # GIL), a few blocks ahead of the ranking of their rows.
+        with product_threads() as pool:
+            products = ahead(pool, lambda block: backward[block[0]:block[1]] @ forward, blocks,
+                             window=pool._max_workers)
+            for (start, stop), walks in tqdm(zip(blocks, products), total=len(blocks), desc="rp3beta",
+                                             unit="block", leave=False, file=sys.stderr,
+                                             disable=len(blocks) < 8 or not sys.stderr.isatty()):
+                self._keep_top(walks, start, stop, keep, targets_kept, weights_kept)
         self.neighbour_items.copy_(targets_kept)
         self.neighbour_weights.copy_(weights_kept)
         self.setting.copy_(torch.tensor([alpha, beta, float(keep)]))
         return {"alpha": float(alpha), "beta": float(beta), "neighbours": keep}
+
+    @staticmethod
+    def _keep_top(walks, start, stop, keep, targets_kept, weights_kept):
+        """Write the ``keep`` best targets of the walk rows ``walks`` (source items start:stop) into the tables."""
+        rows, places, targets, weights = row_top(
+            torch.from_numpy(walks.indptr.astype(np.int64)), torch.from_numpy(walks.indices.astype(np.int64)),
+            torch.from_numpy(walks.data), keep, skip=torch.arange(start, stop))  # (no walk back to itself)
+        targets_kept[start + rows, places] = targets
+        weights_kept[start + rows, places] = weights.float()
 
     def _matrix(self):
         """W's kept weights as a CPU sparse matrix (items x items, its zero weights left out), made once for the
@@ -215,6 +226,35 @@ def row_top(offsets, columns, values, keep, skip=None):
     return tuple(torch.cat(part) for part in zip(*parts))
 
 
+def solve_seconds(users, items, num_users, num_items, neighbours):
+    """(walk steps, seconds) of one setting's solve of the training pairs (users, items [N]) here: the steps (the
+    sum of the users' squared degrees: each pair of a user's items is walked once) at the rate a block of them, the
+    first ``BLOCK_ENTRIES`` steps' items, is solved now (a fraction of a second), plus the sparse matrices' making,
+    scaled from the block's."""
+    users, items = users.cpu().numpy(), items.cpu().numpy()
+    user_counts = np.bincount(users, minlength=num_users).astype(np.float64)
+    steps = float(user_counts @ user_counts)
+    if not steps:
+        return 0.0, 0.0
+    ends = np.cumsum(np.bincount(items, weights=user_counts[users], minlength=num_items))
+    stop = min(max(int(np.searchsorted(ends, BLOCK_ENTRIES, side="right")), 1), num_items)
+    started = time.perf_counter()
+    walkers = np.zeros(num_users, dtype=bool)
+    walkers[users[items < stop]] = True
+    block = walkers[users]  # the pairs of the block's users: the rows of X its walks go through
+    backward = scipy.sparse.csr_array((np.ones(int((items < stop).sum())), (items[items < stop], users[items < stop])),
+                                      shape=(stop, num_users))
+    forward = scipy.sparse.csr_array((np.ones(int(block.sum())), (users[block], items[block])),
+                                     shape=(num_users, num_items))
+    made = time.perf_counter()
+    walks = backward @ forward
+    row_top(torch.from_numpy(walks.indptr.astype(np.int64)), torch.from_numpy(walks.indices.astype(np.int64)),
+            torch.from_numpy(walks.data), min(neighbours, num_items), skip=torch.arange(stop))
+    solved = time.perf_counter()
+    making = (made - started) * users.size / max(int(block.sum()) + int((items < stop).sum()), 1)
+    return steps, making + (solved - made) * steps / max(float(ends[stop - 1]), 1.0)
+
+
 def needed_bytes(num_items, num_train, neighbours):
     """Bytes held while solving and scoring: the neighbours (index and weight, twice while a solve writes them)
     and their sparse matrix for scoring; a block's walks with their ranking (about 100 bytes a step); the
@@ -244,11 +284,16 @@ class RP3betaFamily(ClosedFormFamily):
     def choose(self, args, dataset):
         grid = self.grid(args)
         neighbours = max(setting[2] for setting in grid)
+        steps, seconds = solve_seconds(dataset.train_users, dataset.train_items, dataset.num_users,
+                                       dataset.num_items, neighbours)
         notes = {"RP3beta settings": ("; ".join(f"{alpha:g},{beta:g},{count}" for alpha, beta, count in grid),
                                       ("given" if args.rp3_grid else "the default grid") + ", one an epoch"),
                  "RP3beta memory": (memory_size(needed_bytes(dataset.num_items, dataset.num_train, neighbours)),
                                     f"estimated from {dataset.num_items:,} items, {dataset.num_train:,} training "
-                                    f"pairs and {neighbours} neighbours")}
+                                    f"pairs and {neighbours} neighbours"),
+                 "RP3beta solve": (f"about {duration(seconds)} a setting ({duration(seconds * len(grid))} in all)",
+                                   f"{steps:,.0f} walk steps a setting, at the rate this machine solved a block "
+                                   "of them just now")}
         return {"rp3_grid": [list(setting) for setting in grid], "epochs": len(grid),
                 "neighbours": neighbours}, notes, None
 

@@ -185,16 +185,23 @@ def top_items(model, users, num_items, topk, seen, autocast, device, progress=Fa
 
 
 def similar_items(model, items, topk):
-    """(similarities [Q, k], items [Q, k], what was compared) of the items nearest to each of ``items`` [Q] by
-    cosine similarity of the model's item vectors (the mean cosine over them when it has several), the item
-    itself left out."""
-    vectors = model.item_vectors()
-    similarity = sum(torch.nn.functional.normalize(table.float(), dim=1)[items] @
-                     torch.nn.functional.normalize(table.float(), dim=1).T for table in vectors.values())
-    similarity = similarity / len(vectors)
+    """(similarities [Q, k], items [Q, k], how they were compared) of the items nearest to each of ``items`` [Q],
+    the item itself left out: by cosine similarity of the model's item vectors (the mean cosine over them when it
+    has several), or, for a model without them that scores from items alone (RP3beta's and GF-CF's item-item
+    weights), by the scores it gives a user who has that one item."""
+    if not isinstance(model, HasItemVectors):
+        with torch.no_grad():
+            similarity = torch.stack([model.score_history(item[None]).float() for item in items])
+        how = "the scores of a user who has that one item"
+    else:
+        vectors = model.item_vectors()
+        similarity = sum(torch.nn.functional.normalize(table.float(), dim=1)[items] @
+                         torch.nn.functional.normalize(table.float(), dim=1).T for table in vectors.values())
+        similarity = similarity / len(vectors)
+        how = "cosine similarity of " + " and ".join(vectors)
     similarity[torch.arange(len(items)), items] = -math.inf
     best, nearest = evaluation.top_k(similarity, topk)
-    return best, nearest, " and ".join(vectors)
+    return best, nearest, how
 
 
 class _WithRows:
@@ -567,11 +574,10 @@ def device_of(model):
 def show_similar(args, served):
     model, items_catalogue = served.model, served.items
     queries = [items_catalogue.item(name) for name in args.similar_to]
-    best, nearest, compared = similar_items(model, torch.tensor(queries, device=device_of(model)),
-                                            args.topk)
+    best, nearest, how = similar_items(model, torch.tensor(queries, device=device_of(model)), args.topk)
     best, nearest = best.cpu(), nearest.cpu()
     for query, scores, items in zip(queries, best, nearest):
-        print_ranked(f"items nearest to {items_catalogue.label(query)} by cosine similarity of {compared}",
+        print_ranked(f"items nearest to {items_catalogue.label(query)} by {how}",
                      ranked_rows(items_catalogue, scores, items), items_catalogue, value="similarity")
     if args.output:
         write_table(args.output, table_columns([items_catalogue.ids[query] for query in queries], best, nearest,
@@ -695,7 +701,8 @@ TASKS = (
     Task("--export", lambda args: args.export, ranks, show_export, "--export: a {kind} model has no scores to export"),
     Task("--words", lambda args: args.words, lambda model: isinstance(model, HasItemWords), show_words,
          "--words: a {kind} model has no item vectors in the word space; train --model textitem or textmf"),
-    Task("--similar_to", lambda args: args.similar_to, lambda model: isinstance(model, HasItemVectors), show_similar,
+    Task("--similar_to", lambda args: args.similar_to,
+         lambda model: isinstance(model, (HasItemVectors, ScoresHistory)), show_similar,
          "--similar_to: a {kind} model has no item vectors to compare"),
     Task("--predict", lambda args: args.predict, ranks, predict, "--predict: a {kind} model predicts no pairs"),
     Task("--biases", lambda args: args.biases,

@@ -58,7 +58,10 @@ def test_gfcf_trains_tests_and_recommends(planted_ratio, tmp_path, capsys):
                      "--gfcf_grid", "0,4", "0.3,8", "--checkpoint_dir", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "GF-CF settings: 0,4; 0.3,8 (given, one an epoch)" in out and "GF-CF memory:" in out
+    assert "GF-CF SVD: about" in out and "once for every setting" in out  # (estimated before it starts)
     records = [json.loads(line) for line in (folder / "log.json").read_text().splitlines()]
+    # A solve's seconds say nothing of its pairs: no throughput is recorded for it.
+    assert not any("train_throughput" in record for record in records if record["type"] == "epoch")
     assert [(record["alpha"], record["rank"]) for record in records if record["type"] == "epoch"] == [(0.0, 4),
                                                                                                       (0.3, 8)]
     best = records[-1]["best_metrics"]
@@ -72,6 +75,11 @@ def test_gfcf_trains_tests_and_recommends(planted_ratio, tmp_path, capsys):
     assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--history", "31", "32", "33", "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "from their items" in lines[0] and all(int(line.split()[1]) // 10 == 3 for line in lines[2:5])
+    # Similar items: the filter's scores for a user who has item 31 alone (its group's items).
+    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--similar_to", "31", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "by the scores of a user who has that one item" in lines[0]
+    assert all(int(line.split()[1]) // 10 == 3 for line in lines[2:5])
     assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--export", str(tmp_path / "x"), "--no_onnx"]) == 0
     model = load_model(folder / "best.pt")
     assert np.array_equal(np.load(tmp_path / "x" / "singular_vectors.npy"), model.singular_vectors.numpy())

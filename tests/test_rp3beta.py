@@ -77,6 +77,7 @@ def test_rp3beta_trains_tests_resumes_and_recommends(planted_ratio, tmp_path, ca
                      "--rp3_grid", "0.5,0,4", "1,0.5,8", "--checkpoint_dir", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "RP3beta settings: 0.5,0,4; 1,0.5,8 (given, one an epoch)" in out and "RP3beta memory:" in out
+    assert "RP3beta solve: about 0 s a setting (0 s in all)" in out and " walk steps a setting" in out
     records = [json.loads(line) for line in (folder / "log.json").read_text().splitlines()]
     epochs = [record for record in records if record["type"] == "epoch"]
     assert [(record["alpha"], record["beta"], record["neighbours"]) for record in epochs] == [(0.5, 0.0, 4),
@@ -96,6 +97,14 @@ def test_rp3beta_trains_tests_resumes_and_recommends(planted_ratio, tmp_path, ca
     assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--history", "31", "32", "33", "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "from their items" in lines[0] and all(int(line.split()[1]) // 10 == 3 for line in lines[2:5])
+    # Similar items: item 31's row of W, by the scores of a user who has that one item (its group's items).
+    assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--similar_to", items.ids[31], "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "by the scores of a user who has that one item" in lines[0]
+    row = model.score_history(torch.tensor([31]))
+    row[31] = -math.inf
+    assert [line.split()[1] for line in lines[2:5]] == [items.ids[item] for item in row.topk(3).indices.tolist()]
+    assert all(int(line.split()[1]) // 10 == 3 for line in lines[2:5])
     # A user's top-k: the model's scores, seen items left out.
     assert recommend.main(["--checkpoint", str(folder / "best.pt"), "--user", users.ids[0], "-k", "2"]) == 0
     top = [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:4]]
