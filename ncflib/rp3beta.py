@@ -90,8 +90,12 @@ class RP3beta(PairsByUser):
         forward = scipy.sparse.csr_array((step_in[users] * penalty[items], (users, items)),
                                          shape=(num_users, self.num_items))
         # Places a row does not fill (fewer walks than neighbours) hold the item itself at weight 0: no score moves.
-        targets_kept = torch.arange(self.num_items)[:, None].repeat(1, self.width)
-        weights_kept = torch.zeros(self.num_items, self.width)
+        # (Written in place on a CPU; a model on another device gets the tables once they are complete.)
+        on_cpu = self.neighbour_items.device.type == "cpu"
+        targets_kept = self.neighbour_items if on_cpu else torch.empty(self.num_items, self.width, dtype=torch.long)
+        weights_kept = self.neighbour_weights if on_cpu else torch.empty(self.num_items, self.width)
+        targets_kept.copy_(torch.arange(self.num_items)[:, None].expand(-1, self.width))
+        weights_kept.zero_()
         blocks = walk_blocks(backward, user_counts)
         # The blocks' products ([b, I]: W's rows of the block's source items) run on threads (scipy lets go of the
         # GIL), a few blocks ahead of the ranking of their rows.
@@ -102,8 +106,9 @@ class RP3beta(PairsByUser):
                                              unit="block", leave=False, file=sys.stderr,
                                              disable=len(blocks) < 8 or not sys.stderr.isatty()):
                 self._keep_top(walks, start, stop, keep, targets_kept, weights_kept)
-        self.neighbour_items.copy_(targets_kept)
-        self.neighbour_weights.copy_(weights_kept)
+        if not on_cpu:
+            self.neighbour_items.copy_(targets_kept)
+            self.neighbour_weights.copy_(weights_kept)
         self.setting.copy_(torch.tensor([alpha, beta, float(keep)]))
         return {"alpha": float(alpha), "beta": float(beta), "neighbours": keep}
 
@@ -117,16 +122,18 @@ class RP3beta(PairsByUser):
         weights_kept[start + rows, places] = weights.float()
 
     def _matrix(self):
-        """W's kept weights as a CPU sparse matrix (items x items, its zero weights left out), made once for the
-        weights it was made from."""
+        """W's kept weights as a CPU sparse matrix (items x items; a row's unfilled places, the item itself at
+        weight 0, stay in it as explicit zeros), made once for the weights it was made from (its values share the
+        weights' memory on a CPU)."""
         key = (self.neighbour_weights.data_ptr(), self.neighbour_weights._version, self.neighbour_items._version)
         cached = getattr(self, "_kept", None)
         if cached is None or cached[0] != key:
-            weights, targets = self.neighbour_weights.cpu(), self.neighbour_items.cpu()
-            kept = weights != 0
-            offsets = np.concatenate([[0], np.cumsum(kept.sum(1).numpy())])
-            matrix = scipy.sparse.csr_array((weights[kept].numpy(), targets[kept].numpy(), offsets),
-                                            shape=(self.num_items, self.num_items))
+            self._kept = None  # (the old matrix let go of before the new one is made)
+            index = np.int32 if self.num_items * self.width < 2**31 else np.int64  # (scipy's own choice)
+            offsets = np.arange(0, self.num_items * self.width + 1, self.width, dtype=index)
+            matrix = scipy.sparse.csr_array((self.neighbour_weights.cpu().numpy().reshape(-1),
+                                             self.neighbour_items.cpu().numpy().reshape(-1).astype(index), offsets),
+                                            shape=(self.num_items, self.num_items), copy=False)
             self._kept = cached = (key, matrix)
         return cached[1]
 
