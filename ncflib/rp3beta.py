@@ -147,10 +147,12 @@ class RP3beta(PairsByUser):
     def _sums(self, items, counts, device):
         """(rows, items, scores) of the sums of the rows of W of ``items`` [n] (numpy), row j summing ``counts[j]``
         of them in turn."""
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        history = scipy.sparse.csr_array((np.ones(items.size, dtype=np.float32), items, offsets),
+        matrix = self._matrix()
+        index = matrix.indices.dtype  # (the same index type, or scipy converts the whole of W at every product)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(index)
+        history = scipy.sparse.csr_array((np.ones(items.size, dtype=np.float32), items.astype(index), offsets),
                                          shape=(counts.size, self.num_items))
-        scores = history @ self._matrix()
+        scores = history @ matrix
         rows = torch.repeat_interleave(torch.arange(counts.size), torch.from_numpy(np.diff(scores.indptr)))
         return (rows.to(device), torch.from_numpy(scores.indices.astype(np.int64)).to(device),
                 torch.from_numpy(scores.data.astype(np.float32)).to(device))
