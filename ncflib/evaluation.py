@@ -251,14 +251,14 @@ def users_per_full_chunk(num_items, device, max_scores=2**20, model=None):
 
 @contextlib.contextmanager
 def product_threads():
-    """A pool of threads for sparse products (scipy's let go of the GIL) as many as torch's threads, with torch's
-    own threads down to one meanwhile (two pools of busy threads on the same cores slow each other: OpenMP's
-    threads spin while they wait)."""
+    """(a pool of threads for sparse products, how many): as many as torch's threads (scipy's products let go of
+    the GIL), with torch's own threads down to one meanwhile (two pools of busy threads on the same cores slow each
+    other: OpenMP's threads spin while they wait)."""
     count = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
-            yield pool
+            yield pool, max(1, count)
     finally:
         torch.set_num_threads(count)
 
@@ -369,9 +369,9 @@ def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_
         compact = CompactScores(model.num_items, seen, topk)
         chunks = [(start, min(start + compact.users, (rank + 1) * share, num_users))
                   for start in range(rank * share, min(num_users, (rank + 1) * share), compact.users)]
-        with product_threads() as pool:  # (the next chunks' scores are summed while this one is ranked)
+        with product_threads() as (pool, threads):  # (the next chunks' scores are summed while this one is ranked)
             listed = ahead(pool, lambda chunk: model.score_entries(held.users[chunk[0]:chunk[1]]), chunks,
-                           window=pool._max_workers)
+                           window=threads)
             for (start, stop), entries in zip(chunks, listed):
                 starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
                 rows, positions = _ragged_rows(held.offsets, starts, ends)

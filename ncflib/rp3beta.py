@@ -99,9 +99,9 @@ class RP3beta(PairsByUser):
         blocks = walk_blocks(backward, user_counts)
         # The blocks' products ([b, I]: W's rows of the block's source items) run on threads (scipy lets go of the
         # GIL), a few blocks ahead of the ranking of their rows.
-        with product_threads() as pool:
+        with product_threads() as (pool, threads):
             products = ahead(pool, lambda block: backward[block[0]:block[1]] @ forward, blocks,
-                             window=pool._max_workers)
+                             window=threads)
             for (start, stop), walks in tqdm(zip(blocks, products), total=len(blocks), desc="rp3beta",
                                              unit="block", leave=False, file=sys.stderr,
                                              disable=len(blocks) < 8 or not sys.stderr.isatty()):
@@ -237,9 +237,9 @@ def row_top(offsets, columns, values, keep, skip=None):
 
 def solve_seconds(users, items, num_users, num_items, neighbours):
     """(walk steps, seconds) of one setting's solve of the training pairs (users, items [N]) here: the steps (the
-    sum of the users' squared degrees: each pair of a user's items is walked once) at the rate a block of them, the
-    first ``BLOCK_ENTRIES`` steps' items, is solved now (a fraction of a second), plus the sparse matrices' making,
-    scaled from the block's."""
+    sum of the users' squared degrees: each pair of a user's items is walked once) at the rate a block of them (the
+    first ``BLOCK_ENTRIES`` steps' items) is solved now, its product timed on its own (it runs on as many threads as
+    torch has) and its ranking on one thread, as in the solve (a fraction of a second in all)."""
     users, items = users.cpu().numpy(), items.cpu().numpy()
     user_counts = np.bincount(users, minlength=num_users).astype(np.float64)
     steps = float(user_counts @ user_counts)
@@ -247,7 +247,6 @@ def solve_seconds(users, items, num_users, num_items, neighbours):
         return 0.0, 0.0
     ends = np.cumsum(np.bincount(items, weights=user_counts[users], minlength=num_items))
     stop = min(max(int(np.searchsorted(ends, BLOCK_ENTRIES, side="right")), 1), num_items)
-    started = time.perf_counter()
     walkers = np.zeros(num_users, dtype=bool)
     walkers[users[items < stop]] = True
     block = walkers[users]  # the pairs of the block's users: the rows of X its walks go through
@@ -255,21 +254,24 @@ def solve_seconds(users, items, num_users, num_items, neighbours):
                                       shape=(stop, num_users))
     forward = scipy.sparse.csr_array((np.ones(int(block.sum())), (users[block], items[block])),
                                      shape=(num_users, num_items))
-    made = time.perf_counter()
-    walks = backward @ forward
-    row_top(torch.from_numpy(walks.indptr.astype(np.int64)), torch.from_numpy(walks.indices.astype(np.int64)),
-            torch.from_numpy(walks.data), min(neighbours, num_items), skip=torch.arange(stop))
-    solved = time.perf_counter()
-    making = (made - started) * users.size / max(int(block.sum()) + int((items < stop).sum()), 1)
-    return steps, making + (solved - made) * steps / max(float(ends[stop - 1]), 1.0)
+    with product_threads() as (pool, threads):
+        backward @ forward  # (the first product pays for start-up)
+        started = time.perf_counter()
+        walks = backward @ forward
+        multiplied = time.perf_counter()
+        row_top(torch.from_numpy(walks.indptr.astype(np.int64)), torch.from_numpy(walks.indices.astype(np.int64)),
+                torch.from_numpy(walks.data), min(neighbours, num_items), skip=torch.arange(stop))
+        ranked = time.perf_counter()
+    block_seconds = (multiplied - started) / threads + (ranked - multiplied)
+    return steps, block_seconds * steps / max(float(ends[stop - 1]), 1.0)
 
 
 def needed_bytes(num_items, num_train, neighbours):
-    """Bytes held while solving and scoring: the neighbours (index and weight, twice while a solve writes them)
-    and their sparse matrix for scoring; a block's walks with their ranking (about 100 bytes a step); the
-    training pairs (by user, and the two sparse step matrices); full ranking's slots."""
-    return (num_items * neighbours * (24 + 8) + BLOCK_ENTRIES * 100 + num_train * 72
-            + min(COMPACT_ENTRIES, num_items * num_items) * 8)
+    """Bytes held while solving and scoring: the neighbours (an 8-byte index and a 4-byte weight each, written in
+    place) and the 4-byte indices of their sparse matrix for scoring; a block's walks with their ranking (about 100
+    bytes a step); the training pairs (by user, and the two sparse step matrices); full ranking's chunks."""
+    return (num_items * neighbours * 16 + BLOCK_ENTRIES * 100 + num_train * 72
+            + min(COMPACT_ENTRIES, num_items * num_items) * 16)
 
 
 class RP3betaFamily(ClosedFormFamily):
