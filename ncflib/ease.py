@@ -184,15 +184,20 @@ def solve_seconds(num_items, device, size=768):
     Cholesky factor and inverse, float64), at the rate a float64 product of ``size`` x ``size`` matrices runs here
     (measured now, in a few milliseconds)."""
     probe = torch.rand(size, size, dtype=torch.float64, device=device)
-    probe @ probe  # (the first product pays for start-up)
+    rate = 2 * size**3 / max(seconds_of(lambda: probe @ probe, device), 1e-9)
+    return float(num_items) ** 3 / rate
+
+
+def seconds_of(work, device):
+    """Seconds ``work()`` takes on ``device``, timed on its second call (the first pays for start-up)."""
+    work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
-    probe @ probe
+    work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    rate = 2 * size**3 / max(time.perf_counter() - started, 1e-9)
-    return float(num_items) ** 3 / rate
+    return time.perf_counter() - started
 
 
 def duration(seconds):

@@ -156,7 +156,7 @@ def interactions_by_user(users, items, num_users):
     return offsets, items[order]
 
 
-def _ragged_rows(offsets, starts, ends):
+def ragged_rows(offsets, starts, ends):
     """(row of each element, flat positions) of the slices ``[starts[j], ends[j])`` of a flat array, row j."""
     lengths = ends - starts
     rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
@@ -169,7 +169,7 @@ def exclude_seen(scores, users, seen):
     """Set to -inf, in place, the scores [B, I] of the items each of ``users`` [B] has in ``seen`` (an
     ``interactions_by_user`` pair): those items are not candidates."""
     offsets, items = seen
-    rows, positions = _ragged_rows(offsets, offsets[users], offsets[users + 1])
+    rows, positions = ragged_rows(offsets, offsets[users], offsets[users + 1])
     scores[rows, items[positions]] = -math.inf
     return scores
 
@@ -299,7 +299,7 @@ class CompactScores:
         batch, device = users.numel(), users.device
         seen_rows, seen_items = [], []
         for offsets, part in self.seen:
-            owners, positions = _ragged_rows(offsets, offsets[users], offsets[users + 1])
+            owners, positions = ragged_rows(offsets, offsets[users], offsets[users + 1])
             seen_rows.append(owners)
             seen_items.append(part[positions])
         seen_rows, seen_items = torch.cat(seen_rows), torch.cat(seen_items)
@@ -320,8 +320,8 @@ class CompactScores:
         held_columns = torch.where(found, columns[order[place]] if ordered.numel() else held_keys, -1)
         complete = cut <= 0  # every listed score is in the row: unlisted candidates score 0, as its lowest
         zero_held = ~found & complete[held_rows]
-        extra = torch.bincount(held_rows[zero_held], minlength=batch)
         extra_rows = held_rows[zero_held]
+        extra = torch.bincount(extra_rows, minlength=batch)
         held_columns[zero_held] = listed[extra_rows] + torch.arange(extra_rows.numel(), device=device) - (
             torch.cumsum(extra, 0) - extra)[extra_rows]
         others = torch.where(complete, (self.num_items - seen_counts - listed - extra).clamp(min=0, max=self.topk + 1),
@@ -338,23 +338,31 @@ class CompactScores:
 
 def _cuts(rows, values, batch, need):
     """[B] each row's ``need``-th largest value among its entries (rows given grouped, in order), or -inf for a
-    row with no more than ``need`` entries; rows ranked in groups of similar length (one ``topk`` per power of
-    two), so none is padded to more than twice its length."""
+    row with no more than ``need`` entries."""
     counts = torch.bincount(rows, minlength=batch)
     cut = torch.full((batch,), -math.inf, dtype=values.dtype, device=values.device)
-    long = (counts > need).nonzero().squeeze(1)
-    if not long.numel():
-        return cut
-    offsets = torch.cumsum(counts, 0) - counts
-    sizes = torch.ceil(torch.log2(counts[long].double())).long()
-    for size in sizes.unique().tolist():
-        members = long[sizes == size]
-        span = torch.arange(int(counts[members].max()), device=values.device)
-        index = (offsets[members][:, None] + span).clamp(max=values.numel() - 1)
-        padded = torch.where(span < counts[members][:, None], values[index], -math.inf)
-        best = padded.topk(int(need[members].max()), dim=1).values
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    for members, best, _ in tops_of_rows(offsets, values, (counts > need).nonzero().squeeze(1), need):
         cut[members] = best.gather(1, (need[members] - 1)[:, None]).squeeze(1)
     return cut
+
+
+def tops_of_rows(offsets, values, rows, take):
+    """The ``take`` largest values of each of ``rows`` [R] of a ragged array (row r's entries at
+    ``offsets[r]:offsets[r + 1]`` of ``values``), each row having more than that: for each group of rows of similar
+    length (one ``topk`` per power of two of length, so no row is padded to more than twice its length), yields
+    (the group's rows [m], their best values [m, t], best first, and those values' positions in ``values``
+    [m, t]), t being ``take`` (an int) or the group's largest of ``take`` (a tensor over all rows)."""
+    counts = offsets[rows + 1] - offsets[rows]
+    sizes = torch.ceil(torch.log2(counts.double())).long()
+    for size in sizes.unique().tolist():
+        group = sizes == size
+        members, lengths = rows[group], counts[group]
+        span = torch.arange(int(lengths.max()), device=values.device)
+        index = (offsets[members][:, None] + span).clamp(max=values.numel() - 1)
+        padded = torch.where(span < lengths[:, None], values[index], -math.inf)
+        best, where = padded.topk(take if isinstance(take, int) else int(take[members].max()), dim=1)
+        yield members, best, index.gather(1, where)
 
 
 @torch.no_grad()
@@ -374,7 +382,7 @@ def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_
                            window=threads)
             for (start, stop), entries in zip(chunks, listed):
                 starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
-                rows, positions = _ragged_rows(held.offsets, starts, ends)
+                rows, positions = ragged_rows(held.offsets, starts, ends)
                 scores, columns = compact(entries, held.users[start:stop], rows, held.items[positions])
                 totals += full_rank_sums(scores, columns, rows, ends - starts, topk)
         return totals
@@ -388,7 +396,7 @@ def full_sums(model, held, seen, topk, users_per_chunk, autocast, rank=0, world_
         for part in seen:
             exclude_seen(scores, users, part)
         starts, ends = held.offsets[start:stop], held.offsets[start + 1:stop + 1]
-        rows, positions = _ragged_rows(held.offsets, starts, ends)
+        rows, positions = ragged_rows(held.offsets, starts, ends)
         totals += full_rank_sums(scores, held.items[positions], rows, ends - starts, topk)
     return totals
 

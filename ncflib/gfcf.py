@@ -19,13 +19,12 @@ setting takes its leading columns. A new user's scores come from their items alo
 
 import itertools
 import sys
-import time
 import warnings
 
 import torch
 from tqdm import tqdm
 
-from ncflib.ease import ClosedFormFamily, PairsByUser, duration, memory_size, solve_device
+from ncflib.ease import ClosedFormFamily, PairsByUser, duration, memory_size, seconds_of, solve_device
 from ncflib.errors import TaskError
 from ncflib.flags import parsed_by
 from ncflib.protocols import Traits
@@ -191,18 +190,8 @@ def svd_seconds(num_users, num_items, num_train, width, device, probe_rows=2**14
     dense = torch.randn(num_items, 8, generator=generator).to(device)
     block = torch.randn(rows, width, generator=generator).to(device)
 
-    def timed(work):
-        work()  # (the first call pays for start-up)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - started
-
-    product = timed(lambda: torch.sparse.mm(matrix, dense)) / (matrix.values().numel() * 8)
-    factor = timed(lambda: torch.linalg.qr(block)) / (rows * width**2)
+    product = seconds_of(lambda: torch.sparse.mm(matrix, dense), device) / (matrix.values().numel() * 8)
+    factor = seconds_of(lambda: torch.linalg.qr(block), device) / (rows * width**2)
     steps = 2 * POWER_ITERATIONS + 2
     # Half the products are of R (num_users rows), half of R^T (num_items rows); every one touches each pair once.
     return steps * (product * num_train * width + factor * (num_users + num_items) / 2 * width**2)

@@ -18,7 +18,6 @@ solves one (alpha, beta, neighbours) setting of ``--rp3_grid`` an epoch and keep
 """
 
 import itertools
-import math
 import sys
 import time
 
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from ncflib.ease import ClosedFormFamily, PairsByUser, duration, memory_size
 from ncflib.errors import TaskError
-from ncflib.evaluation import COMPACT_ENTRIES, ahead, product_threads
+from ncflib.evaluation import COMPACT_ENTRIES, ahead, product_threads, ragged_rows, tops_of_rows
 from ncflib.flags import parsed_by
 from ncflib.protocols import Traits
 
@@ -206,32 +205,21 @@ def row_top(offsets, columns, values, keep, skip=None):
     """(rows, places, columns, values) [n]: the ``keep`` largest values of each row of a sparse matrix (row r's
     entries at ``offsets[r]:offsets[r + 1]`` of ``columns`` and ``values``), leaving out row r's entry in column
     ``skip[r]`` when ``skip`` [R] is given; row ``rows[n]`` keeps ``columns[n]`` in place ``places[n]``. A row of at
-    most ``keep`` entries keeps them in their order; longer rows are ranked, best first, in groups of rows of
-    similar length (one ``topk`` per power of two of length), so no row is padded to more than twice its length."""
+    most ``keep`` entries keeps them in their order; longer rows are ranked, best first (``tops_of_rows``)."""
     counts = offsets.diff()
     skip = torch.full_like(counts, -1) if skip is None else skip
     short = (counts <= keep).nonzero().squeeze(1)
-    rows = torch.repeat_interleave(short, counts[short])
-    first = torch.cumsum(counts[short], 0) - counts[short]
-    places = torch.arange(rows.numel()) - torch.repeat_interleave(first, counts[short])
-    entries = offsets[rows] + places
+    owners, entries = ragged_rows(offsets, offsets[short], offsets[short + 1])
+    rows = short[owners]
     other = columns[entries] != skip[rows]
-    parts = [(rows[other], places[other], columns[entries[other]], values[entries[other]])]
-    long = (counts > keep).nonzero().squeeze(1)
-    sizes = torch.ceil(torch.log2(counts[long].double())).long()
-    for size in sizes.unique().tolist():
-        members = long[sizes == size]
-        width = int(counts[members].max())
-        span = torch.arange(width)
-        index = (offsets[members][:, None] + span).clamp(max=values.numel() - 1)
-        padded = torch.where(span < counts[members][:, None], values[index], -math.inf)
-        # One more than kept: the skipped column, when it is among them, makes room for the next.
-        best, where = padded.topk(keep + 1, dim=1)
-        chosen = columns[index.gather(1, where)]
+    parts = [(rows[other], (entries - offsets[rows])[other], columns[entries[other]], values[entries[other]])]
+    # One more than kept: the skipped column, when it is among them, makes room for the next.
+    for members, best, positions in tops_of_rows(offsets, values, (counts > keep).nonzero().squeeze(1), keep + 1):
+        chosen = columns[positions]
         other = chosen != skip[members][:, None]
         place = torch.cumsum(other.long(), 1) - 1
         kept = other & (place < keep)
-        parts.append((members[:, None].expand_as(where)[kept], place[kept], chosen[kept], best[kept]))
+        parts.append((members[:, None].expand_as(chosen)[kept], place[kept], chosen[kept], best[kept]))
     return tuple(torch.cat(part) for part in zip(*parts))
 
 
@@ -247,10 +235,11 @@ def solve_seconds(users, items, num_users, num_items, neighbours):
         return 0.0, 0.0
     ends = np.cumsum(np.bincount(items, weights=user_counts[users], minlength=num_items))
     stop = min(max(int(np.searchsorted(ends, BLOCK_ENTRIES, side="right")), 1), num_items)
+    sources = items < stop  # the block's pairs
     walkers = np.zeros(num_users, dtype=bool)
-    walkers[users[items < stop]] = True
+    walkers[users[sources]] = True
     block = walkers[users]  # the pairs of the block's users: the rows of X its walks go through
-    backward = scipy.sparse.csr_array((np.ones(int((items < stop).sum())), (items[items < stop], users[items < stop])),
+    backward = scipy.sparse.csr_array((np.ones(int(sources.sum())), (items[sources], users[sources])),
                                       shape=(stop, num_users))
     forward = scipy.sparse.csr_array((np.ones(int(block.sum())), (users[block], items[block])),
                                      shape=(num_users, num_items))
