@@ -255,9 +255,9 @@ def _main(argv):
         previous = None
         if args.update:
             data, previous, log_rows, repeated = load_update(args, progress)
-            known = (previous.user_ids, previous.item_ids)
+            known, old = (previous.user_ids, previous.item_ids), previous.old_parts()
         else:
-            data, known = load_interactions(args, progress), (None, None)
+            data, known, old = load_interactions(args, progress), (None, None), None
         if isinstance(data, Split):
             if args.test_path:
                 raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's) and bring "
@@ -272,14 +272,14 @@ def _main(argv):
         elif args.test_path or args.split == "random":
             test_data = load_interactions(args, progress, test_file=True) if args.test_path else None
             split = split_ratings(data, args.seed, progress, test_data, args.test_fraction, args.validation,
-                                  args.validation_fraction, args.max_words, args.skip_top, known)
+                                  args.validation_fraction, args.max_words, args.skip_top, known, old)
             source = {**data.source, **({"test_path": str(args.test_path)} if args.test_path else {})}
         else:
             if data.texts is not None:
                 progress("review text is kept by the rating splits only (--split random or --test_path); left out")
             split = split_interactions(data, args.min_interactions, args.valid_negative, args.seed, progress,
                                        args.split, args.test_fraction, args.validation, args.validation_fraction,
-                                       known)
+                                       known, old)
             source = data.source
         if previous is not None:
             split.counts["update"] = update_counts(previous, split, log_rows, repeated)

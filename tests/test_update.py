@@ -112,6 +112,42 @@ def test_a_leave_one_out_update_holds_out_the_latest_items_and_draws_negatives(t
     assert metadata["counts"]["update"]["duplicates_of_old"] == 1
 
 
+def parts_by_pair(folder):
+    """{(user id, item id): part} of a dataset, by original ids."""
+    _, arrays = load_output(folder)
+    users, items = id_map(folder, "users"), id_map(folder, "items")
+    return {(users[user], items[item]): part for part in ("train", "validation", "test") if part in arrays
+            for user, item in arrays[part]}
+
+
+@pytest.mark.parametrize("split", ["ratio", "time_ratio", "leave_one_out", "random"])
+def test_an_update_never_holds_out_a_pair_the_old_dataset_trained_on(tmp_path, split):
+    """A model warm-started from the old dataset has seen its training pairs: none may become a validation or test
+    pair of the update (under the random protocols a fresh draw over all pairs would put about a fifth of them
+    there). Under ratio and random the old held-out pairs keep their parts and the held-out shares stay the
+    protocol's."""
+    rng = np.random.default_rng(1)
+    pairs_drawn = rng.permutation([(user, item) for user in range(60) for item in range(40)])[:1500]
+    rows = [(f"u{user}", f"i{item}", 1 + item % 5, 1000 + number) for number, (user, item) in enumerate(pairs_drawn)]
+    write_log(tmp_path / "old.csv", rows[:1200])
+    write_log(tmp_path / "new.csv", rows[1200:])
+    assert run_convert(["--path", tmp_path / "old.csv", "--output", tmp_path / "old", "--split", split,
+                        "--validation", "--valid_negative", "5"])[0] == 0
+    assert run_convert(["--path", tmp_path / "new.csv", "--update", tmp_path / "old", "--output",
+                        tmp_path / "new"])[0] == 0
+    old, new = parts_by_pair(tmp_path / "old"), parts_by_pair(tmp_path / "new")
+    assert set(old) <= set(new) and len(new) == 1500
+    assert all(new[pair] == "train" for pair, part in old.items() if part == "train")
+    held = [part for part in new.values() if part != "train"]
+    assert held.count("test") > 0 and held.count("validation") > 0
+    if split in ("ratio", "random"):
+        assert all(new[pair] == part for pair, part in old.items())
+        assert abs(held.count("test") / 1500 - 0.2) < 0.02  # the protocol's share, made up from the new pairs
+        assert any(part == "test" for pair, part in new.items() if pair not in old)
+    if split == "leave_one_out":  # one test and one validation pair per user, the latest new ones
+        assert held.count("test") == len({user for user, _ in new})
+
+
 def test_an_update_refuses_other_columns_formats_split_flags_and_given_splits(grown, tmp_path, capsys):
     base = ["--update", grown / "old", "--output", tmp_path / "out"]
     write_log(tmp_path / "untimed.csv", [("u1", "i1", 3)], header="user,item,rating")

@@ -52,6 +52,31 @@ class Split:
     vocabulary: tuple | None = None  # (words, counts) of the review text, when the split keeps text
 
 
+# The part a pair had in a dataset being extended (``OldParts.of``).
+NEW, OLD_TRAIN, OLD_VALIDATION, OLD_TEST = -1, 0, 1, 2
+
+
+@dataclass
+class OldParts:
+    """The pairs of a dataset being extended, in its indices (which an update keeps), and the part of each:
+    ``OLD_TRAIN``, ``OLD_VALIDATION`` or ``OLD_TEST``."""
+
+    users: np.ndarray
+    items: np.ndarray
+    parts: np.ndarray
+
+    def of(self, users, items, num_items):
+        """The old part of each (user, item) pair given in the new indices; ``NEW`` for a pair the old dataset
+        lacks."""
+        keys = np.asarray(users, dtype=np.int64) * num_items + items
+        old_keys = self.users.astype(np.int64) * num_items + self.items
+        if not old_keys.size:
+            return np.full(keys.size, NEW, dtype=np.int8)
+        order = np.argsort(old_keys)
+        where = np.minimum(np.searchsorted(old_keys[order], keys), old_keys.size - 1)
+        return np.where(old_keys[order][where] == keys, self.parts[order][where], NEW).astype(np.int8)
+
+
 # ---------------------------------------------------------------------------------------------------- protocol
 
 
@@ -234,20 +259,22 @@ SPLITS = ("leave_one_out", "ratio", "time_ratio", "random")
 
 
 def split_interactions(data, min_interactions, num_negatives, seed, progress, split="leave_one_out",
-                       test_fraction=0.2, validation=False, validation_fraction=0.1, known=(None, None)):
+                       test_fraction=0.2, validation=False, validation_fraction=0.1, known=(None, None), old=None):
     """Apply the protocol to raw interactions: de-duplicate, filter, hold out the test (and validation) items, and,
     for leave-one-out, sample each user's test (and validation) negatives.
 
     ``split``: 'leave_one_out' holds out each user's latest interaction (with ``validation``, the one before it
     too); 'ratio' a random ``test_fraction`` of each user's items (NGCF/LightGCN), 'time_ratio' the latest share;
     with ``validation``, a ``validation_fraction`` of each user's remaining items is held out the same way.
-    ``known``: the (user, item) id maps of a dataset being extended (``index_known``).
+    ``known``: the (user, item) id maps of a dataset being extended (``index_known``); ``old``: that dataset's pairs
+    and their parts (``OldParts``), which keep a training pair in training (``_held_out_rows``).
     """
     rng = np.random.default_rng(seed)
     needed = max(min_interactions, 3 if validation and split == "leave_one_out" else 2)
     rows, users, items, counts, user_ids, item_ids, summary = leave_last_out(data, needed, rng, progress, known)
     num_users, num_items = user_ids.size, item_ids.size
-    is_test, is_validation = _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction)
+    is_test, is_validation = _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction,
+                                            None if old is None else old.of(users, items, num_items))
     negatives = validation_negatives = None
     if split == "leave_one_out" and num_negatives:
         _check_negatives_feasible(data, counts, user_ids, num_items, num_negatives)
@@ -275,7 +302,7 @@ def split_interactions(data, min_interactions, num_negatives, seed, progress, sp
 
 
 def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, validation=False, validation_fraction=0.1,
-                  max_words=20000, skip_top=0, known=(None, None)):
+                  max_words=20000, skip_top=0, known=(None, None), old=None):
     """The splits of rating prediction, with every rating kept as given: a random ``test_fraction`` of all
     interactions held out (fastai's random split), or, with ``test_data``, that file's rows as the test set
     (MovieLens ``u1.base`` / ``u1.test``), the ids of both files indexed together. A repeated (user, item) pair
@@ -283,7 +310,8 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     ``validation_fraction`` of the training rows is held out. No user or item is dropped and no negatives are drawn;
     a test user or item with no training row keeps its index (a model predicts it from biases and the mean). With
     review text, each part's reviews become word indices over a vocabulary counted on the training reviews alone
-    (``max_words`` and ``skip_top``: ``textdata.build_vocabulary``). ``known``: as ``split_interactions``'s."""
+    (``max_words`` and ``skip_top``: ``textdata.build_vocabulary``). ``known`` and ``old``: as
+    ``split_interactions``'s."""
     rng = np.random.default_rng(seed)
     parts = [data] if test_data is None else [data, test_data]
     file_of = np.concatenate([np.full(part.users.size, number) for number, part in enumerate(parts)])
@@ -298,7 +326,8 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
     kept = _latest_rows((file_of * num_users + user_codes) * num_items + item_codes, columns.get("timestamps"))
     progress(f"kept the latest of {num_rows - kept.size:,} repeated (user, item) pairs")
     is_test, is_validation = _rating_held_out(kept, file_of, rng, test_data, test_fraction,
-                                              validation_fraction if validation else 0.0)
+                                              validation_fraction if validation else 0.0,
+                                              None if old is None else old.of(user_codes, item_codes, num_items))
     by_user = kept[np.argsort(user_codes[kept], kind="stable")]  # rows sorted by user, file order within a user
 
     def pairs(chosen):
@@ -326,23 +355,31 @@ def split_ratings(data, seed, progress, test_data=None, test_fraction=0.2, valid
                  counts=summary, protocol=protocol, validation=held if validation else None, vocabulary=vocabulary)
 
 
-def _rating_held_out(kept, file_of, rng, test_data, test_fraction, validation_fraction):
+def _rating_held_out(kept, file_of, rng, test_data, test_fraction, validation_fraction, old=None):
     """(is_test, is_validation) bool masks over the rows of ``split_ratings``: the test file's rows, or a random
-    ``test_fraction`` of the ``kept`` ones; then a random ``validation_fraction`` (0: none) of the rest."""
+    ``test_fraction`` of the ``kept`` ones; then a random ``validation_fraction`` (0: none) of the rest. ``old`` (each
+    row's part in a dataset being extended, as ``_held_out_rows``'s): the old rows keep their parts, and the held-out
+    counts the fractions give all the kept rows are made up from the new ones, drawn at random."""
+    is_test = np.zeros(file_of.size, dtype=bool)
+    is_validation = np.zeros(file_of.size, dtype=bool)
+    new = kept if old is None else kept[old[kept] == NEW]
+    if old is not None:
+        is_test[kept[old[kept] == OLD_TEST]] = True
+        is_validation[kept[old[kept] == OLD_VALIDATION]] = True
     if test_data is None:
-        shuffled = rng.permutation(kept)
-        num_test = int(np.clip(np.rint(test_fraction * kept.size), 1, kept.size - 1))
-        is_test = np.zeros(file_of.size, dtype=bool)
-        is_test[shuffled[:num_test]] = True
+        shuffled = rng.permutation(new)
+        num_test = int(np.clip(np.rint(test_fraction * kept.size), 1, kept.size - 1)) - int(is_test.sum())
+        is_test[shuffled[:max(num_test, 0)]] = True
     else:
         is_test = file_of == 1
         if not is_test[kept].any() or is_test[kept].all():
             raise ConversionError(f"{test_data.source.get('path', 'the test file')}: the training or the test file "
                                   "has no rows; pass both files with rows")
-    is_validation = np.zeros(file_of.size, dtype=bool)
     if validation_fraction:
-        training = rng.permutation(kept[~is_test[kept]])
-        is_validation[training[:int(np.rint(validation_fraction * training.size))]] = True
+        training = kept[~is_test[kept]]
+        drawn = rng.permutation(new[~is_test[new]])
+        wanted = int(np.rint(validation_fraction * training.size)) - int(is_validation.sum())
+        is_validation[drawn[:max(wanted, 0)]] = True
     return is_test, is_validation
 
 
@@ -413,24 +450,49 @@ def hold_out_validation(split, fraction, seed):
                                counts={**split.counts, "validation_pairs": int(is_validation.sum())})
 
 
-def _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction):
-    """(is_test, is_validation) bool masks over the rows (sorted by user, then time)."""
+def _held_out_rows(users, counts, rng, split, test_fraction, validation, validation_fraction, old=None):
+    """(is_test, is_validation) bool masks over the rows (sorted by user, then time).
+
+    ``old`` (the part of each row in a dataset being extended: ``OLD_TRAIN``, ``OLD_VALIDATION``, ``OLD_TEST``, or
+    ``NEW``; None: no such dataset): a pair the old dataset trained on stays a training pair, so a model warm-started
+    from it is never tested on a pair it saw. Under the time protocols the held-out rows are the latest of the others
+    (the old held-out pairs and the new ones); under ``ratio`` the old pairs keep their parts and each user's new
+    pairs make up the held-out counts the protocol gives the user's pairs in all, drawn at random."""
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     per_user = counts[users]
-    if split == "ratio":  # a random order within each user, drawn with the seed
-        order = np.lexsort((rng.random(users.size), users))
-        position = np.empty(users.size, dtype=np.int64)
-        position[order] = np.arange(users.size) - starts[users[order]]
-        from_end = per_user - 1 - position
-    else:  # the latest first
-        from_end = per_user - 1 - (np.arange(users.size) - starts[users])
+    rows = np.arange(users.size)
+    fixed = np.zeros(users.size, dtype=bool) if old is None else old != NEW
+    if split == "ratio":  # a random order within each user, drawn with the seed (the user's new pairs last)
+        order = np.lexsort((rng.random(users.size), ~fixed, users))
+    else:  # the latest last (a pair the old dataset trained on first)
+        order = rows if old is None else np.lexsort((rows, old != OLD_TRAIN, users))
+    position = np.empty(users.size, dtype=np.int64)
+    position[order] = rows - starts[users[order]]
+    from_end = per_user - 1 - position
     if split == "leave_one_out":
-        return from_end == 0, (from_end == 1) & validation
-    num_test = np.clip(np.rint(test_fraction * counts), 1, counts - 1)
-    num_validation = np.clip(np.rint(validation_fraction * (counts - num_test)), 0, counts - num_test - 1) \
-        if validation else np.zeros_like(counts)
+        num_test = np.ones_like(counts)
+        num_validation = np.full_like(counts, int(validation))
+    else:
+        num_test = np.clip(np.rint(test_fraction * counts), 1, counts - 1).astype(np.int64)
+        num_validation = np.clip(np.rint(validation_fraction * (counts - num_test)), 0, counts - num_test - 1
+                                 ).astype(np.int64) if validation else np.zeros_like(counts)
+    if old is not None:
+        if split == "ratio":  # what the old parts hold counts; the rest is drawn from the new pairs
+            def held(part):
+                return np.bincount(users[old == part], minlength=counts.size)
+            free = np.bincount(users[~fixed], minlength=counts.size)
+            num_test = np.clip(num_test - held(OLD_TEST), 0, free)
+            num_validation = np.clip(num_validation - held(OLD_VALIDATION), 0, free - num_test)
+        else:  # at most the pairs the old dataset did not train on
+            free = np.bincount(users[old != OLD_TRAIN], minlength=counts.size)
+            num_test = np.minimum(num_test, free)
+            num_validation = np.minimum(num_validation, free - num_test)
     is_test = from_end < num_test[users]
-    return is_test, ~is_test & (from_end < (num_test + num_validation)[users])
+    is_validation = ~is_test & (from_end < (num_test + num_validation)[users])
+    if old is not None and split == "ratio":
+        is_test |= old == OLD_TEST
+        is_validation |= old == OLD_VALIDATION
+    return is_test, is_validation
 
 
 def _check_negatives_feasible(data, counts, user_ids, num_items, num_negatives):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ncflib.data.layout import read_id_map
-from ncflib.data.splits import Interactions, as_text
+from ncflib.data.splits import OLD_TEST, OLD_TRAIN, OLD_VALIDATION, Interactions, OldParts, as_text
 from ncflib.errors import ConversionError
 
 # The protocols an update can split again (the given-file ones came with their test set, which a new log cannot
@@ -44,6 +44,11 @@ class Previous:
     items: np.ndarray
     timestamps: np.ndarray | None
     ratings: np.ndarray | None
+    parts: np.ndarray  # [N] int8: OLD_TRAIN, OLD_VALIDATION or OLD_TEST, each row's part
+
+    def old_parts(self):
+        """The pairs and their parts, for the split of the update (a training pair stays one)."""
+        return OldParts(self.users, self.items, self.parts)
 
     @property
     def protocol(self):
@@ -140,8 +145,11 @@ def read_previous(path):
         raise ConversionError(f"--update {path}: its arrays index users or items its id maps lack; re-create the "
                               "dataset with convert.py")
     titles = {} if item_titles is None else {key: title for key, title in zip(item_ids, item_titles) if title}
+    code = {"train": OLD_TRAIN, "validation": OLD_VALIDATION, "test": OLD_TEST}
+    parts_of_rows = np.concatenate([np.full(pair.shape[0], code[part], dtype=np.int8)
+                                    for part, pair in zip(parts, pairs)])
     return Previous(path, metadata, np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object), titles,
-                    rows[:, 0], rows[:, 1], sides["timestamps"], sides["ratings"])
+                    rows[:, 0], rows[:, 1], sides["timestamps"], sides["ratings"], parts_of_rows)
 
 
 def check_columns(previous, fmt, columns):
