@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ncflib.data.layout import check_output, write_dataset
-from ncflib.data.readers import FILE_NAMES, FORMATS, detect_format, ncf_prefix_exists, read
+from ncflib.data.readers import FILE_NAMES, FORMATS, detect_format, ncf_prefix_exists, read, read_lightgcn_training
 from ncflib.data.splits import (
     SPLITS,
     Interactions,
@@ -35,7 +35,7 @@ from ncflib.data.splits import (
     split_interactions,
     split_ratings,
 )
-from ncflib.data.update import SPLIT_FLAGS, check_columns, duplicates_of_old, read_previous, update_counts
+from ncflib.data.update import SPLIT_FLAGS, check_columns, duplicates_of_old, given_split, read_previous, update_counts
 from ncflib.errors import ConversionError, warnings_after
 from ncflib.flags import Flags, given
 
@@ -154,7 +154,11 @@ def load_update(args, progress):
         if key != "text" and column is not None and columns.get(key) is None:
             setattr(args, f"{key}_col", column)
     args.format = previous.source.get("format")
-    log = load_interactions(args, progress)
+    if previous.protocol["name"] == "given":  # (NGCF/LightGCN's: new training pairs, the test set kept)
+        progress(f"reading {args.path} as new training lines")
+        log = read_lightgcn_training(args.path)
+    else:
+        log = load_interactions(args, progress)
     if isinstance(log, Split):  # (check_columns refused other formats: only an edited metadata gets here)
         raise ConversionError(f"{args.path}: comes split; --update extends a dataset with a plain log")
     progress(f"read {previous.path}: {previous.users.size:,} interactions of {previous.user_ids.size:,} users and "
@@ -258,7 +262,10 @@ def _main(argv):
             known, old = (previous.user_ids, previous.item_ids), previous.old_parts()
         else:
             data, known, old = load_interactions(args, progress), (None, None), None
-        if isinstance(data, Split):
+        if previous is not None and previous.protocol["name"] == "given":
+            split = given_split(previous, data, progress)
+            source = {"format": previous.source.get("format"), "path": str(args.path)}
+        elif isinstance(data, Split):
             if args.test_path:
                 raise ConversionError(f"{args.path}: these files come split (the NCF paper's or NGCF's) and bring "
                                       "their own test file; drop --test_path")

@@ -3,6 +3,11 @@ a model trained on the first part, then the updated dataset trained from scratch
 
     python -m bench.warm_start --log ../shared/data/ml-100k/u.data --seeds 0 1 2 \\
         --convert_flags "--validation" --flags "--model gmf"
+    python -m bench.warm_start --log ../shared/data/yelp2018 --seeds 0 -k 20 \\
+        --convert_flags "--validation" --flags "--eval_protocol full"
+
+An NGCF/LightGCN folder is cut at random (seed 0): the first share of its training pairs with its whole test file,
+then the rest as new training lines (``convert.py --update`` keeps the test set).
 
 For each seed: ``ncf.py`` on the first part (its defaults but --flags), then on the updated dataset
 (``convert.py --update``) from scratch and with ``--warm_start`` (each with its default epochs, and with -e 2), every
@@ -54,6 +59,26 @@ def cut_log(log, share, workdir):
     return files
 
 
+def cut_lightgcn(folder, share, workdir, seed=0):
+    """NGCF/LightGCN's ``train.txt`` and ``test.txt`` under ``folder``, their training pairs cut at random (``seed``):
+    ``share`` of them in ``workdir/first`` (with the whole test file), the rest in ``workdir/update.txt``."""
+    rng = np.random.default_rng(seed)
+    first, rest = [], []
+    for line in (Path(folder) / "train.txt").read_text().splitlines():
+        cells = line.split()
+        if len(cells) < 2:
+            continue
+        kept = rng.random(len(cells) - 1) < share
+        for lines, chosen in ((first, kept), (rest, ~kept)):
+            if chosen.any():
+                lines.append(" ".join([cells[0], *np.array(cells[1:])[chosen]]))
+    (workdir / "first").mkdir(exist_ok=True)
+    (workdir / "first" / "train.txt").write_text("\n".join(first) + "\n")
+    (workdir / "first" / "test.txt").write_text((Path(folder) / "test.txt").read_text())
+    (workdir / "update.txt").write_text("\n".join(rest) + "\n")
+    return workdir / "first", workdir / "update.txt"
+
+
 def epochs_of(log_file):
     records = [json.loads(line) for line in Path(log_file).read_text().splitlines()]
     return [record for record in records if record["type"] == "epoch"], records[-1]
@@ -80,8 +105,12 @@ def summary_of(log_file, topk):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--log", required=True, help="an interaction log with a time column (any convert.py input)")
-    parser.add_argument("--first", type=float, default=0.85, help="share of the log (by time) in the first dataset")
+    parser.add_argument("--log", required=True,
+                        help="an interaction log with a time column (any convert.py input), or an NGCF/LightGCN "
+                             "folder (train.txt, test.txt), whose training pairs are cut at random")
+    parser.add_argument("--first", type=float, default=0.85,
+                        help="share of the log (by time; of an NGCF/LightGCN folder's training pairs, at random) in "
+                             "the first dataset")
     parser.add_argument("--convert_flags", default="", help="convert.py flags of the first dataset's split")
     parser.add_argument("--flags", default="--model gmf", help="ncf.py flags of every run")
     parser.add_argument("-k", "--topk", type=int, default=10)
@@ -91,7 +120,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = Path(args.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    first, update = cut_log(args.log, args.first, work)
+    from ncflib.data.readers import detect_format
+
+    if detect_format(Path(args.log)) == "lightgcn":
+        first, update = cut_lightgcn(args.log, args.first, work)
+    else:
+        first, update = cut_log(args.log, args.first, work)
     python = sys.executable
     run([python, "convert.py", "--path", first, "--output", work / "old", "--force", "--quiet",
          *shlex.split(args.convert_flags)], work / "convert-old.txt")

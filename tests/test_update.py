@@ -14,6 +14,7 @@ import ncf
 import recommend
 from ncflib import checkpoint, warm
 from tests.conftest import load_output, run_convert
+from tests.test_convert import write_ncf_files
 
 HEADER = "user,item,rating,time"
 
@@ -160,16 +161,51 @@ def test_an_update_refuses_other_columns_formats_split_flags_and_given_splits(gr
     with pytest.raises(SystemExit):  # (argparse's one-line usage error)
         run_convert(["--path", grown / "new.csv", "--split", "leave_one_out", *base])
     assert "--split: an update splits with the settings" in capsys.readouterr().err
-    # A dataset whose split came with its files (NGCF/LightGCN's) cannot be re-split.
+    # The NCF paper's files came with sampled negatives, which a new pair could hit: not updatable.
     given = tmp_path / "given"
     given.mkdir()
-    (given / "train.txt").write_text("0 0 1\n1 1 2\n")
-    (given / "test.txt").write_text("0 2\n1 0\n")
-    assert run_convert(["--path", given, "--output", tmp_path / "lightgcn"])[0] == 0
-    code, err = run_convert(["--path", grown / "new.csv", "--update", tmp_path / "lightgcn", "--output",
+    write_ncf_files(given)
+    assert run_convert(["--path", given, "--output", tmp_path / "ncf"])[0] == 0
+    code, err = run_convert(["--path", grown / "new.csv", "--update", tmp_path / "ncf", "--output",
                              tmp_path / "out"], capsys)
-    assert code == 1 and "came with its files" in err
+    assert code == 1 and "came with its files" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lightgcn_dataset_takes_new_training_lines_and_keeps_its_test_set(tmp_path, capsys):
+    """NGCF/LightGCN's split came with its test file: an update adds training pairs (a file of 'user item ...'
+    lines, as train.txt), keeps every old pair's part and the test set, and holds out the validation share of each
+    user's training pairs from the new ones."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "lightgcn"
+    folder.mkdir()
+    train = {user: rng.choice(30, size=12, replace=False).tolist() for user in range(20)}
+    test = {user: [item for item in range(30) if item not in train[user]][:3] for user in train}
+    (folder / "train.txt").write_text("".join(f"{user} {' '.join(map(str, items[:9]))}\n"
+                                              for user, items in train.items()))
+    (folder / "test.txt").write_text("".join(f"{user} {' '.join(map(str, items))}\n" for user, items in test.items()))
+    # New: each user's last 3 training items, a repeat of a test pair (dropped), a new user and a new item.
+    lines = [f"{user} {' '.join(map(str, items[9:]))}" for user, items in train.items()]
+    (tmp_path / "new.txt").write_text("\n".join(lines + [f"0 {test[0][0]}", "20 1 2 3 31"]) + "\n")
+    assert run_convert(["--path", folder, "--validation", "--validation_fraction", "0.25", "--output",
+                        tmp_path / "old"])[0] == 0
+    assert run_convert(["--path", tmp_path / "new.txt", "--update", tmp_path / "old", "--output",
+                        tmp_path / "new"])[0] == 0
+    old, new = parts_by_pair(tmp_path / "old"), parts_by_pair(tmp_path / "new")
+    assert all(new[pair] == part for pair, part in old.items())
+    added = {pair: part for pair, part in new.items() if pair not in old}
+    assert len(added) == 20 * 3 + 4 and set(added.values()) == {"train", "validation"}
+    assert sorted(pair for pair, part in new.items() if part == "test") == \
+        sorted(pair for pair, part in old.items() if part == "test")
+    users = {user for user, _ in new}
+    for user in users - {"20"}:  # a quarter of the user's 12 training and validation pairs: 3
+        assert sum(1 for (who, _), part in new.items() if who == user and part == "validation") == 3
+    metadata, _ = load_output(tmp_path / "new")
+    update = metadata["counts"]["update"]
+    assert update["new_users"] == 1 and update["new_items"] == 1 and update["duplicates_of_old"] == 1
+    assert id_map(tmp_path / "new", "items")[-1] == "31" and metadata["source"]["format"] == "lightgcn"
+    code, err = run_convert(["--path", folder, "--update", tmp_path / "old", "--output", tmp_path / "out"], capsys)
+    assert code == 1 and "one file of new training lines" in err and not (tmp_path / "out").exists()
 
 
 def test_a_random_rating_split_update_keeps_ratings_and_the_latest_rating_of_a_repeat(tmp_path):

@@ -487,6 +487,36 @@ def _ncf_negatives(file):
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(negatives, dtype=np.int64)
 
 
+def _lightgcn_lines(file):
+    """(users, items) int64 arrays of a file of ``user item item ...`` lines (0-based integer ids)."""
+    _check_readable(file)
+    users, items = [], []
+    with _open_text(file) as handle:
+        for number, line in enumerate(handle, start=1):
+            cells = line.split()
+            if not cells:
+                continue
+            if not all(cell.isdigit() for cell in cells):
+                raise ConversionError(f"{file}: line {number}: expected 'user item item ...' as integer ids")
+            users += [int(cells[0])] * (len(cells) - 1)
+            items += [int(cell) for cell in cells[1:]]
+    return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64)
+
+
+def read_lightgcn_training(path):
+    """New training pairs for a dataset made from NGCF/LightGCN files (``convert.py --update``): one file of
+    ``user item item ...`` lines, as their ``train.txt``; Interactions (the test set stays the dataset's)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a folder; an update of a dataset made from NGCF/LightGCN files takes one "
+                              "file of new training lines ('user item item ...'), as its train.txt; the test set "
+                              "stays the dataset's")
+    users, items = _lightgcn_lines(path)
+    if not users.size:
+        raise ConversionError(f"{path}: no 'user item item ...' line with an item; pass the new training pairs")
+    return Interactions(users=users, items=items, source={"path": str(path), "format": "lightgcn"})
+
+
 def read_lightgcn(path):
     """NGCF/LightGCN's ``train.txt`` and ``test.txt`` (a line per user: ``user item item ...``, 0-based ids), as
     Gowalla, Yelp2018 and Amazon-Book are published. Their split is used as given; returns a finished Split for
@@ -495,19 +525,7 @@ def read_lightgcn(path):
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     parts = {}
     for name in ("train", "test"):
-        file = folder / f"{name}.txt"
-        _check_readable(file)
-        users, items = [], []
-        with _open_text(file) as handle:
-            for number, line in enumerate(handle, start=1):
-                cells = line.split()
-                if not cells:
-                    continue
-                if not all(cell.isdigit() for cell in cells):
-                    raise ConversionError(f"{file}: line {number}: expected 'user item item ...' as integer ids")
-                users += [int(cells[0])] * (len(cells) - 1)
-                items += [int(cell) for cell in cells[1:]]
-        parts[name] = (np.array(users, dtype=np.int64), np.array(items, dtype=np.int64))
+        parts[name] = _lightgcn_lines(folder / f"{name}.txt")
     user_codes, user_ids = index_ids(np.concatenate([parts["train"][0], parts["test"][0]]))
     item_codes, item_ids = index_ids(np.concatenate([parts["train"][1], parts["test"][1]]))
     size = parts["train"][0].size
@@ -570,7 +588,8 @@ def read_ncf(path):
                       "test_ratings": test_ratings[order].astype(np.float32)},
         counts={"input_rows": int(train_users.size + test_users.size), "duplicates_dropped": int(duplicates),
                 "users_dropped": 0, "given_negatives_equal_to_test_item": own_item},
-        protocol={"split": "as given by the NCF files", "test_negatives": "as given by the NCF files"},
+        protocol={"split": "as given by the NCF files", "name": "given", "format": "ncf",
+                  "test_negatives": "as given by the NCF files"},
     )
 
 

@@ -442,7 +442,7 @@ def hold_out_validation(split, fraction, seed):
     position[order] = np.arange(users.size) - starts[users[order]]
     held = np.clip(np.rint(fraction * counts), 0, np.maximum(counts - 1, 0))
     is_validation = position < held[users]
-    protocol = {**split.protocol, "validation": True,
+    protocol = {**split.protocol, "validation": True, "validation_fraction": fraction,
                 "split": f"{split.protocol.get('split', 'as given')}; then the random {fraction:g} of each user's "
                          "training pairs (at least one left to train on) drawn with the seed as validation"}
     return dataclasses.replace(split, train=train[~is_validation], validation=train[is_validation],

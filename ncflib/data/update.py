@@ -19,12 +19,24 @@ import numpy as np
 import pandas as pd
 
 from ncflib.data.layout import read_id_map
-from ncflib.data.splits import OLD_TEST, OLD_TRAIN, OLD_VALIDATION, Interactions, OldParts, as_text
+from ncflib.data.splits import (
+    NEW,
+    OLD_TEST,
+    OLD_TRAIN,
+    OLD_VALIDATION,
+    Interactions,
+    OldParts,
+    Split,
+    as_text,
+    cold_counts,
+    index_known,
+)
 from ncflib.errors import ConversionError
 
-# The protocols an update can split again (the given-file ones came with their test set, which a new log cannot
-# extend).
+# The protocols an update can split again. Of the given-file ones, NGCF/LightGCN's take new training pairs (their
+# test set stays); the NCF paper's (whose sampled negatives a new pair could hit) and --test_path's do not.
 UPDATABLE = ("leave_one_out", "ratio", "time_ratio", "random")
+GIVEN_FORMATS = ("lightgcn",)
 
 # convert.py's flags that set how a dataset is split: an update takes them all from the old dataset.
 SPLIT_FLAGS = ("split", "test_fraction", "validation", "validation_fraction", "valid_negative", "min_interactions",
@@ -61,7 +73,7 @@ class Previous:
     def settings(self):
         """{convert.py flag dest: value} of the conversion that made the dataset, as far as the update uses them."""
         protocol = self.protocol
-        settings = {"split": protocol["name"], "seed": int(self.metadata.get("seed", 0)),
+        settings = {"split": protocol.get("name", "given"), "seed": int(self.metadata.get("seed", 0)),
                     "validation": bool(protocol.get("validation")),
                     "min_interactions": int(protocol.get("min_interactions", 2)),
                     "valid_negative": int(self.metadata.get("test_negatives", 0))}
@@ -104,16 +116,17 @@ def read_previous(path):
     try:
         metadata = json.loads(file.read_text())
         protocol = metadata["protocol"]
-        name = protocol["name"]
+        name = protocol.get("name", "given")  # (the NCF paper's files wrote no name)
     except FileNotFoundError:
         raise ConversionError(f"--update {path}: no metadata.json here; pass a dataset written by convert.py") \
             from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConversionError(f"--update {path}: unreadable metadata.json ({error}); pass a dataset written by "
                               "convert.py") from None
-    if name not in UPDATABLE:
+    if name not in UPDATABLE and not (name == "given" and metadata.get("source", {}).get("format") in GIVEN_FORMATS):
         raise ConversionError(f"--update {path}: its split ({name}) came with its files, which a new log cannot "
-                              f"extend; --update re-splits datasets made with --split {', '.join(UPDATABLE)}")
+                              f"extend; --update re-splits datasets made with --split {', '.join(UPDATABLE)}, and "
+                              "adds training pairs to datasets made from NGCF/LightGCN files")
     if (path / "vocab.csv").is_file():
         raise ConversionError(f"--update {path}: holds review text, whose vocabulary an update would change; convert "
                               "the whole log again")
@@ -150,6 +163,52 @@ def read_previous(path):
                                     for part, pair in zip(parts, pairs)])
     return Previous(path, metadata, np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object), titles,
                     rows[:, 0], rows[:, 1], sides["timestamps"], sides["ratings"], parts_of_rows)
+
+
+def given_split(previous, data, progress):
+    """The Split of an update of a dataset whose test set came with its files (NGCF/LightGCN's): ``data`` (the old
+    pairs, then the log's) indexed with the old ids first; the old pairs keep their parts, the log's new pairs are
+    training pairs, except that with a validation set each user's validation count is made up to the share the
+    dataset's fraction gives the user's training and validation pairs in all (at least one left to train on), drawn
+    from the user's new pairs with the dataset's seed. The test set is the old one."""
+    user_codes, user_ids = index_known(data.users, previous.user_ids)
+    item_codes, item_ids = index_known(data.items, previous.item_ids)
+    num_users, num_items = user_ids.size, item_ids.size
+    keys = user_codes * num_items + item_codes
+    _, first = np.unique(keys, return_index=True)  # a repeated pair keeps its first row: the old one, if any
+    rows = np.sort(first)
+    users, items = user_codes[rows], item_codes[rows]
+    part = previous.old_parts().of(users, items, num_items)
+    settings = previous.settings()
+    if settings["validation"]:
+        fraction = float(settings.get("validation_fraction", 0.1))
+        rng = np.random.default_rng(settings["seed"])
+        trained = part != OLD_TEST
+        pool = np.bincount(users[trained], minlength=num_users)
+        target = np.clip(np.rint(fraction * pool), 0, np.maximum(pool - 1, 0)).astype(np.int64)
+        new = part == NEW
+        wanted = np.clip(target - np.bincount(users[part == OLD_VALIDATION], minlength=num_users), 0,
+                         np.bincount(users[new], minlength=num_users))
+        new_rows = np.flatnonzero(new)
+        order = new_rows[np.lexsort((rng.random(new_rows.size), users[new_rows]))]
+        starts = np.concatenate(([0], np.cumsum(np.bincount(users[order], minlength=num_users))[:-1]))
+        rank = np.arange(order.size) - starts[users[order]]
+        part[order[rank < wanted[users[order]]]] = OLD_VALIDATION
+    progress(f"{int((part == NEW).sum()):,} new training pairs; the test set is {previous.path}'s")
+
+    def pairs(chosen):
+        chosen_rows = np.flatnonzero(chosen)
+        chosen_rows = chosen_rows[np.lexsort((items[chosen_rows], users[chosen_rows]))]
+        return np.stack([users[chosen_rows], items[chosen_rows]], 1).astype(np.int32)
+
+    train, test = pairs((part == NEW) | (part == OLD_TRAIN)), pairs(part == OLD_TEST)
+    validation = pairs(part == OLD_VALIDATION) if settings["validation"] else None
+    counts = {"input_rows": int(keys.size), "duplicates_dropped": int(keys.size - rows.size), "users_dropped": 0,
+              **cold_counts(train, test)}
+    if validation is not None:
+        counts["validation_pairs"] = int(validation.shape[0])
+    return Split(train=train, test=test, test_negatives=None, user_ids=user_ids, item_ids=item_ids, counts=counts,
+                 protocol=dict(previous.protocol), validation=validation)
 
 
 def check_columns(previous, fmt, columns):
