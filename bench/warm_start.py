@@ -23,6 +23,7 @@ import datetime
 import json
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,10 @@ def main(argv=None):
     parser.add_argument("--flags", default="--model gmf", help="ncf.py flags of every run")
     parser.add_argument("-k", "--topk", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--reuse", nargs="+", default=[], choices=["old", "scratch", "scratch_2", "warm", "warm_2"],
+                        help="runs of an earlier call with the same --workdir, --log and flags to read instead of "
+                             "running again (the first part and the from-scratch runs do not depend on warm-start "
+                             "settings)")
     parser.add_argument("--workdir", default="runs/warm-start")
     parser.add_argument("--output", default="experiments/results/warm-start-cpu.jsonl")
     args = parser.parse_args(argv)
@@ -132,9 +137,11 @@ def main(argv=None):
     run([python, "convert.py", "--path", update, "--update", work / "old", "--output", work / "new", "--force",
          "--quiet"], work / "convert-new.txt")
     flags = shlex.split(args.flags) + ["-k", str(args.topk)]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or None
     rows = []
     for seed in args.seeds:
-        runs = {}
+        runs, reused = {}, []
         common = [*flags, "--seed", str(seed)]
         plans = {"old": ["--data", work / "old"], "scratch": ["--data", work / "new"],
                  "scratch_2": ["--data", work / "new", "-e", "2"],
@@ -142,13 +149,18 @@ def main(argv=None):
                  "warm_2": ["--data", work / "new", "--warm_start", work / f"old-{seed}" / "best.pt", "-e", "2"]}
         for name, plan in plans.items():
             folder = work / f"{name}-{seed}"
-            run([python, "ncf.py", *plan, *common, "--checkpoint_dir", folder], work / f"{name}-{seed}.txt")
+            if name in args.reuse and (folder / "log.json").is_file():
+                reused.append(name)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)  # (a checkpoint folder keeps its best.pt across runs)
+                run([python, "ncf.py", *plan, *common, "--checkpoint_dir", folder], work / f"{name}-{seed}.txt")
             runs[name] = summary_of(folder / "log.json", args.topk)
         target = max(value for value, _ in runs["scratch"]["curve"])
         reached = next((second for value, second in runs["warm"]["curve"] if value >= target), None)
         row = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {platform.node()}",
                "log": str(args.log), "first": args.first, "convert_flags": args.convert_flags, "flags": args.flags,
-               "seed": seed, "runs": runs, "scratch_best_selection": target, "warm_seconds_to_scratch_best": reached}
+               "seed": seed, "commit": commit, "reused": reused, "runs": runs, "scratch_best_selection": target,
+               "warm_seconds_to_scratch_best": reached}
         rows.append(row)
         with open(args.output, "a") as sink:
             sink.write(json.dumps(row) + "\n")

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 RULES = {"at least 1": lambda value: value >= 1, "at least 2": lambda value: value >= 2,
          "0 or more": lambda value: 0 <= value < math.inf, "positive": lambda value: 0 < value < math.inf,
          "in [0, 1]": lambda value: 0 <= value <= 1, "in [0, 1)": lambda value: 0 <= value < 1,
-         "in (0, 1)": lambda value: 0 < value < 1, "in [-1, 1)": lambda value: -1 <= value < 1,
+         "in (0, 1)": lambda value: 0 < value < 1, "in (0, 1]": lambda value: 0 < value <= 1,
+         "in [-1, 1)": lambda value: -1 <= value < 1,
          "in [1e-3, 1e3]": lambda value: 1e-3 <= value <= 1e3, "in [1e-3, 1e9]": lambda value: 1e-3 <= value <= 1e9,
          "finite": math.isfinite}
 
