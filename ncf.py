@@ -117,11 +117,12 @@ def parse_args(argv=None):
              "tables grown for the new ids as a fresh model's; the optimizer starts fresh, and -e defaults to fewer "
              "epochs, from the share of new training pairs (printed); a model solved in closed form is solved "
              "afresh")
-    add("--warm_shrink", type=float, default=warm.SHRINK, metavar="FACTOR", rule="in (0, 1]",
+    add("--warm_shrink", type=float, default=None, metavar="FACTOR", rule="in (0, 1]",
         help="with --warm_start: the checkpoint's weights are multiplied by FACTOR before training (new rows are a "
-             "fresh model's); a model trained on and on from where it stopped generalises worse than a fresh one, and "
-             "shrinking its weights first closes most of the gap (Ash and Adams, NeurIPS 2020; docs/training.md); "
-             "1: as saved")
+             "fresh model's): a model trained on from where it stopped generalises worse than a fresh one, and "
+             "shrinking its weights first closes most of the gap (Ash and Adams, NeurIPS 2020); default 0.5, and 1 "
+             "(as saved) for a model that scores by cosine, whose scores the weights' scale does not move "
+             "(docs/training.md)")
     add("--mode", choices=["train", "test"], default="train",
         help="'test' evaluates --load_checkpoint_path (default CHECKPOINT_DIR/best.pt)")
     add("--grads_accumulated", type=int, default=1, readers=gradient, rule="at least 1",
@@ -212,8 +213,9 @@ def build(family, config, dataset, device, placement, say=print):
     model_args = checkpoint.model_arguments(config.model, dataset.num_users, dataset.num_items, settings)
     warm_start = config.warm_start and families.trained_by_gradient(family.model_class)
     if warm_start:
+        shrink = warm.shrink_of(config.warm_shrink, settings)
         model, words = warm.grown_model(warm.load(config.warm_start), config.warm_start, config.model, model_args,
-                                        config.warm_shrink)
+                                        shrink)
         warm.release()
         say(words)
     else:

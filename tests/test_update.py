@@ -257,6 +257,20 @@ def test_a_warm_start_grows_the_tables_keeps_the_old_rows_and_carries_the_settin
         assert torch.equal(grown_state[name][:old_rows], state["state_dict"][name])
         assert torch.equal(grown_state[name][old_rows:], fresh[name][old_rows:])
     assert torch.equal(grown_state["output.weight"], state["state_dict"]["output.weight"])
+    # --warm_shrink: 1 by default for a model scoring by cosine (the full-ranking GMF above), 0.5 for any other; the
+    # checkpoint's weights multiplied, the new rows fresh.
+    assert "multiplied" not in out
+    assert warm.shrink_of(None, {"similarity": "cosine"}) == 1 and warm.shrink_of(None, {"similarity": "dot"}) == 0.5
+    assert warm.shrink_of(None, {}) == 0.5 and warm.shrink_of(0.7, {"similarity": "cosine"}) == 0.7
+    capsys.readouterr()
+    assert ncf.main(["--data", str(grown / "new"), "--warm_start", str(old_run), "-e", "1", "--similarity", "dot",
+                     "--loss", "bce", "--checkpoint_dir", str(tmp_path / "dot")]) == 0
+    assert "its weights multiplied by 0.5 (--warm_shrink)" in capsys.readouterr().out
+    torch.manual_seed(0)
+    shrunk = warm.grown_model(state, old_run, "gmf", new_args, shrink=0.5)[0].state_dict()
+    for name, value in state["state_dict"].items():
+        assert torch.equal(shrunk[name][:value.shape[0]], 0.5 * value)
+    assert torch.equal(shrunk["item_embedding.weight"][old_rows:], fresh["item_embedding.weight"][old_rows:])
 
 
 def test_warm_epochs_follow_the_new_share_and_a_closed_form_is_solved_afresh(grown, old_run, tmp_path, capsys):
