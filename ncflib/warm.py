@@ -202,24 +202,27 @@ def _side(name, rows, old_counts):
 
 def grown_model(state, path, kind, model_args, shrink=1.0):
     """(a ``kind`` model built with ``model_args`` (the new dataset's counts) holding every weight of the
-    checkpoint ``state`` whose shape still fits, multiplied by ``shrink``, its user and item tables grown by fresh
-    rows, a line saying what was loaded and grown)."""
+    checkpoint ``state`` whose shape still fits, its parameters multiplied by ``shrink`` (buffers, such as a rating
+    model's mean, as saved), its user and item tables grown by fresh rows, a line saying what was loaded and
+    grown)."""
     model = checkpoint.build_model(kind, **model_args)
     fresh = model.state_dict()
+    learned = {name for name, _ in model.named_parameters()}
     old_counts = {"users": state["model_args"]["num_users"], "items": state["model_args"]["num_items"]}
     new_counts = {"users": model_args["num_users"], "items": model_args["num_items"]}
     loaded, grown, left = 0, [], []
     with torch.no_grad():
         for name, old in state["state_dict"].items():
             new = fresh.get(name)
+            value = old * shrink if name in learned else old
             if new is None:
                 left.append(name)
             elif new.shape == old.shape:
-                new.copy_(old * shrink if old.is_floating_point() else old)
+                new.copy_(value)
                 loaded += 1
             elif old.dim() and old.shape[1:] == new.shape[1:] and new.shape[0] > old.shape[0] \
                     and _side(name, old.shape[0], old_counts):
-                new[:old.shape[0]].copy_(old * shrink if old.is_floating_point() else old)
+                new[:old.shape[0]].copy_(value)
                 grown.append(name)
             else:
                 left.append(name)

@@ -266,6 +266,14 @@ def test_a_warm_start_grows_the_tables_keeps_the_old_rows_and_carries_the_settin
     assert ncf.main(["--data", str(grown / "new"), "--warm_start", str(old_run), "-e", "1", "--similarity", "dot",
                      "--loss", "bce", "--checkpoint_dir", str(tmp_path / "dot")]) == 0
     assert "its weights multiplied by 0.5 (--warm_shrink)" in capsys.readouterr().out
+    # A buffer is no learned weight: a rating model's mean rating is kept as saved.
+    rating_args = {"num_users": 4, "num_items": 5}
+    rating = checkpoint.build_model("biasmf", **rating_args)
+    rating.mean.fill_(3.5)
+    rating_state = {"model_args": rating_args, "state_dict": rating.state_dict()}
+    kept = warm.grown_model(rating_state, "biasmf.pt", "biasmf", rating_args | {"num_users": 6}, shrink=0.5)[0]
+    assert kept.mean.item() == 3.5
+    assert torch.equal(kept.user_embedding.weight[:4], 0.5 * rating.user_embedding.weight)
     torch.manual_seed(0)
     shrunk = warm.grown_model(state, old_run, "gmf", new_args, shrink=0.5)[0].state_dict()
     for name, value in state["state_dict"].items():
