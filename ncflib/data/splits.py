@@ -428,6 +428,16 @@ def _encode_texts(texts, rows_of, max_words, skip_top, progress):
     return (words, counts), arrays
 
 
+def random_ranks(users, rng, num_users):
+    """Each row's place (0, 1, ...) among the rows of its user (``users`` [n] indices below ``num_users``), in a
+    random order drawn from ``rng``."""
+    order = np.lexsort((rng.random(users.size), users))
+    starts = np.concatenate(([0], np.cumsum(np.bincount(users, minlength=num_users))[:-1]))
+    ranks = np.empty(users.size, dtype=np.int64)
+    ranks[order] = np.arange(users.size) - starts[users[order]]
+    return ranks
+
+
 def hold_out_validation(split, fraction, seed):
     """``split`` (given test files without a validation set, such as NGCF/LightGCN's) with a random ``fraction`` of
     each user's training pairs held out as its validation set (drawn with ``seed``; at least one pair left to train
@@ -436,10 +446,7 @@ def hold_out_validation(split, fraction, seed):
     train = split.train[np.lexsort((split.train[:, 1], split.train[:, 0]))]
     users = train[:, 0].astype(np.int64)
     counts = np.bincount(users, minlength=split.user_ids.size)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    order = np.lexsort((rng.random(users.size), users))
-    position = np.empty(users.size, dtype=np.int64)
-    position[order] = np.arange(users.size) - starts[users[order]]
+    position = random_ranks(users, rng, split.user_ids.size)
     held = np.clip(np.rint(fraction * counts), 0, np.maximum(counts - 1, 0))
     is_validation = position < held[users]
     protocol = {**split.protocol, "validation": True, "validation_fraction": fraction,

@@ -30,6 +30,7 @@ from ncflib.data.splits import (
     as_text,
     cold_counts,
     index_known,
+    random_ranks,
 )
 from ncflib.errors import ConversionError
 
@@ -190,10 +191,8 @@ def given_split(previous, data, progress):
         wanted = np.clip(target - np.bincount(users[part == OLD_VALIDATION], minlength=num_users), 0,
                          np.bincount(users[new], minlength=num_users))
         new_rows = np.flatnonzero(new)
-        order = new_rows[np.lexsort((rng.random(new_rows.size), users[new_rows]))]
-        starts = np.concatenate(([0], np.cumsum(np.bincount(users[order], minlength=num_users))[:-1]))
-        rank = np.arange(order.size) - starts[users[order]]
-        part[order[rank < wanted[users[order]]]] = OLD_VALIDATION
+        rank = random_ranks(users[new_rows], rng, num_users)
+        part[new_rows[rank < wanted[users[new_rows]]]] = OLD_VALIDATION
     progress(f"{int((part == NEW).sum()):,} new training pairs; the test set is {previous.path}'s")
 
     def pairs(chosen):
